@@ -1,0 +1,103 @@
+"""What every experiment command shares: logging, flag checks, clean failures,
+the results file and the comparison plot."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from absl import flags, logging
+
+from kdjax.data import DataError
+from kdjax.soft_targets import StoreError
+from kdjax.train import NonFiniteLossError
+
+# Errors a user can cause (bad data, a workdir from other settings, divergence):
+# reported as one line with a non-zero exit instead of a traceback.
+USER_ERRORS = (DataError, StoreError, NonFiniteLossError, ValueError, FileNotFoundError)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def validate(flag_name: str, predicate: Callable[[object], bool], message: str) -> None:
+    """A flag check that absl runs at parse time: a one-line error, no traceback."""
+    flags.register_validator(flag_name, predicate, message=f"--{flag_name} {message}")
+
+
+def validate_data_dir(flag_name: str = "data_dir") -> None:
+    validate(
+        flag_name,
+        lambda value: value is None or os.path.isdir(value),
+        "must be an existing folder",
+    )
+
+
+def exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """Wraps an absl ``main`` so user errors print ``error: ...`` and exit 1."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str]) -> None:
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {argv[1:]}; flags look like --name=value.")
+        # orbax and absl log every checkpoint at INFO; kdjax prints its own progress.
+        logging.set_verbosity(logging.WARNING)
+        try:
+            main(argv)
+        except USER_ERRORS as error:
+            sys.exit(f"error: {error}")
+
+    return wrapped
+
+
+def flag_values(names: list[str]) -> dict:
+    return {name: flags.FLAGS[name].value for name in names}
+
+
+def write_results(workdir: str | Path, results: dict, filename: str = "results.json") -> Path:
+    path = Path(workdir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title: str) -> Path:
+    """Test accuracy per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, history in curves.items():
+        axes.plot(
+            [entry["epoch"] for entry in history],
+            [100 * entry["test_accuracy"] for entry in history],
+            marker="o",
+            label=label,
+        )
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

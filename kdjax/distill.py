@@ -1,0 +1,146 @@
+"""Experiment building blocks: a run described by a :class:`RunSpec`, trained (or
+reused) in a run directory named after its settings, and a teacher's soft targets.
+
+Run directories are ``<workdir>/<role>-<hash>`` where the hash covers every
+setting that changes the result except the epoch count: changing the
+temperature starts a new run, asking for more epochs continues the old one, and
+re-running the same command resumes after a crash or reuses a finished run.
+A student's settings include its teacher's parameter fingerprint, so a retrained
+teacher never silently pairs with students distilled from the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from kdjax import soft_targets
+from kdjax.data import Dataset, normalize
+from kdjax.models import count_params, get_model
+from kdjax.train import OBJECTIVES, FitResult, config_hash, fit, make_hyperparams, \
+    make_optimizer, predict
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run."""
+
+    role: str
+    model: str
+    objective: str = "ce"
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    temperature: float = 1.0
+    hard_weight: float = 1.0
+    soft_weight: float = 0.0
+    input_mean: float | tuple[float, ...] = 0.0
+    input_std: float | tuple[float, ...] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {sorted(OBJECTIVES)}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and batch_size >= 1.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+
+    def preprocess(self):
+        return partial(normalize, mean=self.input_mean, std=self.input_std)
+
+
+def run_directory(workdir: str | Path, spec: RunSpec, identity: dict) -> Path:
+    return Path(workdir) / f"{spec.role}-{config_hash(identity)}"
+
+
+def train_run(
+    spec: RunSpec,
+    dataset: Dataset,
+    workdir: str | Path,
+    *,
+    teacher_logits: np.ndarray | None = None,
+    teacher_fingerprint: str | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Trains (or resumes, or reuses) the run ``spec`` describes."""
+    if spec.objective != "ce" and teacher_logits is None:
+        raise ValueError(f"objective {spec.objective!r} needs teacher_logits.")
+    identity = {
+        **{k: v for k, v in dataclasses.asdict(spec).items() if k != "epochs"},
+        "data": dataset.train.fingerprint(),
+        "teacher": teacher_fingerprint,
+    }
+    model = get_model(spec.model)
+    extras = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
+    return fit(
+        name=spec.role,
+        run_dir=run_directory(workdir, spec, identity),
+        run_config=identity,
+        model=model,
+        objective=OBJECTIVES[spec.objective],
+        optimizer=make_optimizer(spec.optimizer),
+        hyperparams=make_hyperparams(
+            learning_rate=spec.learning_rate,
+            temperature=spec.temperature,
+            hard_weight=spec.hard_weight,
+            soft_weight=spec.soft_weight,
+        ),
+        train_split=dataset.train,
+        test_split=dataset.test,
+        preprocess=spec.preprocess(),
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        train_extras=extras,
+        log=log,
+        on_epoch_end=on_epoch_end,
+    )
+
+
+def teacher_soft_targets(
+    spec: RunSpec,
+    result: FitResult,
+    dataset: Dataset,
+    *,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, np.ndarray], str]:
+    """The frozen teacher's logits for both splits, from its store (computed once).
+
+    Returns ``({"train": logits, "test": logits}, teacher_fingerprint)``, each
+    array aligned with the split's examples by id.
+    """
+    model = get_model(spec.model)
+    fingerprint = soft_targets.params_fingerprint(result.params)
+
+    def compute_logits(images: np.ndarray) -> np.ndarray:
+        outputs = predict(model, result.params, images, preprocess=spec.preprocess())
+        return outputs["logits"]
+
+    logits = {
+        split_name: soft_targets.load_or_compute(
+            result.run_dir / "soft_targets" / f"{split_name}.npz",
+            getattr(dataset, split_name),
+            teacher_fingerprint=fingerprint,
+            compute_logits=compute_logits,
+            log=log,
+        )
+        for split_name in ("train", "test")
+    }
+    return logits, fingerprint
+
+
+def parameter_count(model_name: str, dataset: Dataset) -> int:
+    """Parameters of a registry model for this data set's image shape."""
+    import jax
+
+    model = get_model(model_name)
+    sample = np.zeros((1,) + dataset.train.images.shape[1:], np.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
+    return count_params(shapes)

@@ -1,0 +1,137 @@
+"""Layers whose XLA default is slow on some backend, rewritten where it matters.
+
+:class:`Conv` is a drop-in for ``flax.linen.Conv`` (stride 1; same parameter
+names, shapes and initialisers, so checkpoints are interchangeable). On the CPU
+it computes the gradient with respect to the kernel as a sum of one matrix
+product per kernel offset instead of XLA's generic convolution, which on this
+path runs several times slower than the forward pass (see BUILD_NOTES.md,
+"Performance"). The forward pass and the input gradient stay XLA convolutions.
+On GPU/TPU, where cuDNN and the TPU compiler handle the kernel gradient well,
+the plain XLA convolution is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _xla_conv(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    return lax.conv_general_dilated(
+        images, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_matmul_grad(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    return _xla_conv(images, kernel, padding)
+
+
+def _conv_forward(images, kernel, padding):
+    return _xla_conv(images, kernel, padding), (images, kernel)
+
+
+def _conv_backward(padding, residuals, output_grad):
+    images, kernel = residuals
+    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
+    (top, bottom), (left, right) = padding
+    # Input gradient: a stride-1 convolution of the output gradient with the
+    # spatially flipped kernel, its in/out channels swapped.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    images_grad = lax.conv_general_dilated(
+        output_grad,
+        flipped,
+        (1, 1),
+        ((kernel_h - 1 - top, kernel_h - 1 - bottom), (kernel_w - 1 - left, kernel_w - 1 - right)),
+        dimension_numbers=_DIMENSIONS,
+    )
+    # Kernel gradient: for each offset (i, j), the shifted input window times the
+    # output gradient, contracted over batch and positions: one plain matmul each.
+    padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    _, out_h, out_w, _ = output_grad.shape
+    flat_grad = output_grad.reshape(-1, out_channels)
+    kernel_grad = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    padded[:, i : i + out_h, j : j + out_w, :].reshape(-1, in_channels).T
+                    @ flat_grad
+                    for j in range(kernel_w)
+                ]
+            )
+            for i in range(kernel_h)
+        ]
+    )
+    return images_grad.astype(images.dtype), kernel_grad.astype(kernel.dtype)
+
+
+_conv_matmul_grad.defvjp(_conv_forward, _conv_backward)
+
+
+def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 2-D convolution, NHWC images and HWIO kernel, explicit padding.
+
+    The backend is read at trace time: CPU gets the matmul kernel gradient.
+    """
+    if jax.default_backend() == "cpu":
+        return _conv_matmul_grad(images, kernel, padding)
+    return _xla_conv(images, kernel, padding)
+
+
+def _explicit_padding(padding: int | str, kernel_size: Sequence[int]) -> Padding:
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if padding == "SAME":
+        pads = []
+        for size in kernel_size:
+            total = size - 1
+            pads.append((total // 2, total - total // 2))
+        return (pads[0], pads[1])
+    raise ValueError(f"padding must be an int, 'SAME' or 'VALID', got {padding!r}.")
+
+
+class Conv(nn.Module):
+    """Stride-1 2-D convolution with bias; parameters as ``nn.Conv`` names them."""
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    padding: int | str = "SAME"
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        in_channels = images.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (*self.kernel_size, in_channels, self.features),
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        padding = _explicit_padding(self.padding, self.kernel_size)
+        return conv2d(images, kernel.astype(images.dtype), padding) + bias.astype(images.dtype)
+
+
+def max_pool(images: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping ``window×window`` max-pooling (stride = window), NHWC.
+
+    Written as a reshape and a max so its gradient is a cheap mask: XLA's
+    ``reduce_window`` gradient (select-and-scatter) costs about 7× more on the
+    CPU. Where an input size is not a multiple of ``window`` the trailing
+    rows/columns are dropped, as PyTorch's ``max_pool2d`` (floor mode) does.
+    Gradients differ from PyTorch's only for ties inside a window, which it
+    breaks by position and JAX splits evenly.
+    """
+    batch, height, width, channels = images.shape
+    height, width = height // window * window, width // window * window
+    images = images[:, :height, :width, :]
+    blocks = images.reshape(batch, height // window, window, width // window, window, channels)
+    return blocks.max(axis=(2, 4))

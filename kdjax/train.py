@@ -1,0 +1,441 @@
+"""The one training loop every experiment shares: teachers, students, any objective.
+
+Pieces, each small and pure where it can be:
+
+* :class:`TrainState` — a pytree (step, params, optimizer state, dropout key).
+* objectives — ``objective(outputs, batch, hyperparams) -> (per_example_loss, parts)``,
+  where ``outputs`` is the model's dict (logits and named features), ``batch`` holds
+  the images, labels, ids and any stored teacher outputs, and ``hyperparams`` is a
+  dict of traced scalars. Logit KD, hint and cosine objectives all fit this shape.
+* :func:`make_train_step` — the pure ``(state, batch, hyperparams) -> (state, metrics)``
+  step. The learning rate is applied outside the optax transformation so that it,
+  too, is a traced argument: one compiled step serves a whole sweep.
+* :func:`predict` / :func:`evaluate` — batched, jitted inference with a padded last
+  batch (so it compiles once).
+* :func:`fit` — the epoch loop: deterministic per-epoch shuffling, orbax checkpoints
+  every epoch, resume from the latest one, a non-finite loss stops the run naming
+  the step, one log line per epoch and a progress bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from kdjax import losses
+from kdjax.checkpoints import RunCheckpoints, write_config
+from kdjax.data import Split
+
+Batch = Mapping[str, jax.Array]
+Hyperparams = Mapping[str, jax.Array]
+Objective = Callable[[Mapping[str, jax.Array], Batch, Hyperparams], tuple[jax.Array, dict]]
+Preprocess = Callable[[jax.Array], jax.Array]
+
+# How often (in steps) the loop pulls losses to the host to check them and to
+# redraw the progress bar: rare enough not to stall the device, often enough to
+# stop a diverged run quickly.
+_CHECK_EVERY_STEPS = 50
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the step."""
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    dropout_key: jax.Array
+
+
+# --- Objectives ------------------------------------------------------------------------
+
+
+def cross_entropy_objective(outputs, batch, hyperparams):
+    """Plain supervised training on the hard labels."""
+    del hyperparams
+    return losses.cross_entropy(outputs["logits"], batch["labels"]), {}
+
+
+def kd_objective(outputs, batch, hyperparams):
+    """``hard_weight · CE + soft_weight · T²·KL`` against stored teacher logits.
+
+    ``alpha`` maps to ``hard_weight = alpha, soft_weight = 1 − alpha``; seeds 001/002
+    set the two weights independently.
+    """
+    hard = losses.cross_entropy(outputs["logits"], batch["labels"])
+    soft = losses.distillation_kl(
+        outputs["logits"], batch["teacher_logits"], temperature=hyperparams["temperature"]
+    )
+    loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
+    return loss, {"hard_loss": hard, "soft_loss": soft}
+
+
+OBJECTIVES: dict[str, Objective] = {"ce": cross_entropy_objective, "kd": kd_objective}
+
+
+def make_hyperparams(
+    *,
+    learning_rate: float,
+    temperature: float = 1.0,
+    hard_weight: float = 1.0,
+    soft_weight: float = 0.0,
+) -> dict[str, jax.Array]:
+    """The traced hyperparameters of a step, as float32 scalars (or vectors, for sweeps)."""
+    values = {
+        "learning_rate": learning_rate,
+        "temperature": temperature,
+        "hard_weight": hard_weight,
+        "soft_weight": soft_weight,
+    }
+    return {name: jnp.asarray(value, jnp.float32) for name, value in values.items()}
+
+
+# --- Optimizers, state, steps ------------------------------------------------------------
+
+
+def make_optimizer(name: str = "adam", *, momentum: float = 0.9) -> optax.GradientTransformation:
+    """The optimizer's update direction, without the learning rate (applied in the step)."""
+    if name == "adam":
+        return optax.scale_by_adam()
+    if name == "sgd":
+        return optax.trace(decay=momentum) if momentum else optax.identity()
+    raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'sgd'.")
+
+
+def create_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    sample_images: jax.Array,
+    seed: int,
+) -> TrainState:
+    """Fresh parameters and optimizer state; ``sample_images`` fixes the input shape."""
+    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = model.init(init_key, sample_images, train=False)["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        dropout_key=dropout_key,
+    )
+
+
+def make_train_step(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    preprocess: Preprocess,
+) -> Callable[[TrainState, Batch, Hyperparams], tuple[TrainState, dict]]:
+    """The pure training step; jit it (or vmap it over students, then jit)."""
+
+    def train_step(state: TrainState, batch: Batch, hyperparams: Hyperparams):
+        dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+        images = preprocess(batch["images"])
+
+        def loss_fn(params):
+            outputs = model.apply(
+                {"params": params}, images, train=True, rngs={"dropout": dropout_key}
+            )
+            per_example, parts = objective(outputs, batch, hyperparams)
+            return jnp.mean(per_example), (outputs["logits"], parts)
+
+        (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: -hyperparams["learning_rate"] * u, direction)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+            **{name: jnp.mean(value) for name, value in parts.items()},
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def predict(
+    model: nn.Module,
+    params: Any,
+    images: np.ndarray,
+    *,
+    preprocess: Preprocess,
+    batch_size: int = 1000,
+    output_names: tuple[str, ...] = ("logits",),
+) -> dict[str, np.ndarray]:
+    """Model outputs for every image, in order, as numpy arrays (inference mode)."""
+    count = len(images)
+    batch_size = max(1, min(batch_size, count))
+
+    @jax.jit
+    def forward(params, batch_images):
+        outputs = model.apply({"params": params}, preprocess(batch_images), train=False)
+        return {name: outputs[name] for name in output_names}
+
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    for start in range(0, count, batch_size):
+        batch_images = images[start : start + batch_size]
+        real = len(batch_images)
+        if real < batch_size:  # pad so the last batch reuses the compiled shape
+            padding = np.zeros((batch_size - real,) + batch_images.shape[1:], batch_images.dtype)
+            batch_images = np.concatenate([batch_images, padding])
+        outputs = forward(params, batch_images)
+        for name in output_names:
+            chunks[name].append(np.asarray(outputs[name])[:real])
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def evaluate(model, params, split: Split, *, preprocess: Preprocess, batch_size: int = 1000):
+    """Test accuracy of ``params`` on ``split`` (a fraction in [0, 1])."""
+    logits = predict(model, params, split.images, preprocess=preprocess, batch_size=batch_size)
+    return accuracy(logits["logits"], split.labels)
+
+
+# --- The loop ----------------------------------------------------------------------------
+
+
+def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
+    """The example order of one epoch: a function of (seed, epoch) only, so a
+    resumed run sees exactly the batches an uninterrupted one would."""
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What one training run produced."""
+
+    run_dir: Path
+    params: Any
+    history: list[dict]
+    test_accuracy: float
+    epochs_trained_now: int
+    resumed_from_epoch: int
+    train_seconds: float
+    compile_seconds: float | None
+
+    def summary(self) -> dict:
+        rates = [entry["examples_per_second"] for entry in self.history]
+        return {
+            "run_dir": str(self.run_dir),
+            "test_accuracy": self.test_accuracy,
+            "epochs": len(self.history),
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "train_seconds_this_invocation": round(self.train_seconds, 3),
+            "compile_seconds": None if self.compile_seconds is None else round(
+                self.compile_seconds, 3
+            ),
+            "mean_epoch_seconds": round(float(np.mean([e["seconds"] for e in self.history])), 3)
+            if self.history
+            else None,
+            "examples_per_second": round(float(np.median(rates)), 1) if rates else None,
+            "history": self.history,
+        }
+
+
+class _Progress:
+    """A one-line progress bar, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, total
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * (len(self.label) + 70) + "\r")
+            sys.stderr.flush()
+
+
+def fit(
+    *,
+    name: str,
+    run_dir: str | Path,
+    run_config: Mapping[str, Any],
+    model: nn.Module,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    hyperparams: Hyperparams,
+    train_split: Split,
+    test_split: Split,
+    preprocess: Preprocess,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    train_extras: Mapping[str, np.ndarray] | None = None,
+    eval_batch_size: int = 1000,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Trains ``model`` for ``epochs`` epochs, resuming from ``run_dir`` if it has checkpoints.
+
+    ``train_extras`` are arrays aligned with ``train_split`` (row ``i`` belongs to
+    example ``train_split.ids[i]``), e.g. stored teacher logits; they are gathered
+    with the same indices as the images, so shuffling cannot misalign them.
+    ``run_config`` is written to ``run_dir/config.json``; a directory that trained
+    something else is refused. Re-running with more epochs continues the run.
+    """
+    if batch_size > len(train_split):
+        raise ValueError(
+            f"batch size {batch_size} is larger than the training set ({len(train_split)})."
+        )
+    train_extras = dict(train_extras or {})
+    for key, array in train_extras.items():
+        if len(array) != len(train_split):
+            raise ValueError(f"train_extras[{key!r}] has {len(array)} rows for "
+                             f"{len(train_split)} training examples.")
+    run_dir = Path(run_dir)
+    write_config(run_dir, dict(run_config))
+    state = create_state(model, optimizer, preprocess(train_split.images[:1]), seed)
+    checkpoints = RunCheckpoints(run_dir)
+    history: list[dict] = []
+    start_epoch = checkpoints.latest_epoch() or 0
+    if start_epoch > epochs:
+        checkpoints.close()
+        raise ValueError(
+            f"{run_dir} already holds {start_epoch} epochs, more than the {epochs} requested; "
+            "ask for at least that many or use another --workdir."
+        )
+    if start_epoch:
+        state, meta = checkpoints.restore(start_epoch, state)
+        history = list(meta["history"])
+        verb = "Reusing finished" if start_epoch == epochs else "Resuming"
+        log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
+
+    step_fn = jax.jit(_compile_once(make_train_step(model, objective, optimizer, preprocess)))
+    steps_per_epoch = len(train_split) // batch_size
+    compile_seconds = None
+    train_seconds = 0.0
+    try:
+        for epoch in range(start_epoch, epochs):
+            order = epoch_permutation(seed, epoch, len(train_split))
+            progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
+            step_metrics: list[dict] = []
+            epoch_start = time.perf_counter()
+            for batch_index in range(steps_per_epoch):
+                indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                batch = {
+                    "images": train_split.images[indices],
+                    "labels": train_split.labels[indices],
+                    "ids": train_split.ids[indices],
+                    **{key: array[indices] for key, array in train_extras.items()},
+                }
+                if compile_seconds is None:
+                    compile_start = time.perf_counter()
+                    state, metrics = step_fn(state, batch, hyperparams)
+                    jax.block_until_ready(metrics)
+                    compile_seconds = time.perf_counter() - compile_start
+                else:
+                    state, metrics = step_fn(state, batch, hyperparams)
+                step_metrics.append(metrics)
+                done = batch_index + 1
+                if done % _CHECK_EVERY_STEPS == 0 or done == steps_per_epoch:
+                    recent = np.asarray(
+                        jnp.stack([m["loss"] for m in step_metrics[-_CHECK_EVERY_STEPS:]])
+                    )
+                    _check_finite(recent, first_step=int(state.step) - len(recent) + 1,
+                                  name=name, epoch=epoch, last_saved=checkpoints.latest_epoch())
+                    progress.update(done, float(recent[-1]))
+            epoch_metrics = {
+                key: float(np.mean(np.asarray(jnp.stack([m[key] for m in step_metrics]))))
+                for key in step_metrics[0]
+            }
+            seconds = time.perf_counter() - epoch_start
+            train_seconds += seconds
+            progress.close()
+            test_accuracy = evaluate(
+                model, state.params, test_split, preprocess=preprocess, batch_size=eval_batch_size
+            )
+            entry = {
+                "epoch": epoch + 1,
+                **{f"train_{key}": round(value, 6) for key, value in epoch_metrics.items()},
+                "test_accuracy": test_accuracy,
+                "seconds": round(seconds, 3),
+                "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
+            }
+            history.append(entry)
+            checkpoints.save(epoch + 1, state, {"history": history})
+            log(
+                f"{name} epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f} "
+                f"train acc {entry['train_accuracy']:.4f} test acc {test_accuracy:.4f} | "
+                f"{entry['examples_per_second']:,.0f} examples/s, {seconds:.1f} s"
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    finally:
+        checkpoints.close()
+
+    if history:
+        final_accuracy = history[-1]["test_accuracy"]
+    else:  # epochs == 0: nothing trained, report the initial parameters
+        final_accuracy = evaluate(model, state.params, test_split, preprocess=preprocess,
+                                  batch_size=eval_batch_size)
+    return FitResult(
+        run_dir=run_dir,
+        params=state.params,
+        history=history,
+        test_accuracy=final_accuracy,
+        epochs_trained_now=epochs - start_epoch,
+        resumed_from_epoch=start_epoch,
+        train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+    )
+
+
+def _compile_once(step: Callable) -> Callable:
+    """Makes a second trace (a recompilation, which on CPU costs as much as many
+    steps) an error instead of a silent slowdown: every batch must keep its shape."""
+    traces = 0
+
+    def traced_once(*args):
+        nonlocal traces
+        traces += 1
+        if traces > 1:
+            raise RuntimeError(
+                "the train step was traced twice: a batch changed shape or dtype."
+            )
+        return step(*args)
+
+    return traced_once
+
+
+def _check_finite(losses_: np.ndarray, *, first_step: int, name: str, epoch: int,
+                  last_saved: int | None) -> None:
+    bad = np.flatnonzero(~np.isfinite(losses_))
+    if bad.size:
+        step = first_step + int(bad[0])
+        saved = f"epoch {last_saved}" if last_saved else "none"
+        raise NonFiniteLossError(
+            f"{name}: loss became {losses_[bad[0]]} at step {step} (epoch {epoch + 1}); "
+            f"stopped. Last checkpoint: {saved}. Lower the learning rate or check the inputs."
+        )
+

@@ -1,0 +1,105 @@
+"""The command line: flag errors, and `experiments.mnist_kd` end to end on tiny data."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_mnist(directory: Path, train_count: int = 192, test_count: int = 64) -> Path:
+    """Four gzip IDX files of learnable synthetic digits (a stripe whose row is the label)."""
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train_count), ("t10k", test_count)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
+        for index, label in enumerate(labels):
+            images[index, 2 * label + 4, 4:24] = 255
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+            handle.write(struct.pack(">HBBIII", 0, 8, 3, count, 28, 28) + images.tobytes())
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+            handle.write(struct.pack(">HBBI", 0, 8, 1, count) + labels.tobytes())
+    return directory
+
+
+def run_command(*flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.mnist_kd", *flags],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--temperature=0", "--temperature must be > 0"),
+        ("--temperature=-2", "--temperature must be > 0"),
+        ("--alpha=1.5", "--alpha must be in [0, 1]"),
+        ("--epochs=0", "--epochs must be >= 1"),
+        ("--batch_size=0", "--batch_size must be >= 1"),
+        ("--data_dir=/nonexistent/kdjax", "--data_dir must be an existing folder"),
+    ],
+)
+def test_invalid_flags_stop_with_one_line_and_no_traceback(flag, message):
+    result = run_command(flag, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_data_dir_without_mnist_is_a_clean_error(tmp_path):
+    result = run_command(f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'work'}", timeout=120)
+    assert result.returncode == 1
+    assert "holds no MNIST" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_mnist_kd_end_to_end_then_reuse(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    workdir = tmp_path / "work"
+    flags = (
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        "--temperature=3",
+        "--alpha=0.7",
+    )
+    first = run_command(*flags)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    for run in ("teacher", "student_kd", "student_scratch"):
+        assert 0.0 <= results[run]["test_accuracy"] <= 1.0
+        assert results[run]["epochs"] == 1
+        assert results[run]["history"][0]["examples_per_second"] > 0
+    assert results["student_kd"]["parameters"] == 101962
+    assert results["data"]["source"] == "idx"
+    assert results["data"]["train_examples"] == 192
+    assert results["config"]["temperature"] == 3.0
+    assert results["config"]["alpha"] == 0.7
+    assert (workdir / "learning_curves.png").stat().st_size > 0
+    teacher_dir = Path(results["teacher"]["run_dir"])
+    assert (teacher_dir / "soft_targets" / "train.npz").is_file()
+    assert "epoch 1/1" in first.stdout
+
+    second = run_command(*flags)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("Reusing finished") == 3
+    again = json.loads((workdir / "results.json").read_text())
+    for run in ("teacher", "student_kd", "student_scratch"):
+        assert again[run]["test_accuracy"] == results[run]["test_accuracy"]

@@ -1,0 +1,99 @@
+"""Models and the CPU-tuned layers: shapes, parameter counts, equivalence with Flax/XLA."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from kdjax.layers import Conv, conv2d, max_pool
+from kdjax.models import MLP, MnistCNN, StudentNet, count_params, get_model
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        # conv1 1·9·8+8, conv2 8·9·16+16, fc1 3136·32+32, fc2 32·10+10
+        (StudentNet(), 80 + 1168 + 100384 + 330),
+        (MnistCNN(), 320 + 18496 + 401536 + 1290),
+        (MLP(hidden_sizes=(800, 800)), 784 * 800 + 800 + 800 * 800 + 800 + 8010),
+    ],
+)
+def test_parameter_counts(model, expected):
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    assert count_params(params) == expected
+
+
+def test_student_outputs_logits_and_named_features():
+    outputs = StudentNet().apply(
+        StudentNet().init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1))),
+        jnp.ones((2, 28, 28, 1)),
+    )
+    chex.assert_shape(outputs["logits"], (2, 10))
+    chex.assert_shape(outputs["feature_map"], (2, 14, 14, 16))
+    chex.assert_shape(outputs["features"], (2, 3136))
+
+
+def test_channel_dropout_drops_whole_channels_only_in_training():
+    model = StudentNet()
+    images = jnp.ones((4, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), images)
+    params = jax.tree.map(lambda p: jnp.abs(p) + 0.01, variables)  # all activations positive
+
+    def dropped_fraction(train):
+        # Dropout acts between feature_map and features (features = dropped, flattened map).
+        outputs = model.apply(params, images, train=train, rngs={"dropout": jax.random.PRNGKey(1)})
+        features = outputs["features"].reshape(4, 14, 14, 16)
+        return features == 0
+
+    zeros = dropped_fraction(train=True)
+    per_channel = zeros.reshape(4, -1, 16)
+    # Each (example, channel) is either entirely dropped or entirely kept.
+    assert bool(jnp.all(per_channel.all(axis=1) | ~per_channel.any(axis=1)))
+    assert 0.05 < float(per_channel.all(axis=1).mean()) < 0.6
+    assert not bool(dropped_fraction(train=False).any())
+
+
+def test_get_model_names_unknown_models():
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        get_model("resnet")
+
+
+@pytest.mark.parametrize(("padding", "size"), [(1, (3, 3)), ("SAME", (3, 3)), ("VALID", (3, 3)),
+                                               ("SAME", (5, 5)), (0, (1, 1))])
+def test_conv_matches_flax_conv_values_and_gradients(padding, size):
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))
+    ours, reference = Conv(5, size, padding=padding), nn.Conv(5, size, padding=padding)
+    params = reference.init(jax.random.PRNGKey(1), images)
+    chex.assert_trees_all_equal_shapes(params, ours.init(jax.random.PRNGKey(1), images))
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(ours.apply(params, images), reference.apply(params, images),
+                               rtol=1e-5, atol=1e-5)
+    ours_grads = jax.grad(loss(ours), argnums=(0, 1))(params, images)
+    reference_grads = jax.grad(loss(reference), argnums=(0, 1))(params, images)
+    chex.assert_trees_all_close(ours_grads, reference_grads, rtol=1e-4, atol=1e-5)
+
+
+def test_conv2d_custom_gradient_against_finite_differences():
+    from jax.test_util import check_grads
+
+    images = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 2))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 2))
+    check_grads(lambda x, k: conv2d(x, k, ((1, 1), (1, 1))), (images, kernel), order=1,
+                modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+def test_max_pool_matches_reduce_window_pooling():
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
+    expected = nn.max_pool(images, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(max_pool(images), expected)
+    grad = jax.grad(lambda x: jnp.sum(max_pool(x) ** 2))(images)
+    expected_grad = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (2, 2), strides=(2, 2)) ** 2))(images)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6)
+    reference = lax.reduce_window(images, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(max_pool(images), reference)

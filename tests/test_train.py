@@ -1,0 +1,245 @@
+"""The shared training loop: compile once, traced hyperparameters, resume, divergence."""
+
+from functools import partial
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import losses
+from kdjax.checkpoints import load_model
+from kdjax.data import Split, normalize
+from kdjax.models import MLP, StudentNet
+from kdjax.train import (
+    OBJECTIVES,
+    NonFiniteLossError,
+    create_state,
+    epoch_permutation,
+    fit,
+    make_hyperparams,
+    make_optimizer,
+    make_train_step,
+    predict,
+)
+
+UNIT = partial(normalize, mean=0.0, std=1.0)
+
+
+def _split(count: int, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    images = rng.integers(0, 40, (count, 28, 28, 1)).astype(np.uint8)
+    # Make the task learnable: a bright stripe whose row encodes the label.
+    for index, label in enumerate(labels):
+        images[index, 2 * label + 4, 4:24, 0] = 255
+    return Split(images, labels, np.arange(count, dtype=np.int64) + 1000)
+
+
+def _batch(split: Split, size: int, teacher_logits=None) -> dict:
+    batch = {
+        "images": split.images[:size],
+        "labels": split.labels[:size],
+        "ids": split.ids[:size],
+    }
+    if teacher_logits is not None:
+        batch["teacher_logits"] = teacher_logits[:size]
+    return batch
+
+
+def test_kd_step_compiles_once_across_hyperparameter_values():
+    model, optimizer = StudentNet(), make_optimizer("adam")
+    split = _split(64)
+    teacher_logits = np.random.default_rng(1).normal(size=(64, 10)).astype(np.float32)
+    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    step = make_train_step(model, OBJECTIVES["kd"], optimizer, UNIT)
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    for temperature, alpha, learning_rate in [(1.0, 0.1, 1e-3), (3.0, 0.7, 5e-4), (20.0, 0.5, 1e-2)]:
+        hyperparams = make_hyperparams(
+            learning_rate=learning_rate,
+            temperature=temperature,
+            hard_weight=alpha,
+            soft_weight=1 - alpha,
+        )
+        state, metrics = step(state, _batch(split, 32, teacher_logits), hyperparams)
+    assert int(state.step) == 3
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_kd_step_loss_equals_kd_loss_of_the_model_outputs():
+    model, optimizer = MLP(hidden_sizes=(16,)), make_optimizer("adam")
+    split = _split(8)
+    teacher_logits = np.random.default_rng(2).normal(size=(8, 10)).astype(np.float32) * 4
+    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=3)
+    step = jax.jit(make_train_step(model, OBJECTIVES["kd"], optimizer, UNIT))
+    hyperparams = make_hyperparams(
+        learning_rate=1e-3, temperature=3.0, hard_weight=0.7, soft_weight=0.3
+    )
+    _, metrics = step(state, _batch(split, 8, teacher_logits), hyperparams)
+    logits = model.apply({"params": state.params}, UNIT(split.images[:8]))["logits"]
+    expected = losses.kd_loss(logits, teacher_logits, split.labels[:8], temperature=3.0, alpha=0.7)
+    np.testing.assert_allclose(float(metrics["loss"]), float(jnp.mean(expected)), rtol=1e-5)
+
+
+def test_learning_rate_is_applied_in_the_step():
+    model, optimizer = MLP(hidden_sizes=(8,)), make_optimizer("sgd", momentum=0.0)
+    split = _split(4)
+    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    step = jax.jit(make_train_step(model, OBJECTIVES["ce"], optimizer, UNIT))
+    batch = _batch(split, 4)
+    zero, _ = step(state, batch, make_hyperparams(learning_rate=0.0))
+    small, _ = step(state, batch, make_hyperparams(learning_rate=0.1))
+    large, _ = step(state, batch, make_hyperparams(learning_rate=0.2))
+    chex.assert_trees_all_close(zero.params, state.params)
+    delta_small = jax.tree.map(lambda a, b: a - b, small.params, state.params)
+    delta_large = jax.tree.map(lambda a, b: a - b, large.params, state.params)
+    chex.assert_trees_all_close(jax.tree.map(lambda d: 2 * d, delta_small), delta_large,
+                                rtol=1e-5, atol=1e-7)
+
+
+def test_epoch_permutation_depends_only_on_seed_and_epoch():
+    np.testing.assert_array_equal(epoch_permutation(3, 1, 100), epoch_permutation(3, 1, 100))
+    assert not np.array_equal(epoch_permutation(3, 1, 100), epoch_permutation(3, 2, 100))
+    assert sorted(epoch_permutation(3, 1, 100)) == list(range(100))
+
+
+def test_predict_pads_the_last_batch_and_keeps_order():
+    model = MLP(hidden_sizes=(8,))
+    split = _split(10)
+    params = model.init(jax.random.PRNGKey(0), UNIT(split.images[:1]))["params"]
+    whole = predict(model, params, split.images, preprocess=UNIT, batch_size=10)["logits"]
+    chunked = predict(model, params, split.images, preprocess=UNIT, batch_size=4)["logits"]
+    assert chunked.shape == (10, 10)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def _fit(tmp_path, name, epochs, **kwargs):
+    split, test = _split(256, seed=0), _split(64, seed=1)
+    return fit(
+        name=name,
+        run_dir=tmp_path / name,
+        run_config={"test": name, "model": "student_net"},
+        model=StudentNet(),
+        objective=OBJECTIVES["ce"],
+        optimizer=make_optimizer("adam"),
+        hyperparams=make_hyperparams(learning_rate=1e-3),
+        train_split=split,
+        test_split=test,
+        preprocess=UNIT,
+        epochs=epochs,
+        batch_size=32,
+        seed=7,
+        log=lambda message: None,
+        **kwargs,
+    )
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    uninterrupted = _fit(tmp_path, "straight", epochs=3)
+
+    def crash_after_first_epoch(epoch):
+        if epoch == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        _fit(tmp_path, "crashed", epochs=3, on_epoch_end=crash_after_first_epoch)
+    resumed = _fit(tmp_path, "crashed", epochs=3)
+
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.epochs_trained_now == 2
+    chex.assert_trees_all_close(resumed.params, uninterrupted.params, rtol=1e-6, atol=1e-6)
+    assert resumed.test_accuracy == uninterrupted.test_accuracy
+    assert [e["train_loss"] for e in resumed.history] == pytest.approx(
+        [e["train_loss"] for e in uninterrupted.history], rel=1e-5
+    )
+    # A finished run is reused, not retrained, and the model restores from disk.
+    again = _fit(tmp_path, "crashed", epochs=3)
+    assert again.epochs_trained_now == 0
+    assert again.test_accuracy == uninterrupted.test_accuracy
+    assert uninterrupted.test_accuracy > 0.5  # the stripes are learnable
+
+
+def test_restore_with_kdjax_and_with_plain_orbax(tmp_path):
+    import orbax.checkpoint as ocp
+
+    result = _fit(tmp_path, "restore", epochs=1)
+    model, params = load_model(tmp_path / "restore")
+    chex.assert_trees_all_close(params, jax.device_get(result.params))
+    images = UNIT(_split(8, seed=1).images)
+    logits = model.apply({"params": params}, images)["logits"]
+    expected = StudentNet().apply({"params": result.params}, images)["logits"]
+    np.testing.assert_allclose(logits, expected, rtol=1e-6)
+
+    manager = ocp.CheckpointManager((tmp_path / "restore" / "checkpoints").absolute())
+    restored = manager.restore(
+        manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
+    manager.close()
+    chex.assert_trees_all_close(restored["state"]["params"], jax.device_get(result.params))
+
+
+def test_a_run_directory_refuses_other_settings(tmp_path):
+    _fit(tmp_path, "settings", epochs=1)
+    with pytest.raises(ValueError, match="different settings"):
+        fit(
+            name="settings",
+            run_dir=tmp_path / "settings",
+            run_config={"test": "something else"},
+            model=StudentNet(),
+            objective=OBJECTIVES["ce"],
+            optimizer=make_optimizer("adam"),
+            hyperparams=make_hyperparams(learning_rate=1e-3),
+            train_split=_split(64),
+            test_split=_split(16),
+            preprocess=UNIT,
+            epochs=1,
+            batch_size=32,
+            seed=0,
+            log=lambda message: None,
+        )
+
+
+def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
+        fit(
+            name="diverge",
+            run_dir=tmp_path / "diverge",
+            run_config={},
+            model=MLP(hidden_sizes=(8,)),
+            objective=OBJECTIVES["ce"],
+            optimizer=make_optimizer("sgd", momentum=0.0),
+            hyperparams=make_hyperparams(learning_rate=1e30),
+            train_split=_split(128),
+            test_split=_split(16),
+            preprocess=UNIT,
+            epochs=1,
+            batch_size=16,
+            seed=0,
+            log=lambda message: None,
+        )
+
+
+def test_batch_larger_than_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="larger than the training set"):
+        fit(
+            name="big",
+            run_dir=tmp_path / "big",
+            run_config={},
+            model=MLP(hidden_sizes=(8,)),
+            objective=OBJECTIVES["ce"],
+            optimizer=make_optimizer("adam"),
+            hyperparams=make_hyperparams(learning_rate=1e-3),
+            train_split=_split(16),
+            test_split=_split(16),
+            preprocess=UNIT,
+            epochs=1,
+            batch_size=64,
+            seed=0,
+            log=lambda message: None,
+        )
