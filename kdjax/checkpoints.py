@@ -84,9 +84,7 @@ def write_config(run_dir: str | Path, config: dict) -> None:
         existing = json.loads(path.read_text())
         if existing != config:
             changed = sorted(
-                key
-                for key in set(existing) | set(config)
-                if existing.get(key) != config.get(key)
+                key for key in set(existing) | set(config) if existing.get(key) != config.get(key)
             )
             raise ValueError(
                 f"{run_dir} holds a run with different settings ({', '.join(changed)}); "
@@ -119,9 +117,7 @@ def load_model(run_dir: str | Path, epoch: int | None = None):
         epoch = manager.latest_step() if epoch is None else epoch
         if epoch is None:
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
-        restored = manager.restore(
-            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
+        restored = manager.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     finally:
         manager.close()
     return model, restored["state"]["params"]

@@ -68,8 +68,9 @@ class Split:
             if not np.issubdtype(getattr(self, name).dtype, np.integer):
                 raise ValueError(f"{name} must be integers, got {getattr(self, name).dtype}.")
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, H, W, C], got {self.images.dtype} "
-                             f"{self.images.shape}.")
+            raise ValueError(
+                f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}."
+            )
         count = len(self.images)
         if self.labels.shape != (count,) or self.ids.shape != (count,):
             raise ValueError(
@@ -151,7 +152,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot read ({error}); the file is corrupt or truncated.") from None
+        raise DataError(
+            f"{path}: cannot read ({error}); the file is corrupt or truncated."
+        ) from None
     if len(raw) < 4:
         raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes).")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])

@@ -21,8 +21,15 @@ import numpy as np
 from kdjax import soft_targets
 from kdjax.data import Dataset, normalize
 from kdjax.models import count_params, get_model
-from kdjax.train import OBJECTIVES, FitResult, config_hash, fit, make_hyperparams, \
-    make_optimizer, predict
+from kdjax.train import (
+    OBJECTIVES,
+    FitResult,
+    config_hash,
+    fit,
+    make_hyperparams,
+    make_optimizer,
+    predict,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +43,10 @@ class RunSpec:
     batch_size: int = 128
     learning_rate: float = 1e-3
     optimizer: str = "adam"
-    seed: int = 0
-    temperature: float = 1.0
-    hard_weight: float = 1.0
-    soft_weight: float = 0.0
+    seed: int | tuple[int, ...] = 0
+    temperature: float | tuple[float, ...] = 1.0
+    hard_weight: float | tuple[float, ...] = 1.0
+    soft_weight: float | tuple[float, ...] = 0.0
     input_mean: float | tuple[float, ...] = 0.0
     input_std: float | tuple[float, ...] = 1.0
 
@@ -48,8 +55,24 @@ class RunSpec:
             raise ValueError(f"unknown objective {self.objective!r}; known: {sorted(OBJECTIVES)}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1.")
-        if not self.temperature > 0:
+        if not np.all(np.asarray(self.temperature) > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.population is not None:
+            for name in ("temperature", "hard_weight", "soft_weight"):
+                value = getattr(self, name)
+                if isinstance(value, tuple) and len(value) != self.population:
+                    raise ValueError(
+                        f"{name} has {len(value)} values for {self.population} students."
+                    )
+
+    @property
+    def population(self) -> int | None:
+        """The number of students trained together (None for a single run).
+
+        A tuple of seeds makes a population; temperature and the loss weights may
+        then be tuples too, one value per student (see :func:`kdjax.train.fit`).
+        """
+        return len(self.seed) if isinstance(self.seed, tuple) else None
 
     def preprocess(self):
         return partial(normalize, mean=self.input_mean, std=self.input_std)
@@ -69,7 +92,8 @@ def train_run(
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Trains (or resumes, or reuses) the run ``spec`` describes."""
+    """Trains (or resumes, or reuses) the run ``spec`` describes (one student or a
+    population trained together, see :attr:`RunSpec.population`)."""
     if spec.objective != "ce" and teacher_logits is None:
         raise ValueError(f"objective {spec.objective!r} needs teacher_logits.")
     identity = {
@@ -97,7 +121,7 @@ def train_run(
         preprocess=spec.preprocess(),
         epochs=spec.epochs,
         batch_size=spec.batch_size,
-        seed=spec.seed,
+        seed=list(spec.seed) if spec.population else spec.seed,
         train_extras=extras,
         log=log,
         on_epoch_end=on_epoch_end,

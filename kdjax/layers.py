@@ -25,9 +25,7 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _xla_conv(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return lax.conv_general_dilated(
-        images, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS
-    )
+    return lax.conv_general_dilated(images, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -100,8 +98,40 @@ def _explicit_padding(padding: int | str, kernel_size: Sequence[int]) -> Padding
     raise ValueError(f"padding must be an int, 'SAME' or 'VALID', got {padding!r}.")
 
 
+def torch_kernel_init() -> nn.initializers.Initializer:
+    """PyTorch's default weight init for ``nn.Linear``/``nn.Conv2d``
+    (``kaiming_uniform_(a=sqrt(5))``): ``U(−1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default bias init: ``U(−1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Dense(nn.Module):
+    """A dense layer, parameters named as ``nn.Dense``'s, initialised as PyTorch's
+    ``nn.Linear`` (the seeds' networks are PyTorch models; their reported
+    accuracies were reached from that initialisation)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        fan_in = inputs.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init(), (fan_in, self.features))
+        bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
+        return inputs @ kernel.astype(inputs.dtype) + bias.astype(inputs.dtype)
+
+
 class Conv(nn.Module):
-    """Stride-1 2-D convolution with bias; parameters as ``nn.Conv`` names them."""
+    """Stride-1 2-D convolution with bias; parameters named and shaped as ``nn.Conv``'s,
+    initialised as PyTorch's ``nn.Conv2d``."""
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -110,12 +140,11 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         in_channels = images.shape[-1]
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(),
-            (*self.kernel_size, in_channels, self.features),
+            "kernel", torch_kernel_init(), (*self.kernel_size, in_channels, self.features)
         )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        bias = self.param("bias", torch_bias_init(fan_in), (self.features,))
         padding = _explicit_padding(self.padding, self.kernel_size)
         return conv2d(images, kernel.astype(images.dtype), padding) + bias.astype(images.dtype)
 

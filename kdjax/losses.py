@@ -1,6 +1,6 @@
 """Knowledge-distillation losses as plain JAX functions.
 
-This module depends on `jax` alone (no Flax, no optax), so it can be imported
+This module depends on `jax` and numpy alone (no Flax, no optax), so it can be imported
 into any JAX research code: ``from kdjax.losses import kd_loss``.
 
 Conventions, following optax's losses:
@@ -16,7 +16,8 @@ Conventions, following optax's losses:
 * Shape and dtype problems raise ``ValueError``/``TypeError`` at trace time with
   a message that names the argument. ``temperature`` and ``alpha`` may be traced
   arrays (so one compiled step serves a whole sweep); when they are concrete
-  Python numbers they are range-checked too.
+  (numbers or arrays known at trace time) they are range-checked too. Labels are
+  not range-checked (they are usually traced): a label outside ``[0, C)`` gives NaN.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 ArrayLike = Any
@@ -70,13 +72,22 @@ def _check_batched(name: str, features: Array) -> None:
         )
 
 
+def _concrete(value: ArrayLike):
+    """The value as a numpy array when it is known at trace time, else None."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value, dtype=np.float64)
+
+
 def _check_positive(name: str, value: ArrayLike) -> None:
-    if isinstance(value, (int, float)) and not value > 0:
+    concrete = _concrete(value)
+    if concrete is not None and not np.all(concrete > 0):
         raise ValueError(f"{name} must be > 0, got {value}.")
 
 
 def _check_unit_interval(name: str, value: ArrayLike) -> None:
-    if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+    concrete = _concrete(value)
+    if concrete is not None and not np.all((concrete >= 0) & (concrete <= 1)):
         raise ValueError(f"{name} must be in [0, 1], got {value}.")
 
 
@@ -93,15 +104,19 @@ def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
     Returns:
       ``[...]`` per-example losses.
     """
-    logits = _as_float("logits", logits)
-    _check_logits("logits", logits)
+    return _cross_entropy(logits, labels, logits_name="logits")
+
+
+def _cross_entropy(logits: ArrayLike, labels: ArrayLike, *, logits_name: str) -> Array:
+    logits = _as_float(logits_name, logits)
+    _check_logits(logits_name, logits)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}.")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
-            f"labels must have shape {logits.shape[:-1]} (logits without the class axis), "
-            f"got {labels.shape}."
+            f"labels must have shape {logits.shape[:-1]} ({logits_name} without the class "
+            f"axis), got {labels.shape}."
         )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
@@ -137,10 +152,17 @@ def distillation_kl(
     temperature = jnp.asarray(temperature, student_logits.dtype)
     student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    # exp(log p) underflows to exactly 0 for negligible classes, so 0 · finite = 0:
-    # this is the xlogy convention PyTorch's kl_div uses for zero targets.
     teacher_probs = jnp.exp(teacher_log_probs)
-    kl = jnp.sum(teacher_probs * (teacher_log_probs - student_log_probs), axis=-1)
+    # Classes the teacher gives probability 0 (underflow, or a -inf logit that
+    # masks a class) contribute 0, the xlogy convention of PyTorch's kl_div. The
+    # inner where keeps log p finite so the unused branch has no NaN gradient.
+    safe_teacher_log_probs = jnp.where(teacher_probs > 0, teacher_log_probs, 0.0)
+    kl = jnp.sum(
+        jnp.where(
+            teacher_probs > 0, teacher_probs * (safe_teacher_log_probs - student_log_probs), 0.0
+        ),
+        axis=-1,
+    )
     return temperature**2 * kl
 
 
@@ -206,7 +228,7 @@ def kd_loss(
       ``[...]`` per-example losses.
     """
     _check_unit_interval("alpha", alpha)
-    hard = cross_entropy(student_logits, labels)
+    hard = _cross_entropy(student_logits, labels, logits_name="student_logits")
     soft = distillation_kl(student_logits, teacher_logits, temperature=temperature)
     alpha = jnp.asarray(alpha, hard.dtype)
     return alpha * hard + (1.0 - alpha) * soft

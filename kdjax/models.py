@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from kdjax.layers import Conv, max_pool
+from kdjax.layers import Conv, Dense, max_pool
 
 Outputs = dict[str, jax.Array]
 
@@ -46,8 +46,8 @@ class StudentNet(nn.Module):
             feature_map
         )
         features = _flatten(x)
-        x = nn.relu(nn.Dense(32, name="fc1")(features))
-        logits = nn.Dense(self.num_classes, name="fc2")(x)
+        x = nn.relu(Dense(32, name="fc1")(features))
+        logits = Dense(self.num_classes, name="fc2")(x)
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
@@ -71,9 +71,9 @@ class MnistCNN(nn.Module):
         feature_map = max_pool(x)
         x = nn.Dropout(0.25, deterministic=not train)(feature_map)
         features = _flatten(x)
-        x = nn.relu(nn.Dense(128, name="fc1")(features))
+        x = nn.relu(Dense(128, name="fc1")(features))
         x = nn.Dropout(0.5, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, name="fc2")(x)
+        logits = Dense(self.num_classes, name="fc2")(x)
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
@@ -92,10 +92,10 @@ class MLP(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
         x = _flatten(images)
         for index, width in enumerate(self.hidden_sizes):
-            x = nn.relu(nn.Dense(width, name=f"hidden{index}")(x))
+            x = nn.relu(Dense(width, name=f"hidden{index}")(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, name="head")(x)
+        logits = Dense(self.num_classes, name="head")(x)
         return {"logits": logits, "features": x}
 
 

@@ -24,7 +24,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,12 +224,16 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 @dataclasses.dataclass
 class FitResult:
-    """What one training run produced."""
+    """What one training run produced.
+
+    For a population (``fit(seed=[...])``) ``params`` has a leading student axis and
+    ``test_accuracy`` and the per-epoch metrics are lists, one value per student.
+    """
 
     run_dir: Path
     params: Any
     history: list[dict]
-    test_accuracy: float
+    test_accuracy: float | list[float]
     epochs_trained_now: int
     resumed_from_epoch: int
     train_seconds: float
@@ -243,9 +247,9 @@ class FitResult:
             "epochs": len(self.history),
             "resumed_from_epoch": self.resumed_from_epoch,
             "train_seconds_this_invocation": round(self.train_seconds, 3),
-            "compile_seconds": None if self.compile_seconds is None else round(
-                self.compile_seconds, 3
-            ),
+            "compile_seconds": None
+            if self.compile_seconds is None
+            else round(self.compile_seconds, 3),
             "mean_epoch_seconds": round(float(np.mean([e["seconds"] for e in self.history])), 3)
             if self.history
             else None,
@@ -276,6 +280,94 @@ class _Progress:
             sys.stderr.flush()
 
 
+def population_accuracy(
+    model: nn.Module,
+    stacked_params: Any,
+    split: Split,
+    *,
+    preprocess: Preprocess,
+    batch_size: int = 1000,
+    strategy: str = "auto",
+) -> list[float]:
+    """Test accuracy of every member of a population (params with a leading axis);
+    ``strategy`` as in :func:`population_step`."""
+    count = len(split)
+    batch_size = max(1, min(batch_size, count))
+
+    @jax.jit
+    def correct(params, images, labels, mask):
+        def one(member_params):
+            logits = model.apply({"params": member_params}, preprocess(images), train=False)
+            return jnp.sum((jnp.argmax(logits["logits"], -1) == labels) * mask)
+
+        if _resolve_strategy(strategy) == "vmap":
+            return jax.vmap(one)(params)
+        return jax.lax.map(one, params)
+
+    total = 0
+    for start in range(0, count, batch_size):
+        images = split.images[start : start + batch_size]
+        labels = split.labels[start : start + batch_size]
+        real = len(images)
+        mask = np.arange(batch_size) < real
+        if real < batch_size:
+            pad = batch_size - real
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+        total = total + correct(stacked_params, images, labels, mask)
+    return [float(value) / count for value in np.asarray(total)]
+
+
+def _resolve_strategy(strategy: str) -> str:
+    if strategy == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return strategy
+
+
+def population_step(train_step: Callable, strategy: str = "auto") -> Callable:
+    """Lifts a one-student step to ``(states, batch, hyperparams)`` with a leading
+    student axis on ``states`` and ``hyperparams``; the batch is shared.
+
+    ``"vmap"`` batches the students' arithmetic (wide matmuls: best on GPU/TPU);
+    ``"map"`` runs them one after another inside the same compiled program
+    (``lax.map``), which on the CPU is faster for convolutional students, since
+    XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow.
+    ``"auto"`` picks ``"map"`` on the CPU and ``"vmap"`` elsewhere. Both give
+    the same numbers; BUILD_NOTES.md records the measurements.
+    """
+    strategy = _resolve_strategy(strategy)
+    if strategy == "vmap":
+        return jax.vmap(train_step, in_axes=(0, None, 0))
+    if strategy == "map":
+
+        def mapped(states, batch, hyperparams):
+            return jax.lax.map(
+                lambda member: train_step(member[0], batch, member[1]), (states, hyperparams)
+            )
+
+        return mapped
+    raise ValueError(f"population strategy must be 'auto', 'vmap' or 'map', got {strategy!r}.")
+
+
+def _population_hyperparams(hyperparams: Hyperparams, size: int) -> dict[str, jax.Array]:
+    stacked = {}
+    for key, value in hyperparams.items():
+        value = jnp.asarray(value, jnp.float32)
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != size):
+            raise ValueError(
+                f"hyperparams[{key!r}] has shape {value.shape}; a population of {size} "
+                f"students takes a scalar or a vector of {size} values."
+            )
+        stacked[key] = jnp.broadcast_to(value, (size,))
+    return stacked
+
+
+def _summarise(values: np.ndarray) -> float | list[float]:
+    """A float for one student, a list of floats for a population."""
+    values = np.asarray(values, np.float64)
+    return round(float(values), 6) if values.ndim == 0 else [round(float(v), 6) for v in values]
+
+
 def fit(
     *,
     name: str,
@@ -290,14 +382,27 @@ def fit(
     preprocess: Preprocess,
     epochs: int,
     batch_size: int,
-    seed: int,
+    seed: int | Sequence[int],
+    data_seed: int | None = None,
     train_extras: Mapping[str, np.ndarray] | None = None,
     eval_batch_size: int = 1000,
+    population_strategy: str = "auto",
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains ``model`` for ``epochs`` epochs, resuming from ``run_dir`` if it has checkpoints.
 
+    ``seed`` initialises parameters and dropout. A **list** of seeds trains a
+    population of students together: ``jax.vmap`` over a leading student axis of
+    the state and of ``hyperparams`` (each a scalar, shared, or a vector with one
+    value per student), one compiled program, every student on the same batches.
+    Student ``i`` ends exactly where a single run with ``seed=seeds[i]``, the same
+    ``data_seed`` and student ``i``'s hyperparameters ends.
+
+    ``population_strategy`` picks how the compiled step walks the students (see
+    :func:`population_step`).
+
+    ``data_seed`` fixes the example order (default: the seed, or the first seed).
     ``train_extras`` are arrays aligned with ``train_split`` (row ``i`` belongs to
     example ``train_split.ids[i]``), e.g. stored teacher logits; they are gathered
     with the same indices as the images, so shuffling cannot misalign them.
@@ -311,11 +416,44 @@ def fit(
     train_extras = dict(train_extras or {})
     for key, array in train_extras.items():
         if len(array) != len(train_split):
-            raise ValueError(f"train_extras[{key!r}] has {len(array)} rows for "
-                             f"{len(train_split)} training examples.")
+            raise ValueError(
+                f"train_extras[{key!r}] has {len(array)} rows for "
+                f"{len(train_split)} training examples."
+            )
+    population = None if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if population is not None and not population:
+        raise ValueError("a population needs at least one seed.")
+    if data_seed is None:
+        data_seed = int(seed) if population is None else population[0]
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
-    state = create_state(model, optimizer, preprocess(train_split.images[:1]), seed)
+
+    sample = preprocess(train_split.images[:1])
+    train_step = make_train_step(model, objective, optimizer, preprocess)
+    if population is None:
+        state = create_state(model, optimizer, sample, int(seed))
+        step_fn = jax.jit(_compile_once(train_step))
+    else:
+        state = jax.vmap(lambda member_seed: create_state(model, optimizer, sample, member_seed))(
+            jnp.asarray(population)
+        )
+        hyperparams = _population_hyperparams(hyperparams, len(population))
+        step_fn = jax.jit(_compile_once(population_step(train_step, population_strategy)))
+
+    def test_accuracy_of(params) -> float | list[float]:
+        if population is None:
+            return evaluate(
+                model, params, test_split, preprocess=preprocess, batch_size=eval_batch_size
+            )
+        return population_accuracy(
+            model,
+            params,
+            test_split,
+            preprocess=preprocess,
+            batch_size=eval_batch_size,
+            strategy=population_strategy,
+        )
+
     checkpoints = RunCheckpoints(run_dir)
     history: list[dict] = []
     start_epoch = checkpoints.latest_epoch() or 0
@@ -331,13 +469,12 @@ def fit(
         verb = "Reusing finished" if start_epoch == epochs else "Resuming"
         log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
 
-    step_fn = jax.jit(_compile_once(make_train_step(model, objective, optimizer, preprocess)))
     steps_per_epoch = len(train_split) // batch_size
     compile_seconds = None
     train_seconds = 0.0
     try:
         for epoch in range(start_epoch, epochs):
-            order = epoch_permutation(seed, epoch, len(train_split))
+            order = epoch_permutation(data_seed, epoch, len(train_split))
             progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
             step_metrics: list[dict] = []
             epoch_start = time.perf_counter()
@@ -362,22 +499,25 @@ def fit(
                     recent = np.asarray(
                         jnp.stack([m["loss"] for m in step_metrics[-_CHECK_EVERY_STEPS:]])
                     )
-                    _check_finite(recent, first_step=int(state.step) - len(recent) + 1,
-                                  name=name, epoch=epoch, last_saved=checkpoints.latest_epoch())
-                    progress.update(done, float(recent[-1]))
+                    _check_finite(
+                        recent,
+                        first_step=epoch * steps_per_epoch + done - len(recent) + 1,
+                        name=name,
+                        epoch=epoch,
+                        last_saved=checkpoints.latest_epoch(),
+                    )
+                    progress.update(done, float(np.mean(recent[-1])))
             epoch_metrics = {
-                key: float(np.mean(np.asarray(jnp.stack([m[key] for m in step_metrics]))))
+                key: _summarise(np.mean(np.asarray(jnp.stack([m[key] for m in step_metrics])), 0))
                 for key in step_metrics[0]
             }
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
             progress.close()
-            test_accuracy = evaluate(
-                model, state.params, test_split, preprocess=preprocess, batch_size=eval_batch_size
-            )
+            test_accuracy = test_accuracy_of(state.params)
             entry = {
                 "epoch": epoch + 1,
-                **{f"train_{key}": round(value, 6) for key, value in epoch_metrics.items()},
+                **{f"train_{key}": value for key, value in epoch_metrics.items()},
                 "test_accuracy": test_accuracy,
                 "seconds": round(seconds, 3),
                 "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
@@ -385,8 +525,9 @@ def fit(
             history.append(entry)
             checkpoints.save(epoch + 1, state, {"history": history})
             log(
-                f"{name} epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f} "
-                f"train acc {entry['train_accuracy']:.4f} test acc {test_accuracy:.4f} | "
+                f"{name} epoch {epoch + 1}/{epochs}: loss {_describe(entry['train_loss'])} "
+                f"train acc {_describe(entry['train_accuracy'])} "
+                f"test acc {_describe(test_accuracy)} | "
                 f"{entry['examples_per_second']:,.0f} examples/s, {seconds:.1f} s"
             )
             if on_epoch_end is not None:
@@ -394,11 +535,7 @@ def fit(
     finally:
         checkpoints.close()
 
-    if history:
-        final_accuracy = history[-1]["test_accuracy"]
-    else:  # epochs == 0: nothing trained, report the initial parameters
-        final_accuracy = evaluate(model, state.params, test_split, preprocess=preprocess,
-                                  batch_size=eval_batch_size)
+    final_accuracy = history[-1]["test_accuracy"] if history else test_accuracy_of(state.params)
     return FitResult(
         run_dir=run_dir,
         params=state.params,
@@ -411,6 +548,12 @@ def fit(
     )
 
 
+def _describe(value: float | list[float]) -> str:
+    if isinstance(value, list):
+        return f"{np.mean(value):.4f}±{np.std(value):.4f} (n={len(value)})"
+    return f"{value:.4f}"
+
+
 def _compile_once(step: Callable) -> Callable:
     """Makes a second trace (a recompilation, which on CPU costs as much as many
     steps) an error instead of a silent slowdown: every batch must keep its shape."""
@@ -420,22 +563,27 @@ def _compile_once(step: Callable) -> Callable:
         nonlocal traces
         traces += 1
         if traces > 1:
-            raise RuntimeError(
-                "the train step was traced twice: a batch changed shape or dtype."
-            )
+            raise RuntimeError("the train step was traced twice: a batch changed shape or dtype.")
         return step(*args)
 
     return traced_once
 
 
-def _check_finite(losses_: np.ndarray, *, first_step: int, name: str, epoch: int,
-                  last_saved: int | None) -> None:
-    bad = np.flatnonzero(~np.isfinite(losses_))
-    if bad.size:
-        step = first_step + int(bad[0])
+def _check_finite(
+    losses_: np.ndarray, *, first_step: int, name: str, epoch: int, last_saved: int | None
+) -> None:
+    finite = np.isfinite(losses_)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.reshape(len(losses_), -1).all(axis=1))[0])
+        step = first_step + row
+        values = losses_[row]
+        which = ""
+        if np.ndim(values):
+            bad_members = np.flatnonzero(~np.isfinite(values)).tolist()
+            which = f" for student(s) {bad_members}"
+            values = values[bad_members[0]]
         saved = f"epoch {last_saved}" if last_saved else "none"
         raise NonFiniteLossError(
-            f"{name}: loss became {losses_[bad[0]]} at step {step} (epoch {epoch + 1}); "
+            f"{name}: loss became {values} at step {step} (epoch {epoch + 1}){which}; "
             f"stopped. Last checkpoint: {saved}. Lower the learning rate or check the inputs."
         )
-

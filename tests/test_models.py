@@ -61,8 +61,10 @@ def test_get_model_names_unknown_models():
         get_model("resnet")
 
 
-@pytest.mark.parametrize(("padding", "size"), [(1, (3, 3)), ("SAME", (3, 3)), ("VALID", (3, 3)),
-                                               ("SAME", (5, 5)), (0, (1, 1))])
+@pytest.mark.parametrize(
+    ("padding", "size"),
+    [(1, (3, 3)), ("SAME", (3, 3)), ("VALID", (3, 3)), ("SAME", (5, 5)), (0, (1, 1))],
+)
 def test_conv_matches_flax_conv_values_and_gradients(padding, size):
     images = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))
     ours, reference = Conv(5, size, padding=padding), nn.Conv(5, size, padding=padding)
@@ -72,8 +74,9 @@ def test_conv_matches_flax_conv_values_and_gradients(padding, size):
     def loss(module):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
-    np.testing.assert_allclose(ours.apply(params, images), reference.apply(params, images),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ours.apply(params, images), reference.apply(params, images), rtol=1e-5, atol=1e-5
+    )
     ours_grads = jax.grad(loss(ours), argnums=(0, 1))(params, images)
     reference_grads = jax.grad(loss(reference), argnums=(0, 1))(params, images)
     chex.assert_trees_all_close(ours_grads, reference_grads, rtol=1e-4, atol=1e-5)
@@ -84,8 +87,14 @@ def test_conv2d_custom_gradient_against_finite_differences():
 
     images = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 2))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 2))
-    check_grads(lambda x, k: conv2d(x, k, ((1, 1), (1, 1))), (images, kernel), order=1,
-                modes=["rev"], atol=2e-2, rtol=2e-2)
+    check_grads(
+        lambda x, k: conv2d(x, k, ((1, 1), (1, 1))),
+        (images, kernel),
+        order=1,
+        modes=["rev"],
+        atol=2e-2,
+        rtol=2e-2,
+    )
 
 
 def test_max_pool_matches_reduce_window_pooling():

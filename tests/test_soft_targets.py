@@ -353,8 +353,9 @@ def test_corrupt_or_foreign_store_is_recomputed(tmp_path, payload):
     else:
         path.write_bytes(payload)
     split, teacher = make_split(), CountingTeacher()
-    logits = load_or_compute(path, split, teacher_fingerprint="t", compute_logits=teacher,
-                             log=lambda message: None)
+    logits = load_or_compute(
+        path, split, teacher_fingerprint="t", compute_logits=teacher, log=lambda message: None
+    )
     assert teacher.calls == [len(split)]
     assert_aligned(logits, split, expected_by_id(split))
 

@@ -56,7 +56,11 @@ def test_kd_step_compiles_once_across_hyperparameter_values():
     step = make_train_step(model, OBJECTIVES["kd"], optimizer, UNIT)
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(step, n=1))
-    for temperature, alpha, learning_rate in [(1.0, 0.1, 1e-3), (3.0, 0.7, 5e-4), (20.0, 0.5, 1e-2)]:
+    for temperature, alpha, learning_rate in [
+        (1.0, 0.1, 1e-3),
+        (3.0, 0.7, 5e-4),
+        (20.0, 0.5, 1e-2),
+    ]:
         hyperparams = make_hyperparams(
             learning_rate=learning_rate,
             temperature=temperature,
@@ -95,8 +99,9 @@ def test_learning_rate_is_applied_in_the_step():
     chex.assert_trees_all_close(zero.params, state.params)
     delta_small = jax.tree.map(lambda a, b: a - b, small.params, state.params)
     delta_large = jax.tree.map(lambda a, b: a - b, large.params, state.params)
-    chex.assert_trees_all_close(jax.tree.map(lambda d: 2 * d, delta_small), delta_large,
-                                rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda d: 2 * d, delta_small), delta_large, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_epoch_permutation_depends_only_on_seed_and_epoch():
@@ -242,4 +247,50 @@ def test_batch_larger_than_the_training_set_is_refused(tmp_path):
             batch_size=64,
             seed=0,
             log=lambda message: None,
+        )
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+def test_a_population_equals_separate_runs(tmp_path, strategy):
+    """Three students (different seeds and temperatures) trained together end where
+    three single runs with the same seeds, data order and hyperparameters end."""
+    split, test = _split(64, seed=0), _split(32, seed=1)
+    teacher_logits = np.random.default_rng(5).normal(size=(64, 10)).astype(np.float32) * 3
+    seeds, temperatures = [0, 1, 2], [1.0, 3.0, 8.0]
+
+    def run(name, seed, temperature, **kwargs):
+        return fit(
+            name=name,
+            run_dir=tmp_path / name,
+            run_config={"name": name},
+            model=StudentNet(),
+            objective=OBJECTIVES["kd"],
+            optimizer=make_optimizer("adam"),
+            hyperparams=make_hyperparams(
+                learning_rate=1e-3, temperature=temperature, hard_weight=0.5, soft_weight=0.5
+            ),
+            train_split=split,
+            test_split=test,
+            preprocess=UNIT,
+            epochs=2,
+            batch_size=32,
+            seed=seed,
+            data_seed=11,
+            train_extras={"teacher_logits": teacher_logits},
+            log=lambda message: None,
+            **kwargs,
+        )
+
+    together = run("population", seeds, temperatures, population_strategy=strategy)
+    assert len(together.test_accuracy) == 3
+    assert len(together.history[-1]["train_loss"]) == 3
+    for index, (seed, temperature) in enumerate(zip(seeds, temperatures, strict=True)):
+        alone = run(f"single{index}", seed, temperature)
+        member = jax.tree.map(lambda leaf, i=index: leaf[i], together.params)
+        # Summation order differs between batched and single matmuls; Adam rescales
+        # near-zero gradients, so allow float32 noise well below one update (lr 1e-3).
+        chex.assert_trees_all_close(member, alone.params, rtol=1e-4, atol=1e-5)
+        assert together.test_accuracy[index] == alone.test_accuracy
+        assert together.history[-1]["train_loss"][index] == pytest.approx(
+            alone.history[-1]["train_loss"], rel=1e-4
         )
