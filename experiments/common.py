@@ -92,6 +92,9 @@ def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title:
             marker="o",
             label=label,
         )
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)
