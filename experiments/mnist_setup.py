@@ -1,6 +1,7 @@
-"""What the seed-000 MNIST commands share: their common flags, the teacher and its
-stored soft targets. ``mnist_kd`` and ``mnist_sweep`` use the same workdir by
-default, so a sweep reuses the teacher a single run trained (and vice versa)."""
+"""What the MNIST commands share: their common flags, data loading, the teacher and
+its stored soft targets. ``mnist_kd`` and ``mnist_sweep`` use the same workdir by
+default, so a sweep reuses the teacher a single run trained (and vice versa);
+``mnist_mlp_kd`` changes the defaults to seed 004's."""
 
 from __future__ import annotations
 
@@ -56,10 +57,10 @@ def load_data() -> Dataset:
     return dataset
 
 
-def student_settings() -> dict:
+def student_settings(model: str = STUDENT_MODEL) -> dict:
     """RunSpec fields every student of these commands shares."""
     return dict(
-        model=STUDENT_MODEL,
+        model=model,
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate,
@@ -67,13 +68,15 @@ def student_settings() -> dict:
     )
 
 
-def teacher(dataset: Dataset) -> tuple[RunSpec, FitResult, dict, str]:
+def teacher(
+    dataset: Dataset, *, model: str = TEACHER_MODEL, batch_size: int | None = None
+) -> tuple[RunSpec, FitResult, dict, str]:
     """Trains or reuses the teacher; returns its spec, result, soft targets and fingerprint."""
     spec = RunSpec(
         role="teacher",
-        model=TEACHER_MODEL,
+        model=model,
         epochs=FLAGS.teacher_epochs,
-        batch_size=FLAGS.batch_size,
+        batch_size=batch_size or FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate,
         seed=TEACHER_SEED,
         **INPUT_NORMALISATION,

@@ -82,6 +82,9 @@ def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict 
         axes.axhspan(mean - std, mean + std, color="gray", alpha=0.2)
     if x_key == "temperature":
         axes.set_xscale("log", base=2)
+    ticks = sorted({row[x_key] for row in rows})
+    axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+    axes.minorticks_off()
     axes.set_xlabel(x_key)
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)

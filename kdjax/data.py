@@ -289,7 +289,8 @@ def load_mnist_embedded() -> Dataset:
     """The embedded default: 5,000 real MNIST digits (500 per class), split 4,000 / 1,000.
 
     The sample is ordered by class; the last 100 of each class form the test set,
-    so the split is deterministic and balanced. Ids are row numbers in the file.
+    so the split is deterministic and balanced. Both splits are then put in one
+    fixed shuffled order. Ids are row numbers in the file.
     """
     path = embedded_sample_path()
     try:
@@ -306,6 +307,10 @@ def load_mnist_embedded() -> Dataset:
     for label in range(10):
         rows = np.flatnonzero(labels == label)
         is_test[rows[-_EMBEDDED_TEST_PER_CLASS:]] = True
+    # The file is sorted by class; a fixed shuffle makes "the first N training
+    # images" (seed 004's transfer set) a class-balanced sample, as in real MNIST.
+    shuffle = np.random.default_rng(0).permutation(len(labels))
+    images, labels, ids, is_test = images[shuffle], labels[shuffle], ids[shuffle], is_test[shuffle]
     notice = (
         f"Using the EMBEDDED 5,000-image MNIST sample ({int((~is_test).sum())} train / "
         f"{int(is_test.sum())} test), not full MNIST: accuracies are lower and noisier than "

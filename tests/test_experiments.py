@@ -30,10 +30,12 @@ def write_tiny_mnist(directory: Path, train_count: int = 192, test_count: int = 
     return directory
 
 
-def run_command(*flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_command(
+    *flags: str, timeout: int = 300, module: str = "experiments.mnist_kd"
+) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.mnist_kd", *flags],
+        [sys.executable, "-m", module, *flags],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -103,3 +105,56 @@ def test_mnist_kd_end_to_end_then_reuse(tmp_path):
     again = json.loads((workdir / "results.json").read_text())
     for run in ("teacher", "student_kd", "student_scratch"):
         assert again[run]["test_accuracy"] == results[run]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_mnist_sweep_trains_the_grid_together_and_plots(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    workdir = tmp_path / "work"
+    result = run_command(
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--temperatures=1,4",
+        "--alphas=0.3,0.9",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        module="experiments.mnist_sweep",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "sweep" / "results.json").read_text())
+    assert results["students_trained_together"] == 8
+    cells = {(cell["temperature"], cell["alpha"]): cell for cell in results["cells"]}
+    assert set(cells) == {(1.0, 0.3), (1.0, 0.9), (4.0, 0.3), (4.0, 0.9)}
+    for cell in cells.values():
+        assert cell["n"] == 2
+        assert cell["mean"] == pytest.approx(np.mean(cell["accuracies"]))
+    assert results["scratch"]["n"] == 2
+    for name in ("accuracy_vs_temperature.png", "accuracy_vs_alpha.png", "results.csv"):
+        assert (workdir / "sweep" / name).stat().st_size > 0
+    bad = run_command("--temperatures=1,zero", module="experiments.mnist_sweep", timeout=120)
+    assert bad.returncode != 0 and "--temperatures must be" in bad.stderr
+
+
+@pytest.mark.slow
+def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    workdir = tmp_path / "work"
+    result = run_command(
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--transfer_size=128",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        module="experiments.mnist_mlp_kd",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["transfer_examples"] == 128
+    assert results["config"]["batch_size"] == 32  # seed 004's default
+    for arm in ("student_kd", "student_scratch"):
+        counts = results["correct_out_of_test"][arm]["each"]
+        assert len(counts) == 2 and all(0 <= c <= 64 for c in counts)
+    assert results["student_kd"]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
