@@ -38,21 +38,14 @@ def main(argv: list[str]) -> None:
     dataset = mnist_setup.load_data()
     teacher_spec, teacher, logits, fingerprint = mnist_setup.teacher(dataset)
     settings = dict(mnist_setup.student_settings(), seed=FLAGS.seed)
-    kd_spec = RunSpec(
-        role="student_kd",
-        objective="kd",
-        temperature=FLAGS.temperature,
-        hard_weight=FLAGS.alpha,
-        soft_weight=1.0 - FLAGS.alpha,
-        **settings,
-    )
-    student_kd = train_run(
-        kd_spec,
+    kd_spec, student_kd = mnist_setup.kd_student(
+        "student_kd",
         dataset,
-        FLAGS.workdir,
-        teacher_logits=logits["train"],
-        teacher_fingerprint=fingerprint,
-        log=common.log,
+        logits["train"],
+        fingerprint,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        **settings,
     )
     runs = {"teacher": (teacher_spec, teacher), "student_kd": (kd_spec, student_kd)}
     if FLAGS.scratch:

@@ -73,21 +73,14 @@ def main(argv: list[str]) -> None:
     students_data = dataclasses.replace(dataset, train=transfer)
     seeds = tuple(range(FLAGS.seeds))
     settings = dict(mnist_setup.student_settings(STUDENT_MODEL), seed=seeds)
-    kd_spec = RunSpec(
-        role="student_kd",
-        objective="kd",
-        temperature=FLAGS.temperature,
-        hard_weight=FLAGS.alpha,
-        soft_weight=1.0 - FLAGS.alpha,
-        **settings,
-    )
-    kd = train_run(
-        kd_spec,
+    _, kd = mnist_setup.kd_student(
+        "student_kd",
         students_data,
-        FLAGS.workdir,
-        teacher_logits=transfer_logits,
-        teacher_fingerprint=fingerprint,
-        log=common.log,
+        transfer_logits,
+        fingerprint,
+        temperature=FLAGS.temperature,
+        alpha=FLAGS.alpha,
+        **settings,
     )
     scratch = train_run(
         RunSpec(role="student_scratch", **settings), students_data, FLAGS.workdir, log=common.log

@@ -96,3 +96,38 @@ def sweep_dir() -> Path:
     path = Path(FLAGS.workdir) / "sweep"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def kd_student(
+    role: str,
+    dataset: Dataset,
+    teacher_logits,
+    teacher_fingerprint: str,
+    *,
+    temperature,
+    alpha,
+    **settings,
+) -> tuple[RunSpec, FitResult]:
+    """Trains (or reuses) a student distilled with ``alpha·CE + (1 − alpha)·T²·KL``.
+
+    ``temperature`` and ``alpha`` are numbers, or tuples with one value per student
+    when ``settings["seed"]`` is a tuple (a population).
+    """
+    soft_weight = tuple(1.0 - a for a in alpha) if isinstance(alpha, tuple) else 1.0 - alpha
+    spec = RunSpec(
+        role=role,
+        objective="kd",
+        temperature=temperature,
+        hard_weight=alpha,
+        soft_weight=soft_weight,
+        **settings,
+    )
+    result = train_run(
+        spec,
+        dataset,
+        FLAGS.workdir,
+        teacher_logits=teacher_logits,
+        teacher_fingerprint=teacher_fingerprint,
+        log=common.log,
+    )
+    return spec, result

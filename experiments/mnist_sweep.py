@@ -110,22 +110,15 @@ def main(argv: list[str]) -> None:
         f"({len(temperatures)} temperatures × {len(alphas)} alphas × {len(seeds)} seeds)."
     )
     settings = mnist_setup.student_settings()
-    kd_spec = RunSpec(
-        role="student_sweep",
-        objective="kd",
+    _, kd = mnist_setup.kd_student(
+        "student_sweep",
+        dataset,
+        logits["train"],
+        fingerprint,
         seed=tuple(seed for _, _, seed in grid),
         temperature=tuple(t for t, _, _ in grid),
-        hard_weight=tuple(a for _, a, _ in grid),
-        soft_weight=tuple(1.0 - a for _, a, _ in grid),
+        alpha=tuple(a for _, a, _ in grid),
         **settings,
-    )
-    kd = train_run(
-        kd_spec,
-        dataset,
-        FLAGS.workdir,
-        teacher_logits=logits["train"],
-        teacher_fingerprint=fingerprint,
-        log=common.log,
     )
     scratch_summary = None
     scratch = None

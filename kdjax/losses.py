@@ -91,6 +91,19 @@ def _check_unit_interval(name: str, value: ArrayLike) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value}.")
 
 
+def _softened_log_probs(student_logits, teacher_logits, temperature):
+    """Validated ``log softmax(student/T)``, ``log softmax(teacher/T)`` and ``T``."""
+    student_logits = _as_float("student_logits", student_logits)
+    teacher_logits = _as_float("teacher_logits", teacher_logits)
+    _check_logits("student_logits", student_logits)
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_positive("temperature", temperature)
+    temperature = jnp.asarray(temperature, student_logits.dtype)
+    student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    return student_log_probs, teacher_log_probs, temperature
+
+
 def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
     """Softmax cross-entropy with integer labels, per example.
 
@@ -144,14 +157,9 @@ def distillation_kl(
     Returns:
       ``[...]`` per-example losses, ``>= 0``.
     """
-    student_logits = _as_float("student_logits", student_logits)
-    teacher_logits = _as_float("teacher_logits", teacher_logits)
-    _check_logits("student_logits", student_logits)
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_positive("temperature", temperature)
-    temperature = jnp.asarray(temperature, student_logits.dtype)
-    student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    student_log_probs, teacher_log_probs, temperature = _softened_log_probs(
+        student_logits, teacher_logits, temperature
+    )
     teacher_probs = jnp.exp(teacher_log_probs)
     # Classes the teacher gives probability 0 (underflow, or a -inf logit that
     # masks a class) contribute 0, the xlogy convention of PyTorch's kl_div. The
@@ -185,14 +193,10 @@ def soft_target_cross_entropy(
     Returns:
       ``[...]`` per-example losses.
     """
-    student_logits = _as_float("student_logits", student_logits)
-    teacher_logits = _as_float("teacher_logits", teacher_logits)
-    _check_logits("student_logits", student_logits)
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_positive("temperature", temperature)
-    temperature = jnp.asarray(temperature, student_logits.dtype)
-    student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    teacher_probs = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    student_log_probs, teacher_log_probs, temperature = _softened_log_probs(
+        student_logits, teacher_logits, temperature
+    )
+    teacher_probs = jnp.exp(teacher_log_probs)
     return -(temperature**2) * jnp.sum(teacher_probs * student_log_probs, axis=-1)
 
 

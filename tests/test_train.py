@@ -120,9 +120,9 @@ def test_predict_pads_the_last_batch_and_keeps_order():
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
-def _fit(tmp_path, name, epochs, **kwargs):
-    split, test = _split(256, seed=0), _split(64, seed=1)
-    return fit(
+def _fit(tmp_path, name, epochs, **overrides):
+    """``fit`` on learnable synthetic data; keyword arguments replace the defaults."""
+    arguments = dict(
         name=name,
         run_dir=tmp_path / name,
         run_config={"test": name, "model": "student_net"},
@@ -130,15 +130,15 @@ def _fit(tmp_path, name, epochs, **kwargs):
         objective=OBJECTIVES["ce"],
         optimizer=make_optimizer("adam"),
         hyperparams=make_hyperparams(learning_rate=1e-3),
-        train_split=split,
-        test_split=test,
+        train_split=_split(256, seed=0),
+        test_split=_split(64, seed=1),
         preprocess=UNIT,
         epochs=epochs,
         batch_size=32,
         seed=7,
         log=lambda message: None,
-        **kwargs,
     )
+    return fit(**{**arguments, **overrides})
 
 
 class SimulatedCrash(Exception):
@@ -192,62 +192,25 @@ def test_restore_with_kdjax_and_with_plain_orbax(tmp_path):
 def test_a_run_directory_refuses_other_settings(tmp_path):
     _fit(tmp_path, "settings", epochs=1)
     with pytest.raises(ValueError, match="different settings"):
-        fit(
-            name="settings",
-            run_dir=tmp_path / "settings",
-            run_config={"test": "something else"},
-            model=StudentNet(),
-            objective=OBJECTIVES["ce"],
-            optimizer=make_optimizer("adam"),
-            hyperparams=make_hyperparams(learning_rate=1e-3),
-            train_split=_split(64),
-            test_split=_split(16),
-            preprocess=UNIT,
-            epochs=1,
-            batch_size=32,
-            seed=0,
-            log=lambda message: None,
-        )
+        _fit(tmp_path, "settings", epochs=1, run_config={"test": "something else"})
 
 
 def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
-        fit(
-            name="diverge",
-            run_dir=tmp_path / "diverge",
-            run_config={},
+        _fit(
+            tmp_path,
+            "diverge",
+            epochs=1,
             model=MLP(hidden_sizes=(8,)),
-            objective=OBJECTIVES["ce"],
             optimizer=make_optimizer("sgd", momentum=0.0),
             hyperparams=make_hyperparams(learning_rate=1e30),
-            train_split=_split(128),
-            test_split=_split(16),
-            preprocess=UNIT,
-            epochs=1,
             batch_size=16,
-            seed=0,
-            log=lambda message: None,
         )
 
 
 def test_batch_larger_than_the_training_set_is_refused(tmp_path):
     with pytest.raises(ValueError, match="larger than the training set"):
-        fit(
-            name="big",
-            run_dir=tmp_path / "big",
-            run_config={},
-            model=MLP(hidden_sizes=(8,)),
-            objective=OBJECTIVES["ce"],
-            optimizer=make_optimizer("adam"),
-            hyperparams=make_hyperparams(learning_rate=1e-3),
-            train_split=_split(16),
-            test_split=_split(16),
-            preprocess=UNIT,
-            epochs=1,
-            batch_size=64,
-            seed=0,
-            log=lambda message: None,
-        )
+        _fit(tmp_path, "big", epochs=1, train_split=_split(16), batch_size=64)
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "map"])
