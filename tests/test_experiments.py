@@ -158,3 +158,19 @@ def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path):
         counts = results["correct_out_of_test"][arm]["each"]
         assert len(counts) == 2 and all(0 <= c <= 64 for c in counts)
     assert results["student_kd"]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
+
+
+def test_model_costs_command(tmp_path):
+    result = run_command(
+        "--models=mlp_200,student_net",
+        "--measure_seconds=0.1",
+        f"--workdir={tmp_path}",
+        module="experiments.model_costs",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    costs = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert [c["model"] for c in costs] == ["mlp_200", "student_net"]
+    assert costs[1]["flops_per_example"] > costs[0]["flops_per_example"]
+    bad = run_command("--models=resnet", module="experiments.model_costs", timeout=120)
+    assert bad.returncode != 0 and "--models must name models" in bad.stderr
