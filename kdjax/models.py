@@ -99,12 +99,53 @@ class MLP(nn.Module):
         return {"logits": logits, "features": x}
 
 
+class Seed003CNN(nn.Module):
+    """Seed 003's MNIST teacher: conv 32 (3×3 same), max-pool 2×2 stride 1 (same),
+    conv 64 (3×3 same), max-pool 2×2 stride 2, dropout 0.5, dense 128, dropout 0.5,
+    dense 10."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
+        x = nn.relu(Conv(32, (3, 3), padding="SAME", name="conv1")(images))
+        x = nn.max_pool(x, (2, 2), strides=(1, 1), padding="SAME")
+        x = nn.relu(Conv(64, (3, 3), padding="SAME", name="conv2")(x))
+        feature_map = max_pool(x)
+        features = _flatten(feature_map)
+        x = nn.Dropout(0.5, deterministic=not train)(features)
+        x = nn.relu(Dense(128, name="fc1")(x))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        logits = Dense(self.num_classes, name="fc2")(x)
+        return {"logits": logits, "features": features, "feature_map": feature_map}
+
+
+class Seed003Assistant(nn.Module):
+    """Seed 003's teacher assistant (TAKD): conv 32 (3×3 same), max-pool 2×2 stride 1
+    (same), dense 784, dense 784, dropout 0.5, dense 10."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
+        x = nn.relu(Conv(32, (3, 3), padding="SAME", name="conv1")(images))
+        feature_map = nn.max_pool(x, (2, 2), strides=(1, 1), padding="SAME")
+        features = _flatten(feature_map)
+        x = nn.relu(Dense(784, name="fc1")(features))
+        x = nn.relu(Dense(784, name="fc2")(x))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        logits = Dense(self.num_classes, name="fc3")(x)
+        return {"logits": logits, "features": features, "feature_map": feature_map}
+
+
 MODELS = {
     "student_net": StudentNet,
     "mnist_cnn": MnistCNN,
     "mlp_800_dropout": lambda: MLP(hidden_sizes=(800, 800), dropout=0.5),
     "mlp_200": lambda: MLP(hidden_sizes=(200, 200)),
     "mlp_784": lambda: MLP(hidden_sizes=(784, 784)),
+    "seed003_cnn": Seed003CNN,
+    "seed003_assistant": Seed003Assistant,
 }
 
 

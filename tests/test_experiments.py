@@ -174,3 +174,29 @@ def test_model_costs_command(tmp_path):
     assert costs[1]["flops_per_example"] > costs[0]["flops_per_example"]
     bad = run_command("--models=resnet", module="experiments.model_costs", timeout=120)
     assert bad.returncode != 0 and "--models must name models" in bad.stderr
+
+
+@pytest.mark.slow
+def test_mnist_takd_distils_along_the_chain(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    workdir = tmp_path / "work"
+    result = run_command(
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--chain=mlp_800_dropout,mlp_784,mlp_200",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        module="experiments.mnist_takd",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert list(results["chain"]) == ["0:mlp_800_dropout", "1:mlp_784"]
+    for arm in ("student_scratch", "student_from_teacher", "student_through_chain"):
+        assert len(results[arm]["accuracy"]["each"]) == 2
+    # The assistant's logits were stored and used by the chain student.
+    assistant_dir = Path(results["chain"]["1:mlp_784"]["run_dir"])
+    assert (assistant_dir / "soft_targets" / "train.npz").is_file()
+    bad = run_command("--chain=mlp_200", module="experiments.mnist_takd", timeout=120)
+    assert bad.returncode != 0 and "--chain must list at least two models" in bad.stderr
