@@ -77,6 +77,21 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def print_report(
+    header: list[str], rows: list[list[str]], *, notes: list[str], footer: str
+) -> None:
+    """The closing table of a command, then its notes and where the results went."""
+    print()
+    print(format_table(header, rows))
+    for note in notes:
+        print(note)
+    print(footer)
+
+
+def data_notes(dataset) -> list[str]:
+    return ["NOTE: " + dataset.notice] if dataset.notice else []
+
+
 def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title: str) -> Path:
     """Test accuracy per epoch, one line per run."""
     import matplotlib

@@ -101,12 +101,15 @@ def main(argv: list[str]) -> None:
         ]
         for name in runs
     ]
-    print()
-    print(common.format_table(["run", "model", "params", "test acc", "epochs", "s/epoch"], rows))
-    print(f"\nTeacher agrees with {round(train_agreement * 1000)}/1000 first training labels.")
-    if dataset.notice:
-        print("NOTE: " + dataset.notice)
-    print(f"Results: {path}  Plot: {plot}  Wall time: {results['wall_seconds']} s")
+    common.print_report(
+        ["run", "model", "params", "test acc", "epochs", "s/epoch"],
+        rows,
+        notes=[
+            f"\nTeacher agrees with {round(train_agreement * 1000)}/1000 first training labels.",
+            *common.data_notes(dataset),
+        ],
+        footer=f"Results: {path}  Plot: {plot}  Wall time: {results['wall_seconds']} s",
+    )
 
 
 if __name__ == "__main__":

@@ -126,13 +126,12 @@ def main(argv: list[str]) -> None:
         [name, f"{c['mean']:.1f} ± {c['std']:.1f}", str(len(c["each"])), f"{SEED_004[name]:,}"]
         for name, c in correct.items()
     ]
-    print()
-    print(
-        common.format_table(["run", f"correct / {test_size:,} (mean ± std)", "n", "seed 004"], rows)
+    common.print_report(
+        ["run", f"correct / {test_size:,} (mean ± std)", "n", "seed 004"],
+        rows,
+        notes=common.data_notes(dataset),
+        footer=f"Results: {path}  Wall time: {results['wall_seconds']} s",
     )
-    if dataset.notice:
-        print("NOTE: " + dataset.notice)
-    print(f"Results: {path}  Wall time: {results['wall_seconds']} s")
 
 
 if __name__ == "__main__":

@@ -210,11 +210,12 @@ def main(argv: list[str]) -> None:
                 str(len(seeds)),
             ]
         )
-    print()
-    print(common.format_table(["T", "alpha", "test acc % (mean ± std)", "n"], table))
-    if dataset.notice:
-        print("NOTE: " + dataset.notice)
-    print(f"Results: {path}  Plots: {out}/  Wall time: {results['wall_seconds']} s")
+    common.print_report(
+        ["T", "alpha", "test acc % (mean ± std)", "n"],
+        table,
+        notes=common.data_notes(dataset),
+        footer=f"Results: {path}  Plots: {out}/  Wall time: {results['wall_seconds']} s",
+    )
 
 
 if __name__ == "__main__":

@@ -141,11 +141,12 @@ def main(argv: list[str]) -> None:
                 seed_value,
             ]
         )
-    print()
-    print(common.format_table(["run", "n", "test acc % (mean ± std)", "seed 003"], rows))
-    if dataset.notice:
-        print("NOTE: " + dataset.notice)
-    print(f"Results: {path}  Wall time: {results['wall_seconds']} s")
+    common.print_report(
+        ["run", "n", "test acc % (mean ± std)", "seed 003"],
+        rows,
+        notes=common.data_notes(dataset),
+        footer=f"Results: {path}  Wall time: {results['wall_seconds']} s",
+    )
 
 
 if __name__ == "__main__":

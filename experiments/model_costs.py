@@ -47,9 +47,12 @@ def main(argv: list[str]) -> None:
         ]
         for c in costs
     ]
-    print()
-    print(common.format_table(["model", "params", "MFLOPs/example", "inference examples/s"], rows))
-    print(f"Backend: {costs[0]['backend']}. Results: {path}")
+    common.print_report(
+        ["model", "params", "MFLOPs/example", "inference examples/s"],
+        rows,
+        notes=[],
+        footer=f"Backend: {costs[0]['backend']}. Results: {path}",
+    )
 
 
 if __name__ == "__main__":
