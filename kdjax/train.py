@@ -10,8 +10,9 @@ Pieces, each small and pure where it can be:
 * :func:`make_train_step` — the pure ``(state, batch, hyperparams) -> (state, metrics)``
   step. The learning rate is applied outside the optax transformation so that it,
   too, is a traced argument: one compiled step serves a whole sweep.
-* :func:`predict` / :func:`evaluate` — batched, jitted inference with a padded last
-  batch (so it compiles once).
+* :func:`predict` / :func:`evaluate` / :func:`make_correct_counter` — batched,
+  jitted inference with a padded last batch (so it compiles once); the loop builds
+  its counter once per run, not once per epoch.
 * :func:`fit` — the epoch loop: deterministic per-epoch shuffling, orbax checkpoints
   every epoch, resume from the latest one, a non-finite loss stops the run naming
   the step, one log line per epoch and a progress bar on a terminal.
@@ -167,6 +168,20 @@ def make_train_step(
     return train_step
 
 
+def _padded_batches(count: int, batch_size: int, *arrays: np.ndarray):
+    """Yields ``(real, batch_0, batch_1, ...)``: consecutive batches of every array,
+    the last one zero-padded to ``batch_size`` so a jitted function compiles once."""
+    for start in range(0, count, batch_size):
+        batches = [array[start : start + batch_size] for array in arrays]
+        real = len(batches[0])
+        if real < batch_size:
+            batches = [
+                np.concatenate([b, np.zeros((batch_size - real,) + b.shape[1:], b.dtype)])
+                for b in batches
+            ]
+        yield (real, *batches)
+
+
 def predict(
     model: nn.Module,
     params: Any,
@@ -177,8 +192,7 @@ def predict(
     output_names: tuple[str, ...] = ("logits",),
 ) -> dict[str, np.ndarray]:
     """Model outputs for every image, in order, as numpy arrays (inference mode)."""
-    count = len(images)
-    batch_size = max(1, min(batch_size, count))
+    batch_size = max(1, min(batch_size, len(images)))
 
     @jax.jit
     def forward(params, batch_images):
@@ -186,12 +200,7 @@ def predict(
         return {name: outputs[name] for name in output_names}
 
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
-    for start in range(0, count, batch_size):
-        batch_images = images[start : start + batch_size]
-        real = len(batch_images)
-        if real < batch_size:  # pad so the last batch reuses the compiled shape
-            padding = np.zeros((batch_size - real,) + batch_images.shape[1:], batch_images.dtype)
-            batch_images = np.concatenate([batch_images, padding])
+    for real, batch_images in _padded_batches(len(images), batch_size, images):
         outputs = forward(params, batch_images)
         for name in output_names:
             chunks[name].append(np.asarray(outputs[name])[:real])
@@ -202,10 +211,45 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, -1) == labels))
 
 
+def make_correct_counter(
+    model: nn.Module, preprocess: Preprocess, population_strategy: str | None = None
+) -> Callable:
+    """A jitted ``(params, images, labels, mask) -> correct answers`` for one model, or
+    for each member of a population (``population_strategy`` as in
+    :func:`population_step`). Build it once per run: it compiles on first use."""
+
+    def count(params, images, labels, mask):
+        logits = model.apply({"params": params}, preprocess(images), train=False)["logits"]
+        return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+
+    if population_strategy is None:
+        return jax.jit(count)
+
+    def count_each(params, images, labels, mask):
+        def one(member_params):
+            return count(member_params, images, labels, mask)
+
+        if _resolve_strategy(population_strategy) == "vmap":
+            return jax.vmap(one)(params)
+        return jax.lax.map(one, params)
+
+    return jax.jit(count_each)
+
+
+def split_accuracy(counter: Callable, params: Any, split: Split, batch_size: int = 1000):
+    """Accuracy on ``split`` with a :func:`make_correct_counter` counter: a float, or a
+    list of floats for a population."""
+    batch_size = max(1, min(batch_size, len(split)))
+    total = 0
+    for real, images, labels in _padded_batches(len(split), batch_size, split.images, split.labels):
+        total = total + counter(params, images, labels, np.arange(batch_size) < real)
+    result = np.asarray(total) / len(split)
+    return float(result) if result.ndim == 0 else [float(value) for value in result]
+
+
 def evaluate(model, params, split: Split, *, preprocess: Preprocess, batch_size: int = 1000):
     """Test accuracy of ``params`` on ``split`` (a fraction in [0, 1])."""
-    logits = predict(model, params, split.images, preprocess=preprocess, batch_size=batch_size)
-    return accuracy(logits["logits"], split.labels)
+    return split_accuracy(make_correct_counter(model, preprocess), params, split, batch_size)
 
 
 # --- The loop ----------------------------------------------------------------------------
@@ -278,44 +322,6 @@ class _Progress:
         if self.enabled:
             sys.stderr.write("\r" + " " * (len(self.label) + 70) + "\r")
             sys.stderr.flush()
-
-
-def population_accuracy(
-    model: nn.Module,
-    stacked_params: Any,
-    split: Split,
-    *,
-    preprocess: Preprocess,
-    batch_size: int = 1000,
-    strategy: str = "auto",
-) -> list[float]:
-    """Test accuracy of every member of a population (params with a leading axis);
-    ``strategy`` as in :func:`population_step`."""
-    count = len(split)
-    batch_size = max(1, min(batch_size, count))
-
-    @jax.jit
-    def correct(params, images, labels, mask):
-        def one(member_params):
-            logits = model.apply({"params": member_params}, preprocess(images), train=False)
-            return jnp.sum((jnp.argmax(logits["logits"], -1) == labels) * mask)
-
-        if _resolve_strategy(strategy) == "vmap":
-            return jax.vmap(one)(params)
-        return jax.lax.map(one, params)
-
-    total = 0
-    for start in range(0, count, batch_size):
-        images = split.images[start : start + batch_size]
-        labels = split.labels[start : start + batch_size]
-        real = len(images)
-        mask = np.arange(batch_size) < real
-        if real < batch_size:
-            pad = batch_size - real
-            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-        total = total + correct(stacked_params, images, labels, mask)
-    return [float(value) / count for value in np.asarray(total)]
 
 
 def _resolve_strategy(strategy: str) -> str:
@@ -440,19 +446,12 @@ def fit(
         hyperparams = _population_hyperparams(hyperparams, len(population))
         step_fn = jax.jit(_compile_once(population_step(train_step, population_strategy)))
 
+    counter = make_correct_counter(
+        model, preprocess, None if population is None else population_strategy
+    )
+
     def test_accuracy_of(params) -> float | list[float]:
-        if population is None:
-            return evaluate(
-                model, params, test_split, preprocess=preprocess, batch_size=eval_batch_size
-            )
-        return population_accuracy(
-            model,
-            params,
-            test_split,
-            preprocess=preprocess,
-            batch_size=eval_batch_size,
-            strategy=population_strategy,
-        )
+        return split_accuracy(counter, params, test_split, eval_batch_size)
 
     checkpoints = RunCheckpoints(run_dir)
     history: list[dict] = []

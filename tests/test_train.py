@@ -17,11 +17,14 @@ from kdjax.train import (
     NonFiniteLossError,
     create_state,
     epoch_permutation,
+    evaluate,
     fit,
+    make_correct_counter,
     make_hyperparams,
     make_optimizer,
     make_train_step,
     predict,
+    split_accuracy,
 )
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
@@ -102,6 +105,30 @@ def test_learning_rate_is_applied_in_the_step():
     chex.assert_trees_all_close(
         jax.tree.map(lambda d: 2 * d, delta_small), delta_large, rtol=1e-5, atol=1e-7
     )
+
+
+def test_evaluate_and_population_counts_agree_with_predict():
+    model = MLP(hidden_sizes=(8,))
+    split = _split(25)  # not a multiple of the batch size: exercises the padding mask
+    members = [
+        model.init(jax.random.PRNGKey(k), UNIT(split.images[:1]))["params"] for k in range(3)
+    ]
+    expected = [
+        float(
+            np.mean(
+                np.argmax(predict(model, p, split.images, preprocess=UNIT)["logits"], -1)
+                == split.labels
+            )
+        )
+        for p in members
+    ]
+    assert [evaluate(model, p, split, preprocess=UNIT, batch_size=10) for p in members] == (
+        pytest.approx(expected)
+    )
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
+    for strategy in ("vmap", "map"):
+        counter = make_correct_counter(model, UNIT, strategy)
+        assert split_accuracy(counter, stacked, split, batch_size=10) == pytest.approx(expected)
 
 
 def test_epoch_permutation_depends_only_on_seed_and_epoch():
