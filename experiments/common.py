@@ -92,6 +92,26 @@ def data_notes(dataset) -> list[str]:
     return ["NOTE: " + dataset.notice] if dataset.notice else []
 
 
+def mean_std(values) -> dict:
+    """Mean, sample standard deviation (0 for one value) and every value."""
+    import numpy as np
+
+    array = np.atleast_1d(np.asarray(values, np.float64))
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+        "each": array.tolist(),
+    }
+
+
+def format_mean_std(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
+    """``"70.41 ± 0.31 (n=3)"``, or just the value for one run."""
+    count = len(summary["each"])
+    if count == 1:
+        return f"{scale * summary['mean']:.{digits}f}"
+    return f"{scale * summary['mean']:.{digits}f} ± {scale * summary['std']:.{digits}f} (n={count})"
+
+
 def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title: str) -> Path:
     """Test accuracy per epoch, one line per run."""
     import matplotlib

@@ -52,15 +52,6 @@ FLAGS.set_default("workdir", "runs/mnist_takd")
 SEED_003_STUDENT_THROUGH_TA = 0.9926
 
 
-def _summary(accuracies) -> dict:
-    values = np.atleast_1d(np.asarray(accuracies, np.float64))
-    return {
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
-        "each": values.tolist(),
-    }
-
-
 @common.exit_on_user_error
 def main(argv: list[str]) -> None:
     del argv
@@ -115,7 +106,7 @@ def main(argv: list[str]) -> None:
             for name, result in chain_results.items()
         },
         **{
-            arm: {**result.summary(), "accuracy": _summary(result.test_accuracy)}
+            arm: {**result.summary(), "accuracy": common.mean_std(result.test_accuracy)}
             for arm, result in arms.items()
         },
         "seed_003_reported": {"student_through_chain": SEED_003_STUDENT_THROUGH_TA},

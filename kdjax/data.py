@@ -218,9 +218,12 @@ def load_mnist_idx(directory: str | os.PathLike) -> Dataset:
 # --- TFDS ------------------------------------------------------------------------------
 
 
-def _split_from_tfds(source, split_name: str) -> Split:
+def _split_from_tfds(source) -> Split:
     count = len(source)
-    images = np.empty((count, 28, 28, 1), np.uint8)
+    if count == 0:
+        raise DataError("the TFDS split is empty.")
+    first = np.asarray(source[0]["image"], np.uint8)
+    images = np.empty((count, *first.shape), np.uint8)
     labels = np.empty((count,), np.int32)
     for index in range(count):
         record = source[index]
@@ -229,32 +232,40 @@ def _split_from_tfds(source, split_name: str) -> Split:
     return Split(images, labels, np.arange(count, dtype=np.int64))
 
 
-def load_mnist_tfds(data_dir: str | None = None, *, download: bool = False) -> Dataset:
-    """MNIST through ``tfds.data_source`` (array_record format; no TensorFlow needed)."""
+def load_tfds(name: str, data_dir: str | None = None, *, download: bool = False) -> Dataset:
+    """A TFDS image classification data set (``mnist``, ``cifar10``, ...) through
+    ``tfds.data_source`` (array_record format; no TensorFlow needed). Ids are the
+    record indices of each split."""
     import tensorflow_datasets as tfds
 
     try:
-        sources = tfds.data_source("mnist", data_dir=data_dir, download=download)
-        train = _split_from_tfds(sources["train"], "train")
-        test = _split_from_tfds(sources["test"], "test")
+        sources = tfds.data_source(name, data_dir=data_dir, download=download)
+        train = _split_from_tfds(sources["train"])
+        test = _split_from_tfds(sources["test"])
+        num_classes = tfds.builder(name, data_dir=data_dir).info.features["label"].num_classes
     except Exception as error:  # TFDS raises many types; report one clear line.
         where = data_dir or "the default TFDS data dir"
-        raise DataError(f"TFDS mnist unavailable in {where}: {error}") from None
+        raise DataError(f"TFDS {name} unavailable in {where}: {error}") from None
     return Dataset(
-        name="mnist",
+        name=name,
         source="tfds",
         location=data_dir or "tfds default data dir",
         train=train,
         test=test,
-        num_classes=10,
+        num_classes=num_classes,
     )
 
 
-def _tfds_prepared(data_dir: str | None) -> bool:
+def load_mnist_tfds(data_dir: str | None = None, *, download: bool = False) -> Dataset:
+    """MNIST through ``tfds.data_source`` (see :func:`load_tfds`)."""
+    return load_tfds("mnist", data_dir, download=download)
+
+
+def _tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder("mnist", data_dir=data_dir)
+        builder = tfds.builder(name, data_dir=data_dir)
         # tfds.data_source reads array_record only; a TFRecord copy made by
         # tfds.load is not usable without TensorFlow.
         return builder.is_prepared() and builder.info.file_format.value == "array_record"

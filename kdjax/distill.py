@@ -23,6 +23,7 @@ from kdjax.data import Dataset, normalize
 from kdjax.models import count_params, get_model
 from kdjax.train import (
     OBJECTIVES,
+    TEACHER_OUTPUTS,
     FitResult,
     config_hash,
     fit,
@@ -88,21 +89,36 @@ def train_run(
     workdir: str | Path,
     *,
     teacher_logits: np.ndarray | None = None,
+    teacher_outputs: dict[str, np.ndarray] | None = None,
     teacher_fingerprint: str | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains (or resumes, or reuses) the run ``spec`` describes (one student or a
-    population trained together, see :attr:`RunSpec.population`)."""
-    if spec.objective != "ce" and teacher_logits is None:
-        raise ValueError(f"objective {spec.objective!r} needs teacher_logits.")
+    population trained together, see :attr:`RunSpec.population`).
+
+    ``teacher_outputs`` maps output names (``"logits"``, ``"features"``,
+    ``"feature_map"``) to stored teacher rows aligned with the training split;
+    ``teacher_logits`` is shorthand for ``{"logits": ...}``. The objective says
+    which it needs (:data:`kdjax.train.TEACHER_OUTPUTS`).
+    """
+    teacher_outputs = dict(teacher_outputs or {})
+    if teacher_logits is not None:
+        teacher_outputs["logits"] = teacher_logits
+    missing = [name for name in TEACHER_OUTPUTS[spec.objective] if name not in teacher_outputs]
+    if missing:
+        raise ValueError(
+            f"objective {spec.objective!r} needs the teacher's {', '.join(missing)}."
+        )
+    if TEACHER_OUTPUTS[spec.objective] and teacher_fingerprint is None:
+        raise ValueError(f"objective {spec.objective!r} needs the teacher's fingerprint.")
     identity = {
         **{k: v for k, v in dataclasses.asdict(spec).items() if k != "epochs"},
         "data": dataset.train.fingerprint(),
         "teacher": teacher_fingerprint,
     }
     model = get_model(spec.model)
-    extras = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
+    extras = {f"teacher_{name}": teacher_outputs[name] for name in TEACHER_OUTPUTS[spec.objective]}
     return fit(
         name=spec.role,
         run_dir=run_directory(workdir, spec, identity),
@@ -128,6 +144,48 @@ def train_run(
     )
 
 
+def teacher_outputs(
+    spec: RunSpec,
+    result: FitResult,
+    dataset: Dataset,
+    names: tuple[str, ...] = ("logits",),
+    *,
+    splits: tuple[str, ...] = ("train", "test"),
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """The frozen teacher's named outputs for each split, from its store (computed once,
+    all missing outputs of a split in one pass).
+
+    Returns ``({name: {split: rows}}, teacher_fingerprint)``, rows aligned with the
+    split's examples by id. Logits live in ``soft_targets/<split>.npz``, other outputs
+    in ``soft_targets/<split>-<name>.npz`` of the teacher's run directory.
+    """
+    model = get_model(spec.model)
+    fingerprint = soft_targets.params_fingerprint(result.params)
+
+    def compute(images: np.ndarray, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+        log(f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples ...")
+        return predict(
+            model, result.params, images, preprocess=spec.preprocess(), output_names=wanted
+        )
+
+    def store_path(split_name: str, name: str) -> Path:
+        stem = split_name if name == "logits" else f"{split_name}-{name}"
+        return result.run_dir / "soft_targets" / f"{stem}.npz"
+
+    by_split = {
+        split_name: soft_targets.load_or_compute_outputs(
+            {name: store_path(split_name, name) for name in names},
+            getattr(dataset, split_name),
+            teacher_fingerprint=fingerprint,
+            compute=compute,
+            log=log,
+        )
+        for split_name in splits
+    }
+    return {name: {s: by_split[s][name] for s in splits} for name in names}, fingerprint
+
+
 def teacher_soft_targets(
     spec: RunSpec,
     result: FitResult,
@@ -140,24 +198,8 @@ def teacher_soft_targets(
     Returns ``({"train": logits, "test": logits}, teacher_fingerprint)``, each
     array aligned with the split's examples by id.
     """
-    model = get_model(spec.model)
-    fingerprint = soft_targets.params_fingerprint(result.params)
-
-    def compute_logits(images: np.ndarray) -> np.ndarray:
-        outputs = predict(model, result.params, images, preprocess=spec.preprocess())
-        return outputs["logits"]
-
-    logits = {
-        split_name: soft_targets.load_or_compute(
-            result.run_dir / "soft_targets" / f"{split_name}.npz",
-            getattr(dataset, split_name),
-            teacher_fingerprint=fingerprint,
-            compute_logits=compute_logits,
-            log=log,
-        )
-        for split_name in ("train", "test")
-    }
-    return logits, fingerprint
+    outputs, fingerprint = teacher_outputs(spec, result, dataset, ("logits",), log=log)
+    return outputs["logits"], fingerprint
 
 
 def parameter_count(model_name: str, dataset: Dataset) -> int:

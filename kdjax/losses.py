@@ -287,3 +287,20 @@ def cosine_embedding_loss(student_features: ArrayLike, teacher_features: ArrayLi
     student_sq = jnp.sum(jnp.square(student_flat), axis=-1) + _COSINE_EPSILON
     teacher_sq = jnp.sum(jnp.square(teacher_flat), axis=-1) + _COSINE_EPSILON
     return 1.0 - dot / jnp.sqrt(student_sq * teacher_sq)
+
+
+def pool_features(features: ArrayLike, size: int) -> Array:
+    """Average-pools flattened ``[batch, D]`` features to ``[batch, size]``.
+
+    Adjacent groups of ``D / size`` elements are averaged: PyTorch
+    ``F.avg_pool1d(features, D // size)``, as seed 002 uses to match the teacher's
+    2048 features to the student's 1024 before the cosine loss. ``D`` must be a
+    multiple of ``size``.
+    """
+    features = _as_float("features", features)
+    _check_batched("features", features)
+    flat = features.reshape(features.shape[0], -1)
+    width = flat.shape[-1]
+    if size < 1 or width % size:
+        raise ValueError(f"cannot pool {width} features to {size}: {width} is not a multiple.")
+    return jnp.mean(flat.reshape(flat.shape[0], size, width // size), axis=-1)

@@ -138,6 +138,72 @@ class Seed003Assistant(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
+def _flatten_channels_first(x: jax.Array) -> jax.Array:
+    """Flatten an NHWC map in PyTorch's NCHW order (channel, row, column)."""
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+class CifarTeacher(nn.Module):
+    """Seeds 001/002's CIFAR-10 teacher ("DeepNN"): conv 3→128, conv 128→64, max-pool,
+    conv 64→64, conv 64→32, max-pool (all 3×3, pad 1, ReLU), flatten 2048, dense 512,
+    ReLU, [dropout], dense 10 — 1,186,986 parameters. Seed 001 has no dropout,
+    seed 002 has 0.1.
+
+    ``features`` is the flattened last conv map in PyTorch's channel-first order, so
+    seed 002's ``avg_pool1d`` over it (the cosine run) pairs the same elements.
+    """
+
+    num_classes: int = 10
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
+        x = nn.relu(Conv(128, (3, 3), padding=1, name="conv1")(images))
+        x = nn.relu(Conv(64, (3, 3), padding=1, name="conv2")(x))
+        x = max_pool(x)
+        x = nn.relu(Conv(64, (3, 3), padding=1, name="conv3")(x))
+        x = nn.relu(Conv(32, (3, 3), padding=1, name="conv4")(x))
+        feature_map = max_pool(x)
+        features = _flatten_channels_first(feature_map)
+        x = nn.relu(Dense(512, name="fc1")(features))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        logits = Dense(self.num_classes, name="fc2")(x)
+        return {"logits": logits, "features": features, "feature_map": feature_map}
+
+
+class CifarStudent(nn.Module):
+    """Seeds 001/002's CIFAR-10 student ("LightNN"): conv 3→16, max-pool, conv 16→16,
+    max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
+    267,738 parameters.
+
+    With ``hint_channels`` set, the student also owns seed 002's trainable hint
+    regressor (conv 16→``hint_channels``, 3×3, pad 1, linear as in the seed) on its
+    last conv map, output as ``"hint"``; the classifier still reads the unregressed map.
+    """
+
+    num_classes: int = 10
+    dropout: float = 0.0
+    hint_channels: int | None = None
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
+        x = nn.relu(Conv(16, (3, 3), padding=1, name="conv1")(images))
+        x = max_pool(x)
+        x = nn.relu(Conv(16, (3, 3), padding=1, name="conv2")(x))
+        feature_map = max_pool(x)
+        features = _flatten_channels_first(feature_map)
+        x = nn.relu(Dense(256, name="fc1")(features))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        logits = Dense(self.num_classes, name="fc2")(x)
+        outputs = {"logits": logits, "features": features, "feature_map": feature_map}
+        if self.hint_channels is not None:
+            regressor = Conv(self.hint_channels, (3, 3), padding=1, name="hint_regressor")
+            outputs["hint"] = regressor(feature_map)
+        return outputs
+
+
 MODELS = {
     "student_net": StudentNet,
     "mnist_cnn": MnistCNN,
@@ -146,6 +212,13 @@ MODELS = {
     "mlp_784": lambda: MLP(hidden_sizes=(784, 784)),
     "seed003_cnn": Seed003CNN,
     "seed003_assistant": Seed003Assistant,
+    # Seed 001's CIFAR-10 nets, and seed 002's variants with dropout 0.1.
+    "cifar_teacher": CifarTeacher,
+    "cifar_student": CifarStudent,
+    "cifar_student_hint": lambda: CifarStudent(hint_channels=32),
+    "deep_nn": lambda: CifarTeacher(dropout=0.1),
+    "light_nn": lambda: CifarStudent(dropout=0.1),
+    "light_nn_hint": lambda: CifarStudent(dropout=0.1, hint_channels=32),
 }
 
 

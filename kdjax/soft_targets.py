@@ -15,7 +15,7 @@ is recomputed, never silently used.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -58,6 +58,73 @@ def lookup(store_ids: np.ndarray, store_rows: np.ndarray, ids: np.ndarray) -> np
     return store_rows[order[positions]]
 
 
+def _read_fresh(
+    path: Path, name: str, split: Split, teacher_fingerprint: str, data_fingerprint: str, log
+) -> np.ndarray | None:
+    """The stored rows for ``split`` if ``path`` is fresh, else None (and says why)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            fresh = (
+                str(stored["teacher_fingerprint"]) == teacher_fingerprint
+                and str(stored["data_fingerprint"]) == data_fingerprint
+            )
+            if fresh:
+                return lookup(stored["ids"], stored[name], split.ids)
+        log(f"Soft-target store {path} is stale (teacher or data changed): recomputing.")
+    except (OSError, ValueError, KeyError, StoreError) as error:
+        log(f"Soft-target store {path} is unreadable ({error}): recomputing.")
+    return None
+
+
+def load_or_compute_outputs(
+    paths: Mapping[str, str | Path],
+    split: Split,
+    *,
+    teacher_fingerprint: str,
+    compute: Callable[[np.ndarray, tuple[str, ...]], Mapping[str, np.ndarray]],
+    log: Callable[[str], None] = print,
+) -> dict[str, np.ndarray]:
+    """Several named teacher outputs for ``split`` (logits, features, feature maps),
+    one store file each, all aligned with ``split`` by id.
+
+    Fresh files are read; the missing or stale outputs are computed together in one
+    pass, ``compute(images, names) -> {name: [N, ...] array}``, and written.
+    """
+    data_fingerprint = split.fingerprint()
+    result: dict[str, np.ndarray] = {}
+    for name, path in paths.items():
+        rows = _read_fresh(Path(path), name, split, teacher_fingerprint, data_fingerprint, log)
+        if rows is not None:
+            result[name] = rows
+    missing = tuple(name for name in paths if name not in result)
+    if not missing:
+        return result
+    computed = compute(split.images, missing)
+    for name in missing:
+        values = np.asarray(computed[name], np.float32)
+        if values.ndim < 2 or values.shape[0] != len(split):
+            raise StoreError(
+                f"teacher returned {name} of shape {values.shape} for {len(split)} examples."
+            )
+        path = Path(paths[name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            ids=split.ids,
+            labels=split.labels,
+            teacher_fingerprint=np.asarray(teacher_fingerprint),
+            data_fingerprint=np.asarray(data_fingerprint),
+            **{name: values},
+        )
+        temporary.replace(path)  # atomic: a crash never leaves a half-written store
+        log(f"Stored teacher {name} {values.shape[1:]} for {len(split)} examples in {path}.")
+        result[name] = values
+    return result
+
+
 def load_or_compute(
     path: str | Path,
     split: Split,
@@ -72,35 +139,11 @@ def load_or_compute(
     data; otherwise (missing or stale) computes them with ``compute_logits(images)``
     and rewrites ``path``.
     """
-    path = Path(path)
-    data_fingerprint = split.fingerprint()
-    if path.is_file():
-        try:
-            with np.load(path) as stored:
-                fresh = (
-                    str(stored["teacher_fingerprint"]) == teacher_fingerprint
-                    and str(stored["data_fingerprint"]) == data_fingerprint
-                )
-                if fresh:
-                    return lookup(stored["ids"], stored["logits"], split.ids)
-            log(f"Soft-target store {path} is stale (teacher or data changed): recomputing.")
-        except (OSError, ValueError, KeyError, StoreError) as error:
-            log(f"Soft-target store {path} is unreadable ({error}): recomputing.")
-    logits = np.asarray(compute_logits(split.images), np.float32)
-    if logits.ndim != 2 or logits.shape[0] != len(split):
-        raise StoreError(
-            f"teacher returned logits of shape {logits.shape} for {len(split)} examples."
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(
-        temporary,
-        logits=logits,
-        ids=split.ids,
-        labels=split.labels,
-        teacher_fingerprint=np.asarray(teacher_fingerprint),
-        data_fingerprint=np.asarray(data_fingerprint),
+    stored = load_or_compute_outputs(
+        {"logits": path},
+        split,
+        teacher_fingerprint=teacher_fingerprint,
+        compute=lambda images, names: {"logits": compute_logits(images)},
+        log=log,
     )
-    temporary.replace(path)  # atomic: a crash never leaves a half-written store
-    log(f"Stored teacher logits for {len(split)} examples in {path}.")
-    return logits
+    return stored["logits"]

@@ -85,7 +85,46 @@ def kd_objective(outputs, batch, hyperparams):
     return loss, {"hard_loss": hard, "soft_loss": soft}
 
 
-OBJECTIVES: dict[str, Objective] = {"ce": cross_entropy_objective, "kd": kd_objective}
+def cosine_objective(outputs, batch, hyperparams):
+    """``hard_weight · CE + soft_weight · (1 − cos)`` between the student's flattened
+    features and the stored teacher features, average-pooled to the student's width
+    (seed 002's cosine run: 2048 → 1024)."""
+    hard = losses.cross_entropy(outputs["logits"], batch["labels"])
+    student = outputs["features"]
+    teacher = losses.pool_features(batch["teacher_features"], student.shape[-1])
+    soft = losses.cosine_embedding_loss(student, teacher)
+    loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
+    return loss, {"hard_loss": hard, "soft_loss": soft}
+
+
+def hint_objective(outputs, batch, hyperparams):
+    """``hard_weight · CE + soft_weight · MSE`` between the student's regressed map
+    (``outputs["hint"]``, from its trainable regressor) and the stored teacher map
+    (seed 002's regressor run, FitNets-style)."""
+    if "hint" not in outputs:
+        raise ValueError(
+            "the hint objective needs a student with a hint regressor "
+            "(e.g. model 'light_nn_hint'); this model returns no 'hint' output."
+        )
+    hard = losses.cross_entropy(outputs["logits"], batch["labels"])
+    soft = losses.hint_loss(outputs["hint"], batch["teacher_feature_map"])
+    loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
+    return loss, {"hard_loss": hard, "soft_loss": soft}
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "ce": cross_entropy_objective,
+    "kd": kd_objective,
+    "cosine": cosine_objective,
+    "hint": hint_objective,
+}
+# The stored teacher outputs each objective reads (batch key = "teacher_" + name).
+TEACHER_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "ce": (),
+    "kd": ("logits",),
+    "cosine": ("features",),
+    "hint": ("feature_map",),
+}
 
 
 def make_hyperparams(
