@@ -69,9 +69,12 @@ def student_settings(model: str = STUDENT_MODEL) -> dict:
 
 
 def teacher(
-    dataset: Dataset, *, model: str = TEACHER_MODEL, batch_size: int | None = None
+    dataset: Dataset, *, model: str = TEACHER_MODEL, batch_size: int | None = None, **extra
 ) -> tuple[RunSpec, FitResult, dict, str]:
-    """Trains or reuses the teacher; returns its spec, result, soft targets and fingerprint."""
+    """Trains or reuses the teacher; returns its spec, result, soft targets and fingerprint.
+
+    ``extra`` are further :class:`RunSpec` fields (e.g. ``translate_pixels``, ``max_norm``).
+    """
     spec = RunSpec(
         role="teacher",
         model=model,
@@ -80,6 +83,7 @@ def teacher(
         learning_rate=FLAGS.learning_rate,
         seed=TEACHER_SEED,
         **INPUT_NORMALISATION,
+        **extra,
     )
     result = train_run(spec, dataset, FLAGS.workdir, log=common.log)
     logits, fingerprint = teacher_soft_targets(spec, result, dataset, log=common.log)

@@ -29,7 +29,9 @@ from kdjax.train import (
     fit,
     make_hyperparams,
     make_optimizer,
+    max_norm_constraint,
     predict,
+    random_translate,
 )
 
 
@@ -50,12 +52,18 @@ class RunSpec:
     soft_weight: float | tuple[float, ...] = 0.0
     input_mean: float | tuple[float, ...] = 0.0
     input_std: float | tuple[float, ...] = 1.0
+    # Random translations of up to this many pixels (0: none), and a max-norm
+    # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
+    translate_pixels: int = 0
+    max_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; known: {sorted(OBJECTIVES)}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1.")
+        if self.translate_pixels < 0 or (self.max_norm is not None and self.max_norm <= 0):
+            raise ValueError("translate_pixels must be >= 0 and max_norm > 0.")
         if not np.all(np.asarray(self.temperature) > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if self.population is not None:
@@ -77,6 +85,23 @@ class RunSpec:
 
     def preprocess(self):
         return partial(normalize, mean=self.input_mean, std=self.input_std)
+
+    def augment(self):
+        if not self.translate_pixels:
+            return None
+        return partial(random_translate, max_shift=self.translate_pixels)
+
+    def constraint(self):
+        return None if self.max_norm is None else partial(max_norm_constraint, max_norm=self.max_norm)
+
+    def identity(self) -> dict:
+        """The settings that name the run directory: all but the epoch count, and the
+        regularisers only when used (so runs made before they existed keep their names)."""
+        identity = {k: v for k, v in dataclasses.asdict(self).items() if k != "epochs"}
+        for name, unused in (("translate_pixels", 0), ("max_norm", None)):
+            if identity[name] == unused:
+                del identity[name]
+        return identity
 
 
 def run_directory(workdir: str | Path, spec: RunSpec, identity: dict) -> Path:
@@ -113,7 +138,7 @@ def train_run(
     if TEACHER_OUTPUTS[spec.objective] and teacher_fingerprint is None:
         raise ValueError(f"objective {spec.objective!r} needs the teacher's fingerprint.")
     identity = {
-        **{k: v for k, v in dataclasses.asdict(spec).items() if k != "epochs"},
+        **spec.identity(),
         "data": dataset.train.fingerprint(),
         "teacher": teacher_fingerprint,
     }
@@ -135,6 +160,8 @@ def train_run(
         train_split=dataset.train,
         test_split=dataset.test,
         preprocess=spec.preprocess(),
+        augment=spec.augment(),
+        constraint=spec.constraint(),
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         seed=list(spec.seed) if spec.population else spec.seed,

@@ -105,7 +105,6 @@ def _collect(
                 f"{location}: no images under {split}/<class>/ "
                 f"(expected {'|'.join(IMAGE_SUFFIXES)} files). " + CIFAR10_HINT
             )
-        files[split].sort(key=lambda item: (item[0], PurePosixPath(item[1]).name))
     return files
 
 
@@ -282,6 +281,8 @@ def load_image_folder(
         raise DataError(f"{path} does not exist. " + CIFAR10_HINT)
     listing = _list_tar(path) if path.is_file() else _list_directory(path)
     class_ids = _class_ids(listing, classes)
+    for split in SPLITS:  # examples in (class id, file name) order; ids are positions
+        listing.files[split].sort(key=lambda item: (class_ids[item[0]], PurePosixPath(item[1]).name))
     cache = _cache_path(Path(cache_dir or default_cache_dir()), listing, class_ids)
     splits = _read_cache(cache) if use_cache and cache.is_file() else None
     if splits is not None:

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from kdjax import losses
+from kdjax import losses, parallel
 from kdjax.checkpoints import RunCheckpoints, write_config
 from kdjax.data import Split
 
@@ -173,17 +173,72 @@ def create_state(
     )
 
 
+# --- Augmentation and weight constraints (run inside the compiled step) -------------------
+
+
+def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> jax.Array:
+    """Shifts each image by its own random (dy, dx) in ``[-max_shift, max_shift]`` pixels,
+    filling with zeros (Hinton et al. 2015's jitter of up to two pixels on MNIST).
+
+    ``images`` are ``[B, H, W, C]`` raw pixel values; returns float32 of the same shape.
+    """
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(
+        images.astype(jnp.float32),
+        ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
+    )
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * max_shift + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(
+            image, (offset[0], offset[1], 0), (height, width, channels)
+        )
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def max_norm_constraint(params: Any, max_norm: float) -> Any:
+    """Rescales every dense kernel's incoming weight vector (one per output unit) to an
+    L2 norm of at most ``max_norm`` (Srivastava et al. 2014); other parameters pass."""
+
+    def project(path, leaf):
+        if getattr(path[-1], "key", None) != "kernel" or leaf.ndim != 2:
+            return leaf
+        norms = jnp.sqrt(jnp.sum(jnp.square(leaf), axis=0, keepdims=True))
+        return leaf * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12))
+
+    return jax.tree_util.tree_map_with_path(project, params)
+
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+Constraint = Callable[[Any], Any]
+# A fixed constant folded into the step key gives augmentation its own random stream,
+# leaving dropout's stream (and every run without augmentation) unchanged.
+_AUGMENT_STREAM = 0x5EED
+
+
 def make_train_step(
     model: nn.Module,
     objective: Objective,
     optimizer: optax.GradientTransformation,
     preprocess: Preprocess,
+    *,
+    augment: Augment | None = None,
+    constraint: Constraint | None = None,
 ) -> Callable[[TrainState, Batch, Hyperparams], tuple[TrainState, dict]]:
-    """The pure training step; jit it (or vmap it over students, then jit)."""
+    """The pure training step; jit it (or vmap it over students, then jit).
+
+    ``augment(key, raw_images)`` (e.g. :func:`random_translate`) runs on the device
+    before ``preprocess``; ``constraint(params)`` (e.g. :func:`max_norm_constraint`)
+    projects the parameters after every update.
+    """
 
     def train_step(state: TrainState, batch: Batch, hyperparams: Hyperparams):
         dropout_key = jax.random.fold_in(state.dropout_key, state.step)
-        images = preprocess(batch["images"])
+        raw_images = batch["images"]
+        if augment is not None:
+            raw_images = augment(jax.random.fold_in(dropout_key, _AUGMENT_STREAM), raw_images)
+        images = preprocess(raw_images)
 
         def loss_fn(params):
             outputs = model.apply(
@@ -196,6 +251,8 @@ def make_train_step(
         direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -hyperparams["learning_rate"] * u, direction)
         params = optax.apply_updates(state.params, updates)
+        if constraint is not None:
+            params = constraint(params)
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
@@ -432,6 +489,9 @@ def fit(
     train_extras: Mapping[str, np.ndarray] | None = None,
     eval_batch_size: int = 1000,
     population_strategy: str = "auto",
+    augment: Augment | None = None,
+    constraint: Constraint | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
@@ -445,7 +505,13 @@ def fit(
     ``data_seed`` and student ``i``'s hyperparameters ends.
 
     ``population_strategy`` picks how the compiled step walks the students (see
-    :func:`population_step`).
+    :func:`population_step`). ``augment`` and ``constraint`` are passed to
+    :func:`make_train_step`.
+
+    ``mesh`` (see :func:`kdjax.parallel.data_mesh`) trains data-parallel: the state is
+    replicated over the mesh's ``"data"`` axis and every batch split over it; with
+    several processes each one reads only its own rows of each batch. The result
+    equals the single-device run up to floating-point reassociation.
 
     ``data_seed`` fixes the example order (default: the seed, or the first seed).
     ``train_extras`` are arrays aligned with ``train_split`` (row ``i`` belongs to
@@ -474,7 +540,9 @@ def fit(
     write_config(run_dir, dict(run_config))
 
     sample = preprocess(train_split.images[:1])
-    train_step = make_train_step(model, objective, optimizer, preprocess)
+    train_step = make_train_step(
+        model, objective, optimizer, preprocess, augment=augment, constraint=constraint
+    )
     if population is None:
         state = create_state(model, optimizer, sample, int(seed))
         step_fn = jax.jit(_compile_once(train_step))
@@ -484,12 +552,19 @@ def fit(
         )
         hyperparams = _population_hyperparams(hyperparams, len(population))
         step_fn = jax.jit(_compile_once(population_step(train_step, population_strategy)))
+    if mesh is not None:
+        rows = parallel.local_rows(batch_size, mesh)
+        state = parallel.replicate(state, mesh)
+        hyperparams = parallel.replicate(hyperparams, mesh)
+        step_fn = jax.jit(step_fn, out_shardings=parallel.replicated(mesh))
 
     counter = make_correct_counter(
         model, preprocess, None if population is None else population_strategy
     )
 
     def test_accuracy_of(params) -> float | list[float]:
+        if mesh is not None:  # evaluate a host copy: every process scores the full test set
+            params = jax.tree.map(parallel.to_host, params)
         return split_accuracy(counter, params, test_split, eval_batch_size)
 
     checkpoints = RunCheckpoints(run_dir)
@@ -518,12 +593,16 @@ def fit(
             epoch_start = time.perf_counter()
             for batch_index in range(steps_per_epoch):
                 indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                if mesh is not None:
+                    indices = indices[rows]  # this process's rows only
                 batch = {
                     "images": train_split.images[indices],
                     "labels": train_split.labels[indices],
                     "ids": train_split.ids[indices],
                     **{key: array[indices] for key, array in train_extras.items()},
                 }
+                if mesh is not None:
+                    batch = parallel.global_batch(batch, batch_size, mesh)
                 if compile_seconds is None:
                     compile_start = time.perf_counter()
                     state, metrics = step_fn(state, batch, hyperparams)
@@ -534,7 +613,7 @@ def fit(
                 step_metrics.append(metrics)
                 done = batch_index + 1
                 if done % _CHECK_EVERY_STEPS == 0 or done == steps_per_epoch:
-                    recent = np.asarray(
+                    recent = parallel.to_host(
                         jnp.stack([m["loss"] for m in step_metrics[-_CHECK_EVERY_STEPS:]])
                     )
                     _check_finite(
@@ -546,7 +625,9 @@ def fit(
                     )
                     progress.update(done, float(np.mean(recent[-1])))
             epoch_metrics = {
-                key: _summarise(np.mean(np.asarray(jnp.stack([m[key] for m in step_metrics])), 0))
+                key: _summarise(
+                    np.mean(parallel.to_host(jnp.stack([m[key] for m in step_metrics])), 0)
+                )
                 for key in step_metrics[0]
             }
             seconds = time.perf_counter() - epoch_start
@@ -574,9 +655,10 @@ def fit(
         checkpoints.close()
 
     final_accuracy = history[-1]["test_accuracy"] if history else test_accuracy_of(state.params)
+    params = state.params if mesh is None else jax.tree.map(parallel.to_host, state.params)
     return FitResult(
         run_dir=run_dir,
-        params=state.params,
+        params=params,
         history=history,
         test_accuracy=final_accuracy,
         epochs_trained_now=epochs - start_epoch,

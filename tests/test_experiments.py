@@ -200,3 +200,113 @@ def test_mnist_takd_distils_along_the_chain(tmp_path):
     assert (assistant_dir / "soft_targets" / "train.npz").is_file()
     bad = run_command("--chain=mlp_200", module="experiments.mnist_takd", timeout=120)
     assert bad.returncode != 0 and "--chain must list at least two models" in bad.stderr
+
+
+def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2) -> Path:
+    """A CIFAR-10-shaped image folder (32×32 PNGs) whose colour encodes the class."""
+    from PIL import Image
+
+    from kdjax.image_folder import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label, name in enumerate(CIFAR10_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for number in range(count):
+                pixels = rng.integers(0, 40, (32, 32, 3), dtype=np.uint8)
+                pixels[3 * label : 3 * label + 3] = 250
+                Image.fromarray(pixels).save(folder / f"{number:04d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_cifar10_kd_runs_every_method_then_resumes(tmp_path):
+    pytest.importorskip("PIL")
+    data_dir = write_tiny_cifar(tmp_path / "cifar")
+    workdir = tmp_path / "work"
+    flags = (
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--method=all",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=20",  # 40 training images: two steps per epoch
+    )
+    first = run_command(*flags, module="experiments.cifar10_kd")
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    runs = results["runs"]
+    assert list(runs) == ["teacher", "ce", "kd", "cosine", "hint"]
+    assert runs["teacher"]["parameters"] == 1_186_986
+    assert runs["ce"]["parameters"] == 267_738
+    assert runs["hint"]["model"] == "light_nn_hint"
+    assert runs["kd"]["weights"] == {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25}
+    for name in ("ce", "kd", "cosine", "hint"):
+        assert len(runs[name]["accuracy"]["each"]) == 2
+    assert set(results["gains_over_ce"]) == {"kd", "cosine", "hint"}
+    teacher_store = Path(runs["teacher"]["run_dir"]) / "soft_targets"
+    for name in ("train.npz", "train-features.npz", "train-feature_map.npz"):
+        assert (teacher_store / name).is_file()
+    assert (workdir / "comparison.png").stat().st_size > 0
+    assert (workdir / "learning_curves.png").stat().st_size > 0
+    assert list((workdir / "data_cache").glob("*.npz"))
+    assert "student CE + hint" in first.stdout
+
+    # One method alone, the seed-001 preset and a KD weight override: new runs; then a
+    # rerun of the first command reuses every finished run and the decoded-image cache.
+    second = run_command(*flags, module="experiments.cifar10_kd")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("Reusing finished") == 5
+    assert "read from the cache" in second.stdout
+    kd_only = run_command(
+        *flags[:2], "--method=kd", "--preset=seed001", "--soft_weight=0.5", "--epochs=1",
+        "--teacher_epochs=1", "--batch_size=20", module="experiments.cifar10_kd",
+    )
+    assert kd_only.returncode == 0, kd_only.stderr[-3000:]
+    kd_results = json.loads((workdir / "results.json").read_text())
+    assert list(kd_results["runs"]) == ["teacher", "kd"]
+    assert kd_results["runs"]["teacher"]["model"] == "cifar_teacher"
+    assert kd_results["runs"]["kd"]["weights"] == {
+        "temperature": 10.0, "hard_weight": 1.0, "soft_weight": 0.5,
+    }
+
+
+def test_cifar10_kd_without_data_says_how_to_provide_it(tmp_path):
+    result = run_command(
+        f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'work'}",
+        module="experiments.cifar10_kd", timeout=120,
+    )
+    assert result.returncode == 1
+    assert "holds no CIFAR-10" in result.stderr and "--data_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = run_command("--method=kd,distill", module="experiments.cifar10_kd", timeout=120)
+    assert bad.returncode != 0 and "--method must list methods" in bad.stderr
+
+
+@pytest.mark.slow
+def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    workdir = tmp_path / "work"
+    result = run_command(
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        module="experiments.hinton_mnist",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["paper_errors"] == {"teacher": 67, "student_scratch": 146, "student_kd": 74}
+    for arm in ("student_scratch", "student_kd"):
+        errors = results["test_errors"][arm]
+        assert len(errors["each"]) == 2 and all(0 <= e <= 64 for e in errors["each"])
+    assert results["teacher"]["parameters"] == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 12010
+    assert results["student_kd"]["parameters"] == 784 * 800 + 800 + 800 * 800 + 800 + 8010
+    assert results["config"]["temperature"] == 20.0 and results["config"]["translate_pixels"] == 2
+    config = json.loads((Path(results["teacher"]["run_dir"]) / "config.json").read_text())
+    assert config["max_norm"] == 3.5 and config["translate_pixels"] == 2
+    assert (workdir / "learning_curves.png").stat().st_size > 0

@@ -284,3 +284,72 @@ def test_a_population_equals_separate_runs(tmp_path, strategy):
         assert together.history[-1]["train_loss"][index] == pytest.approx(
             alone.history[-1]["train_loss"], rel=1e-4
         )
+
+
+# --- Augmentation and constraints -----------------------------------------------------------
+
+
+def test_random_translate_shifts_each_image_within_the_limit():
+    from kdjax.train import random_translate
+
+    images = np.zeros((64, 12, 12, 1), np.uint8)
+    images[:, 5, 6, 0] = 255  # one bright pixel at (5, 6)
+    shifted = np.asarray(random_translate(jax.random.PRNGKey(0), images, max_shift=2))
+    assert shifted.shape == images.shape and shifted.dtype == np.float32
+    positions = [np.argwhere(image[..., 0] == 255) for image in shifted]
+    offsets = {(int(p[0][0]) - 5, int(p[0][1]) - 6) for p in positions}
+    assert all(len(p) == 1 for p in positions)  # the pixel survives, moved, not duplicated
+    assert all(abs(dy) <= 2 and abs(dx) <= 2 for dy, dx in offsets)
+    assert len(offsets) > 10  # per-example shifts, not one shift for the batch
+    # Pixels shifted in from outside are zero: the total brightness cannot grow.
+    assert shifted.sum() == images.sum()
+    again = np.asarray(random_translate(jax.random.PRNGKey(0), images, max_shift=2))
+    np.testing.assert_array_equal(shifted, again)
+
+
+def test_max_norm_constraint_clips_only_units_above_the_limit():
+    from kdjax.train import max_norm_constraint
+
+    kernel = np.zeros((3, 2), np.float32)
+    kernel[:, 0] = [3.0, 4.0, 0.0]  # norm 5 → scaled to 2
+    kernel[:, 1] = [0.6, 0.8, 0.0]  # norm 1 → kept
+    params = {"dense": {"kernel": kernel, "bias": np.full(2, 10.0, np.float32)}}
+    clipped = max_norm_constraint(params, 2.0)
+    np.testing.assert_allclose(clipped["dense"]["kernel"][:, 0], [1.2, 1.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(clipped["dense"]["kernel"][:, 1], kernel[:, 1])
+    np.testing.assert_array_equal(clipped["dense"]["bias"], params["dense"]["bias"])
+
+
+def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once():
+    from kdjax.train import max_norm_constraint, random_translate
+
+    model, optimizer = MLP(hidden_sizes=(32,)), make_optimizer("sgd", momentum=0.0)
+    split = _split(16)
+    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    step = make_train_step(
+        model,
+        OBJECTIVES["ce"],
+        optimizer,
+        UNIT,
+        augment=random_translate,
+        constraint=partial(max_norm_constraint, max_norm=0.5),
+    )
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    for _ in range(3):
+        state, _ = step(state, _batch(split, 16), make_hyperparams(learning_rate=5.0))
+    for layer in state.params.values():
+        norms = np.linalg.norm(np.asarray(layer["kernel"]), axis=0)
+        assert norms.max() <= 0.5 + 1e-5
+
+
+def test_run_names_do_not_change_for_runs_without_the_new_regularisers():
+    from kdjax.distill import RunSpec
+
+    plain = RunSpec(role="teacher", model="mnist_cnn")
+    assert "translate_pixels" not in plain.identity() and "max_norm" not in plain.identity()
+    jittered = RunSpec(role="teacher", model="mnist_cnn", translate_pixels=2, max_norm=3.0)
+    assert jittered.identity()["translate_pixels"] == 2
+    assert jittered.identity()["max_norm"] == 3.0
+    with pytest.raises(ValueError, match="max_norm"):
+        RunSpec(role="teacher", model="mnist_cnn", max_norm=0.0)
