@@ -145,9 +145,7 @@ def plot_comparison(path, rows: list[dict], published: dict, title: str):
         for value in row["accuracy"]["each"]:
             axes.plot(position, 100 * value, "k.", markersize=4)
         if row["name"] in published:
-            axes.plot(
-                position, published[row["name"]], "r_", markersize=22, markeredgewidth=2
-            )
+            axes.plot(position, published[row["name"]], "r_", markersize=22, markeredgewidth=2)
     axes.plot([], [], "r_", markersize=12, markeredgewidth=2, label="published (one run)")
     axes.set_xticks(positions, [LABELS[row["name"]].replace("student ", "") for row in rows])
     low = min(min(means) - max(stds + [0]), min(published.values(), default=100)) - 3

@@ -60,7 +60,17 @@ def flag_values(names: list[str]) -> dict:
     return {name: flags.FLAGS[name].value for name in names}
 
 
+def peak_resident_mib() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024, 1)
+
+
 def write_results(workdir: str | Path, results: dict, filename: str = "results.json") -> Path:
+    """Writes ``results`` (plus the process's peak resident memory) as JSON, atomically."""
+    results = {**results, "peak_resident_memory_mib": peak_resident_mib()}
     path = Path(workdir) / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")

@@ -102,7 +102,11 @@ def main(argv: list[str]) -> None:
         "largest_seed_std": spread,
         "clearly_better": bool(len(seeds) > 1 and gap > 2 * spread),
     }
-    models = {"teacher": TEACHER_MODEL, "student_scratch": STUDENT_MODEL, "student_kd": STUDENT_MODEL}
+    models = {
+        "teacher": TEACHER_MODEL,
+        "student_scratch": STUDENT_MODEL,
+        "student_kd": STUDENT_MODEL,
+    }
     results = {
         "test_errors": errors,
         "test_examples": test_size,
@@ -118,7 +122,14 @@ def main(argv: list[str]) -> None:
         },
         "data": dataset.summary(),
         "config": common.flag_values(
-            ["temperature", "alpha", "seeds", "translate_pixels", "max_norm", *mnist_setup.SHARED_FLAGS]
+            [
+                "temperature",
+                "alpha",
+                "seeds",
+                "translate_pixels",
+                "max_norm",
+                *mnist_setup.SHARED_FLAGS,
+            ]
         ),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import app, flags
 
 from experiments import common, mnist_setup

@@ -92,7 +92,9 @@ class RunSpec:
         return partial(random_translate, max_shift=self.translate_pixels)
 
     def constraint(self):
-        return None if self.max_norm is None else partial(max_norm_constraint, max_norm=self.max_norm)
+        return (
+            None if self.max_norm is None else partial(max_norm_constraint, max_norm=self.max_norm)
+        )
 
     def identity(self) -> dict:
         """The settings that name the run directory: all but the epoch count, and the
@@ -132,9 +134,7 @@ def train_run(
         teacher_outputs["logits"] = teacher_logits
     missing = [name for name in TEACHER_OUTPUTS[spec.objective] if name not in teacher_outputs]
     if missing:
-        raise ValueError(
-            f"objective {spec.objective!r} needs the teacher's {', '.join(missing)}."
-        )
+        raise ValueError(f"objective {spec.objective!r} needs the teacher's {', '.join(missing)}.")
     if TEACHER_OUTPUTS[spec.objective] and teacher_fingerprint is None:
         raise ValueError(f"objective {spec.objective!r} needs the teacher's fingerprint.")
     identity = {

@@ -82,9 +82,7 @@ def _split_parts(relative: PurePosixPath) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _collect(
-    entries: list[tuple[str, str]], location: Path
-) -> dict[str, list[tuple[str, str]]]:
+def _collect(entries: list[tuple[str, str]], location: Path) -> dict[str, list[tuple[str, str]]]:
     """Groups (member name, stamp) entries by split; all must share one prefix."""
     files: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     prefixes = set()
@@ -282,7 +280,9 @@ def load_image_folder(
     listing = _list_tar(path) if path.is_file() else _list_directory(path)
     class_ids = _class_ids(listing, classes)
     for split in SPLITS:  # examples in (class id, file name) order; ids are positions
-        listing.files[split].sort(key=lambda item: (class_ids[item[0]], PurePosixPath(item[1]).name))
+        listing.files[split].sort(
+            key=lambda item: (class_ids[item[0]], PurePosixPath(item[1]).name)
+        )
     cache = _cache_path(Path(cache_dir or default_cache_dir()), listing, class_ids)
     splits = _read_cache(cache) if use_cache and cache.is_file() else None
     if splits is not None:

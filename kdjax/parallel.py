@@ -79,9 +79,7 @@ def global_batch(local: dict[str, np.ndarray], batch_size: int, mesh: Mesh) -> d
     """The global batch from this process's rows (see :func:`local_rows`)."""
     sharding = batch_sharding(mesh)
     return {
-        key: jax.make_array_from_process_local_data(
-            sharding, value, (batch_size, *value.shape[1:])
-        )
+        key: jax.make_array_from_process_local_data(sharding, value, (batch_size, *value.shape[1:]))
         for key, value in local.items()
     }
 

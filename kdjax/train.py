@@ -190,9 +190,7 @@ def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> j
     offsets = jax.random.randint(key, (batch, 2), 0, 2 * max_shift + 1)
 
     def crop(image, offset):
-        return jax.lax.dynamic_slice(
-            image, (offset[0], offset[1], 0), (height, width, channels)
-        )
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
 
     return jax.vmap(crop)(padded, offsets)
 

@@ -261,22 +261,32 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path):
     assert second.stdout.count("Reusing finished") == 5
     assert "read from the cache" in second.stdout
     kd_only = run_command(
-        *flags[:2], "--method=kd", "--preset=seed001", "--soft_weight=0.5", "--epochs=1",
-        "--teacher_epochs=1", "--batch_size=20", module="experiments.cifar10_kd",
+        *flags[:2],
+        "--method=kd",
+        "--preset=seed001",
+        "--soft_weight=0.5",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=20",
+        module="experiments.cifar10_kd",
     )
     assert kd_only.returncode == 0, kd_only.stderr[-3000:]
     kd_results = json.loads((workdir / "results.json").read_text())
     assert list(kd_results["runs"]) == ["teacher", "kd"]
     assert kd_results["runs"]["teacher"]["model"] == "cifar_teacher"
     assert kd_results["runs"]["kd"]["weights"] == {
-        "temperature": 10.0, "hard_weight": 1.0, "soft_weight": 0.5,
+        "temperature": 10.0,
+        "hard_weight": 1.0,
+        "soft_weight": 0.5,
     }
 
 
 def test_cifar10_kd_without_data_says_how_to_provide_it(tmp_path):
     result = run_command(
-        f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'work'}",
-        module="experiments.cifar10_kd", timeout=120,
+        f"--data_dir={tmp_path}",
+        f"--workdir={tmp_path / 'work'}",
+        module="experiments.cifar10_kd",
+        timeout=120,
     )
     assert result.returncode == 1
     assert "holds no CIFAR-10" in result.stderr and "--data_dir" in result.stderr

@@ -59,7 +59,9 @@ def test_classes_follow_sorted_folder_names_and_ids_follow_class_then_file(tmp_p
     np.testing.assert_array_equal(dataset.test.labels, [0, 0, 1, 1, 2, 2])
     np.testing.assert_array_equal(dataset.train.ids, np.arange(9))
     written_class = {"cat": 0, "airplane": 1, "dog": 2}
-    for index, (label, image) in enumerate(zip(dataset.train.labels, dataset.train.images)):
+    for index, (label, image) in enumerate(
+        zip(dataset.train.labels, dataset.train.images, strict=True)
+    ):
         name = ("airplane", "cat", "dog")[label]
         number = index % 3
         assert _decoded_key(image) == (1, 20 * written_class[name] + 5, 30 * number + 7)
@@ -174,12 +176,17 @@ def test_grayscale_and_jpeg_images_decode_to_rgb(tmp_path):
 
 def test_cifar10_image_folder_uses_the_canonical_class_order(tmp_path):
     write_image_folder(
-        tmp_path / "cifar", classes=CIFAR10_CLASSES, size=(32, 32), per_class={"train": 1, "test": 1}
+        tmp_path / "cifar",
+        classes=CIFAR10_CLASSES,
+        size=(32, 32),
+        per_class={"train": 1, "test": 1},
     )
-    dataset = load_cifar10(str(tmp_path / "cifar"), cache_dir=tmp_path / "cache", log=lambda _: None)
+    dataset = load_cifar10(
+        str(tmp_path / "cifar"), cache_dir=tmp_path / "cache", log=lambda _: None
+    )
     assert dataset.name == "cifar10" and dataset.num_classes == 10
     np.testing.assert_array_equal(dataset.train.labels, np.arange(10))
-    for label, image in zip(dataset.train.labels, dataset.train.images):
+    for label, image in zip(dataset.train.labels, dataset.train.images, strict=True):
         assert _decoded_key(image)[1] == 20 * label + 5
 
 
@@ -225,7 +232,9 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     assert image_folder.default_cache_dir() == tmp_path
 
 
-REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar"
+REAL_CIFAR = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar"
+)
 
 
 @pytest.mark.slow

@@ -57,9 +57,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_parameters_and_read_only_their_rows(
-    single_process, tmp_path
-):
+def test_two_processes_give_the_same_parameters_and_read_only_their_rows(single_process, tmp_path):
     port = _free_port()
     workers = [
         subprocess.Popen(
