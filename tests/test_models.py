@@ -61,12 +61,15 @@ def test_get_model_names_unknown_models():
         get_model("resnet")
 
 
+# kh·kw·C ≤ IM2COL_MAX_PATCH (1 or 3 channels, 3×3) takes the im2col path on the CPU,
+# larger patches (8 channels, or 5×5) the per-offset matmul kernel gradient.
+@pytest.mark.parametrize("channels", [1, 3, 8])
 @pytest.mark.parametrize(
     ("padding", "size"),
     [(1, (3, 3)), ("SAME", (3, 3)), ("VALID", (3, 3)), ("SAME", (5, 5)), (0, (1, 1))],
 )
-def test_conv_matches_flax_conv_values_and_gradients(padding, size):
-    images = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))
+def test_conv_matches_flax_conv_values_and_gradients(padding, size, channels):
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, channels))
     ours, reference = Conv(5, size, padding=padding), nn.Conv(5, size, padding=padding)
     params = reference.init(jax.random.PRNGKey(1), images)
     chex.assert_trees_all_equal_shapes(params, ours.init(jax.random.PRNGKey(1), images))
@@ -82,11 +85,12 @@ def test_conv_matches_flax_conv_values_and_gradients(padding, size):
     chex.assert_trees_all_close(ours_grads, reference_grads, rtol=1e-4, atol=1e-5)
 
 
-def test_conv2d_custom_gradient_against_finite_differences():
+@pytest.mark.parametrize("channels", [2, 4])  # im2col path (18 ≤ 32) and matmul path (36)
+def test_conv2d_custom_gradient_against_finite_differences(channels):
     from jax.test_util import check_grads
 
-    images = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 2))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 2))
+    images = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, channels))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, channels, 2))
     check_grads(
         lambda x, k: conv2d(x, k, ((1, 1), (1, 1))),
         (images, kernel),
