@@ -37,26 +37,20 @@ def _conv_forward(images, kernel, padding):
     return _xla_conv(images, kernel, padding), (images, kernel)
 
 
-def _input_grad(padding: Padding, kernel: jax.Array, output_grad: jax.Array) -> jax.Array:
-    """A stride-1 convolution of the output gradient with the spatially flipped
-    kernel, its in/out channels swapped."""
-    kernel_h, kernel_w = kernel.shape[:2]
+def _conv_backward(padding, residuals, output_grad):
+    images, kernel = residuals
+    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
     (top, bottom), (left, right) = padding
+    # Input gradient: a stride-1 convolution of the output gradient with the
+    # spatially flipped kernel, its in/out channels swapped.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    return lax.conv_general_dilated(
+    images_grad = lax.conv_general_dilated(
         output_grad,
         flipped,
         (1, 1),
         ((kernel_h - 1 - top, kernel_h - 1 - bottom), (kernel_w - 1 - left, kernel_w - 1 - right)),
         dimension_numbers=_DIMENSIONS,
     )
-
-
-def _conv_backward(padding, residuals, output_grad):
-    images, kernel = residuals
-    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
-    (top, bottom), (left, right) = padding
-    images_grad = _input_grad(padding, kernel, output_grad)
     # Kernel gradient: for each offset (i, j), the shifted input window times the
     # output gradient, contracted over batch and positions: one plain matmul each.
     padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -79,53 +73,6 @@ def _conv_backward(padding, residuals, output_grad):
 
 _conv_matmul_grad.defvjp(_conv_forward, _conv_backward)
 
-# Layers with at most this many inputs per output pixel (kernel_h·kernel_w·in_channels:
-# 3×3 kernels on 1- to 3-channel images) use the im2col path below on the CPU.
-IM2COL_MAX_PATCH = 32
-
-
-def _patches(images: jax.Array, kernel_shape: tuple, padding: Padding) -> jax.Array:
-    """``[B, H', W', kh·kw·C]`` image patches, ordered (row offset, column offset, channel)
-    like an HWIO kernel flattened to ``[kh·kw·C, O]``."""
-    kernel_h, kernel_w = kernel_shape[:2]
-    (top, bottom), (left, right) = padding
-    padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = padded.shape[1] - kernel_h + 1
-    out_w = padded.shape[2] - kernel_w + 1
-    return jnp.concatenate(
-        [
-            padded[:, i : i + out_h, j : j + out_w, :]
-            for i in range(kernel_h)
-            for j in range(kernel_w)
-        ],
-        axis=-1,
-    )
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_im2col(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    patches = _patches(images, kernel.shape, padding)
-    return patches @ kernel.reshape(-1, kernel.shape[-1])
-
-
-def _im2col_forward(images, kernel, padding):
-    return _conv_im2col(images, kernel, padding), (images, kernel)
-
-
-def _im2col_backward(padding, residuals, output_grad):
-    images, kernel = residuals
-    # The input gradient is XLA's (for a first layer it is never used and is
-    # removed by XLA); the kernel gradient is one matmul over all patches instead
-    # of one very thin matmul per kernel offset.
-    images_grad = _input_grad(padding, kernel, output_grad)
-    patches = _patches(images, kernel.shape, padding)
-    flat_patches = patches.reshape(-1, patches.shape[-1])
-    kernel_grad = flat_patches.T @ output_grad.reshape(-1, kernel.shape[-1])
-    return images_grad.astype(images.dtype), kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_conv_im2col.defvjp(_im2col_forward, _im2col_backward)
-
 
 def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     """Stride-1 2-D convolution, NHWC images and HWIO kernel, explicit padding.
@@ -133,8 +80,6 @@ def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     The backend is read at trace time: CPU gets the matmul kernel gradient.
     """
     if jax.default_backend() == "cpu":
-        if kernel.shape[0] * kernel.shape[1] * kernel.shape[2] <= IM2COL_MAX_PATCH:
-            return _conv_im2col(images, kernel, padding)
         return _conv_matmul_grad(images, kernel, padding)
     return _xla_conv(images, kernel, padding)
 
