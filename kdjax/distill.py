@@ -26,6 +26,7 @@ from kdjax.train import (
     TEACHER_OUTPUTS,
     FitResult,
     config_hash,
+    cosine_decay,
     fit,
     make_hyperparams,
     make_optimizer,
@@ -56,6 +57,8 @@ class RunSpec:
     # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
     translate_pixels: int = 0
     max_norm: float | None = None
+    # "constant", or "cosine": the learning rate decays to 0 over ``epochs``.
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -64,6 +67,10 @@ class RunSpec:
             raise ValueError("epochs must be >= 0 and batch_size >= 1.")
         if self.translate_pixels < 0 or (self.max_norm is not None and self.max_norm <= 0):
             raise ValueError("translate_pixels must be >= 0 and max_norm > 0.")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}."
+            )
         if not np.all(np.asarray(self.temperature) > 0):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if self.population is not None:
@@ -96,11 +103,24 @@ class RunSpec:
             None if self.max_norm is None else partial(max_norm_constraint, max_norm=self.max_norm)
         )
 
+    def schedule(self, train_examples: int):
+        if self.lr_schedule == "constant":
+            return None
+        return cosine_decay(self.epochs * (train_examples // self.batch_size))
+
     def identity(self) -> dict:
         """The settings that name the run directory: all but the epoch count, and the
-        regularisers only when used (so runs made before they existed keep their names)."""
-        identity = {k: v for k, v in dataclasses.asdict(self).items() if k != "epochs"}
-        for name, unused in (("translate_pixels", 0), ("max_norm", None)):
+        regularisers only when used (so runs made before they existed keep their names).
+        With a decaying learning rate the epoch count shapes the schedule, so it is
+        part of the name: more epochs then start a new run instead of continuing."""
+        identity = dataclasses.asdict(self)
+        if self.lr_schedule == "constant":
+            del identity["epochs"]
+        for name, unused in (
+            ("translate_pixels", 0),
+            ("max_norm", None),
+            ("lr_schedule", "constant"),
+        ):
             if identity[name] == unused:
                 del identity[name]
         return identity
@@ -162,6 +182,7 @@ def train_run(
         preprocess=spec.preprocess(),
         augment=spec.augment(),
         constraint=spec.constraint(),
+        schedule=spec.schedule(len(dataset.train)),
         epochs=spec.epochs,
         batch_size=spec.batch_size,
         seed=list(spec.seed) if spec.population else spec.seed,

@@ -208,8 +208,21 @@ def max_norm_constraint(params: Any, max_norm: float) -> Any:
     return jax.tree_util.tree_map_with_path(project, params)
 
 
+def cosine_decay(total_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """Learning-rate factor ``½(1 + cos(π·step/total))``: 1 at the first step, 0 at the
+    end of training (held at 0 afterwards)."""
+    total = max(1, int(total_steps))
+
+    def factor(step: jax.Array) -> jax.Array:
+        progress = jnp.minimum(step.astype(jnp.float32) / total, 1.0)
+        return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return factor
+
+
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 Constraint = Callable[[Any], Any]
+Schedule = Callable[[jax.Array], jax.Array]
 # A fixed constant folded into the step key gives augmentation its own random stream,
 # leaving dropout's stream (and every run without augmentation) unchanged.
 _AUGMENT_STREAM = 0x5EED
@@ -223,12 +236,14 @@ def make_train_step(
     *,
     augment: Augment | None = None,
     constraint: Constraint | None = None,
+    schedule: Schedule | None = None,
 ) -> Callable[[TrainState, Batch, Hyperparams], tuple[TrainState, dict]]:
     """The pure training step; jit it (or vmap it over students, then jit).
 
     ``augment(key, raw_images)`` (e.g. :func:`random_translate`) runs on the device
     before ``preprocess``; ``constraint(params)`` (e.g. :func:`max_norm_constraint`)
-    projects the parameters after every update.
+    projects the parameters after every update; ``schedule(step)`` (e.g.
+    :func:`cosine_decay`) multiplies the traced learning rate.
     """
 
     def train_step(state: TrainState, batch: Batch, hyperparams: Hyperparams):
@@ -247,7 +262,10 @@ def make_train_step(
 
         (loss, (logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        updates = jax.tree.map(lambda u: -hyperparams["learning_rate"] * u, direction)
+        learning_rate = hyperparams["learning_rate"]
+        if schedule is not None:
+            learning_rate = learning_rate * schedule(state.step)
+        updates = jax.tree.map(lambda u: -learning_rate * u, direction)
         params = optax.apply_updates(state.params, updates)
         if constraint is not None:
             params = constraint(params)
@@ -489,6 +507,7 @@ def fit(
     population_strategy: str = "auto",
     augment: Augment | None = None,
     constraint: Constraint | None = None,
+    schedule: Schedule | None = None,
     mesh: jax.sharding.Mesh | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
@@ -503,8 +522,8 @@ def fit(
     ``data_seed`` and student ``i``'s hyperparameters ends.
 
     ``population_strategy`` picks how the compiled step walks the students (see
-    :func:`population_step`). ``augment`` and ``constraint`` are passed to
-    :func:`make_train_step`.
+    :func:`population_step`). ``augment``, ``constraint`` and ``schedule`` are passed
+    to :func:`make_train_step`.
 
     ``mesh`` (see :func:`kdjax.parallel.data_mesh`) trains data-parallel: the state is
     replicated over the mesh's ``"data"`` axis and every batch split over it; with
@@ -539,7 +558,13 @@ def fit(
 
     sample = preprocess(train_split.images[:1])
     train_step = make_train_step(
-        model, objective, optimizer, preprocess, augment=augment, constraint=constraint
+        model,
+        objective,
+        optimizer,
+        preprocess,
+        augment=augment,
+        constraint=constraint,
+        schedule=schedule,
     )
     if population is None:
         state = create_state(model, optimizer, sample, int(seed))

@@ -353,3 +353,44 @@ def test_run_names_do_not_change_for_runs_without_the_new_regularisers():
     assert jittered.identity()["max_norm"] == 3.0
     with pytest.raises(ValueError, match="max_norm"):
         RunSpec(role="teacher", model="mnist_cnn", max_norm=0.0)
+
+
+def test_cosine_decay_runs_from_one_to_zero_and_scales_the_step():
+    from kdjax.train import cosine_decay
+
+    factor = cosine_decay(10)
+    values = [float(factor(jnp.asarray(step))) for step in (0, 5, 10, 20)]
+    np.testing.assert_allclose(values, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
+
+    model, optimizer = MLP(hidden_sizes=(8,)), make_optimizer("sgd", momentum=0.0)
+    split = _split(4)
+    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    hyper = make_hyperparams(learning_rate=0.1)
+    plain = jax.jit(make_train_step(model, OBJECTIVES["ce"], optimizer, UNIT))
+    halved = jax.jit(
+        make_train_step(model, OBJECTIVES["ce"], optimizer, UNIT, schedule=lambda step: 0.5)
+    )
+    full, _ = plain(state, _batch(split, 4), hyper)
+    half, _ = halved(state, _batch(split, 4), hyper)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a, b: 2 * (a - b), half.params, state.params),
+        jax.tree.map(lambda a, b: a - b, full.params, state.params),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_a_decaying_schedule_puts_the_epoch_count_in_the_run_name():
+    from kdjax.distill import RunSpec
+
+    constant = RunSpec(role="s", model="mlp_200", epochs=3)
+    assert "epochs" not in constant.identity() and "lr_schedule" not in constant.identity()
+    assert constant.schedule(1000) is None
+    cosine = RunSpec(role="s", model="mlp_200", epochs=3, lr_schedule="cosine")
+    assert cosine.identity()["epochs"] == 3
+    longer = RunSpec(role="s", model="mlp_200", epochs=4, lr_schedule="cosine")
+    assert longer.identity() != cosine.identity()
+    factor = cosine.schedule(1280)  # 3 epochs × 10 steps of 128
+    assert float(factor(jnp.asarray(30))) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        RunSpec(role="s", model="mlp_200", lr_schedule="linear")
