@@ -35,21 +35,28 @@ from kdjax.train import OBJECTIVES, fit, make_hyperparams, make_optimizer
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "MNIST IDX files; default: random MNIST-shaped data.")
 flags.DEFINE_integer("population", 6, "Students trained together for the population row.")
-flags.DEFINE_list("students", ["student_net", "mlp_200"], "Which students to time.")
 flags.DEFINE_string("output", "benchmarks/train_speed.json", "Where to write the results.")
 
 STUDENTS = {
-    # name: (batch size, training examples) as in the seeds: seed 000 and seed 004.
+    # name: (batch size, training examples) as in the seeds: seeds 000, 004 and 001.
     "student_net": (128, 60000),
     "mlp_200": (32, 10000),
+    "cifar_student": (128, 50000),
 }
+IMAGE_SHAPES = {"cifar_student": (32, 32, 3)}  # the others are MNIST-shaped
+flags.DEFINE_list(
+    "students", ["student_net", "mlp_200", "cifar_student"], "Which students to time."
+)
+flags.register_validator(
+    "students", lambda names: set(names) <= set(STUDENTS), message="--students: unknown name"
+)
 PREPROCESS = partial(normalize, mean=MNIST_MEAN, std=MNIST_STD)
 
 
-def synthetic_mnist(count: int) -> Split:
+def synthetic_mnist(count: int, shape: tuple = (28, 28, 1)) -> Split:
     rng = np.random.default_rng(0)
     return Split(
-        rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
+        rng.integers(0, 256, (count, *shape), dtype=np.uint8),
         rng.integers(0, 10, count).astype(np.int32),
         np.arange(count, dtype=np.int64),
     )
@@ -90,6 +97,12 @@ def kdjax_epoch_seconds(model_name, split, test, teacher_logits, batch_size, obj
 def torch_model(name):
     import torch.nn as nn
 
+    if name == "cifar_student":  # seed 001's student, as the seed writes it
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 10),
+        )  # fmt: skip
     if name == "student_net":
         return nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
@@ -151,15 +164,25 @@ def main(argv):
     rows = []
     for name in FLAGS.students:
         batch_size, count = STUDENTS[name]
-        split = train_full.take(count)
+        if name in IMAGE_SHAPES:  # not MNIST-shaped: synthetic data of its shape
+            split = synthetic_mnist(count, IMAGE_SHAPES[name])
+            test_split = synthetic_mnist(1000, IMAGE_SHAPES[name])
+        else:
+            split, test_split = train_full.take(count), test
         teacher_logits = np.random.default_rng(1).normal(size=(count, 10)).astype(np.float32)
         print(f"Timing {name} (batch {batch_size}, {count} examples) ...", flush=True)
         kd, compile_seconds = kdjax_epoch_seconds(
-            name, split, test, teacher_logits, batch_size, "kd", 0
+            name, split, test_split, teacher_logits, batch_size, "kd", 0
         )
-        ce, _ = kdjax_epoch_seconds(name, split, test, teacher_logits, batch_size, "ce", 0)
+        ce, _ = kdjax_epoch_seconds(name, split, test_split, teacher_logits, batch_size, "ce", 0)
         population, _ = kdjax_epoch_seconds(
-            name, split, test, teacher_logits, batch_size, "kd", list(range(FLAGS.population))
+            name,
+            split,
+            test_split,
+            teacher_logits,
+            batch_size,
+            "kd",
+            list(range(FLAGS.population)),
         )
         row = {
             "student": name,
