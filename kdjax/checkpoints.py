@@ -80,6 +80,8 @@ def write_config(run_dir: str | Path, config: dict) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG_FILE
+    # Compare in JSON form: tuples come back from the file as lists.
+    config = json.loads(json.dumps(config, default=str))
     if path.exists():
         existing = json.loads(path.read_text())
         if existing != config:

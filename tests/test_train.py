@@ -394,3 +394,13 @@ def test_a_decaying_schedule_puts_the_epoch_count_in_the_run_name():
     assert float(factor(jnp.asarray(30))) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         RunSpec(role="s", model="mlp_200", lr_schedule="linear")
+
+
+def test_a_run_directory_accepts_its_own_settings_with_tuples(tmp_path):
+    from kdjax.checkpoints import write_config
+
+    config = {"input_mean": (0.485, 0.456, 0.406), "seed": (1, 2), "name": "x"}
+    write_config(tmp_path, config)
+    write_config(tmp_path, dict(config))  # tuples are stored as JSON lists: still the same
+    with pytest.raises(ValueError, match=r"different settings \(seed\)"):
+        write_config(tmp_path, {**config, "seed": (1, 3)})
