@@ -27,6 +27,7 @@ without it, a prepared or downloadable TFDS ``cifar10``. Decoded images are cach
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -108,7 +109,7 @@ for _name in ("epochs", "teacher_epochs", "batch_size"):
 common.validate("learning_rate", lambda lr: lr > 0, "must be > 0")
 common.validate(
     "data_dir",
-    lambda value: value is None or __import__("os").path.exists(value),
+    lambda value: value is None or os.path.exists(value),
     "must be an existing folder or archive",
 )
 

@@ -9,7 +9,9 @@ by position in a loader.
 One ``.npz`` file per split holds ``logits [N, C]``, ``ids [N]``, ``labels [N]``
 and two fingerprints — of the teacher's parameters and of the split's data. A
 store whose fingerprints do not match the teacher and data at hand is stale: it
-is recomputed, never silently used.
+is recomputed, never silently used. Other teacher outputs (the flattened
+features and the last conv map that cosine and hint objectives read) are stored
+the same way, one file per output (:func:`load_or_compute_outputs`).
 """
 
 from __future__ import annotations
