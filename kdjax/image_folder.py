@@ -308,6 +308,7 @@ def load_cifar10(
     *,
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
     log: Callable[[str], None] = print,
 ) -> Dataset:
     """CIFAR-10 from the first source that has it (see the module docstring).
@@ -323,7 +324,12 @@ def load_cifar10(
             return _data.load_tfds("cifar10", str(location))
         if is_image_folder(location):
             dataset = load_image_folder(
-                location, name="cifar10", classes=CIFAR10_CLASSES, cache_dir=cache_dir, log=log
+                location,
+                name="cifar10",
+                classes=CIFAR10_CLASSES,
+                cache_dir=cache_dir,
+                use_cache=use_cache,
+                log=log,
             )
             shape = dataset.train.images.shape[1:]
             if shape != (32, 32, 3):

@@ -232,15 +232,12 @@ def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     assert image_folder.default_cache_dir() == tmp_path
 
 
-REAL_CIFAR = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_CIFAR.is_file(), reason="real CIFAR-10 copy not present")
-def test_real_cifar10_archive(tmp_path):
-    dataset = load_cifar10(str(REAL_CIFAR), cache_dir=tmp_path, log=lambda _: None)
+def test_real_cifar10():
+    location = os.environ.get("KDJAX_CIFAR10")
+    if not location:
+        pytest.skip("set KDJAX_CIFAR10 to a CIFAR-10 image folder or its .tar")
+    dataset = load_cifar10(location, use_cache=False, log=lambda _: None)
     assert (len(dataset.train), len(dataset.test)) == (50_000, 10_000)
     np.testing.assert_array_equal(np.bincount(dataset.train.labels), [5000] * 10)
     mean = dataset.train.images.reshape(-1, 3).mean(0) / 255
