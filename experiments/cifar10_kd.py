@@ -76,6 +76,13 @@ LABELS = {
     "cosine": "student CE + cosine",
     "hint": "student CE + hint (regressor MSE)",
 }
+SHORT_LABELS = {
+    "teacher": "teacher",
+    "ce": "CE",
+    "kd": "CE + KD",
+    "cosine": "CE + cosine",
+    "hint": "CE + hint",
+}
 INPUT_NORMALISATION = {"input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD}
 TEACHER_SEED = 42
 
@@ -148,9 +155,12 @@ def plot_comparison(path, rows: list[dict], published: dict, title: str):
         if row["name"] in published:
             axes.plot(position, published[row["name"]], "r_", markersize=22, markeredgewidth=2)
     axes.plot([], [], "r_", markersize=12, markeredgewidth=2, label="published (one run)")
-    axes.set_xticks(positions, [LABELS[row["name"]].replace("student ", "") for row in rows])
-    low = min(min(means) - max(stds + [0]), min(published.values(), default=100)) - 3
-    axes.set_ylim(max(0, low), min(100, max(means) + max(stds + [0]) + 3))
+    axes.set_xticks(positions, [SHORT_LABELS[row["name"]] for row in rows])
+    shown = [published[row["name"]] for row in rows if row["name"] in published]
+    spread = max(stds + [0])
+    low = min(min(means) - spread, *shown) - 3
+    high = max(max(means) + spread, *shown) + 2
+    axes.set_ylim(max(0, low), min(100, high))
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
@@ -287,7 +297,10 @@ def main(argv: list[str]) -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     path = common.write_results(FLAGS.workdir, results)
-    title = f"CIFAR-10 ({FLAGS.preset}), {FLAGS.epochs} epochs, {len(seeds)} seed(s)"
+    title = (
+        f"CIFAR-10 ({FLAGS.preset}): students {FLAGS.epochs} epochs × {len(seeds)} seed(s), "
+        f"teacher {rows[0]['epochs']} epochs"
+    )
     comparison = plot_comparison(
         f"{FLAGS.workdir}/comparison.png", rows, preset["published"], title
     )
