@@ -171,14 +171,6 @@ def plot_comparison(path, rows: list[dict], published: dict, title: str):
     return path
 
 
-def _mean_history(history: list[dict]) -> list[dict]:
-    """Per-epoch test accuracy averaged over a population's students."""
-    return [
-        {"epoch": entry["epoch"], "test_accuracy": float(np.mean(entry["test_accuracy"]))}
-        for entry in history
-    ]
-
-
 @common.exit_on_user_error
 def main(argv: list[str]) -> None:
     del argv
@@ -306,7 +298,7 @@ def main(argv: list[str]) -> None:
     )
     curves = common.plot_learning_curves(
         f"{FLAGS.workdir}/learning_curves.png",
-        {LABELS[row["name"]]: _mean_history(row["history"]) for row in rows},
+        {LABELS[row["name"]]: common.mean_history(row["history"]) for row in rows},
         title + " (mean over seeds)",
     )
     table = [

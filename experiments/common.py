@@ -114,6 +114,27 @@ def mean_std(values) -> dict:
     }
 
 
+def count_summary(accuracies, test_size: int, *, errors: bool = False) -> dict:
+    """Correct answers (or, with ``errors``, mistakes) out of ``test_size`` per run, as
+    mean, sample std and the whole counts of every run."""
+    import numpy as np
+
+    rates = np.atleast_1d(np.asarray(accuracies, np.float64))
+    counts = np.round((1.0 - rates if errors else rates) * test_size).astype(int)
+    return {**mean_std(counts), "each": counts.tolist()}
+
+
+def mean_history(history: list[dict]) -> list[dict]:
+    """Per-epoch test accuracy averaged over a population's students (a single run's
+    history passes through unchanged)."""
+    import numpy as np
+
+    return [
+        {"epoch": entry["epoch"], "test_accuracy": float(np.mean(entry["test_accuracy"]))}
+        for entry in history
+    ]
+
+
 def format_mean_std(summary: dict, scale: float = 100.0, digits: int = 2) -> str:
     """``"70.41 ± 0.31 (n=3)"``, or just the value for one run."""
     count = len(summary["each"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from absl import app, flags
 
 from experiments import common, mnist_setup
@@ -59,15 +58,6 @@ LABELS = {
 }
 
 
-def _errors(accuracies, test_size: int) -> dict:
-    errors = np.round((1.0 - np.atleast_1d(np.asarray(accuracies, np.float64))) * test_size)
-    return {
-        "mean": float(errors.mean()),
-        "std": float(errors.std(ddof=1)) if errors.size > 1 else 0.0,
-        "each": errors.astype(int).tolist(),
-    }
-
-
 @common.exit_on_user_error
 def main(argv: list[str]) -> None:
     del argv
@@ -101,7 +91,10 @@ def main(argv: list[str]) -> None:
 
     test_size = len(dataset.test)
     runs = {"teacher": teacher, "student_scratch": scratch, "student_kd": kd}
-    errors = {name: _errors(result.test_accuracy, test_size) for name, result in runs.items()}
+    errors = {
+        name: common.count_summary(result.test_accuracy, test_size, errors=True)
+        for name, result in runs.items()
+    }
     gap = errors["student_scratch"]["mean"] - errors["student_kd"]["mean"]
     spread = max(errors["student_scratch"]["std"], errors["student_kd"]["std"])
     verdict = {
@@ -144,13 +137,7 @@ def main(argv: list[str]) -> None:
     path = common.write_results(FLAGS.workdir, results)
     plot = common.plot_learning_curves(
         f"{FLAGS.workdir}/learning_curves.png",
-        {
-            LABELS[name]: [
-                {"epoch": e["epoch"], "test_accuracy": float(np.mean(e["test_accuracy"]))}
-                for e in results[name]["history"]
-            ]
-            for name in runs
-        },
+        {LABELS[name]: common.mean_history(results[name]["history"]) for name in runs},
         "Hinton et al. 2015 MNIST (mean over seeds)",
     )
     rows = [

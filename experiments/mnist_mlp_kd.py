@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 from absl import app, flags
 
 from experiments import common, mnist_setup
@@ -44,15 +43,6 @@ FLAGS.set_default("workdir", "runs/mnist_mlp_kd")
 TEACHER_MODEL = "mlp_800_dropout"
 STUDENT_MODEL = "mlp_200"
 SEED_004 = {"teacher": 9833, "student_scratch": 9621, "student_kd": 9710}
-
-
-def _correct(accuracies, test_size: int) -> dict:
-    counts = np.round(np.asarray(accuracies, np.float64) * test_size)
-    return {
-        "mean": float(counts.mean()),
-        "std": float(counts.std(ddof=1)) if counts.size > 1 else 0.0,
-        "each": counts.astype(int).tolist(),
-    }
 
 
 @common.exit_on_user_error
@@ -88,9 +78,9 @@ def main(argv: list[str]) -> None:
 
     test_size = len(dataset.test)
     correct = {
-        "teacher": _correct([teacher.test_accuracy], test_size),
-        "student_scratch": _correct(scratch.test_accuracy, test_size),
-        "student_kd": _correct(kd.test_accuracy, test_size),
+        "teacher": common.count_summary([teacher.test_accuracy], test_size),
+        "student_scratch": common.count_summary(scratch.test_accuracy, test_size),
+        "student_kd": common.count_summary(kd.test_accuracy, test_size),
     }
     results = {
         "correct_out_of_test": correct,
