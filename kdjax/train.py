@@ -480,6 +480,51 @@ def _population_hyperparams(hyperparams: Hyperparams, size: int) -> dict[str, ja
     return stacked
 
 
+FEEDS = ("auto", "host", "device")
+
+
+def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
+    """How :func:`fit` feeds the training step.
+
+    ``"host"``: every batch is gathered from host arrays and sent with its step,
+    one dispatch per step (best on the CPU, where the device *is* host memory and
+    a scanned epoch measured slower). ``"device"``: the training set is put on the
+    accelerator once and each call runs a block of steps as one compiled
+    ``lax.scan`` that gathers its own batches, so the device never waits for Python.
+    ``"auto"``: ``"device"`` on GPU/TPU, ``"host"`` on the CPU or with a mesh.
+    """
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
+    if feed == "device" and mesh is not None:
+        raise ValueError(
+            "feed='device' holds the whole training set on one device; "
+            "data-parallel runs (mesh=...) use feed='host'."
+        )
+    if feed == "auto":
+        return "host" if mesh is not None or jax.default_backend() == "cpu" else "device"
+    return feed
+
+
+def scan_steps(step: Callable) -> Callable:
+    """Lifts ``step(state, batch, hyperparams)`` to ``(state, data, indices, hyperparams)``:
+    a ``lax.scan`` over the rows of ``indices`` (steps × batch size), each batch
+    gathered on the device from the arrays in ``data``. Metrics gain a leading step
+    axis. Step ``i`` sees exactly the batch the host feed would send."""
+
+    def run(state, data, indices, hyperparams):
+        def body(carry, rows):
+            return step(carry, jax.tree.map(lambda array: array[rows], data), hyperparams)
+
+        return jax.lax.scan(body, state, indices)
+
+    return run
+
+
+def _largest_divisor_at_most(count: int, limit: int) -> int:
+    """Blocks of equal length, so the scanned block compiles once."""
+    return next(k for k in range(min(count, limit), 0, -1) if count % k == 0)
+
+
 def _summarise(values: np.ndarray) -> float | list[float]:
     """A float for one student, a list of floats for a population."""
     values = np.asarray(values, np.float64)
@@ -509,6 +554,9 @@ def fit(
     constraint: Constraint | None = None,
     schedule: Schedule | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    feed: str = "auto",
+    steps_per_call: int | None = None,
+    checkpoint_every: int = 1,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
@@ -529,6 +577,12 @@ def fit(
     replicated over the mesh's ``"data"`` axis and every batch split over it; with
     several processes each one reads only its own rows of each batch. The result
     equals the single-device run up to floating-point reassociation.
+
+    ``feed`` (see :func:`resolve_feed`) picks per-step host batches or a
+    device-resident training set stepped through in compiled blocks of
+    ``steps_per_call`` steps (default: the whole epoch; rounded down to a divisor of
+    the steps per epoch). Both feeds give the same batches in the same order.
+    ``checkpoint_every`` saves every that many epochs (and always the last one).
 
     ``data_seed`` fixes the example order (default: the seed, or the first seed).
     ``train_extras`` are arrays aligned with ``train_split`` (row ``i`` belongs to
@@ -556,6 +610,12 @@ def fit(
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
 
+    feed = resolve_feed(feed, mesh)
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
+    if steps_per_call is not None and steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}.")
+
     sample = preprocess(train_split.images[:1])
     train_step = make_train_step(
         model,
@@ -568,13 +628,15 @@ def fit(
     )
     if population is None:
         state = create_state(model, optimizer, sample, int(seed))
-        step_fn = jax.jit(_compile_once(train_step))
+        step = train_step
     else:
         state = jax.vmap(lambda member_seed: create_state(model, optimizer, sample, member_seed))(
             jnp.asarray(population)
         )
         hyperparams = _population_hyperparams(hyperparams, len(population))
-        step_fn = jax.jit(_compile_once(population_step(train_step, population_strategy)))
+        step = population_step(train_step, population_strategy)
+    if feed == "host":
+        step_fn = jax.jit(_compile_once(step))
     if mesh is not None:
         rows = parallel.local_rows(batch_size, mesh)
         state = parallel.replicate(state, mesh)
@@ -606,52 +668,86 @@ def fit(
         log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
 
     steps_per_epoch = len(train_split) // batch_size
+    if feed == "device" and start_epoch < epochs:
+        block_steps = _largest_divisor_at_most(steps_per_epoch, steps_per_call or steps_per_epoch)
+        device_data = jax.device_put(
+            {
+                "images": train_split.images,
+                "labels": train_split.labels,
+                "ids": train_split.ids,
+                **train_extras,
+            }
+        )
+        block_fn = jax.jit(scan_steps(step))
     compile_seconds = None
     train_seconds = 0.0
     try:
         for epoch in range(start_epoch, epochs):
             order = epoch_permutation(data_seed, epoch, len(train_split))
             progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
-            step_metrics: list[dict] = []
+            blocks: list[dict] = []  # metrics with a leading step axis, in step order
+
+            def record(done: int, block: dict, epoch: int = epoch, progress=progress) -> None:
+                """Checks a block of steps' losses (host copies), ending at step ``done``."""
+                losses_ = parallel.to_host(block["loss"])
+                _check_finite(
+                    losses_,
+                    first_step=epoch * steps_per_epoch + done - len(losses_) + 1,
+                    name=name,
+                    epoch=epoch,
+                    last_saved=checkpoints.latest_epoch(),
+                )
+                blocks.append(block)
+                progress.update(done, float(np.mean(losses_[-1])))
+
             epoch_start = time.perf_counter()
-            for batch_index in range(steps_per_epoch):
-                indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-                if mesh is not None:
-                    indices = indices[rows]  # this process's rows only
-                batch = {
-                    "images": train_split.images[indices],
-                    "labels": train_split.labels[indices],
-                    "ids": train_split.ids[indices],
-                    **{key: array[indices] for key, array in train_extras.items()},
-                }
-                if mesh is not None:
-                    batch = parallel.global_batch(batch, batch_size, mesh)
+            if feed == "host":
+                pending: list[dict] = []
+                for batch_index in range(steps_per_epoch):
+                    indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                    if mesh is not None:
+                        indices = indices[rows]  # this process's rows only
+                    batch = {
+                        "images": train_split.images[indices],
+                        "labels": train_split.labels[indices],
+                        "ids": train_split.ids[indices],
+                        **{key: array[indices] for key, array in train_extras.items()},
+                    }
+                    if mesh is not None:
+                        batch = parallel.global_batch(batch, batch_size, mesh)
+                    if compile_seconds is None:
+                        compile_start = time.perf_counter()
+                        state, metrics = step_fn(state, batch, hyperparams)
+                        jax.block_until_ready(metrics)
+                        compile_seconds = time.perf_counter() - compile_start
+                    else:
+                        state, metrics = step_fn(state, batch, hyperparams)
+                    pending.append(metrics)
+                    done = batch_index + 1
+                    if done % _CHECK_EVERY_STEPS == 0 or done == steps_per_epoch:
+                        record(done, {k: jnp.stack([m[k] for m in pending]) for k in metrics})
+                        pending = []
+            else:
+                schedule_rows = order[: steps_per_epoch * batch_size].astype(np.int32)
+                schedule_rows = schedule_rows.reshape(-1, block_steps, batch_size)
                 if compile_seconds is None:
                     compile_start = time.perf_counter()
-                    state, metrics = step_fn(state, batch, hyperparams)
-                    jax.block_until_ready(metrics)
+                    block_fn = block_fn.lower(
+                        state, device_data, schedule_rows[0], hyperparams
+                    ).compile()
                     compile_seconds = time.perf_counter() - compile_start
-                else:
-                    state, metrics = step_fn(state, batch, hyperparams)
-                step_metrics.append(metrics)
-                done = batch_index + 1
-                if done % _CHECK_EVERY_STEPS == 0 or done == steps_per_epoch:
-                    recent = parallel.to_host(
-                        jnp.stack([m["loss"] for m in step_metrics[-_CHECK_EVERY_STEPS:]])
-                    )
-                    _check_finite(
-                        recent,
-                        first_step=epoch * steps_per_epoch + done - len(recent) + 1,
-                        name=name,
-                        epoch=epoch,
-                        last_saved=checkpoints.latest_epoch(),
-                    )
-                    progress.update(done, float(np.mean(recent[-1])))
+                previous = None
+                for block_index, rows_block in enumerate(schedule_rows):
+                    state, metrics = block_fn(state, device_data, rows_block, hyperparams)
+                    if previous is not None:  # check the last block while this one runs
+                        record(*previous)
+                    previous = ((block_index + 1) * block_steps, metrics)
+                record(*previous)
             epoch_metrics = {
                 key: _summarise(
-                    np.mean(parallel.to_host(jnp.stack([m[key] for m in step_metrics])), 0)
+                    np.mean(np.concatenate([parallel.to_host(b[key]) for b in blocks]), 0)
                 )
-                for key in step_metrics[0]
+                for key in blocks[0]
             }
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
@@ -665,7 +761,8 @@ def fit(
                 "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
             }
             history.append(entry)
-            checkpoints.save(epoch + 1, state, {"history": history})
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+                checkpoints.save(epoch + 1, state, {"history": history})
             log(
                 f"{name} epoch {epoch + 1}/{epochs}: loss {_describe(entry['train_loss'])} "
                 f"train acc {_describe(entry['train_accuracy'])} "

@@ -404,3 +404,94 @@ def test_a_run_directory_accepts_its_own_settings_with_tuples(tmp_path):
     write_config(tmp_path, dict(config))  # tuples are stored as JSON lists: still the same
     with pytest.raises(ValueError, match=r"different settings \(seed\)"):
         write_config(tmp_path, {**config, "seed": (1, 3)})
+
+
+# --- Feeds: per-step host batches against a device-resident, scanned epoch ------------------
+
+
+@pytest.mark.parametrize(
+    ("seed", "steps_per_call"), [(7, None), (7, 3), ([0, 1], None)], ids=["epoch", "3", "pop"]
+)
+def test_the_device_feed_trains_exactly_like_the_host_feed(tmp_path, seed, steps_per_call):
+    """Same batches, same order, same dropout and jitter keys: the scanned,
+    device-resident epoch ends where per-step host feeding ends, for single runs,
+    blocks shorter than the epoch and populations, with KD extras and augmentation."""
+    from kdjax.train import random_translate
+
+    split = _split(256, seed=0)
+    teacher_logits = np.random.default_rng(5).normal(size=(256, 10)).astype(np.float32) * 3
+    common = dict(
+        seed=seed,
+        epochs=2,
+        objective=OBJECTIVES["kd"],
+        hyperparams=make_hyperparams(
+            learning_rate=1e-3, temperature=3.0, hard_weight=0.5, soft_weight=0.5
+        ),
+        train_split=split,
+        train_extras={"teacher_logits": teacher_logits},
+        augment=partial(random_translate, max_shift=2),
+    )
+    host = _fit(tmp_path, "host", feed="host", **common)
+    device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call, **common)
+    chex.assert_trees_all_close(device.params, host.params, rtol=1e-5, atol=1e-6)
+    assert device.test_accuracy == host.test_accuracy
+    for ours, theirs in zip(device.history, host.history, strict=True):
+        np.testing.assert_allclose(ours["train_loss"], theirs["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(ours["train_accuracy"], theirs["train_accuracy"], rtol=1e-6)
+    assert device.compile_seconds is not None and device.compile_seconds > 0
+
+
+def test_the_device_feed_resumes_and_stops_on_a_non_finite_loss(tmp_path):
+    straight = _fit(tmp_path, "straight", epochs=2, feed="device")
+
+    def crash_after_first_epoch(epoch):
+        if epoch == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        _fit(tmp_path, "crashed", epochs=2, feed="device", on_epoch_end=crash_after_first_epoch)
+    resumed = _fit(tmp_path, "crashed", epochs=2, feed="device")
+    assert resumed.resumed_from_epoch == 1
+    chex.assert_trees_all_close(resumed.params, straight.params, rtol=1e-6, atol=1e-6)
+
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
+        _fit(
+            tmp_path,
+            "diverge",
+            epochs=1,
+            feed="device",
+            steps_per_call=4,
+            model=MLP(hidden_sizes=(8,)),
+            optimizer=make_optimizer("sgd", momentum=0.0),
+            hyperparams=make_hyperparams(learning_rate=1e30),
+            batch_size=16,
+        )
+
+
+def test_feed_choice_and_bad_arguments(tmp_path):
+    from kdjax.parallel import data_mesh
+    from kdjax.train import resolve_feed
+
+    assert resolve_feed("auto") == ("host" if jax.default_backend() == "cpu" else "device")
+    assert resolve_feed("auto", data_mesh()) == "host"
+    assert resolve_feed("device") == "device"
+    with pytest.raises(ValueError, match="feed must be one of"):
+        resolve_feed("disk")
+    with pytest.raises(ValueError, match="use feed='host'"):
+        resolve_feed("device", data_mesh())
+    with pytest.raises(ValueError, match="steps_per_call"):
+        _fit(tmp_path, "zero", epochs=1, feed="device", steps_per_call=0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _fit(tmp_path, "never", epochs=1, checkpoint_every=0)
+
+
+def test_checkpoint_every_saves_every_nth_and_the_last_epoch(tmp_path):
+    from kdjax.checkpoints import RunCheckpoints
+
+    result = _fit(tmp_path, "sparse", epochs=3, checkpoint_every=2, train_split=_split(64))
+    assert len(result.history) == 3
+    checkpoints = RunCheckpoints(tmp_path / "sparse")
+    assert checkpoints.latest_epoch() == 3
+    checkpoints.close()
+    # The crash-resume contract holds with sparse saves: epoch 2 was saved, epoch 1 was not.
+    assert sorted(int(p.name) for p in (tmp_path / "sparse" / "checkpoints").iterdir()) == [2, 3]
