@@ -196,7 +196,7 @@ def main(argv: list[str]) -> None:
         seed=TEACHER_SEED,
         **INPUT_NORMALISATION,
     )
-    teacher = train_run(teacher_spec, dataset, FLAGS.workdir, log=common.log)
+    teacher = train_run(teacher_spec, dataset, FLAGS.workdir, **common.run_options())
     needed = tuple(dict.fromkeys(n for m in methods for n in TEACHER_OUTPUTS[m]))
     stored, fingerprint = (
         teacher_outputs(teacher_spec, teacher, dataset, needed, splits=("train",), log=common.log)
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> None:
             FLAGS.workdir,
             teacher_outputs={name: stored[name]["train"] for name in TEACHER_OUTPUTS[method]},
             teacher_fingerprint=fingerprint if TEACHER_OUTPUTS[method] else None,
-            log=common.log,
+            **common.run_options(),
         )
         rows.append(
             {

@@ -15,7 +15,22 @@ from absl import flags, logging
 
 from kdjax.data import DataError
 from kdjax.soft_targets import StoreError
-from kdjax.train import NonFiniteLossError
+from kdjax.train import FEEDS, NonFiniteLossError
+
+flags.DEFINE_enum(
+    "feed",
+    "auto",
+    list(FEEDS),
+    "How batches reach the train step: 'host' (gathered per step), 'device' (the "
+    "training set on the accelerator, each epoch one compiled scan) or 'auto' "
+    "(device on GPU/TPU, host on CPU).",
+)
+flags.DEFINE_integer(
+    "checkpoint_every", 1, "Save a checkpoint every N epochs (and always after the last)."
+)
+flags.register_validator(
+    "checkpoint_every", lambda n: n >= 1, message="--checkpoint_every must be >= 1"
+)
 
 # Errors a user can cause (bad data, a workdir from other settings, divergence):
 # reported as one line with a non-zero exit instead of a traceback.
@@ -24,6 +39,15 @@ USER_ERRORS = (DataError, StoreError, NonFiniteLossError, ValueError, FileNotFou
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_options() -> dict:
+    """Keyword arguments for :func:`kdjax.distill.train_run` from the shared flags."""
+    return {
+        "log": log,
+        "feed": flags.FLAGS.feed,
+        "checkpoint_every": flags.FLAGS.checkpoint_every,
+    }
 
 
 def validate(flag_name: str, predicate: Callable[[object], bool], message: str) -> None:

@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
         **settings,
     )
     scratch = train_run(
-        RunSpec(role="student_scratch", **settings), dataset, FLAGS.workdir, log=common.log
+        RunSpec(role="student_scratch", **settings), dataset, FLAGS.workdir, **common.run_options()
     )
 
     test_size = len(dataset.test)

@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
         scratch_spec = RunSpec(role="student_scratch", **settings)
         runs["student_scratch"] = (
             scratch_spec,
-            train_run(scratch_spec, dataset, FLAGS.workdir, log=common.log),
+            train_run(scratch_spec, dataset, FLAGS.workdir, **common.run_options()),
         )
     train_agreement = mnist_setup.train_label_agreement(logits, dataset)
 

@@ -73,7 +73,10 @@ def main(argv: list[str]) -> None:
         **settings,
     )
     scratch = train_run(
-        RunSpec(role="student_scratch", **settings), students_data, FLAGS.workdir, log=common.log
+        RunSpec(role="student_scratch", **settings),
+        students_data,
+        FLAGS.workdir,
+        **common.run_options(),
     )
 
     test_size = len(dataset.test)

@@ -85,7 +85,7 @@ def teacher(
         **INPUT_NORMALISATION,
         **extra,
     )
-    result = train_run(spec, dataset, FLAGS.workdir, log=common.log)
+    result = train_run(spec, dataset, FLAGS.workdir, **common.run_options())
     logits, fingerprint = teacher_soft_targets(spec, result, dataset, log=common.log)
     return spec, result, logits, fingerprint
 
@@ -132,6 +132,6 @@ def kd_student(
         FLAGS.workdir,
         teacher_logits=teacher_logits,
         teacher_fingerprint=teacher_fingerprint,
-        log=common.log,
+        **common.run_options(),
     )
     return spec, result

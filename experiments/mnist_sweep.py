@@ -124,7 +124,7 @@ def main(argv: list[str]) -> None:
     scratch = None
     if FLAGS.scratch:
         scratch_spec = RunSpec(role="student_scratch_seeds", seed=tuple(seeds), **settings)
-        scratch = train_run(scratch_spec, dataset, FLAGS.workdir, log=common.log)
+        scratch = train_run(scratch_spec, dataset, FLAGS.workdir, **common.run_options())
         scratch_summary = {
             "mean": float(np.mean(scratch.test_accuracy)),
             "std": float(np.std(scratch.test_accuracy, ddof=1)) if len(seeds) > 1 else 0.0,

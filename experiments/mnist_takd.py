@@ -76,7 +76,10 @@ def main(argv: list[str]) -> None:
     settings = dict(mnist_setup.student_settings(student_model), seed=tuple(range(FLAGS.seeds)))
     arms = {
         "student_scratch": train_run(
-            RunSpec(role="student_scratch", **settings), dataset, FLAGS.workdir, log=common.log
+            RunSpec(role="student_scratch", **settings),
+            dataset,
+            FLAGS.workdir,
+            **common.run_options(),
         )
     }
     _, arms["student_from_teacher"] = mnist_setup.kd_student(

@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,9 +141,14 @@ def train_run(
     teacher_fingerprint: str | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
+    **fit_options: Any,
 ) -> FitResult:
     """Trains (or resumes, or reuses) the run ``spec`` describes (one student or a
     population trained together, see :attr:`RunSpec.population`).
+
+    ``fit_options`` go to :func:`kdjax.train.fit` and change how, not what, it trains
+    (``feed``, ``steps_per_call``, ``checkpoint_every``): they are not part of the
+    run's identity, so a run may be resumed with other values.
 
     ``teacher_outputs`` maps output names (``"logits"``, ``"features"``,
     ``"feature_map"``) to stored teacher rows aligned with the training split;
@@ -189,6 +195,7 @@ def train_run(
         train_extras=extras,
         log=log,
         on_epoch_end=on_epoch_end,
+        **fit_options,
     )
 
 

@@ -687,7 +687,9 @@ def fit(
             progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
             blocks: list[dict] = []  # metrics with a leading step axis, in step order
 
-            def record(done: int, block: dict, epoch: int = epoch, progress=progress) -> None:
+            def record(
+                done: int, block: dict, epoch=epoch, progress=progress, blocks=blocks
+            ) -> None:
                 """Checks a block of steps' losses (host copies), ending at step ``done``."""
                 losses_ = parallel.to_host(block["loss"])
                 _check_finite(
