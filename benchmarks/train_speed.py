@@ -151,7 +151,7 @@ def torch_epoch_seconds(model_name, split, teacher_logits, batch_size, device, e
     torch.manual_seed(0)
     model = torch_model(model_name).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
+    images = torch.from_numpy(split.images.copy()).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(split.labels).long().to(device)
     soft = torch.from_numpy(teacher_logits).to(device)
     temperature, alpha = 3.0, 0.7

@@ -21,9 +21,9 @@ flags.DEFINE_enum(
     "feed",
     "auto",
     list(FEEDS),
-    "How batches reach the train step: 'host' (gathered per step), 'device' (the "
-    "training set on the accelerator, each epoch one compiled scan) or 'auto' "
-    "(device on GPU/TPU, host on CPU).",
+    "How batches reach the train step: 'device' (the training set on the device, "
+    "blocks of steps as one compiled scan), 'host' (gathered on the host and sent "
+    "per step) or 'auto' (device; host for data-parallel runs).",
 )
 flags.DEFINE_integer(
     "checkpoint_every", 1, "Save a checkpoint every N epochs (and always after the last)."

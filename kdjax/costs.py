@@ -1,7 +1,7 @@
 """What a model costs: parameters, FLOPs per example and measured inference speed.
 
-FLOPs come from XLA's cost analysis of the compiled inference forward pass
-(``jit(...).lower(...).compile().cost_analysis()``), divided by the batch size.
+FLOPs come from XLA's cost analysis of the inference forward pass compiled for the
+CPU (``jit(...).lower(...).compile().cost_analysis()``), divided by the batch size.
 XLA counts a multiply-add as 2 FLOPs, counts only the kernel taps that land on
 real (non-padded) pixels, and includes bias adds, ReLUs and pooling comparisons;
 ``tests/test_costs.py`` checks that against a hand count for StudentNet and an MLP.
@@ -22,8 +22,15 @@ def _forward(model):
 
 
 def forward_flops(model, params, image_shape: tuple[int, ...], batch_size: int = 128) -> float:
-    """FLOPs per example of the inference forward pass, by XLA's cost analysis."""
-    images = jnp.zeros((batch_size, *image_shape), jnp.float32)
+    """FLOPs per example of the inference forward pass, by XLA's cost analysis.
+
+    Always analysed for the CPU: on a GPU, XLA hands convolutions to cuDNN as custom
+    calls that its cost analysis does not count (measured: a tenth of StudentNet's
+    FLOPs on an H200), so a GPU count would be far too low for convolutional nets.
+    """
+    cpu = jax.devices("cpu")[0]
+    params = jax.device_put(params, cpu)
+    images = jax.device_put(jnp.zeros((batch_size, *image_shape), jnp.float32), cpu)
     analysis = _forward(model).lower(params, images).compile().cost_analysis()
     if isinstance(analysis, list):  # older JAX returns one dict per device program
         analysis = analysis[0]

@@ -29,6 +29,22 @@ from kdjax.train import (
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
 
+# Two programs that compute the same training (a vmapped population and single runs,
+# a scanned epoch and single steps) are fused differently. On the CPU they agree to
+# float32 rounding; on a GPU reductions are also reordered (split across thread
+# blocks), which was measured at up to 3e-6 absolute after a few steps on an H200.
+ON_CPU = jax.default_backend() == "cpu"
+
+
+def same_training(rtol: float, atol: float) -> dict:
+    """Tolerances for two programs of the same training, widened off the CPU."""
+    return {"rtol": rtol, "atol": atol} if ON_CPU else {"rtol": max(rtol, 1e-3), "atol": 1e-4}
+
+
+def same_accuracy(ours: float, theirs: float, test_size: int) -> None:
+    """Equal on the CPU; off it, a parameter wobble may flip one test example."""
+    assert abs(ours - theirs) <= (0 if ON_CPU else 1.0 / test_size + 1e-9)
+
 
 def _split(count: int, seed: int = 0) -> Split:
     rng = np.random.default_rng(seed)
@@ -279,10 +295,12 @@ def test_a_population_equals_separate_runs(tmp_path, strategy):
         member = jax.tree.map(lambda leaf, i=index: leaf[i], together.params)
         # Summation order differs between batched and single matmuls; Adam rescales
         # near-zero gradients, so allow float32 noise well below one update (lr 1e-3).
-        chex.assert_trees_all_close(member, alone.params, rtol=1e-4, atol=1e-5)
-        assert together.test_accuracy[index] == alone.test_accuracy
-        assert together.history[-1]["train_loss"][index] == pytest.approx(
-            alone.history[-1]["train_loss"], rel=1e-4
+        chex.assert_trees_all_close(member, alone.params, **same_training(1e-4, 1e-5))
+        same_accuracy(together.test_accuracy[index], alone.test_accuracy, len(test))
+        np.testing.assert_allclose(
+            together.history[-1]["train_loss"][index],
+            alone.history[-1]["train_loss"],
+            rtol=same_training(1e-4, 0)["rtol"],
         )
 
 
@@ -433,11 +451,17 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(tmp_path, seed, steps
     )
     host = _fit(tmp_path, "host", feed="host", **common)
     device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call, **common)
-    chex.assert_trees_all_close(device.params, host.params, rtol=1e-5, atol=1e-6)
-    assert device.test_accuracy == host.test_accuracy
+    chex.assert_trees_all_close(device.params, host.params, **same_training(1e-5, 1e-6))
+    np.testing.assert_allclose(
+        device.test_accuracy, host.test_accuracy, atol=0 if ON_CPU else 1 / 64
+    )
     for ours, theirs in zip(device.history, host.history, strict=True):
-        np.testing.assert_allclose(ours["train_loss"], theirs["train_loss"], rtol=1e-5)
-        np.testing.assert_allclose(ours["train_accuracy"], theirs["train_accuracy"], rtol=1e-6)
+        np.testing.assert_allclose(
+            ours["train_loss"], theirs["train_loss"], **same_training(1e-5, 0)
+        )
+        np.testing.assert_allclose(
+            ours["train_accuracy"], theirs["train_accuracy"], **same_training(1e-6, 0)
+        )
     assert device.compile_seconds is not None and device.compile_seconds > 0
 
 
@@ -452,7 +476,9 @@ def test_the_device_feed_resumes_and_stops_on_a_non_finite_loss(tmp_path):
         _fit(tmp_path, "crashed", epochs=2, feed="device", on_epoch_end=crash_after_first_epoch)
     resumed = _fit(tmp_path, "crashed", epochs=2, feed="device")
     assert resumed.resumed_from_epoch == 1
-    chex.assert_trees_all_close(resumed.params, straight.params, rtol=1e-6, atol=1e-6)
+    # Exact on the CPU. On an H200 this differed beyond 1e-6 (XLA's GPU reductions
+    # are not bitwise reproducible from run to run unless made deterministic).
+    chex.assert_trees_all_close(resumed.params, straight.params, **same_training(1e-6, 1e-6))
 
     with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
         _fit(
@@ -472,7 +498,7 @@ def test_feed_choice_and_bad_arguments(tmp_path):
     from kdjax.parallel import data_mesh
     from kdjax.train import resolve_feed
 
-    assert resolve_feed("auto") == ("host" if jax.default_backend() == "cpu" else "device")
+    assert resolve_feed("auto") == "device"
     assert resolve_feed("auto", data_mesh()) == "host"
     assert resolve_feed("device") == "device"
     with pytest.raises(ValueError, match="feed must be one of"):
