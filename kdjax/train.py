@@ -491,7 +491,9 @@ def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
     gathers its own batches, so the device never waits for Python. ``"host"``:
     every batch is gathered from host arrays and sent with its own step, one
     dispatch per step; the only feed for data-parallel runs, where each process
-    holds only its rows. ``"auto"``: ``"device"``, or ``"host"`` with a mesh.
+    holds only its rows. ``"auto"``: ``"device"``, or ``"host"`` with a mesh (and,
+    in :func:`fit`, when the training arrays would take more than half of an
+    accelerator's memory).
     The device feed measured faster on every backend tried (BUILD_NOTES.md): on
     a 2-core CPU 0.43–0.56× the host feed's epoch time for single students, on an
     H200 GPU 0.08–0.16×.
@@ -506,6 +508,24 @@ def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
     if feed == "auto":
         return "host" if mesh is not None else "device"
     return feed
+
+
+# The device feed keeps the training set resident only if it takes at most this
+# share of the device's memory; the rest is for the model, optimizer and activations.
+_DEVICE_DATA_FRACTION = 0.5
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """The memory an accelerator offers (``None`` on the CPU, where the arrays are
+    in host memory already, or when the backend does not say)."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    try:
+        stats = device.memory_stats() or {}
+    except (NotImplementedError, RuntimeError):
+        return None
+    return stats.get("bytes_limit")
 
 
 def scan_steps(step: Callable) -> Callable:
@@ -622,7 +642,24 @@ def fit(
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
 
+    wanted_feed = feed
     feed = resolve_feed(feed, mesh)
+    if feed == "device":
+        resident = {"images": train_split.images, "labels": train_split.labels}
+        nbytes = sum(np.asarray(a).nbytes for a in [*resident.values(), *train_extras.values()])
+        room = device_memory_bytes()
+        if room is not None and nbytes > _DEVICE_DATA_FRACTION * room:
+            if wanted_feed == "device":
+                raise ValueError(
+                    f"feed='device': the training arrays ({nbytes / 2**30:.1f} GiB) do not "
+                    f"fit in {_DEVICE_DATA_FRACTION:.0%} of the device's "
+                    f"{room / 2**30:.1f} GiB; use feed='host'."
+                )
+            log(
+                f"{name}: the training arrays ({nbytes / 2**30:.1f} GiB) would take more than "
+                f"{_DEVICE_DATA_FRACTION:.0%} of the device's memory; feeding from the host."
+            )
+            feed = "host"
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
     if steps_per_call is not None and steps_per_call < 1:

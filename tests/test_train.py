@@ -521,3 +521,25 @@ def test_checkpoint_every_saves_every_nth_and_the_last_epoch(tmp_path):
     checkpoints.close()
     # The crash-resume contract holds with sparse saves: epoch 2 was saved, epoch 1 was not.
     assert sorted(int(p.name) for p in (tmp_path / "sparse" / "checkpoints").iterdir()) == [2, 3]
+
+
+def test_auto_feeds_from_the_host_when_the_data_would_crowd_the_device(tmp_path, monkeypatch):
+    import kdjax.train as train
+
+    monkeypatch.setattr(train, "device_memory_bytes", lambda device=None: 100_000)
+    messages = []
+    result = _fit(tmp_path, "crowded", epochs=1, feed="auto", log=messages.append)
+    assert any("feeding from the host" in m for m in messages)
+    assert len(result.history) == 1
+    with pytest.raises(ValueError, match="use feed='host'"):
+        _fit(tmp_path, "forced", epochs=1, feed="device")
+    monkeypatch.setattr(train, "device_memory_bytes", lambda device=None: 10**12)
+    messages.clear()
+    _fit(tmp_path, "roomy", epochs=1, feed="auto", log=messages.append)
+    assert not any("feeding from the host" in m for m in messages)
+
+
+def test_device_memory_is_unknown_on_the_cpu():
+    from kdjax.train import device_memory_bytes
+
+    assert device_memory_bytes(jax.devices("cpu")[0]) is None
