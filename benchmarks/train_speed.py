@@ -43,7 +43,7 @@ flags.DEFINE_string("data_dir", None, "MNIST IDX files; default: random MNIST-sh
 flags.DEFINE_integer("population", 6, "Students trained together for the population row.")
 flags.DEFINE_string("output", "benchmarks/train_speed.json", "Where to write the results.")
 flags.DEFINE_list(
-    "feeds", ["auto"], "kdjax feeds to time: host, device, auto (device on GPU/TPU, else host)."
+    "feeds", ["auto"], "kdjax feeds to time: host, device, auto (device; see kdjax.train)."
 )
 flags.register_validator(
     "feeds", lambda names: set(names) <= set(FEEDS), message="--feeds: unknown feed"
@@ -53,6 +53,11 @@ flags.DEFINE_integer(
 )
 flags.register_validator("epochs", lambda n: n >= 1, message="--epochs must be >= 1")
 flags.DEFINE_integer("max_examples", None, "Cap every student's training examples (smoke runs).")
+flags.register_validator(
+    "max_examples",
+    lambda n: n is None or n >= 256,
+    message="--max_examples must be >= 256 (two steps of the largest batch)",
+)
 flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto (cuda if available), cpu, cuda.")
 
 STUDENTS = {

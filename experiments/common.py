@@ -23,7 +23,8 @@ flags.DEFINE_enum(
     list(FEEDS),
     "How batches reach the train step: 'device' (the training set on the device, "
     "blocks of steps as one compiled scan), 'host' (gathered on the host and sent "
-    "per step) or 'auto' (device; host for data-parallel runs).",
+    "per step) or 'auto' (device; host for data-parallel runs, or when the data "
+    "would take over half of an accelerator's memory).",
 )
 flags.DEFINE_integer(
     "checkpoint_every", 1, "Save a checkpoint every N epochs (and always after the last)."

@@ -384,6 +384,11 @@ class FitResult:
 
     For a population (``fit(seed=[...])``) ``params`` has a leading student axis and
     ``test_accuracy`` and the per-epoch metrics are lists, one value per student.
+
+    ``compile_seconds``: with the host feed, the first step's wall time (compile
+    plus one step); with the device feed, the ahead-of-time compiles of the
+    block programs alone (one or two block lengths). Either way it is inside the
+    first epoch's ``seconds``.
     """
 
     run_dir: Path
@@ -494,9 +499,10 @@ def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
     holds only its rows. ``"auto"``: ``"device"``, or ``"host"`` with a mesh (and,
     in :func:`fit`, when the training arrays would take more than half of an
     accelerator's memory).
-    The device feed measured faster on every backend tried (BUILD_NOTES.md): on
-    a 2-core CPU 0.43–0.56× the host feed's epoch time for single students, on an
-    H200 GPU 0.08–0.16×.
+    For single students the device feed measured faster on every backend tried
+    (BUILD_NOTES.md): on a 2-core CPU 0.43–0.56× the host feed's epoch time, on an
+    H200 GPU 0.08–0.17×. On that CPU a population's epoch took 0.91–1.16× its
+    host-feed time (the 1.16 for six small MLPs).
     """
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
@@ -526,6 +532,28 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     except (NotImplementedError, RuntimeError):
         return None
     return stats.get("bytes_limit")
+
+
+def _fits_on_device(
+    arrays: Mapping[str, np.ndarray], explicit: bool, name: str, log: Callable[[str], None]
+) -> bool:
+    """Whether the device feed may hold ``arrays``; an explicit ``feed="device"``
+    that does not fit is an error, ``"auto"`` falls back to the host and says so."""
+    nbytes = sum(np.asarray(array).nbytes for array in arrays.values())
+    room = device_memory_bytes()
+    if room is None or nbytes <= _DEVICE_DATA_FRACTION * room:
+        return True
+    if explicit:
+        raise ValueError(
+            f"feed='device': the training arrays ({nbytes / 2**30:.1f} GiB) do not fit in "
+            f"{_DEVICE_DATA_FRACTION:.0%} of the device's {room / 2**30:.1f} GiB; "
+            "use feed='host'."
+        )
+    log(
+        f"{name}: the training arrays ({nbytes / 2**30:.1f} GiB) would take more than "
+        f"{_DEVICE_DATA_FRACTION:.0%} of the device's memory; feeding from the host."
+    )
+    return False
 
 
 def scan_steps(step: Callable) -> Callable:
@@ -642,24 +670,8 @@ def fit(
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
 
-    wanted_feed = feed
+    explicit_device = feed == "device"
     feed = resolve_feed(feed, mesh)
-    if feed == "device":
-        resident = {"images": train_split.images, "labels": train_split.labels}
-        nbytes = sum(np.asarray(a).nbytes for a in [*resident.values(), *train_extras.values()])
-        room = device_memory_bytes()
-        if room is not None and nbytes > _DEVICE_DATA_FRACTION * room:
-            if wanted_feed == "device":
-                raise ValueError(
-                    f"feed='device': the training arrays ({nbytes / 2**30:.1f} GiB) do not "
-                    f"fit in {_DEVICE_DATA_FRACTION:.0%} of the device's "
-                    f"{room / 2**30:.1f} GiB; use feed='host'."
-                )
-            log(
-                f"{name}: the training arrays ({nbytes / 2**30:.1f} GiB) would take more than "
-                f"{_DEVICE_DATA_FRACTION:.0%} of the device's memory; feeding from the host."
-            )
-            feed = "host"
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}.")
     if steps_per_call is not None and steps_per_call < 1:
@@ -718,18 +730,21 @@ def fit(
 
     steps_per_epoch = len(train_split) // batch_size
     if feed == "device" and start_epoch < epochs:
+        resident = {
+            "images": train_split.images,
+            "labels": train_split.labels,
+            "ids": train_split.ids,
+            **train_extras,
+        }
+        if not _fits_on_device(resident, explicit_device, name, log):
+            feed = "host"
+            step_fn = jax.jit(_compile_once(step))
+    if feed == "device" and start_epoch < epochs:
         if steps_per_call is None:
             cpu = jax.default_backend() == "cpu"
             steps_per_call = _CPU_STEPS_PER_CALL if cpu else steps_per_epoch
         blocks_of_epoch = _step_blocks(steps_per_epoch, steps_per_call)
-        device_data = jax.device_put(
-            {
-                "images": train_split.images,
-                "labels": train_split.labels,
-                "ids": train_split.ids,
-                **train_extras,
-            }
-        )
+        device_data = jax.device_put(resident)
         scanned = jax.jit(scan_steps(step))
         compiled_blocks: dict[int, Callable] = {}  # block length -> compiled program
     compile_seconds = None

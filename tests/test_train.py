@@ -1,5 +1,6 @@
 """The shared training loop: compile once, traced hyperparameters, resume, divergence."""
 
+import re
 from functools import partial
 
 import chex
@@ -430,7 +431,9 @@ def test_a_run_directory_accepts_its_own_settings_with_tuples(tmp_path):
 @pytest.mark.parametrize(
     ("seed", "steps_per_call"), [(7, None), (7, 3), ([0, 1], None)], ids=["epoch", "3", "pop"]
 )
-def test_the_device_feed_trains_exactly_like_the_host_feed(tmp_path, seed, steps_per_call):
+def test_the_device_feed_trains_exactly_like_the_host_feed(
+    tmp_path, monkeypatch, seed, steps_per_call
+):
     """Same batches, same order, same dropout and jitter keys: the scanned,
     device-resident epoch ends where per-step host feeding ends, for single runs,
     blocks shorter than the epoch and populations, with KD extras and augmentation."""
@@ -449,8 +452,20 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(tmp_path, seed, steps
         train_extras={"teacher_logits": teacher_logits},
         augment=partial(random_translate, max_shift=2),
     )
+    import kdjax.train as train
+
+    scanned = []
+    real_scan_steps = train.scan_steps
+
+    def spy(step):
+        scanned.append(step)
+        return real_scan_steps(step)
+
+    monkeypatch.setattr(train, "scan_steps", spy)
     host = _fit(tmp_path, "host", feed="host", **common)
+    assert not scanned
     device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call, **common)
+    assert len(scanned) == 1  # the device path ran
     chex.assert_trees_all_close(device.params, host.params, **same_training(1e-5, 1e-6))
     np.testing.assert_allclose(
         device.test_accuracy, host.test_accuracy, atol=0 if ON_CPU else 1 / 64
@@ -480,18 +495,21 @@ def test_the_device_feed_resumes_and_stops_on_a_non_finite_loss(tmp_path):
     # are not bitwise reproducible from run to run unless made deterministic).
     chex.assert_trees_all_close(resumed.params, straight.params, **same_training(1e-6, 1e-6))
 
-    with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
-        _fit(
-            tmp_path,
-            "diverge",
-            epochs=1,
-            feed="device",
-            steps_per_call=4,
-            model=MLP(hidden_sizes=(8,)),
-            optimizer=make_optimizer("sgd", momentum=0.0),
-            hyperparams=make_hyperparams(learning_rate=1e30),
-            batch_size=16,
-        )
+    diverging = dict(
+        epochs=1,
+        model=MLP(hidden_sizes=(8,)),
+        optimizer=make_optimizer("sgd", momentum=0.0),
+        hyperparams=make_hyperparams(learning_rate=1e30),
+        batch_size=16,
+    )
+    steps = []
+    for feed, steps_per_call in (("host", None), ("device", 4), ("device", 5)):
+        with pytest.raises(NonFiniteLossError, match=r"at step \d+") as error:
+            _fit(tmp_path, f"diverge-{feed}-{steps_per_call}", feed=feed,
+                 steps_per_call=steps_per_call, **diverging)  # fmt: skip
+        steps.append(int(re.search(r"at step (\d+)", str(error.value)).group(1)))
+    # Every feed and block length names the same first bad step.
+    assert len(set(steps)) == 1 and steps[0] >= 1, steps
 
 
 def test_feed_choice_and_bad_arguments(tmp_path):
@@ -512,15 +530,24 @@ def test_feed_choice_and_bad_arguments(tmp_path):
 
 
 def test_checkpoint_every_saves_every_nth_and_the_last_epoch(tmp_path):
-    from kdjax.checkpoints import RunCheckpoints
-
-    result = _fit(tmp_path, "sparse", epochs=3, checkpoint_every=2, train_split=_split(64))
+    small = _split(64)
+    result = _fit(tmp_path, "sparse", epochs=3, checkpoint_every=2, train_split=small)
     assert len(result.history) == 3
-    checkpoints = RunCheckpoints(tmp_path / "sparse")
-    assert checkpoints.latest_epoch() == 3
-    checkpoints.close()
-    # The crash-resume contract holds with sparse saves: epoch 2 was saved, epoch 1 was not.
+    # Epoch 2 and the last epoch were saved, epoch 1 was not.
     assert sorted(int(p.name) for p in (tmp_path / "sparse" / "checkpoints").iterdir()) == [2, 3]
+
+    def crash_after_third_epoch(epoch):
+        if epoch == 3:
+            raise SimulatedCrash
+
+    straight = _fit(tmp_path, "straight", epochs=4, train_split=small)
+    with pytest.raises(SimulatedCrash):
+        _fit(tmp_path, "crashed", epochs=4, checkpoint_every=2, train_split=small,
+             on_epoch_end=crash_after_third_epoch)  # fmt: skip
+    resumed = _fit(tmp_path, "crashed", epochs=4, checkpoint_every=2, train_split=small)
+    assert resumed.resumed_from_epoch == 2  # epoch 3 was never saved: it is trained again
+    assert len(resumed.history) == 4
+    chex.assert_trees_all_close(resumed.params, straight.params, **same_training(1e-6, 1e-6))
 
 
 def test_auto_feeds_from_the_host_when_the_data_would_crowd_the_device(tmp_path, monkeypatch):
