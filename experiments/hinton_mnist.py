@@ -4,7 +4,7 @@
 
 The defaults (teacher 300 epochs, students 60, 5 per arm) are the measured
 configuration in BUILD_NOTES.md: 80 s on one H200 GPU (with 3 students per
-arm), several hours on a 2-core CPU (pass smaller ``--teacher_epochs`` /
+arm), about 2 h on a 2-core CPU (pass smaller ``--teacher_epochs`` /
 ``--epochs`` there).
 
 Teacher 784–1200–1200–10 (ReLU) regularised as in the paper: dropout (0.2 on the
@@ -70,8 +70,9 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     if jax.default_backend() == "cpu" and FLAGS.teacher_epochs >= 100:
         common.log(
-            f"Note: {FLAGS.teacher_epochs} teacher epochs on the CPU take hours (80 s on one "
-            "H200 GPU); --teacher_epochs=30 --epochs=15 gives the shorter run in BUILD_NOTES.md."
+            f"Note: {FLAGS.teacher_epochs} teacher epochs make this a long run on a CPU "
+            "(the defaults: about 2 h on 2 cores, 80 s on one H200 GPU); "
+            "--teacher_epochs=30 --epochs=15 gives the shorter run in BUILD_NOTES.md."
         )
     dataset = mnist_setup.load_data()
     teacher_spec, teacher, logits, fingerprint = mnist_setup.teacher(
