@@ -696,8 +696,7 @@ def fit(
         )
         hyperparams = _population_hyperparams(hyperparams, len(population))
         step = population_step(train_step, population_strategy)
-    if feed == "host":
-        step_fn = jax.jit(_compile_once(step))
+    step_fn = jax.jit(_compile_once(step))  # the host feed's per-step program
     if mesh is not None:
         rows = parallel.local_rows(batch_size, mesh)
         state = parallel.replicate(state, mesh)
@@ -729,24 +728,24 @@ def fit(
         log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
 
     steps_per_epoch = len(train_split) // batch_size
+    # Every array a step reads, row i belonging to example train_split.ids[i].
+    training_arrays = {
+        "images": train_split.images,
+        "labels": train_split.labels,
+        "ids": train_split.ids,
+        **train_extras,
+    }
     if feed == "device" and start_epoch < epochs:
-        resident = {
-            "images": train_split.images,
-            "labels": train_split.labels,
-            "ids": train_split.ids,
-            **train_extras,
-        }
-        if not _fits_on_device(resident, explicit_device, name, log):
+        if _fits_on_device(training_arrays, explicit_device, name, log):
+            if steps_per_call is None:
+                cpu = jax.default_backend() == "cpu"
+                steps_per_call = _CPU_STEPS_PER_CALL if cpu else steps_per_epoch
+            blocks_of_epoch = _step_blocks(steps_per_epoch, steps_per_call)
+            device_data = jax.device_put(training_arrays)
+            scanned = jax.jit(scan_steps(step))
+            compiled_blocks: dict[int, Callable] = {}  # block length -> compiled program
+        else:
             feed = "host"
-            step_fn = jax.jit(_compile_once(step))
-    if feed == "device" and start_epoch < epochs:
-        if steps_per_call is None:
-            cpu = jax.default_backend() == "cpu"
-            steps_per_call = _CPU_STEPS_PER_CALL if cpu else steps_per_epoch
-        blocks_of_epoch = _step_blocks(steps_per_epoch, steps_per_call)
-        device_data = jax.device_put(resident)
-        scanned = jax.jit(scan_steps(step))
-        compiled_blocks: dict[int, Callable] = {}  # block length -> compiled program
     compile_seconds = None
     train_seconds = 0.0
     try:
@@ -777,12 +776,7 @@ def fit(
                     indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
                     if mesh is not None:
                         indices = indices[rows]  # this process's rows only
-                    batch = {
-                        "images": train_split.images[indices],
-                        "labels": train_split.labels[indices],
-                        "ids": train_split.ids[indices],
-                        **{key: array[indices] for key, array in train_extras.items()},
-                    }
+                    batch = {key: array[indices] for key, array in training_arrays.items()}
                     if mesh is not None:
                         batch = parallel.global_batch(batch, batch_size, mesh)
                     if compile_seconds is None:
