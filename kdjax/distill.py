@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from kdjax import soft_targets
@@ -28,12 +29,15 @@ from kdjax.train import (
     FitResult,
     config_hash,
     cosine_decay,
+    every_shift,
     fit,
     make_hyperparams,
     make_optimizer,
     max_norm_constraint,
     predict,
-    random_translate,
+    shift_count,
+    translate,
+    translate_batch,
 )
 
 
@@ -58,6 +62,10 @@ class RunSpec:
     # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
     translate_pixels: int = 0
     max_norm: float | None = None
+    # With translate_pixels, a distilled student's stored teacher outputs cover every
+    # shift ([N, (2m+1)², ...], see kdjax.distill.teacher_outputs) and the student learns
+    # the teacher's output for the shifted image it sees: a jittered transfer set.
+    consistent_jitter: bool = False
     # "constant", or "cosine": the learning rate decays to 0 over ``epochs``.
     lr_schedule: str = "constant"
 
@@ -68,6 +76,14 @@ class RunSpec:
             raise ValueError("epochs must be >= 0 and batch_size >= 1.")
         if self.translate_pixels < 0 or (self.max_norm is not None and self.max_norm <= 0):
             raise ValueError("translate_pixels must be >= 0 and max_norm > 0.")
+        if self.consistent_jitter and not (
+            self.translate_pixels and TEACHER_OUTPUTS[self.objective]
+        ):
+            raise ValueError(
+                "consistent_jitter needs translate_pixels > 0 and an objective that reads "
+                f"teacher outputs (got translate_pixels={self.translate_pixels}, "
+                f"objective {self.objective!r})."
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}."
@@ -97,7 +113,15 @@ class RunSpec:
     def augment(self):
         if not self.translate_pixels:
             return None
-        return partial(random_translate, max_shift=self.translate_pixels)
+        return partial(
+            translate_batch, max_shift=self.translate_pixels, per_shift=self.per_shift_extras()
+        )
+
+    def per_shift_extras(self) -> tuple[str, ...]:
+        """The batch entries stored once per shift (empty unless ``consistent_jitter``)."""
+        if not self.consistent_jitter:
+            return ()
+        return tuple(f"teacher_{name}" for name in TEACHER_OUTPUTS[self.objective])
 
     def constraint(self):
         return (
@@ -120,6 +144,7 @@ class RunSpec:
         for name, unused in (
             ("translate_pixels", 0),
             ("max_norm", None),
+            ("consistent_jitter", False),
             ("lr_schedule", "constant"),
         ):
             if identity[name] == unused:
@@ -170,6 +195,15 @@ def train_run(
     }
     model = get_model(spec.model)
     extras = {f"teacher_{name}": teacher_outputs[name] for name in TEACHER_OUTPUTS[spec.objective]}
+    shifts = shift_count(spec.translate_pixels)
+    for key in spec.per_shift_extras():
+        shape = np.shape(extras[key])
+        if len(shape) < 3 or shape[1] != shifts:
+            raise ValueError(
+                f"consistent_jitter needs the {key[len('teacher_') :]} of the teacher for "
+                f"every one of the {shifts} shifts of up to {spec.translate_pixels} pixels "
+                f"([N, {shifts}, ...], see teacher_outputs(train_shifts=...)); got {shape}."
+            )
     return fit(
         name=spec.role,
         run_dir=run_directory(workdir, spec, identity),
@@ -206,6 +240,7 @@ def teacher_outputs(
     names: tuple[str, ...] = ("logits",),
     *,
     splits: tuple[str, ...] = ("train", "test"),
+    train_shifts: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
     """The frozen teacher's named outputs for each split, from its store (computed once,
@@ -214,30 +249,53 @@ def teacher_outputs(
     Returns ``({name: {split: rows}}, teacher_fingerprint)``, rows aligned with the
     split's examples by id. Logits live in ``soft_targets/<split>.npz``, other outputs
     in ``soft_targets/<split>-<name>.npz`` of the teacher's run directory.
+
+    ``train_shifts=m > 0`` gives the training split's outputs for every translation by
+    up to ``m`` pixels instead, ``[N, (2m+1)², ...]`` in the order of
+    :func:`kdjax.train.every_shift` (stored with a ``-shift<m>`` suffix): what a
+    student with ``consistent_jitter`` reads.
     """
     model = get_model(spec.model)
     fingerprint = soft_targets.params_fingerprint(result.params)
+    preprocess = spec.preprocess()
 
-    def compute(images: np.ndarray, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
-        log(f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples ...")
-        return predict(
-            model, result.params, images, preprocess=spec.preprocess(), output_names=wanted
+    def compute(images: np.ndarray, wanted: tuple[str, ...], max_shift: int = 0):
+        if not max_shift:
+            log(f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples ...")
+            return predict(model, result.params, images, preprocess=preprocess, output_names=wanted)
+        offsets = every_shift(max_shift)
+        log(
+            f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples "
+            f"× {len(offsets)} shifts of up to {max_shift} pixels ..."
         )
+        per_shift = []
+        for offset in offsets:
 
-    def store_path(split_name: str, name: str) -> Path:
+            def shifted(raw, offset=offset):
+                fixed = jnp.broadcast_to(jnp.asarray(offset), (raw.shape[0], 2))
+                return preprocess(translate(raw, fixed, max_shift))
+
+            per_shift.append(
+                predict(model, result.params, images, preprocess=shifted, output_names=wanted)
+            )
+        return {name: np.stack([rows[name] for rows in per_shift], 1) for name in wanted}
+
+    def store_path(split_name: str, name: str, max_shift: int) -> Path:
         stem = split_name if name == "logits" else f"{split_name}-{name}"
-        return result.run_dir / "soft_targets" / f"{stem}.npz"
+        suffix = f"-shift{max_shift}" if max_shift else ""
+        return result.run_dir / "soft_targets" / f"{stem}{suffix}.npz"
 
-    by_split = {
-        split_name: soft_targets.load_or_compute_outputs(
-            {name: store_path(split_name, name) for name in names},
+    def load(split_name: str) -> dict[str, np.ndarray]:
+        max_shift = train_shifts if split_name == "train" else 0
+        return soft_targets.load_or_compute_outputs(
+            {name: store_path(split_name, name, max_shift) for name in names},
             getattr(dataset, split_name),
             teacher_fingerprint=fingerprint,
-            compute=compute,
+            compute=partial(compute, max_shift=max_shift),
             log=log,
         )
-        for split_name in splits
-    }
+
+    by_split = {split_name: load(split_name) for split_name in splits}
     return {name: {s: by_split[s][name] for s in splits} for name in names}, fingerprint
 
 
@@ -246,14 +304,18 @@ def teacher_soft_targets(
     result: FitResult,
     dataset: Dataset,
     *,
+    train_shifts: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, np.ndarray], str]:
     """The frozen teacher's logits for both splits, from its store (computed once).
 
     Returns ``({"train": logits, "test": logits}, teacher_fingerprint)``, each
-    array aligned with the split's examples by id.
+    array aligned with the split's examples by id; with ``train_shifts`` the training
+    logits cover every shift (see :func:`teacher_outputs`).
     """
-    outputs, fingerprint = teacher_outputs(spec, result, dataset, ("logits",), log=log)
+    outputs, fingerprint = teacher_outputs(
+        spec, result, dataset, ("logits",), train_shifts=train_shifts, log=log
+    )
     return outputs["logits"], fingerprint
 
 

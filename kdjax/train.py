@@ -176,9 +176,14 @@ def create_state(
 # --- Augmentation and weight constraints (run inside the compiled step) -------------------
 
 
-def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> jax.Array:
-    """Shifts each image by its own random (dy, dx) in ``[-max_shift, max_shift]`` pixels,
-    filling with zeros (Hinton et al. 2015's jitter of up to two pixels on MNIST).
+def shift_count(max_shift: int) -> int:
+    """How many distinct translations :func:`random_translate` draws from: ``(2m + 1)²``."""
+    return (2 * max_shift + 1) ** 2
+
+
+def translate(images: jax.Array, offsets: jax.Array, max_shift: int) -> jax.Array:
+    """Shifts image ``i`` by ``offsets[i] - max_shift`` pixels (``offsets`` ``[B, 2]``,
+    integers in ``[0, 2·max_shift]`` for rows and columns), filling with zeros.
 
     ``images`` are ``[B, H, W, C]`` raw pixel values; returns float32 of the same shape.
     """
@@ -187,12 +192,59 @@ def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> j
         images.astype(jnp.float32),
         ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
     )
-    offsets = jax.random.randint(key, (batch, 2), 0, 2 * max_shift + 1)
 
     def crop(image, offset):
         return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
 
     return jax.vmap(crop)(padded, offsets)
+
+
+def _draw_offsets(key: jax.Array, batch: int, max_shift: int) -> jax.Array:
+    return jax.random.randint(key, (batch, 2), 0, 2 * max_shift + 1)
+
+
+def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> jax.Array:
+    """Shifts each image by its own random (dy, dx) in ``[-max_shift, max_shift]`` pixels,
+    filling with zeros (Hinton et al. 2015's jitter of up to two pixels on MNIST).
+
+    ``images`` are ``[B, H, W, C]`` raw pixel values; returns float32 of the same shape.
+    """
+    return translate(images, _draw_offsets(key, images.shape[0], max_shift), max_shift)
+
+
+def translate_batch(
+    key: jax.Array, batch: Batch, *, max_shift: int = 2, per_shift: tuple[str, ...] = ()
+) -> Batch:
+    """A batch :data:`Augment`: :func:`random_translate` of ``batch["images"]`` (the same
+    draws), keeping the entries named in ``per_shift`` consistent with it.
+
+    Each ``per_shift`` entry holds, per example, one row for every possible shift
+    (``[B, shift_count(max_shift), ...]``, in the order of :func:`every_shift`), e.g. a
+    teacher's logits for every translation of the image; the row of the shift drawn
+    for that example is kept (``[B, ...]``). The student then learns the teacher's
+    answer for exactly the image it sees (a jittered transfer set).
+    """
+    offsets = _draw_offsets(key, batch["images"].shape[0], max_shift)
+    out = dict(batch, images=translate(batch["images"], offsets, max_shift))
+    index = offsets[:, 0] * (2 * max_shift + 1) + offsets[:, 1]
+    for name in per_shift:
+        rows = batch[name]
+        if rows.ndim < 2 or rows.shape[1] != shift_count(max_shift):
+            raise ValueError(
+                f"batch[{name!r}] of shape {rows.shape} does not hold "
+                f"{shift_count(max_shift)} shifts per example (max_shift={max_shift})."
+            )
+        out[name] = jnp.take_along_axis(
+            rows, index.reshape((-1, 1) + (1,) * (rows.ndim - 2)), axis=1
+        )[:, 0]
+    return out
+
+
+def every_shift(max_shift: int) -> np.ndarray:
+    """All ``[shift_count, 2]`` offsets of :func:`translate`, in the row order that
+    :func:`translate_batch` indexes ``per_shift`` entries with."""
+    side = np.arange(2 * max_shift + 1)
+    return np.stack(np.meshgrid(side, side, indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
 
 
 def max_norm_constraint(params: Any, max_norm: float) -> Any:
@@ -220,7 +272,9 @@ def cosine_decay(total_steps: int) -> Callable[[jax.Array], jax.Array]:
     return factor
 
 
-Augment = Callable[[jax.Array, jax.Array], jax.Array]
+# ``augment(key, batch) -> batch`` sees the raw images and every stored extra (e.g.
+# :func:`translate_batch`), so it can keep teacher outputs consistent with the images.
+Augment = Callable[[jax.Array, Batch], Batch]
 Constraint = Callable[[Any], Any]
 Schedule = Callable[[jax.Array], jax.Array]
 # A fixed constant folded into the step key gives augmentation its own random stream,
@@ -240,18 +294,18 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch, Hyperparams], tuple[TrainState, dict]]:
     """The pure training step; jit it (or vmap it over students, then jit).
 
-    ``augment(key, raw_images)`` (e.g. :func:`random_translate`) runs on the device
-    before ``preprocess``; ``constraint(params)`` (e.g. :func:`max_norm_constraint`)
-    projects the parameters after every update; ``schedule(step)`` (e.g.
+    ``augment(key, batch)`` (e.g. :func:`translate_batch`) runs on the device before
+    ``preprocess`` and returns the batch with its raw images transformed;
+    ``constraint(params)`` (e.g. :func:`max_norm_constraint`) projects the parameters
+    after every update; ``schedule(step)`` (e.g.
     :func:`cosine_decay`) multiplies the traced learning rate.
     """
 
     def train_step(state: TrainState, batch: Batch, hyperparams: Hyperparams):
         dropout_key = jax.random.fold_in(state.dropout_key, state.step)
-        raw_images = batch["images"]
         if augment is not None:
-            raw_images = augment(jax.random.fold_in(dropout_key, _AUGMENT_STREAM), raw_images)
-        images = preprocess(raw_images)
+            batch = augment(jax.random.fold_in(dropout_key, _AUGMENT_STREAM), batch)
+        images = preprocess(batch["images"])
 
         def loss_fn(params):
             outputs = model.apply(

@@ -320,3 +320,27 @@ def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
     config = json.loads((Path(results["teacher"]["run_dir"]) / "config.json").read_text())
     assert config["max_norm"] == 3.5 and config["translate_pixels"] == 2
     assert (workdir / "learning_curves.png").stat().st_size > 0
+
+    # The jittered-transfer-set variant reuses the teacher and stores its logits per shift.
+    jittered = run_command(
+        f"--data_dir={data_dir}",
+        f"--workdir={workdir}",
+        "--seeds=2",
+        "--epochs=1",
+        "--teacher_epochs=1",
+        "--batch_size=32",
+        "--student_translate_pixels=1",
+        module="experiments.hinton_mnist",
+    )
+    assert jittered.returncode == 0, jittered.stderr[-3000:]
+    assert "jittered transfer set ±1" in jittered.stdout
+    assert "× 9 shifts" in jittered.stdout + jittered.stderr
+    again = json.loads((workdir / "results.json").read_text())
+    assert again["teacher"]["run_dir"] == results["teacher"]["run_dir"]
+    assert again["config"]["student_translate_pixels"] == 1
+    for arm in ("student_scratch", "student_kd"):
+        assert again[arm]["run_dir"] != results[arm]["run_dir"]
+        config = json.loads((Path(again[arm]["run_dir"]) / "config.json").read_text())
+        assert config["translate_pixels"] == 1
+        assert config.get("consistent_jitter", False) is (arm == "student_kd")
+    assert (Path(results["teacher"]["run_dir"]) / "soft_targets" / "train-shift1.npz").is_file()

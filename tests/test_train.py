@@ -326,6 +326,83 @@ def test_random_translate_shifts_each_image_within_the_limit():
     np.testing.assert_array_equal(shifted, again)
 
 
+def test_translate_batch_keeps_per_shift_rows_with_the_image_they_belong_to():
+    """A jittered transfer set: rows stored for every shift of an image are picked so
+    that each example's kept row is the one for the shifted image it now shows."""
+    from kdjax.train import every_shift, random_translate, shift_count, translate, translate_batch
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 10, 10, 1)).astype(np.uint8)
+    weights = rng.normal(size=(100, 3)).astype(np.float32) / 100
+
+    def teacher(raw):  # any fixed function of the pixels
+        return np.asarray(raw, np.float32).reshape(len(raw), -1) @ weights
+
+    offsets = every_shift(2)
+    assert offsets.shape == (shift_count(2), 2) == (25, 2)
+    per_shift = np.stack([teacher(translate(images, np.tile(o, (48, 1)), 2)) for o in offsets], 1)
+    np.testing.assert_allclose(per_shift[:, 12], teacher(images), rtol=1e-5)  # middle: no shift
+    batch = {"images": images, "labels": np.arange(48), "teacher_logits": per_shift}
+    key = jax.random.PRNGKey(3)
+    out = translate_batch(key, batch, max_shift=2, per_shift=("teacher_logits",))
+    # The same draws as random_translate, so plain jitter runs are unchanged by the API.
+    np.testing.assert_array_equal(out["images"], random_translate(key, images, max_shift=2))
+    assert out["teacher_logits"].shape == (48, 3)
+    np.testing.assert_allclose(out["teacher_logits"], teacher(out["images"]), rtol=1e-4, atol=1e-4)
+    assert len({tuple(row) for row in np.asarray(out["teacher_logits"]).round(3)}) == 48
+    np.testing.assert_array_equal(out["labels"], batch["labels"])
+    plain = translate_batch(key, batch, max_shift=2)  # no per-shift entries: rows untouched
+    np.testing.assert_array_equal(plain["teacher_logits"], per_shift)
+    with pytest.raises(ValueError, match="25 shifts"):
+        translate_batch(
+            key, {**batch, "teacher_logits": per_shift[:, 0]}, max_shift=2,
+            per_shift=("teacher_logits",),
+        )  # fmt: skip
+
+
+def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
+    from kdjax.data import Dataset
+    from kdjax.distill import RunSpec, teacher_outputs, teacher_soft_targets, train_run
+    from kdjax.train import shift_count
+
+    dataset = Dataset("synthetic", "test", "memory", _split(96), _split(32, seed=1), 10)
+    teacher_spec = RunSpec(role="teacher", model="mlp_200", epochs=1, batch_size=32)
+    teacher = train_run(teacher_spec, dataset, tmp_path, log=lambda message: None)
+    plain, fingerprint = teacher_soft_targets(teacher_spec, teacher, dataset)
+    messages = []
+    shifted, same = teacher_soft_targets(
+        teacher_spec, teacher, dataset, train_shifts=1, log=messages.append
+    )
+    assert same == fingerprint and any("× 9 shifts" in m for m in messages)
+    assert shifted["train"].shape == (96, shift_count(1), 10) == (96, 9, 10)
+    np.testing.assert_allclose(shifted["train"][:, 4], plain["train"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(shifted["test"], plain["test"])  # tests are never shifted
+    assert not np.allclose(shifted["train"][:, 0], plain["train"], atol=1e-3)
+    messages.clear()
+    again, _ = teacher_outputs(teacher_spec, teacher, dataset, train_shifts=1, log=messages.append)
+    assert not any("Computing" in m for m in messages)  # read from the store
+    np.testing.assert_array_equal(again["logits"]["train"], shifted["train"])
+
+    settings = dict(role="student", model="mlp_200", objective="kd", epochs=1, batch_size=32,
+                    temperature=4.0, hard_weight=0.5, soft_weight=0.5,
+                    translate_pixels=1)  # fmt: skip
+    spec = RunSpec(consistent_jitter=True, **settings)
+    assert spec.identity()["consistent_jitter"] is True
+    assert "consistent_jitter" not in RunSpec(**settings).identity()
+    student = train_run(
+        spec, dataset, tmp_path, teacher_logits=shifted["train"],
+        teacher_fingerprint=fingerprint, log=lambda message: None,
+    )  # fmt: skip
+    assert np.isfinite(student.history[-1]["train_loss"])
+    with pytest.raises(ValueError, match=r"every one of the 9 shifts"):
+        train_run(spec, dataset, tmp_path, teacher_logits=plain["train"],
+                  teacher_fingerprint=fingerprint)  # fmt: skip
+    with pytest.raises(ValueError, match="consistent_jitter needs translate_pixels"):
+        RunSpec(consistent_jitter=True, **{**settings, "translate_pixels": 0})
+    with pytest.raises(ValueError, match="consistent_jitter needs"):
+        RunSpec(role="s", model="mlp_200", translate_pixels=1, consistent_jitter=True)
+
+
 def test_max_norm_constraint_clips_only_units_above_the_limit():
     from kdjax.train import max_norm_constraint
 
@@ -340,7 +417,7 @@ def test_max_norm_constraint_clips_only_units_above_the_limit():
 
 
 def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once():
-    from kdjax.train import max_norm_constraint, random_translate
+    from kdjax.train import max_norm_constraint, translate_batch
 
     model, optimizer = MLP(hidden_sizes=(32,)), make_optimizer("sgd", momentum=0.0)
     split = _split(16)
@@ -350,7 +427,7 @@ def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once()
         OBJECTIVES["ce"],
         optimizer,
         UNIT,
-        augment=random_translate,
+        augment=translate_batch,
         constraint=partial(max_norm_constraint, max_norm=0.5),
     )
     chex.clear_trace_counter()
@@ -436,11 +513,13 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
 ):
     """Same batches, same order, same dropout and jitter keys: the scanned,
     device-resident epoch ends where per-step host feeding ends, for single runs,
-    blocks shorter than the epoch and populations, with KD extras and augmentation."""
-    from kdjax.train import random_translate
+    blocks shorter than the epoch and populations, with KD extras and augmentation
+    (a jittered transfer set: teacher logits stored per shift and picked per example)."""
+    from kdjax.train import shift_count, translate_batch
 
     split = _split(256, seed=0)
-    teacher_logits = np.random.default_rng(5).normal(size=(256, 10)).astype(np.float32) * 3
+    shape = (256, shift_count(2), 10)
+    teacher_logits = np.random.default_rng(5).normal(size=shape).astype(np.float32) * 3
     common = dict(
         seed=seed,
         epochs=2,
@@ -450,7 +529,7 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
         ),
         train_split=split,
         train_extras={"teacher_logits": teacher_logits},
-        augment=partial(random_translate, max_shift=2),
+        augment=partial(translate_batch, max_shift=2, per_shift=("teacher_logits",)),
     )
     import kdjax.train as train
 
