@@ -5,7 +5,7 @@
 #   2. epoch time of the seed students, host feed vs device feed vs PyTorch on the
 #      same GPU (benchmarks.train_speed);
 #   3. the long MNIST studies that a CPU cannot afford: Hinton et al. 2015 with a
-#      long-trained teacher, and seed 003's teacher-assistant chain at full length
+#      long-trained teacher (and its jittered-transfer-set variant), and seed 003's teacher-assistant chain at full length
 #      (run side by side: their wall times are not speed figures).
 #
 #   benchmarks/gpu_session.sh MNIST_DIR OUT_DIR [PYTHON]
@@ -52,6 +52,11 @@ stamp "3. long MNIST studies"
     $hinton_args --checkpoint_every=50 --workdir=runs/gpu_hinton \
     >"$out/hinton.log" 2>&1
   echo "hinton exit $?" >>"$out/hinton.log"
+  # The jittered-transfer-set variant, reusing the teacher.
+  timeout 150 "$py" -m experiments.hinton_mnist --data_dir="$mnist" --seeds=3 \
+    $hinton_args --student_translate_pixels=2 --checkpoint_every=50 \
+    --workdir=runs/gpu_hinton >>"$out/hinton.log" 2>&1
+  echo "hinton jittered exit $?" >>"$out/hinton.log"
 ) &
 (
   timeout 180 "$py" -m experiments.mnist_takd --data_dir="$mnist" --seeds=3 $takd_args \
@@ -64,6 +69,6 @@ stamp "3. long MNIST studies"
 wait
 tar -czf "$out/studies.tar.gz" --exclude=checkpoints --exclude='*.npz' \
   runs/gpu_hinton runs/gpu_takd runs/gpu_takd20 2>/dev/null
-grep -v '^[IW][0-9]' "$out/hinton.log" | tail -n 14 | tee -a "$session"
+grep -v '^[IW][0-9]' "$out/hinton.log" | tail -n 30 | tee -a "$session"
 grep -v '^[IW][0-9]' "$out/takd.log" | tail -n 14 | tee -a "$session"
 stamp "done"
