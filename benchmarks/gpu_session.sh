@@ -5,7 +5,8 @@
 #   2. epoch time of the seed students, host feed vs device feed vs PyTorch on the
 #      same GPU (benchmarks.train_speed);
 #   3. the long MNIST studies that a CPU cannot afford: Hinton et al. 2015 with a
-#      long-trained teacher (and its jittered-transfer-set variant), and seed 003's teacher-assistant chain at full length
+#      long-trained teacher (and its jittered-transfer-set variant), and seed
+#      003's teacher-assistant chain at full length
 #      (run side by side: their wall times are not speed figures).
 #
 #   benchmarks/gpu_session.sh MNIST_DIR OUT_DIR [PYTHON]

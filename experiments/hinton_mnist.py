@@ -29,7 +29,9 @@ jittered by up to ``m`` pixels, and the distilled one learns the teacher's soft
 targets *for the shifted image it sees* — a jittered transfer set, with the
 teacher's logits stored once for each of the (2m+1)² shifts of every training
 image (``consistent_jitter``). The scratch arm gets the same jitter, so the gap
-between the arms is still distillation's alone.
+between the arms is still distillation's alone. The variant reuses the teacher
+of the workdir and writes ``results-jitter<m>.json`` and
+``learning_curves-jitter<m>.png`` beside the paper set-up's files.
 """
 
 from __future__ import annotations
@@ -181,9 +183,11 @@ def main(argv: list[str]) -> None:
         ),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    path = common.write_results(FLAGS.workdir, results)
+    # The jittered variant shares the workdir (and so the teacher): its own file names.
+    suffix = f"-jitter{jitter}" if jitter else ""
+    path = common.write_results(FLAGS.workdir, results, f"results{suffix}.json")
     plot = common.plot_learning_curves(
-        f"{FLAGS.workdir}/learning_curves.png",
+        f"{FLAGS.workdir}/learning_curves{suffix}.png",
         {labels()[name]: common.mean_history(results[name]["history"]) for name in runs},
         "Hinton et al. 2015 MNIST (mean over seeds)",
     )

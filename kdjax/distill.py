@@ -152,6 +152,28 @@ class RunSpec:
         return identity
 
 
+def _check_per_shift(spec: RunSpec, extras: dict[str, Any]) -> None:
+    """Stored teacher logits must be ``[N, C]``, or ``[N, shifts, C]`` with
+    ``consistent_jitter``; other per-shift outputs need their shift axis."""
+    shifts = shift_count(spec.translate_pixels)
+    per_shift = spec.per_shift_extras()
+    where = f"train_shifts={spec.translate_pixels}"
+    for key, rows in extras.items():
+        shape = np.shape(rows)
+        name = key[len("teacher_") :]
+        if key in per_shift and (len(shape) < 3 or shape[1] != shifts):
+            raise ValueError(
+                f"consistent_jitter needs the teacher's {name} for every one of the "
+                f"{shifts} shifts ([N, {shifts}, ...], from teacher_outputs({where})); "
+                f"got shape {shape}."
+            )
+        if key == "teacher_logits" and len(shape) != (3 if key in per_shift else 2):
+            raise ValueError(
+                f"teacher logits of shape {shape}: per-shift logits [N, shifts, C] go with "
+                "RunSpec(consistent_jitter=True), plain logits [N, C] without it."
+            )
+
+
 def run_directory(workdir: str | Path, spec: RunSpec, identity: dict) -> Path:
     return Path(workdir) / f"{spec.role}-{config_hash(identity)}"
 
@@ -195,15 +217,7 @@ def train_run(
     }
     model = get_model(spec.model)
     extras = {f"teacher_{name}": teacher_outputs[name] for name in TEACHER_OUTPUTS[spec.objective]}
-    shifts = shift_count(spec.translate_pixels)
-    for key in spec.per_shift_extras():
-        shape = np.shape(extras[key])
-        if len(shape) < 3 or shape[1] != shifts:
-            raise ValueError(
-                f"consistent_jitter needs the {key[len('teacher_') :]} of the teacher for "
-                f"every one of the {shifts} shifts of up to {spec.translate_pixels} pixels "
-                f"([N, {shifts}, ...], see teacher_outputs(train_shifts=...)); got {shape}."
-            )
+    _check_per_shift(spec, extras)
     return fit(
         name=spec.role,
         run_dir=run_directory(workdir, spec, identity),
@@ -266,7 +280,8 @@ def teacher_outputs(
         offsets = every_shift(max_shift)
         log(
             f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples "
-            f"× {len(offsets)} shifts of up to {max_shift} pixels ..."
+            f"× {len(offsets)} shifts of up to {max_shift} pixel(s) ({len(offsets)} passes; "
+            f"the store grows {len(offsets)}× over unshifted outputs) ..."
         )
         per_shift = []
         for offset in offsets:

@@ -6,7 +6,8 @@ images and labels. kdjax does the same, with two corrections: it stores
 alike), and it stores the **example ids** with them, so a row is found by id, never
 by position in a loader.
 
-One ``.npz`` file per split holds ``logits [N, C]``, ``ids [N]``, ``labels [N]``
+One ``.npz`` file per split holds ``logits [N, C]`` (``[N, shifts, C]`` in a
+per-shift store, see :func:`kdjax.distill.teacher_outputs`), ``ids [N]``, ``labels [N]``
 and two fingerprints — of the teacher's parameters and of the split's data. A
 store whose fingerprints do not match the teacher and data at hand is stale: it
 is recomputed, never silently used. Other teacher outputs (the flattened

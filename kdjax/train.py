@@ -208,7 +208,14 @@ def random_translate(key: jax.Array, images: jax.Array, max_shift: int = 2) -> j
     filling with zeros (Hinton et al. 2015's jitter of up to two pixels on MNIST).
 
     ``images`` are ``[B, H, W, C]`` raw pixel values; returns float32 of the same shape.
+    This transforms images; the step's :data:`Augment` (of a whole batch) is
+    :func:`translate_batch`, which makes the same draws.
     """
+    if isinstance(images, Mapping):
+        raise TypeError(
+            "random_translate takes an image array; an augment takes and returns the "
+            "whole batch (augment(key, batch) -> batch): use translate_batch."
+        )
     return translate(images, _draw_offsets(key, images.shape[0], max_shift), max_shift)
 
 
@@ -305,6 +312,11 @@ def make_train_step(
         dropout_key = jax.random.fold_in(state.dropout_key, state.step)
         if augment is not None:
             batch = augment(jax.random.fold_in(dropout_key, _AUGMENT_STREAM), batch)
+            if not isinstance(batch, Mapping) or "images" not in batch:
+                raise TypeError(
+                    "augment(key, batch) must return the batch (a mapping with 'images'), "
+                    f"got {type(batch).__name__}; for images alone use translate_batch."
+                )
         images = preprocess(batch["images"])
 
         def loss_fn(params):

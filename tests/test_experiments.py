@@ -335,7 +335,9 @@ def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
     assert jittered.returncode == 0, jittered.stderr[-3000:]
     assert "jittered transfer set ±1" in jittered.stdout
     assert "× 9 shifts" in jittered.stdout + jittered.stderr
-    again = json.loads((workdir / "results.json").read_text())
+    again = json.loads((workdir / "results-jitter1.json").read_text())
+    assert json.loads((workdir / "results.json").read_text()) == results  # kept
+    assert (workdir / "learning_curves-jitter1.png").stat().st_size > 0
     assert again["teacher"]["run_dir"] == results["teacher"]["run_dir"]
     assert again["config"]["student_translate_pixels"] == 1
     for arm in ("student_scratch", "student_kd"):

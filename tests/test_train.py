@@ -353,6 +353,15 @@ def test_translate_batch_keeps_per_shift_rows_with_the_image_they_belong_to():
     np.testing.assert_array_equal(out["labels"], batch["labels"])
     plain = translate_batch(key, batch, max_shift=2)  # no per-shift entries: rows untouched
     np.testing.assert_array_equal(plain["teacher_logits"], per_shift)
+    with pytest.raises(TypeError, match="use translate_batch"):
+        random_translate(key, batch)  # an image function is not a batch augment
+    model = MLP(hidden_sizes=(4,))
+    state = create_state(model, make_optimizer("adam"), UNIT(images[:1]), seed=0)
+    step = make_train_step(model, OBJECTIVES["ce"], make_optimizer("adam"), UNIT,
+                           augment=lambda key, b: b["images"])  # fmt: skip
+    with pytest.raises(TypeError, match="must return the batch"):
+        step(state, {"images": images, "labels": np.zeros(48, np.int32)},
+             make_hyperparams(learning_rate=1e-3))  # fmt: skip
     with pytest.raises(ValueError, match="25 shifts"):
         translate_batch(
             key, {**batch, "teacher_logits": per_shift[:, 0]}, max_shift=2,
@@ -363,7 +372,8 @@ def test_translate_batch_keeps_per_shift_rows_with_the_image_they_belong_to():
 def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     from kdjax.data import Dataset
     from kdjax.distill import RunSpec, teacher_outputs, teacher_soft_targets, train_run
-    from kdjax.train import shift_count
+    from kdjax.models import get_model
+    from kdjax.train import every_shift, predict, shift_count, translate_batch
 
     dataset = Dataset("synthetic", "test", "memory", _split(96), _split(32, seed=1), 10)
     teacher_spec = RunSpec(role="teacher", model="mlp_200", epochs=1, batch_size=32)
@@ -378,6 +388,18 @@ def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     np.testing.assert_allclose(shifted["train"][:, 4], plain["train"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(shifted["test"], plain["test"])  # tests are never shifted
     assert not np.allclose(shifted["train"][:, 0], plain["train"], atol=1e-3)
+    # The stored order is the order translate_batch indexes: every kept row is the
+    # teacher's output for the image the student is shown (off-diagonal shifts too).
+    shown = translate_batch(
+        jax.random.PRNGKey(0),
+        {"images": dataset.train.images, "teacher_logits": shifted["train"]},
+        max_shift=1,
+        per_shift=("teacher_logits",),
+    )
+    direct = predict(get_model("mlp_200"), teacher.params, np.asarray(shown["images"]),
+                     preprocess=teacher_spec.preprocess())["logits"]  # fmt: skip
+    np.testing.assert_allclose(shown["teacher_logits"], direct, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(every_shift(1)[[1, 3]], [[0, 1], [1, 0]])
     messages.clear()
     again, _ = teacher_outputs(teacher_spec, teacher, dataset, train_shifts=1, log=messages.append)
     assert not any("Computing" in m for m in messages)  # read from the store
@@ -396,6 +418,9 @@ def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     assert np.isfinite(student.history[-1]["train_loss"])
     with pytest.raises(ValueError, match=r"every one of the 9 shifts"):
         train_run(spec, dataset, tmp_path, teacher_logits=plain["train"],
+                  teacher_fingerprint=fingerprint)  # fmt: skip
+    with pytest.raises(ValueError, match="per-shift"):  # per-shift rows, plain jitter
+        train_run(RunSpec(**settings), dataset, tmp_path, teacher_logits=shifted["train"],
                   teacher_fingerprint=fingerprint)  # fmt: skip
     with pytest.raises(ValueError, match="consistent_jitter needs translate_pixels"):
         RunSpec(consistent_jitter=True, **{**settings, "translate_pixels": 0})
