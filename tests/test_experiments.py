@@ -299,15 +299,15 @@ def test_cifar10_kd_without_data_says_how_to_provide_it(tmp_path):
 def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
     data_dir = write_tiny_mnist(tmp_path / "mnist")
     workdir = tmp_path / "work"
-    result = run_command(
+    tiny = (
         f"--data_dir={data_dir}",
         f"--workdir={workdir}",
         "--seeds=2",
         "--epochs=1",
         "--teacher_epochs=1",
         "--batch_size=32",
-        module="experiments.hinton_mnist",
     )
+    result = run_command(*tiny, module="experiments.hinton_mnist")
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["paper_errors"] == {"teacher": 67, "student_scratch": 146, "student_kd": 74}
@@ -322,16 +322,7 @@ def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
     assert (workdir / "learning_curves.png").stat().st_size > 0
 
     # The jittered-transfer-set variant reuses the teacher and stores its logits per shift.
-    jittered = run_command(
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=32",
-        "--student_translate_pixels=1",
-        module="experiments.hinton_mnist",
-    )
+    jittered = run_command(*tiny, "--student_translate_pixels=1", module="experiments.hinton_mnist")
     assert jittered.returncode == 0, jittered.stderr[-3000:]
     assert "jittered transfer set ±1" in jittered.stdout
     assert "× 9 shifts" in jittered.stdout + jittered.stderr
