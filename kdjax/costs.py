@@ -18,10 +18,10 @@ from kdjax.models import count_params, get_model
 
 
 def _forward(model):
-    return jax.jit(lambda params, images: model.apply({"params": params}, images)["logits"])
+    return jax.jit(lambda variables, images: model.apply(variables, images)["logits"])
 
 
-def forward_flops(model, params, image_shape: tuple[int, ...], batch_size: int = 128) -> float:
+def forward_flops(model, variables, image_shape: tuple[int, ...], batch_size: int = 128) -> float:
     """FLOPs per example of the inference forward pass, by XLA's cost analysis.
 
     Always analysed for the CPU: on a GPU, XLA hands convolutions to cuDNN as custom
@@ -29,40 +29,47 @@ def forward_flops(model, params, image_shape: tuple[int, ...], batch_size: int =
     FLOPs on an H200), so a GPU count would be far too low for convolutional nets.
     """
     cpu = jax.devices("cpu")[0]
-    params = jax.device_put(params, cpu)
+    variables = jax.device_put(variables, cpu)
     images = jax.device_put(jnp.zeros((batch_size, *image_shape), jnp.float32), cpu)
-    analysis = _forward(model).lower(params, images).compile().cost_analysis()
+    analysis = _forward(model).lower(variables, images).compile().cost_analysis()
     if isinstance(analysis, list):  # older JAX returns one dict per device program
         analysis = analysis[0]
     return float(analysis["flops"]) / batch_size
 
 
 def inference_throughput(
-    model, params, image_shape: tuple[int, ...], batch_size: int = 1000, seconds: float = 2.0
+    model, variables, image_shape: tuple[int, ...], batch_size: int = 1000, seconds: float = 2.0
 ) -> float:
     """Examples per second of the jitted forward pass (compilation excluded)."""
     forward = _forward(model)
     images = jax.random.uniform(jax.random.PRNGKey(0), (batch_size, *image_shape))
-    forward(params, images).block_until_ready()
+    forward(variables, images).block_until_ready()
     calls, start = 0, time.perf_counter()
     while True:
-        forward(params, images).block_until_ready()
+        forward(variables, images).block_until_ready()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return calls * batch_size / elapsed
 
 
-def model_cost(name: str, image_shape: tuple[int, ...], *, measure_seconds: float = 2.0) -> dict:
+def model_cost(
+    name: str,
+    image_shape: tuple[int, ...],
+    *,
+    settings: dict | None = None,
+    measure_seconds: float = 2.0,
+) -> dict:
     """Parameters, FLOPs per example and inference examples/s of a registry model."""
-    model = get_model(name)
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))["params"]
+    model = get_model(name, **(settings or {}))
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))
     return {
         "model": name,
-        "parameters": count_params(params),
-        "flops_per_example": forward_flops(model, params, image_shape),
+        "settings": dict(settings or {}),
+        "parameters": count_params(variables["params"]),
+        "flops_per_example": forward_flops(model, variables, image_shape),
         "inference_examples_per_second": round(
-            inference_throughput(model, params, image_shape, seconds=measure_seconds), 1
+            inference_throughput(model, variables, image_shape, seconds=measure_seconds), 1
         ),
         "backend": jax.default_backend(),
     }

@@ -29,9 +29,10 @@ def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
-class StudentNet(nn.Module):
-    """Seed 000's student: conv 1→8, conv 8→16 (3×3, pad 1), max-pool 2,
-    channel dropout 0.25 (PyTorch ``Dropout2d``), dense 3136→32, dense 32→10."""
+class SmallConvNet(nn.Module):
+    """Two 3×3 convolutions (8 and 16 channels, pad 1), max-pool 2, channel dropout
+    (PyTorch ``Dropout2d``), dense 32, dense ``num_classes``: seed 000's student
+    ("StudentNet", 101,962 parameters on MNIST)."""
 
     num_classes: int = 10
     channel_dropout: float = 0.25
@@ -51,8 +52,8 @@ class StudentNet(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
-class MnistCNN(nn.Module):
-    """The MNIST CNN teacher: conv 32 (3×3 same), max-pool 2, conv 64 (3×3 same),
+class ConvNet(nn.Module):
+    """Conv 32 (3×3 same), max-pool 2, conv 64 (3×3 same),
     max-pool 2, dropout 0.25, dense 3136→128, dropout 0.5, dense 10 (421,642
     parameters, about 99% test accuracy; seed 000's own teacher reached 98.75%).
 
@@ -104,10 +105,10 @@ class MLP(nn.Module):
         return {"logits": logits, "features": x}
 
 
-class Seed003CNN(nn.Module):
-    """Seed 003's MNIST teacher: conv 32 (3×3 same), max-pool 2×2 stride 1 (same),
-    conv 64 (3×3 same), max-pool 2×2 stride 2, dropout 0.5, dense 128, dropout 0.5,
-    dense 10."""
+class OverlapPoolConvNet(nn.Module):
+    """Conv 32 (3×3 same), an overlapping max-pool (2×2, stride 1, same), conv 64
+    (3×3 same), max-pool 2×2 stride 2, dropout 0.5, dense 128, dropout 0.5, dense
+    ``num_classes``: seed 003's MNIST teacher."""
 
     num_classes: int = 10
 
@@ -125,9 +126,10 @@ class Seed003CNN(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
-class Seed003Assistant(nn.Module):
-    """Seed 003's teacher assistant (TAKD): conv 32 (3×3 same), max-pool 2×2 stride 1
-    (same), dense 784, dense 784, dropout 0.5, dense 10."""
+class ConvMLP(nn.Module):
+    """One convolution feeding an MLP: conv 32 (3×3 same), max-pool 2×2 stride 1
+    (same), dense 784, dense 784, dropout 0.5, dense ``num_classes``: seed 003's
+    teacher assistant (TAKD)."""
 
     num_classes: int = 10
 
@@ -148,8 +150,9 @@ def _flatten_channels_first(x: jax.Array) -> jax.Array:
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
-class CifarTeacher(nn.Module):
-    """Seeds 001/002's CIFAR-10 teacher ("DeepNN"): conv 3→128, conv 128→64, max-pool,
+class FourConvNet(nn.Module):
+    """Four 3×3 convolutions in two pooled stages (seeds 001/002's CIFAR-10 teacher,
+    "DeepNN"): conv 3→128, conv 128→64, max-pool,
     conv 64→64, conv 64→32, max-pool (all 3×3, pad 1, ReLU), flatten 2048, dense 512,
     ReLU, [dropout], dense 10 — 1,186,986 parameters. Seed 001 has no dropout,
     seed 002 has 0.1.
@@ -177,8 +180,9 @@ class CifarTeacher(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
-class CifarStudent(nn.Module):
-    """Seeds 001/002's CIFAR-10 student ("LightNN"): conv 3→16, max-pool, conv 16→16,
+class TwoConvNet(nn.Module):
+    """Two 3×3 convolutions, each pooled (seeds 001/002's CIFAR-10 student, "LightNN"):
+    conv 3→16, max-pool, conv 16→16,
     max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
     267,738 parameters.
 
@@ -209,33 +213,30 @@ class CifarStudent(nn.Module):
         return outputs
 
 
-MODELS = {
-    "student_net": StudentNet,
-    "mnist_cnn": MnistCNN,
-    "mlp_800_dropout": lambda: MLP(hidden_sizes=(800, 800), dropout=0.5),
-    "mlp_200": lambda: MLP(hidden_sizes=(200, 200)),
-    "mlp_784": lambda: MLP(hidden_sizes=(784, 784)),
-    # Hinton, Vinyals & Dean 2015 (MNIST): the dropout teacher and the plain student.
-    "mlp_1200_dropout": lambda: MLP(hidden_sizes=(1200, 1200), dropout=0.5, input_dropout=0.2),
-    "mlp_800": lambda: MLP(hidden_sizes=(800, 800)),
-    "seed003_cnn": Seed003CNN,
-    "seed003_assistant": Seed003Assistant,
-    # Seed 001's CIFAR-10 nets, and seed 002's variants with dropout 0.1.
-    "cifar_teacher": CifarTeacher,
-    "cifar_student": CifarStudent,
-    "cifar_student_hint": lambda: CifarStudent(hint_channels=32),
-    "deep_nn": lambda: CifarTeacher(dropout=0.1),
-    "light_nn": lambda: CifarStudent(dropout=0.1),
-    "light_nn_hint": lambda: CifarStudent(dropout=0.1, hint_channels=32),
+# Architectures by name; their settings (widths, dropout) are keyword arguments, given
+# by each experiment's config and recorded with every run (RunSpec.model_settings).
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "small_conv_net": SmallConvNet,
+    "conv_net": ConvNet,
+    "overlap_pool_conv_net": OverlapPoolConvNet,
+    "conv_mlp": ConvMLP,
+    "four_conv_net": FourConvNet,
+    "two_conv_net": TwoConvNet,
 }
 
 
-def get_model(name: str) -> nn.Module:
-    """A model by its registry name (the name stored with every checkpoint)."""
+def get_model(name: str, **settings) -> nn.Module:
+    """A model by its registry name and settings (both stored with every run), e.g.
+    ``get_model("mlp", hidden_sizes=(800, 800), dropout=0.5)``."""
     try:
-        return MODELS[name]()
+        architecture = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    try:
+        return architecture(**settings)
+    except TypeError as error:
+        raise ValueError(f"model {name!r} does not take the settings {settings}: {error}") from None
 
 
 def count_params(params) -> int:

@@ -1,4 +1,5 @@
-"""The shared training loop: compile once, traced hyperparameters, resume, divergence."""
+"""The training core: the step (compile once, traced hyperparameters), evaluation,
+the loop (resume, divergence, populations) and the two feeds."""
 
 import re
 from functools import partial
@@ -10,20 +11,21 @@ import numpy as np
 import pytest
 
 from kdjax import losses
-from kdjax.checkpoints import load_model
 from kdjax.data import Split, normalize
-from kdjax.models import MLP, StudentNet
-from kdjax.train import (
-    OBJECTIVES,
+from kdjax.models import MLP, SmallConvNet
+from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.training import (
+    Execution,
     NonFiniteLossError,
+    Training,
     create_state,
     epoch_permutation,
     evaluate,
     fit,
     make_correct_counter,
-    make_hyperparams,
     make_optimizer,
     make_train_step,
+    max_norm_constraint,
     predict,
     split_accuracy,
 )
@@ -69,7 +71,7 @@ def _batch(split: Split, size: int, teacher_logits=None) -> dict:
 
 
 def test_kd_step_compiles_once_across_hyperparameter_values():
-    model, optimizer = StudentNet(), make_optimizer("adam")
+    model, optimizer = SmallConvNet(), make_optimizer("adam")
     split = _split(64)
     teacher_logits = np.random.default_rng(1).normal(size=(64, 10)).astype(np.float32)
     state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
@@ -87,7 +89,7 @@ def test_kd_step_compiles_once_across_hyperparameter_values():
             hard_weight=alpha,
             soft_weight=1 - alpha,
         )
-        state, metrics = step(state, _batch(split, 32, teacher_logits), hyperparams)
+        state, metrics = step(state, _batch(split, 32, teacher_logits), hyperparams, {})
     assert int(state.step) == 3
     assert np.isfinite(float(metrics["loss"]))
 
@@ -101,7 +103,7 @@ def test_kd_step_loss_equals_kd_loss_of_the_model_outputs():
     hyperparams = make_hyperparams(
         learning_rate=1e-3, temperature=3.0, hard_weight=0.7, soft_weight=0.3
     )
-    _, metrics = step(state, _batch(split, 8, teacher_logits), hyperparams)
+    _, metrics = step(state, _batch(split, 8, teacher_logits), hyperparams, {})
     logits = model.apply({"params": state.params}, UNIT(split.images[:8]))["logits"]
     expected = losses.kd_loss(logits, teacher_logits, split.labels[:8], temperature=3.0, alpha=0.7)
     np.testing.assert_allclose(float(metrics["loss"]), float(jnp.mean(expected)), rtol=1e-5)
@@ -113,9 +115,9 @@ def test_learning_rate_is_applied_in_the_step():
     state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
     step = jax.jit(make_train_step(model, OBJECTIVES["ce"], optimizer, UNIT))
     batch = _batch(split, 4)
-    zero, _ = step(state, batch, make_hyperparams(learning_rate=0.0))
-    small, _ = step(state, batch, make_hyperparams(learning_rate=0.1))
-    large, _ = step(state, batch, make_hyperparams(learning_rate=0.2))
+    zero, _ = step(state, batch, make_hyperparams(learning_rate=0.0), {})
+    small, _ = step(state, batch, make_hyperparams(learning_rate=0.1), {})
+    large, _ = step(state, batch, make_hyperparams(learning_rate=0.2), {})
     chex.assert_trees_all_close(zero.params, state.params)
     delta_small = jax.tree.map(lambda a, b: a - b, small.params, state.params)
     delta_large = jax.tree.map(lambda a, b: a - b, large.params, state.params)
@@ -127,9 +129,7 @@ def test_learning_rate_is_applied_in_the_step():
 def test_evaluate_and_population_counts_agree_with_predict():
     model = MLP(hidden_sizes=(8,))
     split = _split(25)  # not a multiple of the batch size: exercises the padding mask
-    members = [
-        model.init(jax.random.PRNGKey(k), UNIT(split.images[:1]))["params"] for k in range(3)
-    ]
+    members = [model.init(jax.random.PRNGKey(k), UNIT(split.images[:1])) for k in range(3)]
     expected = [
         float(
             np.mean(
@@ -157,32 +157,47 @@ def test_epoch_permutation_depends_only_on_seed_and_epoch():
 def test_predict_pads_the_last_batch_and_keeps_order():
     model = MLP(hidden_sizes=(8,))
     split = _split(10)
-    params = model.init(jax.random.PRNGKey(0), UNIT(split.images[:1]))["params"]
-    whole = predict(model, params, split.images, preprocess=UNIT, batch_size=10)["logits"]
-    chunked = predict(model, params, split.images, preprocess=UNIT, batch_size=4)["logits"]
+    variables = model.init(jax.random.PRNGKey(0), UNIT(split.images[:1]))
+    whole = predict(model, variables, split.images, preprocess=UNIT, batch_size=10)["logits"]
+    chunked = predict(model, variables, split.images, preprocess=UNIT, batch_size=4)["logits"]
     assert chunked.shape == (10, 10)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
+TRAINING_FIELDS = {field for field in Training.__dataclass_fields__}
+EXECUTION_FIELDS = {field for field in Execution.__dataclass_fields__}
+
+
 def _fit(tmp_path, name, epochs, **overrides):
-    """``fit`` on learnable synthetic data; keyword arguments replace the defaults."""
+    """``fit`` on learnable synthetic data; keyword arguments replace the defaults
+    (fields of Training and Execution included)."""
+    training = dict(
+        model=SmallConvNet(),
+        objective=OBJECTIVES["ce"],
+        optimizer=make_optimizer("adam"),
+        preprocess=UNIT,
+    )
     arguments = dict(
         name=name,
         run_dir=tmp_path / name,
-        run_config={"test": name, "model": "student_net"},
-        model=StudentNet(),
-        objective=OBJECTIVES["ce"],
-        optimizer=make_optimizer("adam"),
+        run_config={"test": name, "model": "small_conv_net"},
         hyperparams=make_hyperparams(learning_rate=1e-3),
         train_split=_split(256, seed=0),
         test_split=_split(64, seed=1),
-        preprocess=UNIT,
         epochs=epochs,
         batch_size=32,
         seed=7,
         log=lambda message: None,
     )
-    return fit(**{**arguments, **overrides})
+    execution = {}
+    for key, value in overrides.items():
+        if key in TRAINING_FIELDS:
+            training[key] = value
+        elif key in EXECUTION_FIELDS:
+            execution[key] = value
+        else:
+            arguments[key] = value
+    return fit(Training(**training), execution=Execution(**execution), **arguments)
 
 
 class SimulatedCrash(Exception):
@@ -204,27 +219,22 @@ def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_pa
     assert resumed.epochs_trained_now == 2
     chex.assert_trees_all_close(resumed.params, uninterrupted.params, rtol=1e-6, atol=1e-6)
     assert resumed.test_accuracy == uninterrupted.test_accuracy
-    assert [e["train_loss"] for e in resumed.history] == pytest.approx(
-        [e["train_loss"] for e in uninterrupted.history], rel=1e-5
+    np.testing.assert_allclose(
+        [e["train_loss"] for e in resumed.history],
+        [e["train_loss"] for e in uninterrupted.history],
+        rtol=1e-5,
     )
     # A finished run is reused, not retrained, and the model restores from disk.
     again = _fit(tmp_path, "crashed", epochs=3)
     assert again.epochs_trained_now == 0
     assert again.test_accuracy == uninterrupted.test_accuracy
-    assert uninterrupted.test_accuracy > 0.5  # the stripes are learnable
+    assert uninterrupted.test_accuracy[0] > 0.5  # the stripes are learnable
 
 
-def test_restore_with_kdjax_and_with_plain_orbax(tmp_path):
+def test_checkpoints_restore_with_plain_orbax(tmp_path):
     import orbax.checkpoint as ocp
 
     result = _fit(tmp_path, "restore", epochs=1)
-    model, params = load_model(tmp_path / "restore")
-    chex.assert_trees_all_close(params, jax.device_get(result.params))
-    images = UNIT(_split(8, seed=1).images)
-    logits = model.apply({"params": params}, images)["logits"]
-    expected = StudentNet().apply({"params": result.params}, images)["logits"]
-    np.testing.assert_allclose(logits, expected, rtol=1e-6)
-
     manager = ocp.CheckpointManager((tmp_path / "restore" / "checkpoints").absolute())
     restored = manager.restore(
         manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
@@ -266,25 +276,19 @@ def test_a_population_equals_separate_runs(tmp_path, strategy):
     seeds, temperatures = [0, 1, 2], [1.0, 3.0, 8.0]
 
     def run(name, seed, temperature, **kwargs):
-        return fit(
-            name=name,
-            run_dir=tmp_path / name,
-            run_config={"name": name},
-            model=StudentNet(),
+        return _fit(
+            tmp_path,
+            name,
             objective=OBJECTIVES["kd"],
-            optimizer=make_optimizer("adam"),
             hyperparams=make_hyperparams(
                 learning_rate=1e-3, temperature=temperature, hard_weight=0.5, soft_weight=0.5
             ),
             train_split=split,
             test_split=test,
-            preprocess=UNIT,
             epochs=2,
-            batch_size=32,
             seed=seed,
             data_seed=11,
             train_extras={"teacher_logits": teacher_logits},
-            log=lambda message: None,
             **kwargs,
         )
 
@@ -297,140 +301,15 @@ def test_a_population_equals_separate_runs(tmp_path, strategy):
         # Summation order differs between batched and single matmuls; Adam rescales
         # near-zero gradients, so allow float32 noise well below one update (lr 1e-3).
         chex.assert_trees_all_close(member, alone.params, **same_training(1e-4, 1e-5))
-        same_accuracy(together.test_accuracy[index], alone.test_accuracy, len(test))
+        same_accuracy(together.test_accuracy[index], alone.test_accuracy[0], len(test))
         np.testing.assert_allclose(
             together.history[-1]["train_loss"][index],
-            alone.history[-1]["train_loss"],
+            alone.history[-1]["train_loss"][0],
             rtol=same_training(1e-4, 0)["rtol"],
         )
 
 
-# --- Augmentation and constraints -----------------------------------------------------------
-
-
-def test_random_translate_shifts_each_image_within_the_limit():
-    from kdjax.train import random_translate
-
-    images = np.zeros((64, 12, 12, 1), np.uint8)
-    images[:, 5, 6, 0] = 255  # one bright pixel at (5, 6)
-    shifted = np.asarray(random_translate(jax.random.PRNGKey(0), images, max_shift=2))
-    assert shifted.shape == images.shape and shifted.dtype == np.float32
-    positions = [np.argwhere(image[..., 0] == 255) for image in shifted]
-    offsets = {(int(p[0][0]) - 5, int(p[0][1]) - 6) for p in positions}
-    assert all(len(p) == 1 for p in positions)  # the pixel survives, moved, not duplicated
-    assert all(abs(dy) <= 2 and abs(dx) <= 2 for dy, dx in offsets)
-    assert len(offsets) > 10  # per-example shifts, not one shift for the batch
-    # Pixels shifted in from outside are zero: the total brightness cannot grow.
-    assert shifted.sum() == images.sum()
-    again = np.asarray(random_translate(jax.random.PRNGKey(0), images, max_shift=2))
-    np.testing.assert_array_equal(shifted, again)
-
-
-def test_translate_batch_keeps_per_shift_rows_with_the_image_they_belong_to():
-    """A jittered transfer set: rows stored for every shift of an image are picked so
-    that each example's kept row is the one for the shifted image it now shows."""
-    from kdjax.train import every_shift, random_translate, shift_count, translate, translate_batch
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (48, 10, 10, 1)).astype(np.uint8)
-    weights = rng.normal(size=(100, 3)).astype(np.float32) / 100
-
-    def teacher(raw):  # any fixed function of the pixels
-        return np.asarray(raw, np.float32).reshape(len(raw), -1) @ weights
-
-    offsets = every_shift(2)
-    assert offsets.shape == (shift_count(2), 2) == (25, 2)
-    per_shift = np.stack([teacher(translate(images, np.tile(o, (48, 1)), 2)) for o in offsets], 1)
-    np.testing.assert_allclose(per_shift[:, 12], teacher(images), rtol=1e-5)  # middle: no shift
-    batch = {"images": images, "labels": np.arange(48), "teacher_logits": per_shift}
-    key = jax.random.PRNGKey(3)
-    out = translate_batch(key, batch, max_shift=2, per_shift=("teacher_logits",))
-    # The same draws as random_translate, so plain jitter runs are unchanged by the API.
-    np.testing.assert_array_equal(out["images"], random_translate(key, images, max_shift=2))
-    assert out["teacher_logits"].shape == (48, 3)
-    np.testing.assert_allclose(out["teacher_logits"], teacher(out["images"]), rtol=1e-4, atol=1e-4)
-    assert len({tuple(row) for row in np.asarray(out["teacher_logits"]).round(3)}) == 48
-    np.testing.assert_array_equal(out["labels"], batch["labels"])
-    plain = translate_batch(key, batch, max_shift=2)  # no per-shift entries: rows untouched
-    np.testing.assert_array_equal(plain["teacher_logits"], per_shift)
-    with pytest.raises(TypeError, match="use translate_batch"):
-        random_translate(key, batch)  # an image function is not a batch augment
-    model = MLP(hidden_sizes=(4,))
-    state = create_state(model, make_optimizer("adam"), UNIT(images[:1]), seed=0)
-    step = make_train_step(model, OBJECTIVES["ce"], make_optimizer("adam"), UNIT,
-                           augment=lambda key, b: b["images"])  # fmt: skip
-    with pytest.raises(TypeError, match="must return the batch"):
-        step(state, {"images": images, "labels": np.zeros(48, np.int32)},
-             make_hyperparams(learning_rate=1e-3))  # fmt: skip
-    with pytest.raises(ValueError, match="25 shifts"):
-        translate_batch(
-            key, {**batch, "teacher_logits": per_shift[:, 0]}, max_shift=2,
-            per_shift=("teacher_logits",),
-        )  # fmt: skip
-
-
-def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
-    from kdjax.data import Dataset
-    from kdjax.distill import RunSpec, teacher_outputs, teacher_soft_targets, train_run
-    from kdjax.models import get_model
-    from kdjax.train import every_shift, predict, shift_count, translate_batch
-
-    dataset = Dataset("synthetic", "test", "memory", _split(96), _split(32, seed=1), 10)
-    teacher_spec = RunSpec(role="teacher", model="mlp_200", epochs=1, batch_size=32)
-    teacher = train_run(teacher_spec, dataset, tmp_path, log=lambda message: None)
-    plain, fingerprint = teacher_soft_targets(teacher_spec, teacher, dataset)
-    messages = []
-    shifted, same = teacher_soft_targets(
-        teacher_spec, teacher, dataset, train_shifts=1, log=messages.append
-    )
-    assert same == fingerprint and any("× 9 shifts" in m for m in messages)
-    assert shifted["train"].shape == (96, shift_count(1), 10) == (96, 9, 10)
-    np.testing.assert_allclose(shifted["train"][:, 4], plain["train"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(shifted["test"], plain["test"])  # tests are never shifted
-    assert not np.allclose(shifted["train"][:, 0], plain["train"], atol=1e-3)
-    # The stored order is the order translate_batch indexes: every kept row is the
-    # teacher's output for the image the student is shown (off-diagonal shifts too).
-    shown = translate_batch(
-        jax.random.PRNGKey(0),
-        {"images": dataset.train.images, "teacher_logits": shifted["train"]},
-        max_shift=1,
-        per_shift=("teacher_logits",),
-    )
-    direct = predict(get_model("mlp_200"), teacher.params, np.asarray(shown["images"]),
-                     preprocess=teacher_spec.preprocess())["logits"]  # fmt: skip
-    np.testing.assert_allclose(shown["teacher_logits"], direct, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(every_shift(1)[[1, 3]], [[0, 1], [1, 0]])
-    messages.clear()
-    again, _ = teacher_outputs(teacher_spec, teacher, dataset, train_shifts=1, log=messages.append)
-    assert not any("Computing" in m for m in messages)  # read from the store
-    np.testing.assert_array_equal(again["logits"]["train"], shifted["train"])
-
-    settings = dict(role="student", model="mlp_200", objective="kd", epochs=1, batch_size=32,
-                    temperature=4.0, hard_weight=0.5, soft_weight=0.5,
-                    translate_pixels=1)  # fmt: skip
-    spec = RunSpec(consistent_jitter=True, **settings)
-    assert spec.identity()["consistent_jitter"] is True
-    assert "consistent_jitter" not in RunSpec(**settings).identity()
-    student = train_run(
-        spec, dataset, tmp_path, teacher_logits=shifted["train"],
-        teacher_fingerprint=fingerprint, log=lambda message: None,
-    )  # fmt: skip
-    assert np.isfinite(student.history[-1]["train_loss"])
-    with pytest.raises(ValueError, match=r"every one of the 9 shifts"):
-        train_run(spec, dataset, tmp_path, teacher_logits=plain["train"],
-                  teacher_fingerprint=fingerprint)  # fmt: skip
-    with pytest.raises(ValueError, match="per-shift"):  # per-shift rows, plain jitter
-        train_run(RunSpec(**settings), dataset, tmp_path, teacher_logits=shifted["train"],
-                  teacher_fingerprint=fingerprint)  # fmt: skip
-    with pytest.raises(ValueError, match="consistent_jitter needs translate_pixels"):
-        RunSpec(consistent_jitter=True, **{**settings, "translate_pixels": 0})
-    with pytest.raises(ValueError, match="consistent_jitter needs"):
-        RunSpec(role="s", model="mlp_200", translate_pixels=1, consistent_jitter=True)
-
-
 def test_max_norm_constraint_clips_only_units_above_the_limit():
-    from kdjax.train import max_norm_constraint
-
     kernel = np.zeros((3, 2), np.float32)
     kernel[:, 0] = [3.0, 4.0, 0.0]  # norm 5 → scaled to 2
     kernel[:, 1] = [0.6, 0.8, 0.0]  # norm 1 → kept
@@ -442,7 +321,7 @@ def test_max_norm_constraint_clips_only_units_above_the_limit():
 
 
 def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once():
-    from kdjax.train import max_norm_constraint, translate_batch
+    from kdjax.augment import translate_batch
 
     model, optimizer = MLP(hidden_sizes=(32,)), make_optimizer("sgd", momentum=0.0)
     split = _split(16)
@@ -458,26 +337,14 @@ def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once()
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(step, n=1))
     for _ in range(3):
-        state, _ = step(state, _batch(split, 16), make_hyperparams(learning_rate=5.0))
+        state, _ = step(state, _batch(split, 16), make_hyperparams(learning_rate=5.0), {})
     for layer in state.params.values():
         norms = np.linalg.norm(np.asarray(layer["kernel"]), axis=0)
         assert norms.max() <= 0.5 + 1e-5
 
 
-def test_run_names_do_not_change_for_runs_without_the_new_regularisers():
-    from kdjax.distill import RunSpec
-
-    plain = RunSpec(role="teacher", model="mnist_cnn")
-    assert "translate_pixels" not in plain.identity() and "max_norm" not in plain.identity()
-    jittered = RunSpec(role="teacher", model="mnist_cnn", translate_pixels=2, max_norm=3.0)
-    assert jittered.identity()["translate_pixels"] == 2
-    assert jittered.identity()["max_norm"] == 3.0
-    with pytest.raises(ValueError, match="max_norm"):
-        RunSpec(role="teacher", model="mnist_cnn", max_norm=0.0)
-
-
 def test_cosine_decay_runs_from_one_to_zero_and_scales_the_step():
-    from kdjax.train import cosine_decay
+    from kdjax.training import cosine_decay
 
     factor = cosine_decay(10)
     values = [float(factor(jnp.asarray(step))) for step in (0, 5, 10, 20)]
@@ -491,40 +358,14 @@ def test_cosine_decay_runs_from_one_to_zero_and_scales_the_step():
     halved = jax.jit(
         make_train_step(model, OBJECTIVES["ce"], optimizer, UNIT, schedule=lambda step: 0.5)
     )
-    full, _ = plain(state, _batch(split, 4), hyper)
-    half, _ = halved(state, _batch(split, 4), hyper)
+    full, _ = plain(state, _batch(split, 4), hyper, {})
+    half, _ = halved(state, _batch(split, 4), hyper, {})
     chex.assert_trees_all_close(
         jax.tree.map(lambda a, b: 2 * (a - b), half.params, state.params),
         jax.tree.map(lambda a, b: a - b, full.params, state.params),
         rtol=1e-5,
         atol=1e-7,
     )
-
-
-def test_a_decaying_schedule_puts_the_epoch_count_in_the_run_name():
-    from kdjax.distill import RunSpec
-
-    constant = RunSpec(role="s", model="mlp_200", epochs=3)
-    assert "epochs" not in constant.identity() and "lr_schedule" not in constant.identity()
-    assert constant.schedule(1000) is None
-    cosine = RunSpec(role="s", model="mlp_200", epochs=3, lr_schedule="cosine")
-    assert cosine.identity()["epochs"] == 3
-    longer = RunSpec(role="s", model="mlp_200", epochs=4, lr_schedule="cosine")
-    assert longer.identity() != cosine.identity()
-    factor = cosine.schedule(1280)  # 3 epochs × 10 steps of 128
-    assert float(factor(jnp.asarray(30))) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="lr_schedule"):
-        RunSpec(role="s", model="mlp_200", lr_schedule="linear")
-
-
-def test_a_run_directory_accepts_its_own_settings_with_tuples(tmp_path):
-    from kdjax.checkpoints import write_config
-
-    config = {"input_mean": (0.485, 0.456, 0.406), "seed": (1, 2), "name": "x"}
-    write_config(tmp_path, config)
-    write_config(tmp_path, dict(config))  # tuples are stored as JSON lists: still the same
-    with pytest.raises(ValueError, match=r"different settings \(seed\)"):
-        write_config(tmp_path, {**config, "seed": (1, 3)})
 
 
 # --- Feeds: per-step host batches against a device-resident, scanned epoch ------------------
@@ -540,7 +381,7 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
     device-resident epoch ends where per-step host feeding ends, for single runs,
     blocks shorter than the epoch and populations, with KD extras and augmentation
     (a jittered transfer set: teacher logits stored per shift and picked per example)."""
-    from kdjax.train import shift_count, translate_batch
+    from kdjax.augment import shift_count, translate_batch
 
     split = _split(256, seed=0)
     shape = (256, shift_count(2), 10)
@@ -556,16 +397,16 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
         train_extras={"teacher_logits": teacher_logits},
         augment=partial(translate_batch, max_shift=2, per_shift=("teacher_logits",)),
     )
-    import kdjax.train as train
+    import kdjax.training.feeds as feeds
 
     scanned = []
-    real_scan_steps = train.scan_steps
+    real_scan_steps = feeds.scan_steps
 
     def spy(step):
         scanned.append(step)
         return real_scan_steps(step)
 
-    monkeypatch.setattr(train, "scan_steps", spy)
+    monkeypatch.setattr(feeds, "scan_steps", spy)
     host = _fit(tmp_path, "host", feed="host", **common)
     assert not scanned
     device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call, **common)
@@ -618,7 +459,7 @@ def test_the_device_feed_resumes_and_stops_on_a_non_finite_loss(tmp_path):
 
 def test_feed_choice_and_bad_arguments(tmp_path):
     from kdjax.parallel import data_mesh
-    from kdjax.train import resolve_feed
+    from kdjax.training import resolve_feed
 
     assert resolve_feed("auto") == "device"
     assert resolve_feed("auto", data_mesh()) == "host"
@@ -655,22 +496,22 @@ def test_checkpoint_every_saves_every_nth_and_the_last_epoch(tmp_path):
 
 
 def test_auto_feeds_from_the_host_when_the_data_would_crowd_the_device(tmp_path, monkeypatch):
-    import kdjax.train as train
+    import kdjax.training.feeds as feeds
 
-    monkeypatch.setattr(train, "device_memory_bytes", lambda device=None: 100_000)
+    monkeypatch.setattr(feeds, "device_memory_bytes", lambda device=None: 100_000)
     messages = []
     result = _fit(tmp_path, "crowded", epochs=1, feed="auto", log=messages.append)
     assert any("feeding from the host" in m for m in messages)
     assert len(result.history) == 1
     with pytest.raises(ValueError, match="use feed='host'"):
         _fit(tmp_path, "forced", epochs=1, feed="device")
-    monkeypatch.setattr(train, "device_memory_bytes", lambda device=None: 10**12)
+    monkeypatch.setattr(feeds, "device_memory_bytes", lambda device=None: 10**12)
     messages.clear()
     _fit(tmp_path, "roomy", epochs=1, feed="auto", log=messages.append)
     assert not any("feeding from the host" in m for m in messages)
 
 
 def test_device_memory_is_unknown_on_the_cpu():
-    from kdjax.train import device_memory_bytes
+    from kdjax.training import device_memory_bytes
 
     assert device_memory_bytes(jax.devices("cpu")[0]) is None

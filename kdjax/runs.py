@@ -1,0 +1,193 @@
+"""Runs on disk: train (or resume, or reuse) the run a :class:`RunSpec` describes in a
+directory named after its identity, and load a finished run back for use.
+
+Run directories are ``<workdir>/<role>-<hash of the identity>``. The identity is
+the spec's (:meth:`RunSpec.identity`) plus the training data's fingerprint and the
+teacher's, so changing the temperature starts a new run, asking for more epochs
+continues the old one, and re-running the same command resumes after a crash or
+reuses a finished run. A restored run carries its preprocessing::
+
+    run = load_run("runs/mnist_kd/student_kd-1a2b3c4d")
+    logits = run.predict(uint8_images)          # [N, 10], the run's normalisation applied
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from kdjax.checkpoints import RunCheckpoints, read_config
+from kdjax.data import Dataset, Split
+from kdjax.models import count_params, get_model
+from kdjax.objectives import get_objective, make_hyperparams
+from kdjax.spec import RunSpec, config_hash
+from kdjax.teachers import Teacher, check_stored_outputs
+from kdjax.training import (
+    Execution,
+    FitResult,
+    Members,
+    Training,
+    evaluate,
+    fit,
+    make_optimizer,
+    predict,
+)
+
+
+def run_directory(workdir: str | Path, spec: RunSpec, identity: dict) -> Path:
+    return Path(workdir) / f"{spec.role}-{config_hash(identity)}"
+
+
+def run_identity(spec: RunSpec, dataset: Dataset, teacher: Teacher | None) -> dict:
+    """What names the run: the spec's identity, the training data and the teacher."""
+    return {
+        **spec.identity(),
+        "image_shape": list(dataset.train.images.shape[1:]),
+        "data": dataset.train.fingerprint(),
+        "teacher": None if teacher is None else teacher.fingerprint,
+    }
+
+
+def train_run(
+    spec: RunSpec,
+    dataset: Dataset,
+    workdir: str | Path,
+    *,
+    teacher: Teacher | None = None,
+    initial_variables: Any = None,
+    execution: Execution | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Trains (or resumes, or reuses) the run ``spec`` describes: one student, or a
+    population trained together (:attr:`RunSpec.population`).
+
+    An objective that reads teacher outputs needs ``teacher``; with
+    ``spec.teacher_mode == "stored"`` its outputs are read from (or written to) its
+    store, with ``"online"`` it runs inside the step. ``initial_variables`` (e.g.
+    pretrained weights) start the model; give them a fingerprint in
+    ``spec.model_settings`` or the role if they should name the run.
+    """
+    objective = get_objective(spec.objective)
+    if objective.teacher_outputs and teacher is None:
+        raise ValueError(f"objective {spec.objective!r} needs a teacher.")
+    extras, online = {}, None
+    if objective.teacher_outputs and spec.teacher_mode == "online":
+        online = teacher.online()
+    elif objective.teacher_outputs:
+        shifts = spec.translate_pixels if spec.consistent_jitter else 0
+        stored = teacher.outputs(
+            dataset, objective.teacher_outputs, splits=("train",), train_shifts=shifts, log=log
+        )
+        extras = {f"teacher_{name}": rows["train"] for name, rows in stored.items()}
+        check_stored_outputs(spec, extras)
+    identity = run_identity(spec, dataset, teacher if objective.teacher_outputs else None)
+    training = Training(
+        model=get_model(spec.model, **spec.model_settings),
+        objective=objective,
+        optimizer=make_optimizer(spec.optimizer, frozen=spec.frozen),
+        preprocess=spec.preprocess(),
+        augment=spec.augment(),
+        constraint=spec.constraint(),
+        schedule=spec.schedule(len(dataset.train)),
+        teacher=online,
+        frozen=spec.frozen,
+        initial_variables=initial_variables,
+    )
+    return fit(
+        training,
+        name=spec.role,
+        run_dir=run_directory(workdir, spec, identity),
+        run_config=identity,
+        hyperparams=make_hyperparams(
+            learning_rate=spec.learning_rate,
+            temperature=spec.temperature,
+            hard_weight=spec.hard_weight,
+            soft_weight=spec.soft_weight,
+        ),
+        train_split=dataset.train,
+        test_split=dataset.test,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=list(spec.seed) if spec.population else spec.seed,
+        train_extras=extras,
+        execution=execution,
+        log=log,
+        on_epoch_end=on_epoch_end,
+    )
+
+
+def parameter_count(spec: RunSpec, image_shape: tuple[int, ...]) -> int:
+    """Trainable and frozen parameters of ``spec``'s model for images of this shape."""
+    model = get_model(spec.model, **spec.model_settings)
+    sample = np.zeros((1, *image_shape), np.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
+    return count_params(shapes)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A finished run, ready to use: its spec, model and variables (one student:
+    ``member`` picks one of a population), and the preprocessing it trained with."""
+
+    spec: RunSpec
+    config: dict
+    variables: Any
+    epoch: int
+
+    @property
+    def model(self):
+        return get_model(self.spec.model, **self.spec.model_settings)
+
+    def predict(self, images: np.ndarray, *, outputs=("logits",), batch_size=1000):
+        """Model outputs for raw images (as stored in the data set: MNIST's uint8
+        pixels, say), with the run's own normalisation applied. One output name gives
+        its array; several give a dict."""
+        result = predict(
+            self.model,
+            self.variables,
+            np.asarray(images),
+            preprocess=self.spec.preprocess(),
+            batch_size=batch_size,
+            output_names=tuple(outputs),
+        )
+        return result[outputs[0]] if len(outputs) == 1 else result
+
+    def accuracy(self, split: Split) -> float:
+        return evaluate(self.model, self.variables, split, preprocess=self.spec.preprocess())
+
+    def as_teacher(self, run_dir: str | Path) -> Teacher:
+        return Teacher(self.spec, self.variables, Path(run_dir))
+
+
+def load_run(run_dir: str | Path, *, epoch: int | None = None, member: int = 0) -> TrainedRun:
+    """The trained run in ``run_dir`` (a path relative to the current directory or
+    absolute; latest epoch by default; ``member`` of a population)."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    config = read_config(run_dir)
+    spec = RunSpec.from_identity(config)
+    model = get_model(spec.model, **spec.model_settings)
+    members = Members.of(list(spec.seed) if spec.population else spec.seed)
+    image_shape = tuple(config.get("image_shape", ()))
+    if not image_shape:
+        raise ValueError(f"{run_dir / 'config.json'} does not record the image shape.")
+    sample = np.zeros((1, *image_shape), np.float32)
+    optimizer = make_optimizer(spec.optimizer, frozen=spec.frozen)
+    template = jax.eval_shape(lambda: members.init(model, optimizer, spec.preprocess()(sample)))
+    checkpoints = RunCheckpoints(run_dir)
+    try:
+        epoch = checkpoints.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
+        state, _ = checkpoints.restore(epoch, template)
+    finally:
+        checkpoints.close()
+    variables = members.unstack({"params": state.params, **state.model_state}, member)
+    if "epochs" not in config:  # a constant learning rate leaves it out of the identity
+        spec = dataclasses.replace(spec, epochs=epoch)
+    return TrainedRun(spec=spec, config=config, variables=variables, epoch=epoch)

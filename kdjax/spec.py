@@ -1,0 +1,194 @@
+"""What defines one training run: :class:`RunSpec`, and the hash that names its
+directory.
+
+A run's identity is its role, its model and every field that differs from the
+default (so adding a field with a default never renames existing runs), minus the
+epoch count: asking for more epochs continues a run instead of starting a new one —
+except with a decaying learning rate, where the epoch count shapes the schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from kdjax.augment import shift_count, translate_batch
+from kdjax.data import normalize
+from kdjax.objectives import get_objective
+from kdjax.training.state import cosine_decay, max_norm_constraint
+
+TEACHER_MODES = ("stored", "online")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Eight hex digits naming a configuration (JSON form, keys sorted)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one training run.
+
+    A tuple of seeds makes a population trained together; ``temperature``,
+    ``hard_weight`` and ``soft_weight`` may then be tuples too, one value per student.
+    The objective is ``hard_weight·CE + soft_weight·(its distillation term)``
+    (:mod:`kdjax.objectives`); seed 000's ``alpha`` is ``hard_weight=alpha,
+    soft_weight=1−alpha``.
+    """
+
+    role: str
+    model: str
+    model_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    objective: str = "ce"
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    seed: int | tuple[int, ...] = 0
+    temperature: float | tuple[float, ...] = 1.0
+    hard_weight: float | tuple[float, ...] = 1.0
+    soft_weight: float | tuple[float, ...] = 0.0
+    input_mean: float | tuple[float, ...] = 0.0
+    input_std: float | tuple[float, ...] = 1.0
+    # Random translations of up to this many pixels (0: none), and a max-norm
+    # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
+    translate_pixels: int = 0
+    max_norm: float | None = None
+    # With translate_pixels and a stored teacher, the stored outputs cover every shift
+    # and the student learns the teacher's output for the shifted image it sees.
+    consistent_jitter: bool = False
+    # "constant", or "cosine": the learning rate decays to 0 over ``epochs``.
+    lr_schedule: str = "constant"
+    # "stored": teacher outputs computed once and read by example id; "online": the
+    # frozen teacher runs inside the step on the (augmented) batch.
+    teacher_mode: str = "stored"
+    # Parameter-path patterns that are not trained (see kdjax.training.trainable_mask).
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        objective = get_objective(self.objective)
+        problems = []
+        if self.epochs < 0 or self.batch_size < 1:
+            problems.append("epochs must be >= 0 and batch_size >= 1")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.translate_pixels < 0 or (self.max_norm is not None and not self.max_norm > 0):
+            problems.append("translate_pixels must be >= 0 and max_norm > 0")
+        for name in ("temperature", "hard_weight", "soft_weight"):
+            values = np.asarray(getattr(self, name), np.float64)
+            low_ok = values > 0 if name == "temperature" else values >= 0
+            if not (np.all(np.isfinite(values)) and np.all(low_ok)):
+                bound = "> 0" if name == "temperature" else ">= 0"
+                problems.append(f"{name} must be finite and {bound}, got {getattr(self, name)}")
+        if np.any(np.asarray(self.seed) < 0):
+            problems.append(f"seeds must be >= 0, got {self.seed}")
+        if self.consistent_jitter and not (self.translate_pixels and objective.teacher_outputs):
+            problems.append(
+                "consistent_jitter needs translate_pixels > 0 and an objective that reads "
+                f"teacher outputs (got translate_pixels={self.translate_pixels}, "
+                f"objective {self.objective!r})"
+            )
+        if self.consistent_jitter and self.teacher_mode == "online":
+            problems.append(
+                "consistent_jitter is for stored teachers; an online one sees the shift"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.teacher_mode not in TEACHER_MODES:
+            problems.append(
+                f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}"
+            )
+        if self.population is not None:
+            for name in ("temperature", "hard_weight", "soft_weight"):
+                value = getattr(self, name)
+                if isinstance(value, tuple) and len(value) != self.population:
+                    problems.append(
+                        f"{name} has {len(value)} values for {self.population} students"
+                    )
+        if problems:
+            raise ValueError(f"run {self.role!r}: " + "; ".join(problems) + ".")
+
+    @property
+    def population(self) -> int | None:
+        """The number of students trained together (None for a single run)."""
+        return len(self.seed) if isinstance(self.seed, tuple) else None
+
+    def preprocess(self):
+        return partial(normalize, mean=self.input_mean, std=self.input_std)
+
+    def per_shift_extras(self) -> tuple[str, ...]:
+        """The batch entries stored once per shift (empty unless ``consistent_jitter``)."""
+        if not self.consistent_jitter:
+            return ()
+        return tuple(f"teacher_{name}" for name in get_objective(self.objective).teacher_outputs)
+
+    def augment(self):
+        if not self.translate_pixels:
+            return None
+        return partial(
+            translate_batch, max_shift=self.translate_pixels, per_shift=self.per_shift_extras()
+        )
+
+    def shift_count(self) -> int:
+        return shift_count(self.translate_pixels)
+
+    def constraint(self):
+        if self.max_norm is None:
+            return None
+        return partial(max_norm_constraint, max_norm=self.max_norm)
+
+    def schedule(self, train_examples: int):
+        if self.lr_schedule == "constant":
+            return None
+        return cosine_decay(self.epochs * (train_examples // self.batch_size))
+
+    def identity(self) -> dict:
+        """The settings that name the run directory: role, model and every field that
+        differs from its default, in JSON form; the epoch count only when the
+        learning rate decays over it."""
+        defaults = {
+            field.name: field.default_factory()
+            if callable(field.default_factory)
+            else field.default
+            for field in dataclasses.fields(self)
+            if field.name not in ("role", "model")
+        }
+        identity = {"role": self.role, "model": self.model}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if name == "epochs":
+                if self.lr_schedule != "constant":
+                    identity[name] = value
+            elif _json(value) != _json(default):
+                identity[name] = _json(value)
+        return identity
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any]) -> RunSpec:
+        """The spec a run directory's ``config.json`` describes (other keys ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {}
+        for name, value in identity.items():
+            if name == "model_settings":
+                values[name] = {key: _tuples(item) for key, item in value.items()}
+            elif name in names:
+                values[name] = _tuples(value)
+        return cls(**values)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a spec holds."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,92 @@
+"""The training core: state, step, feeds, evaluation and the loop.
+
+Data flows one way: data → teacher outputs (stored, or an :class:`OnlineTeacher`
+in the step) → objective (:mod:`kdjax.objectives`) → step (:mod:`.step`) → feed
+(:mod:`.feeds`) → loop (:func:`fit`) → checkpoints and results. A single run::
+
+    from kdjax.objectives import get_objective, make_hyperparams
+    from kdjax.training import Training, fit, make_optimizer
+
+    result = fit(
+        Training(model, get_objective("kd"), make_optimizer("adam"), preprocess),
+        name="student", run_dir="runs/student", run_config={"model": "small_conv_net"},
+        hyperparams=make_hyperparams(learning_rate=1e-3, temperature=3.0,
+                                     hard_weight=0.7, soft_weight=0.3),
+        train_split=dataset.train, test_split=dataset.test, epochs=3, batch_size=128,
+        seed=0, train_extras={"teacher_logits": stored_logits},
+    )
+"""
+
+from kdjax.training.evaluation import (
+    accuracy,
+    evaluate,
+    make_correct_counter,
+    padded_batches,
+    predict,
+    split_accuracy,
+)
+from kdjax.training.feeds import (
+    FEEDS,
+    DeviceFeed,
+    HostFeed,
+    device_memory_bytes,
+    epoch_permutation,
+    make_feed,
+    resolve_feed,
+)
+from kdjax.training.loop import (
+    Execution,
+    FitResult,
+    NonFiniteLossError,
+    Training,
+    check_finite,
+    fit,
+)
+from kdjax.training.members import Members
+from kdjax.training.state import (
+    TrainState,
+    cosine_decay,
+    create_state,
+    make_optimizer,
+    max_norm_constraint,
+    trainable_mask,
+)
+from kdjax.training.step import (
+    OnlineTeacher,
+    make_train_step,
+    population_step,
+    scan_steps,
+)
+
+__all__ = [
+    "FEEDS",
+    "DeviceFeed",
+    "Execution",
+    "FitResult",
+    "HostFeed",
+    "Members",
+    "NonFiniteLossError",
+    "OnlineTeacher",
+    "TrainState",
+    "Training",
+    "accuracy",
+    "check_finite",
+    "cosine_decay",
+    "create_state",
+    "device_memory_bytes",
+    "epoch_permutation",
+    "evaluate",
+    "fit",
+    "make_correct_counter",
+    "make_feed",
+    "make_optimizer",
+    "make_train_step",
+    "max_norm_constraint",
+    "padded_batches",
+    "population_step",
+    "predict",
+    "resolve_feed",
+    "scan_steps",
+    "split_accuracy",
+    "trainable_mask",
+]

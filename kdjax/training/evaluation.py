@@ -1,0 +1,109 @@
+"""Batched, jitted inference: model outputs, correct-answer counts and accuracies.
+
+Every function pads the last batch to the batch size, so each compiles once.
+``variables`` are a model's Flax variables: ``{"params": ..., "batch_stats": ...}``
+(only ``params`` for models without BatchNorm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax.data import Split
+from kdjax.training.step import resolve_strategy
+from kdjax.types import Preprocess
+
+
+def padded_batches(count: int, batch_size: int, *arrays: np.ndarray) -> Iterator[tuple]:
+    """Yields ``(real, batch_0, batch_1, ...)``: consecutive batches of every array,
+    the last one zero-padded to ``batch_size`` so a jitted function compiles once."""
+    for start in range(0, count, batch_size):
+        batches = [array[start : start + batch_size] for array in arrays]
+        real = len(batches[0])
+        if real < batch_size:
+            batches = [
+                np.concatenate([b, np.zeros((batch_size - real,) + b.shape[1:], b.dtype)])
+                for b in batches
+            ]
+        yield (real, *batches)
+
+
+def predict(
+    model: nn.Module,
+    variables: Any,
+    images: np.ndarray,
+    *,
+    preprocess: Preprocess,
+    batch_size: int = 1000,
+    output_names: tuple[str, ...] = ("logits",),
+) -> dict[str, np.ndarray]:
+    """Model outputs for every image, in order, as numpy arrays (inference mode)."""
+    batch_size = max(1, min(batch_size, len(images)))
+
+    @jax.jit
+    def forward(variables, batch_images):
+        outputs = model.apply(variables, preprocess(batch_images), train=False)
+        return {name: outputs[name] for name in output_names}
+
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
+    for real, batch_images in padded_batches(len(images), batch_size, images):
+        outputs = forward(variables, batch_images)
+        for name in output_names:
+            chunks[name].append(np.asarray(outputs[name])[:real])
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def make_correct_counter(
+    model: nn.Module, preprocess: Preprocess, population_strategy: str | None = None
+) -> Callable:
+    """A jitted ``(variables, images, labels, mask) -> correct answers`` for one model
+    (a scalar), or for each member of a population (``[members]``, variables with a
+    leading member axis; ``population_strategy`` as in
+    :func:`kdjax.training.step.population_step`). Build it once per run."""
+
+    def count(variables, images, labels, mask):
+        logits = model.apply(variables, preprocess(images), train=False)["logits"]
+        return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
+
+    if population_strategy is None:
+        return jax.jit(count)
+
+    def count_each(variables, images, labels, mask):
+        def one(member_variables):
+            return count(member_variables, images, labels, mask)
+
+        if resolve_strategy(population_strategy) == "vmap":
+            return jax.vmap(one)(variables)
+        return jax.lax.map(one, variables)
+
+    return jax.jit(count_each)
+
+
+def split_accuracy(
+    counter: Callable, variables: Any, split: Split, batch_size: int = 1000
+) -> np.ndarray:
+    """Accuracy on ``split`` with a :func:`make_correct_counter` counter: a 0-d array
+    for one model, ``[members]`` for a population."""
+    batch_size = max(1, min(batch_size, len(split)))
+    total = 0
+    for real, images, labels in padded_batches(len(split), batch_size, split.images, split.labels):
+        total = total + counter(variables, images, labels, np.arange(batch_size) < real)
+    return np.asarray(total, np.float64) / len(split)
+
+
+def evaluate(
+    model: nn.Module, variables: Any, split: Split, *, preprocess: Preprocess, batch_size=1000
+) -> float:
+    """Test accuracy of one model's ``variables`` on ``split`` (a fraction in [0, 1])."""
+    counter = make_correct_counter(model, preprocess)
+    return float(split_accuracy(counter, variables, split, batch_size))

@@ -1,0 +1,373 @@
+"""The epoch loop every run shares: build → resume → per epoch (feed → evaluate →
+save → log) → result.
+
+Deterministic per-epoch shuffling (a resumed run sees exactly the batches of an
+uninterrupted one), orbax checkpoints, a non-finite loss stops the run naming the
+step, one log line per epoch and a progress bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from kdjax import parallel
+from kdjax.checkpoints import RunCheckpoints, write_config
+from kdjax.data import Split
+from kdjax.objectives import Objective
+from kdjax.training.evaluation import split_accuracy
+from kdjax.training.feeds import epoch_permutation, make_feed
+from kdjax.training.members import Members
+from kdjax.training.state import trainable_mask
+from kdjax.training.step import OnlineTeacher, make_train_step
+from kdjax.types import Augment, Constraint, Hyperparams, Preprocess, Schedule
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What is trained and how one step updates it.
+
+    ``frozen`` lists parameter-path patterns that never change (use an optimizer
+    from ``make_optimizer(frozen=...)`` with the same patterns, so they get no
+    optimizer state); ``initial_variables`` start the model from given (e.g.
+    pretrained) variables; ``teacher`` computes the teacher outputs inside the step.
+    """
+
+    model: nn.Module
+    objective: Objective
+    optimizer: optax.GradientTransformation
+    preprocess: Preprocess
+    augment: Augment | None = None
+    constraint: Constraint | None = None
+    schedule: Schedule | None = None
+    teacher: OnlineTeacher | None = None
+    frozen: tuple[str, ...] = ()
+    initial_variables: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How (not what) a run trains: none of it changes the result beyond
+    floating-point reassociation, so a run may resume with other values.
+
+    ``feed``: see :func:`kdjax.training.feeds.resolve_feed`; ``mesh``: data-parallel
+    training (:func:`kdjax.parallel.data_mesh`); ``population_strategy``: see
+    :func:`kdjax.training.step.population_step`.
+    """
+
+    feed: str = "auto"
+    mesh: jax.sharding.Mesh | None = None
+    steps_per_call: int | None = None
+    population_strategy: str = "auto"
+    eval_batch_size: int = 1000
+    checkpoint_every: int = 1
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What one training run produced. Per-epoch metrics and ``test_accuracy`` hold
+    one value per student (a list of one for a single run); ``variables`` has a
+    leading student axis for a population.
+
+    ``compile_seconds``: with the host feed, the first step's wall time (compile plus
+    one step); with the device feed, the ahead-of-time compiles of the block programs.
+    Either way it is inside the first epoch's ``seconds``.
+    """
+
+    run_dir: Path
+    variables: Any
+    members: Members
+    history: list[dict]
+    test_accuracy: list[float]
+    epochs_trained_now: int
+    resumed_from_epoch: int
+    train_seconds: float
+    compile_seconds: float | None
+
+    @property
+    def params(self) -> Any:
+        return self.variables["params"]
+
+    def member_variables(self, index: int = 0) -> Any:
+        return self.members.unstack(self.variables, index)
+
+    def summary(self) -> dict:
+        rates = [entry["examples_per_second"] for entry in self.history]
+        seconds = [entry["seconds"] for entry in self.history]
+        return {
+            "run_dir": str(self.run_dir),
+            "seeds": list(self.members.seeds),
+            "test_accuracy": self.test_accuracy,
+            "epochs": len(self.history),
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "train_seconds_this_invocation": round(self.train_seconds, 3),
+            "compile_seconds": None
+            if self.compile_seconds is None
+            else round(self.compile_seconds, 3),
+            "mean_epoch_seconds": round(float(np.mean(seconds)), 3) if seconds else None,
+            "examples_per_second": round(float(np.median(rates)), 1) if rates else None,
+        }
+
+
+def fit(
+    training: Training,
+    *,
+    name: str,
+    run_dir: str | Path,
+    run_config: Mapping[str, Any],
+    hyperparams: Hyperparams,
+    train_split: Split,
+    test_split: Split,
+    epochs: int,
+    batch_size: int,
+    seed: int | Sequence[int],
+    data_seed: int | None = None,
+    train_extras: Mapping[str, np.ndarray] | None = None,
+    execution: Execution | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Trains for ``epochs`` epochs, resuming from ``run_dir`` if it has checkpoints.
+
+    ``seed`` initialises parameters and dropout; a list of seeds trains a population
+    (:class:`kdjax.training.members.Members`). ``data_seed`` fixes the example order
+    (default: the first seed). ``train_extras`` are arrays aligned with
+    ``train_split`` (row ``i`` belongs to example ``train_split.ids[i]``), e.g. stored
+    teacher logits, gathered with the same indices as the images. ``run_config`` is
+    written to ``run_dir/config.json``; a directory that trained something else is
+    refused. Re-running with more epochs continues the run.
+    """
+    execution = execution or Execution()
+    _check_arguments(train_split, train_extras or {}, batch_size, execution)
+    members = Members.of(seed, execution.population_strategy)
+    data_seed = members.seeds[0] if data_seed is None else data_seed
+    run_dir = Path(run_dir)
+    write_config(run_dir, dict(run_config))
+
+    # Build: the state, the lifted step and the evaluation counter.
+    sample = training.preprocess(train_split.images[:1])
+    state = members.init(training.model, training.optimizer, sample, training.initial_variables)
+    step = members.lift(_make_step(training, state))
+    hyperparams = members.hyperparams(hyperparams)
+    context = training.teacher.context() if training.teacher else {}
+    counter = members.correct_counter(training.model, training.preprocess)
+
+    def test_accuracy(state) -> list[float]:
+        variables = {"params": state.params, **state.model_state}
+        if execution.mesh is not None:  # every process scores the full test set
+            variables = jax.tree.map(parallel.to_host, variables)
+        accuracy = split_accuracy(counter, variables, test_split, execution.eval_batch_size)
+        return _rounded(members.per_member(accuracy))
+
+    # Resume.
+    checkpoints = RunCheckpoints(run_dir)
+    start_epoch, history = checkpoints.latest_epoch() or 0, []
+    if start_epoch > epochs:
+        checkpoints.close()
+        raise ValueError(
+            f"{run_dir} already holds {start_epoch} epochs, more than the {epochs} requested; "
+            "ask for at least that many or use another --workdir."
+        )
+    if start_epoch:
+        state, meta = checkpoints.restore(start_epoch, state)
+        history = list(meta["history"])
+        verb = "Reusing finished" if start_epoch == epochs else "Resuming"
+        log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
+
+    arrays = {
+        "images": train_split.images,
+        "labels": train_split.labels,
+        "ids": train_split.ids,
+        **(train_extras or {}),
+    }
+    steps_per_epoch = len(train_split) // batch_size
+    train_seconds, feed = 0.0, None
+    try:
+        for epoch in range(start_epoch, epochs):
+            if feed is None:  # only a run with epochs left puts data on the device
+                feed = make_feed(
+                    execution.feed,
+                    step,
+                    arrays,
+                    batch_size=batch_size,
+                    mesh=execution.mesh,
+                    steps_per_call=execution.steps_per_call,
+                    log=log,
+                    name=name,
+                )
+                state, hyperparams, context = feed.place((state, hyperparams, context))
+            epoch_start = time.perf_counter()
+            blocks = _EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints)
+            order = epoch_permutation(data_seed, epoch, len(train_split))
+            state = feed.run_epoch(state, order, hyperparams, context, blocks.record)
+            seconds = time.perf_counter() - epoch_start
+            train_seconds += seconds
+            blocks.close()
+            entry = {
+                "epoch": epoch + 1,
+                **{
+                    f"train_{key}": _rounded(members.per_member(value))
+                    for key, value in blocks.means().items()
+                },
+                "test_accuracy": test_accuracy(state),
+                "seconds": round(seconds, 3),
+                "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
+            }
+            history.append(entry)
+            if (epoch + 1) % execution.checkpoint_every == 0 or epoch + 1 == epochs:
+                checkpoints.save(epoch + 1, state, {"history": history})
+            log(
+                f"{name} epoch {epoch + 1}/{epochs}: loss {_describe(entry['train_loss'])} "
+                f"train acc {_describe(entry['train_accuracy'])} "
+                f"test acc {_describe(entry['test_accuracy'])} | "
+                f"{entry['examples_per_second']:,.0f} examples/s, {seconds:.1f} s"
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+    finally:
+        checkpoints.close()
+
+    variables = {"params": state.params, **state.model_state}
+    if execution.mesh is not None:
+        variables = jax.tree.map(parallel.to_host, variables)
+    return FitResult(
+        run_dir=run_dir,
+        variables=variables,
+        members=members,
+        history=history,
+        test_accuracy=history[-1]["test_accuracy"] if history else test_accuracy(state),
+        epochs_trained_now=epochs - start_epoch,
+        resumed_from_epoch=start_epoch,
+        train_seconds=train_seconds,
+        compile_seconds=None if feed is None else feed.compile_seconds,
+    )
+
+
+def _make_step(training: Training, state):
+    trainable = None
+    if training.frozen:
+        params = state.params
+        trainable = trainable_mask(params, training.frozen)
+    return make_train_step(
+        training.model,
+        training.objective,
+        training.optimizer,
+        training.preprocess,
+        augment=training.augment,
+        constraint=training.constraint,
+        schedule=training.schedule,
+        teacher=training.teacher,
+        trainable=trainable,
+    )
+
+
+def _check_arguments(train_split, train_extras, batch_size, execution) -> None:
+    if batch_size > len(train_split):
+        raise ValueError(
+            f"batch size {batch_size} is larger than the training set ({len(train_split)})."
+        )
+    for key, array in train_extras.items():
+        if len(array) != len(train_split):
+            raise ValueError(
+                f"train_extras[{key!r}] has {len(array)} rows for "
+                f"{len(train_split)} training examples."
+            )
+    if execution.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {execution.checkpoint_every}.")
+
+
+class _EpochRecord:
+    """Collects one epoch's metric blocks, checks their losses and draws progress."""
+
+    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints):
+        self.name, self.epoch, self.steps = name, epoch, steps_per_epoch
+        self.checkpoints = checkpoints
+        self.blocks: list[dict] = []
+        self.progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
+
+    def record(self, done: int, block: dict) -> None:
+        """Checks a block of steps' losses (host copies), ending at step ``done``."""
+        losses = parallel.to_host(block["loss"])
+        check_finite(
+            losses,
+            first_step=self.epoch * self.steps + done - len(losses) + 1,
+            name=self.name,
+            epoch=self.epoch,
+            last_saved=self.checkpoints.latest_epoch(),
+        )
+        self.blocks.append(block)
+        self.progress.update(done, float(np.mean(losses[-1])))
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {
+            key: np.mean(np.concatenate([parallel.to_host(b[key]) for b in self.blocks]), 0)
+            for key in self.blocks[0]
+        }
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(value), 6) for value in np.asarray(values).reshape(-1)]
+
+
+def _describe(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f}±{np.std(values):.4f} (n={len(values)})"
+
+
+def check_finite(
+    losses: np.ndarray, *, first_step: int, name: str, epoch: int, last_saved: int | None
+) -> None:
+    """Raises :class:`NonFiniteLossError` naming the first step (and students) whose
+    loss is not finite; ``losses`` is ``[steps]`` or ``[steps, members]``."""
+    finite = np.isfinite(losses)
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite.reshape(len(losses), -1).all(axis=1))[0])
+    values, which = losses[row], ""
+    if np.ndim(values):
+        bad_members = np.flatnonzero(~np.isfinite(values)).tolist()
+        which = f" for student(s) {bad_members}"
+        values = values[bad_members[0]]
+    saved = f"epoch {last_saved}" if last_saved else "none"
+    raise NonFiniteLossError(
+        f"{name}: loss became {values} at step {first_step + row} (epoch {epoch + 1}){which}; "
+        f"stopped. Last checkpoint: {saved}. Lower the learning rate or check the inputs."
+    )
+
+
+class _Progress:
+    """A one-line progress bar, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, total
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        filled = int(30 * done / self.total)
+        bar = "#" * filled + "-" * (30 - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * (len(self.label) + 70) + "\r")
+            sys.stderr.flush()

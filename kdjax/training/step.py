@@ -1,0 +1,193 @@
+"""The pure training step, lifted to populations of students and to compiled blocks
+of steps.
+
+``step(state, batch, hyperparams, context) -> (state, metrics)``:
+
+* ``batch`` — raw images, labels, ids and any stored teacher outputs;
+* ``hyperparams`` — traced scalars (learning rate, temperature, loss weights), so one
+  compiled step serves a whole sweep;
+* ``context`` — arrays every student shares and nobody trains, passed as arguments
+  rather than baked into the program as constants: an online teacher's variables.
+
+An :class:`OnlineTeacher` runs inside the step on the batch the student sees (after
+augmentation), frozen (``stop_gradient``, inference mode); the objective reads its
+outputs exactly as it reads stored ones, so both modes give the same loss when
+nothing is augmented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax.augment import AUGMENT_STREAM
+from kdjax.objectives import Objective
+from kdjax.training.state import TrainState
+from kdjax.types import Augment, Batch, Constraint, Hyperparams, Preprocess, Schedule
+
+Step = Callable[[TrainState, Batch, Hyperparams, Any], tuple[TrainState, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineTeacher:
+    """A frozen teacher evaluated inside the training step. Its variables travel in
+    the step's ``context["teacher"]`` (see :meth:`context`)."""
+
+    model: nn.Module
+    variables: Any
+    preprocess: Preprocess
+
+    def context(self) -> dict:
+        return {"teacher": self.variables}
+
+    def outputs(self, variables: Any, images: jax.Array, names: tuple[str, ...]) -> dict:
+        outputs = self.model.apply(variables, self.preprocess(images), train=False)
+        return {f"teacher_{name}": jax.lax.stop_gradient(outputs[name]) for name in names}
+
+
+def make_train_step(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    preprocess: Preprocess,
+    *,
+    augment: Augment | None = None,
+    constraint: Constraint | None = None,
+    schedule: Schedule | None = None,
+    teacher: OnlineTeacher | None = None,
+    trainable: Any = None,
+) -> Step:
+    """The pure training step; jit it (or lift it with :func:`population_step`).
+
+    ``augment(key, batch)`` runs on the device before ``preprocess``;
+    ``constraint(params)`` projects the parameters after every update (frozen
+    parameters, ``trainable`` False, are kept as they were); ``schedule(step)``
+    multiplies the traced learning rate; ``teacher`` computes the teacher outputs
+    the objective reads from the (augmented) batch.
+    """
+
+    def train_step(state: TrainState, batch: Batch, hyperparams: Hyperparams, context):
+        dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+        if augment is not None:
+            batch = augment(jax.random.fold_in(dropout_key, AUGMENT_STREAM), batch)
+            if not isinstance(batch, Mapping) or "images" not in batch:
+                raise TypeError(
+                    "augment(key, batch) must return the batch (a mapping with 'images'), "
+                    f"got {type(batch).__name__}; for images alone use translate_batch."
+                )
+        if teacher is not None:
+            names = objective.teacher_outputs
+            batch = dict(batch, **teacher.outputs(context["teacher"], batch["images"], names))
+        images = preprocess(batch["images"])
+        mutable = list(state.model_state)
+
+        def loss_fn(params):
+            variables = {"params": params, **state.model_state}
+            rngs = {"dropout": dropout_key}
+            if mutable:
+                outputs, model_state = model.apply(
+                    variables, images, train=True, rngs=rngs, mutable=mutable
+                )
+            else:
+                outputs, model_state = model.apply(variables, images, train=True, rngs=rngs), {}
+            per_example, parts = objective(outputs, batch, hyperparams)
+            return jnp.mean(per_example), (outputs["logits"], parts, model_state)
+
+        (loss, (logits, parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        learning_rate = hyperparams["learning_rate"]
+        if schedule is not None:
+            learning_rate = learning_rate * schedule(state.step)
+        updates = jax.tree.map(lambda u: -learning_rate * u, direction)
+        params = optax.apply_updates(state.params, updates)
+        if constraint is not None:
+            projected = constraint(params)
+            if trainable is not None:
+                projected = jax.tree.map(
+                    lambda keep, new, old: new if keep else old, trainable, projected, params
+                )
+            params = projected
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+            **{name: jnp.mean(value) for name, value in parts.items()},
+        }
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            model_state=dict(model_state),
+            opt_state=opt_state,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def resolve_strategy(strategy: str) -> str:
+    """``"auto"`` → ``"map"`` on the CPU, ``"vmap"`` elsewhere."""
+    if strategy == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    if strategy not in ("vmap", "map"):
+        raise ValueError(f"population strategy must be 'auto', 'vmap' or 'map', got {strategy!r}.")
+    return strategy
+
+
+def population_step(train_step: Step, strategy: str = "auto") -> Step:
+    """Lifts a one-student step to ``(states, batch, hyperparams, context)`` with a
+    leading student axis on ``states`` and ``hyperparams``; batch and context are shared.
+
+    ``"vmap"`` batches the students' arithmetic (wide matmuls: best on GPU/TPU);
+    ``"map"`` runs them one after another inside the same compiled program
+    (``lax.map``), which on the CPU is faster for convolutional students, since
+    XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow.
+    Both give the same numbers; BUILD_NOTES.md records the measurements.
+    """
+    if resolve_strategy(strategy) == "vmap":
+        return jax.vmap(train_step, in_axes=(0, None, 0, None))
+
+    def mapped(states, batch, hyperparams, context):
+        return jax.lax.map(
+            lambda member: train_step(member[0], batch, member[1], context),
+            (states, hyperparams),
+        )
+
+    return mapped
+
+
+def scan_steps(step: Step) -> Callable:
+    """Lifts ``step`` to ``(state, data, indices, hyperparams, context)``: a
+    ``lax.scan`` over the rows of ``indices`` (steps × batch size), each batch gathered
+    on the device from the arrays in ``data``. Metrics gain a leading step axis.
+    Step ``i`` sees exactly the batch the host feed would send."""
+
+    def run(state, data, indices, hyperparams, context):
+        def body(carry, rows):
+            batch = jax.tree.map(lambda array: array[rows], data)
+            return step(carry, batch, hyperparams, context)
+
+        return jax.lax.scan(body, state, indices)
+
+    return run
+
+
+def compile_once(step: Callable) -> Callable:
+    """Makes a second trace (a recompilation, which on CPU costs as much as many
+    steps) an error instead of a silent slowdown: every batch must keep its shape."""
+    traces = 0
+
+    def traced_once(*args):
+        nonlocal traces
+        traces += 1
+        if traces > 1:
+            raise RuntimeError("the train step was traced twice: a batch changed shape or dtype.")
+        return step(*args)
+
+    return traced_once

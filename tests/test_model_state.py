@@ -1,0 +1,192 @@
+"""What the core carries beyond parameters: BatchNorm statistics (trained, used in
+evaluation, checkpointed, in populations and on a mesh) and frozen parameters."""
+
+from functools import partial
+
+import chex
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+
+from kdjax.data import Split, normalize
+from kdjax.models import MLP
+from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.parallel import data_mesh
+from kdjax.training import (
+    Execution,
+    Training,
+    create_state,
+    fit,
+    make_optimizer,
+    make_train_step,
+    max_norm_constraint,
+    trainable_mask,
+)
+
+UNIT = partial(normalize, mean=0.0, std=1.0)
+
+
+class BatchNormMLP(nn.Module):
+    """Dense → BatchNorm → ReLU → dense: the smallest model with running statistics.
+
+    No bias before the BatchNorm (as in real networks): its gradient is zero up to
+    float noise, which Adam would blow up into full-size steps that differ between
+    two programs of the same training.
+    """
+
+    @nn.compact
+    def __call__(self, images, *, train=False):
+        x = images.reshape(images.shape[0], -1)
+        x = nn.Dense(16, use_bias=False, name="hidden")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="norm")(x)
+        features = nn.relu(x)
+        return {"logits": nn.Dense(10, name="head")(features), "features": features}
+
+
+def _split(count, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    images = rng.integers(0, 40, (count, 8, 8, 1)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        images[index, label % 8, :, 0] = 200 + label
+    return Split(images, labels, np.arange(count, dtype=np.int64))
+
+
+def _fit(tmp_path, name, *, model=None, seed=0, epochs=2, optimizer=None, execution=None,
+         data_seed=0, **training):  # fmt: skip
+    return fit(
+        Training(
+            model or BatchNormMLP(),
+            OBJECTIVES["ce"],
+            optimizer or make_optimizer("adam"),
+            UNIT,
+            **training,
+        ),  # fmt: skip
+        name=name,
+        run_dir=tmp_path / name,
+        run_config={"name": name},
+        hyperparams=make_hyperparams(learning_rate=1e-2),
+        train_split=_split(128),
+        test_split=_split(64, seed=1),
+        epochs=epochs,
+        batch_size=32,
+        seed=seed,
+        data_seed=data_seed,
+        execution=execution or Execution(),
+        log=lambda message: None,
+    )
+
+
+def test_batch_statistics_are_trained_and_used_in_evaluation(tmp_path):
+    model = BatchNormMLP()
+    images = UNIT(_split(4).images)
+    fresh = create_state(model, make_optimizer("adam"), images[:1], seed=0)
+    assert set(fresh.model_state) == {"batch_stats"}
+    result = _fit(tmp_path, "bn")
+    stats = result.variables["batch_stats"]["norm"]
+    assert not np.allclose(stats["mean"], 0.0)  # moved from their initial values
+    assert not np.allclose(stats["var"], 1.0)
+    # Evaluation used the trained statistics: recomputing with them gives the
+    # reported accuracy, and swapping in the initial ones changes the logits.
+    test = _split(64, seed=1)
+    logits = model.apply(result.variables, UNIT(test.images))["logits"]
+    accuracy = float(np.mean(np.argmax(logits, -1) == test.labels))
+    assert accuracy == pytest.approx(result.test_accuracy[0], abs=1e-9)
+    initial = {**result.variables, "batch_stats": fresh.model_state["batch_stats"]}
+    assert not np.allclose(model.apply(initial, UNIT(test.images))["logits"], logits)
+
+
+def test_batch_statistics_are_checkpointed_and_a_resumed_run_matches(tmp_path):
+    straight = _fit(tmp_path, "straight", epochs=3)
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):  # the same run, stopped after its first epoch
+        fit(
+            Training(BatchNormMLP(), OBJECTIVES["ce"], make_optimizer("adam"), UNIT),
+            name="crashed", run_dir=tmp_path / "crashed", run_config={"name": "crashed"},
+            hyperparams=make_hyperparams(learning_rate=1e-2), train_split=_split(128),
+            test_split=_split(64, seed=1), epochs=3, batch_size=32, seed=0,
+            data_seed=0, log=lambda message: None, on_epoch_end=crash,
+        )  # fmt: skip
+    resumed = _fit(tmp_path, "crashed", epochs=3)
+    assert resumed.resumed_from_epoch == 1
+    chex.assert_trees_all_close(resumed.variables, straight.variables, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+def test_a_population_keeps_one_set_of_batch_statistics_per_student(tmp_path, strategy):
+    together = _fit(tmp_path, f"pop-{strategy}", seed=[0, 1],
+                    execution=Execution(population_strategy=strategy))  # fmt: skip
+    assert together.variables["batch_stats"]["norm"]["mean"].shape == (2, 16)
+    alone = _fit(tmp_path, "alone", seed=1)
+    chex.assert_trees_all_close(together.member_variables(1), alone.variables, rtol=1e-4, atol=1e-5)
+    assert together.test_accuracy[1] == pytest.approx(alone.test_accuracy[0], abs=1 / 64)
+
+
+def test_batch_statistics_train_on_a_mesh_like_on_one_device(tmp_path):
+    single = _fit(tmp_path, "single", execution=Execution(feed="host"))
+    meshed = _fit(tmp_path, "meshed", execution=Execution(mesh=data_mesh()))
+    chex.assert_trees_all_close(meshed.variables, single.variables, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_parameters_do_not_change_and_get_no_optimizer_state(tmp_path):
+    model = MLP(hidden_sizes=(16, 16))
+    frozen = ("hidden0/",)
+    optimizer = make_optimizer("adam", frozen=frozen)
+    sample = UNIT(_split(2).images[:1])
+    state = create_state(model, optimizer, sample, seed=0)
+    mask = trainable_mask(state.params, frozen)
+    assert mask["hidden0"] == {"kernel": False, "bias": False}
+    assert all(jax.tree.leaves(mask["hidden1"])) and all(jax.tree.leaves(mask["head"]))
+    # Adam keeps two moments per trainable parameter and nothing for frozen ones.
+    count = lambda tree: sum(leaf.size for leaf in jax.tree.leaves(tree))  # noqa: E731
+    trainable = count(state.params["hidden1"]) + count(state.params["head"])
+    moments = count(state.opt_state) - 1  # Adam's step counter
+    assert moments == 2 * trainable
+
+    result = _fit(tmp_path, "frozen", model=model, optimizer=optimizer, frozen=frozen,
+                  constraint=partial(max_norm_constraint, max_norm=0.05))  # fmt: skip
+    chex.assert_trees_all_equal(result.params["hidden0"], state.params["hidden0"])
+    assert not np.allclose(result.params["head"]["kernel"], state.params["head"]["kernel"])
+    # The constraint clipped the trained kernels but left the frozen one as it was.
+    assert np.linalg.norm(result.params["head"]["kernel"], axis=0).max() <= 0.05 + 1e-6
+    assert np.linalg.norm(state.params["hidden0"]["kernel"], axis=0).max() > 0.05
+
+
+def test_online_teacher_in_the_step_equals_stored_outputs_without_augmentation():
+    from kdjax.training import OnlineTeacher, predict
+
+    teacher_model, student = BatchNormMLP(), MLP(hidden_sizes=(8,))
+    split = _split(16)
+    teacher_variables = teacher_model.init(jax.random.PRNGKey(1), UNIT(split.images[:1]))
+    stored = predict(teacher_model, teacher_variables, split.images, preprocess=UNIT)["logits"]
+    optimizer = make_optimizer("adam")
+    state = create_state(student, optimizer, UNIT(split.images[:1]), seed=0)
+    hyper = make_hyperparams(learning_rate=1e-3, temperature=2.0, hard_weight=0.5,
+                             soft_weight=0.5)  # fmt: skip
+    batch = {"images": split.images, "labels": split.labels, "ids": split.ids}
+    stored_step = jax.jit(make_train_step(student, OBJECTIVES["kd"], optimizer, UNIT))
+    teacher = OnlineTeacher(teacher_model, teacher_variables, UNIT)
+    online_step = jax.jit(make_train_step(student, OBJECTIVES["kd"], optimizer, UNIT,
+                                          teacher=teacher))  # fmt: skip
+    by_store, stored_metrics = stored_step(state, {**batch, "teacher_logits": stored}, hyper, {})
+    by_teacher, online_metrics = online_step(state, batch, hyper, teacher.context())
+    np.testing.assert_allclose(online_metrics["loss"], stored_metrics["loss"], rtol=1e-6)
+    np.testing.assert_allclose(online_metrics["soft_loss"], stored_metrics["soft_loss"], rtol=1e-6)
+    chex.assert_trees_all_close(by_teacher.params, by_store.params, rtol=1e-6, atol=1e-7)
+    # The teacher gets no gradient: its variables are an input, never an output.
+    assert set(by_teacher.params) == set(state.params)
+
+
+def test_an_optimizer_for_frozen_paths_is_an_optax_transformation():
+    assert isinstance(make_optimizer("sgd", frozen=("x/",)), optax.GradientTransformation)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lamb")
