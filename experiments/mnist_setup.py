@@ -1,137 +1,117 @@
-"""What the MNIST commands share: their common flags, data loading, the teacher and
-its stored soft targets. ``mnist_kd`` and ``mnist_sweep`` use the same workdir by
-default, so a sweep reuses the teacher a single run trained (and vice versa);
-``mnist_mlp_kd`` changes the defaults to seed 004's."""
+"""What the MNIST commands share: their common settings, data loading and the
+teacher with its stored soft targets. ``mnist_kd`` and ``mnist_sweep`` use the same
+workdir by default, so a sweep reuses the teacher a single run trained (and vice
+versa)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
-from absl import flags
-
-from experiments import common
+from experiments.config import CommonConfig, at_least_one, existing_path, finite, option, positive
+from experiments.report import log
 from kdjax.data import Dataset, load_mnist
-from kdjax.distill import RunSpec, teacher_soft_targets, train_run
-from kdjax.train import FitResult, accuracy
+from kdjax.objectives import alpha_weights
+from kdjax.runs import train_run
+from kdjax.spec import RunSpec
+from kdjax.teachers import Teacher
+from kdjax.training import Execution, FitResult
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("epochs", 3, "Student training epochs (seed 000: 3).")
-flags.DEFINE_integer("teacher_epochs", 5, "Teacher training epochs, when it is not in the workdir.")
-flags.DEFINE_integer("batch_size", 128, "Training batch size (seed 000: 128).")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (seed 000: 1e-3).")
-flags.DEFINE_string("workdir", "runs/mnist_kd", "Where checkpoints, soft targets and results go.")
-flags.DEFINE_string("data_dir", None, "MNIST IDX files or a prepared TFDS data dir.")
-flags.DEFINE_bool("download", True, "Let TFDS download MNIST when no copy is found.")
-
-common.validate("epochs", lambda n: n >= 1, "must be >= 1")
-common.validate("teacher_epochs", lambda n: n >= 1, "must be >= 1")
-common.validate("batch_size", lambda n: n >= 1, "must be >= 1")
-common.validate("learning_rate", lambda lr: lr > 0, "must be > 0")
-common.validate_data_dir()
-
-SHARED_FLAGS = [
-    "epochs",
-    "teacher_epochs",
-    "batch_size",
-    "learning_rate",
-    "workdir",
-    "data_dir",
-    "download",
-]
-TEACHER_MODEL = "mnist_cnn"
-STUDENT_MODEL = "student_net"
 # The teacher is trained once per workdir with this seed, whatever the students' seeds.
 TEACHER_SEED = 42
 # MNIST's pixel mean and standard deviation: inputs of unit scale (see BUILD_NOTES.md).
 INPUT_NORMALISATION = {"input_mean": 0.1307, "input_std": 0.3081}
 
 
-def load_data() -> Dataset:
-    dataset = load_mnist(FLAGS.data_dir, download=FLAGS.download, log=common.log)
-    common.log(
+@dataclasses.dataclass(frozen=True)
+class MnistConfig(CommonConfig):
+    workdir: str = option("runs/mnist_kd", "Where checkpoints, soft targets and results go.")
+    epochs: int = option(3, "Student training epochs (seed 000: 3).", check=at_least_one)
+    teacher_epochs: int = option(
+        5, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
+    )
+    batch_size: int = option(128, "Training batch size (seed 000: 128).", check=at_least_one)
+    learning_rate: float = option(
+        1e-3, "Adam learning rate (seed 000: 1e-3).", check=finite(positive)
+    )
+    data_dir: str | None = option(
+        None,
+        "MNIST IDX files or a prepared TFDS data dir.",
+        check=(existing_path, "must be an existing folder"),
+    )
+    download: bool = option(True, "Let TFDS download MNIST when no copy is found.")
+
+
+def execution(config: CommonConfig) -> Execution:
+    return Execution(feed=config.feed, checkpoint_every=config.checkpoint_every)
+
+
+def load_data(config: MnistConfig) -> Dataset:
+    dataset = load_mnist(config.data_dir, download=config.download, log=log)
+    log(
         f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
         f"{len(dataset.train)} train / {len(dataset.test)} test examples."
     )
     if dataset.notice:
-        common.log("NOTE: " + dataset.notice)
+        log("NOTE: " + dataset.notice)
     return dataset
 
 
-def student_settings(model: str = STUDENT_MODEL) -> dict:
-    """RunSpec fields every student of these commands shares."""
-    return dict(
-        model=model,
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
-        **INPUT_NORMALISATION,
+def train(config: CommonConfig, spec: RunSpec, dataset: Dataset, teacher=None) -> FitResult:
+    """Trains (or reuses) ``spec`` in the config's workdir, with its execution flags."""
+    return train_run(
+        spec, dataset, config.workdir, teacher=teacher, execution=execution(config), log=log
     )
+
+
+def student_spec(config: MnistConfig, role: str, model: str, settings=None, **fields) -> RunSpec:
+    """A student of these commands (the config's epochs, batch size and learning rate)."""
+    return RunSpec(
+        role=role,
+        model=model,
+        model_settings=dict(settings or {}),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        **INPUT_NORMALISATION,
+        **fields,
+    )
+
+
+def kd_fields(temperature, alpha) -> dict:
+    """RunSpec fields of ``alpha·CE + (1 − alpha)·T²·KL`` (tuples: one per student)."""
+    if isinstance(alpha, tuple):
+        return {
+            "objective": "kd",
+            "temperature": temperature,
+            "hard_weight": alpha,
+            "soft_weight": tuple(1.0 - a for a in alpha),
+        }
+    return {"objective": "kd", "temperature": temperature, **alpha_weights(alpha)}
 
 
 def teacher(
-    dataset: Dataset, *, model: str = TEACHER_MODEL, batch_size: int | None = None, **extra
-) -> tuple[RunSpec, FitResult, dict, str]:
-    """Trains or reuses the teacher; returns its spec, result, soft targets and fingerprint.
-
-    ``extra`` are further :class:`RunSpec` fields (e.g. ``translate_pixels``, ``max_norm``).
-    """
+    config: MnistConfig,
+    dataset: Dataset,
+    model: str,
+    settings=None,
+    *,
+    batch_size: int | None = None,
+    **fields,
+) -> tuple[Teacher, FitResult, dict]:
+    """Trains or reuses the teacher; returns it, its run and its stored logits
+    (``{"train": ..., "test": ...}``). ``fields`` are further :class:`RunSpec` fields."""
     spec = RunSpec(
         role="teacher",
         model=model,
-        epochs=FLAGS.teacher_epochs,
-        batch_size=batch_size or FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
+        model_settings=dict(settings or {}),
+        epochs=config.teacher_epochs,
+        batch_size=batch_size or config.batch_size,
+        learning_rate=config.learning_rate,
         seed=TEACHER_SEED,
         **INPUT_NORMALISATION,
-        **extra,
+        **fields,
     )
-    result = train_run(spec, dataset, FLAGS.workdir, **common.run_options())
-    logits, fingerprint = teacher_soft_targets(spec, result, dataset, log=common.log)
-    return spec, result, logits, fingerprint
-
-
-def train_label_agreement(logits: dict, dataset: Dataset, count: int = 1000) -> float:
-    """Seed 000's check: how many of the first training labels the teacher's argmax matches."""
-    return accuracy(logits["train"][:count], dataset.train.labels[:count])
-
-
-def sweep_dir() -> Path:
-    """Where ``mnist_sweep`` writes its tables and plots."""
-    path = Path(FLAGS.workdir) / "sweep"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def kd_student(
-    role: str,
-    dataset: Dataset,
-    teacher_logits,
-    teacher_fingerprint: str,
-    *,
-    temperature,
-    alpha,
-    **settings,
-) -> tuple[RunSpec, FitResult]:
-    """Trains (or reuses) a student distilled with ``alpha·CE + (1 − alpha)·T²·KL``.
-
-    ``temperature`` and ``alpha`` are numbers, or tuples with one value per student
-    when ``settings["seed"]`` is a tuple (a population).
-    """
-    soft_weight = tuple(1.0 - a for a in alpha) if isinstance(alpha, tuple) else 1.0 - alpha
-    spec = RunSpec(
-        role=role,
-        objective="kd",
-        temperature=temperature,
-        hard_weight=alpha,
-        soft_weight=soft_weight,
-        **settings,
-    )
-    result = train_run(
-        spec,
-        dataset,
-        FLAGS.workdir,
-        teacher_logits=teacher_logits,
-        teacher_fingerprint=teacher_fingerprint,
-        **common.run_options(),
-    )
-    return spec, result
+    result = train(config, spec, dataset)
+    trained = Teacher(spec, result.variables, result.run_dir)
+    logits = trained.outputs(dataset, ("logits",), log=log)["logits"]
+    return trained, result, logits

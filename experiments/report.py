@@ -1,38 +1,38 @@
-"""What every experiment command shares: logging, flag checks, clean failures,
-the results file and the comparison plot."""
+"""What every experiment command shares after training: logging, the results file
+(one schema for every command), tables and plots.
+
+``results.json`` (written by :func:`write_results`)::
+
+    {
+      "schema": "kdjax.results/1",
+      "command": "mnist_kd",               # the python -m experiments.<command>
+      "config": {...},                     # the whole config, every field
+      "data": {...},                       # Dataset.summary(): source, sizes, fingerprints
+      "environment": {...},                # package versions, backend, device kind and count
+      "runs": {                            # every training run, by name
+        "<name>": {"spec": {...}, "parameters": N, "seeds": [...],
+                   "test_accuracy": [...one per student...], "epochs": E,
+                   "history": [{"epoch": 1, "train_loss": [...], "test_accuracy": [...],
+                                "seconds": s, ...}], ...}
+      },
+      "study": {...},                      # the command's own tables (cells, chains, counts)
+      "wall_seconds": s, "peak_resident_memory_mib": m
+    }
+"""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
+import platform
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-from absl import flags, logging
 
 from kdjax.data import DataError
 from kdjax.soft_targets import StoreError
-from kdjax.train import FEEDS, NonFiniteLossError
+from kdjax.training import NonFiniteLossError
 
-flags.DEFINE_enum(
-    "feed",
-    "auto",
-    list(FEEDS),
-    "How batches reach the train step: 'device' (the training set on the device, "
-    "blocks of steps as one compiled scan), 'host' (gathered on the host and sent "
-    "per step) or 'auto' (device; host for data-parallel runs, or when the data "
-    "would take over half of an accelerator's memory).",
-)
-flags.DEFINE_integer(
-    "checkpoint_every", 1, "Save a checkpoint every N epochs (and always after the last)."
-)
-flags.register_validator(
-    "checkpoint_every", lambda n: n >= 1, message="--checkpoint_every must be >= 1"
-)
-
+SCHEMA = "kdjax.results/1"
 # Errors a user can cause (bad data, a workdir from other settings, divergence):
 # reported as one line with a non-zero exit instead of a traceback.
 USER_ERRORS = (DataError, StoreError, NonFiniteLossError, ValueError, FileNotFoundError)
@@ -42,55 +42,61 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_options() -> dict:
-    """Keyword arguments for :func:`kdjax.distill.train_run` from the shared flags."""
-    return {
-        "log": log,
-        "feed": flags.FLAGS.feed,
-        "checkpoint_every": flags.FLAGS.checkpoint_every,
-    }
-
-
-def validate(flag_name: str, predicate: Callable[[object], bool], message: str) -> None:
-    """A flag check that absl runs at parse time: a one-line error, no traceback."""
-    flags.register_validator(flag_name, predicate, message=f"--{flag_name} {message}")
-
-
-def validate_data_dir(flag_name: str = "data_dir") -> None:
-    validate(
-        flag_name,
-        lambda value: value is None or os.path.isdir(value),
-        "must be an existing folder",
-    )
-
-
-def exit_on_user_error(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-    """Wraps an absl ``main`` so user errors print ``error: ...`` and exit 1."""
-
-    @functools.wraps(main)
-    def wrapped(argv: list[str]) -> None:
-        if len(argv) > 1:
-            sys.exit(f"error: unexpected arguments {argv[1:]}; flags look like --name=value.")
-        # orbax and absl log every checkpoint at INFO; kdjax prints its own progress.
-        logging.set_verbosity(logging.WARNING)
-        try:
-            main(argv)
-        except USER_ERRORS as error:
-            sys.exit(f"error: {error}")
-
-    return wrapped
-
-
-def flag_values(names: list[str]) -> dict:
-    return {name: flags.FLAGS[name].value for name in names}
-
-
 def peak_resident_mib() -> float:
     """This process's peak resident memory so far, in MiB."""
     import resource
 
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return round(kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024, 1)
+
+
+def environment() -> dict:
+    """Package versions, backend and devices: what a result was measured with."""
+    from importlib import metadata
+
+    import jax
+
+    versions = {}
+    for package in ("kdjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    devices = jax.devices()
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+    }
+
+
+def run_entry(spec, result, parameters: int | None = None) -> dict:
+    """One run's entry in ``results.json``: its spec, summary and history."""
+    entry = {"spec": spec.identity(), **result.summary(), "history": result.history}
+    if parameters is not None:
+        entry["parameters"] = parameters
+    return entry
+
+
+def results_document(
+    command: str, config, dataset, runs: dict, study: dict, started: float
+) -> dict:
+    """The one ``results.json`` layout (see the module docstring)."""
+    import dataclasses
+
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "config": dataclasses.asdict(config),
+        "data": None if dataset is None else dataset.summary(),
+        "environment": environment(),
+        "runs": runs,
+        "study": study,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def write_results(workdir: str | Path, results: dict, filename: str = "results.json") -> Path:
