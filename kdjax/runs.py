@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from kdjax import soft_targets
 from kdjax.checkpoints import RunCheckpoints, read_config
 from kdjax.data import Dataset, Split
 from kdjax.models import count_params, get_model
@@ -70,8 +71,7 @@ def train_run(
     An objective that reads teacher outputs needs ``teacher``; with
     ``spec.teacher_mode == "stored"`` its outputs are read from (or written to) its
     store, with ``"online"`` it runs inside the step. ``initial_variables`` (e.g.
-    pretrained weights) start the model; give them a fingerprint in
-    ``spec.model_settings`` or the role if they should name the run.
+    pretrained weights) start the model; their fingerprint joins the run's identity.
     """
     objective = get_objective(spec.objective)
     if objective.teacher_outputs and teacher is None:
@@ -87,6 +87,8 @@ def train_run(
         extras = {f"teacher_{name}": rows["train"] for name, rows in stored.items()}
         check_stored_outputs(spec, extras)
     identity = run_identity(spec, dataset, teacher if objective.teacher_outputs else None)
+    if initial_variables is not None:  # a run from other starting weights is another run
+        identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
     training = Training(
         model=get_model(spec.model, **spec.model_settings),
         objective=objective,
