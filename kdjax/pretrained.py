@@ -188,15 +188,17 @@ def load_keras_weights(path: str | os.PathLike, model_name: str) -> dict[str, di
     layers = _name_keras3(raw, shapes) if layout == "keras3" else raw
     batch_norms = shapes.get("batch_stats", {})
     variables: dict[str, dict] = {collection: {} for collection in shapes}
-    for collection, collection_shapes in shapes.items():
-        for layer, weight_shapes in collection_shapes.items():
-            if layer not in layers:
-                raise WeightFileError(
-                    f"{path}: layer {layer!r} of {model_name} is not in the file "
-                    f"(is it a {model_name} weight file?)."
-                )
+    for layer in shapes["params"]:  # in network order, so the first mismatch is reported
+        if layer not in layers:
+            raise WeightFileError(
+                f"{path}: layer {layer!r} of {model_name} is not in the file "
+                f"(is it a {model_name} weight file?)."
+            )
+        for collection, collection_shapes in shapes.items():
+            if layer not in collection_shapes:
+                continue
             values = {}
-            for weight, shape in weight_shapes.items():
+            for weight, shape in collection_shapes[layer].items():
                 keras_name = _KERAS_NAMES[weight] if layer in batch_norms else weight
                 if keras_name not in layers[layer]:
                     raise WeightFileError(

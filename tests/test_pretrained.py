@@ -39,21 +39,26 @@ def _flax_features(name, variables, images):
     return _features_function(name)(variables, images)["features"]
 
 
+@functools.cache
 def _perturbed_flax_variables(name, seed=1):
-    """Random init with non-trivial BatchNorm statistics and biases."""
-    model = backbones.backbone(name)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
+    """Random variables of the backbone's shapes, with non-trivial BatchNorm statistics
+    and biases; drawn in numpy (eager Flax init of these networks takes many seconds).
+    Shared between tests: do not modify."""
+    shapes = jax.eval_shape(
+        backbones.backbone(name).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+    )
     rng = np.random.default_rng(seed)
 
-    def perturb(path, leaf):
+    def draw(path, leaf):
         key = path[-1].key
         if key in ("var", "scale"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
         if key in ("mean", "bias"):
-            return jnp.asarray(rng.normal(0, 0.1, leaf.shape), leaf.dtype)
-        return leaf
+            return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+        fan_in = np.prod(leaf.shape[:-1])
+        return (rng.normal(0, 1, leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(perturb, variables)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +132,7 @@ def test_parameter_counts_equal_keras(name, keras_files):
 def test_imported_weights_give_keras_features(name, layout, keras_files):
     found = keras_files[name]
     loaded = pretrained.load_keras_weights(found[layout], name)
-    model = backbones.backbone(name)
-    variables = pretrained.merge_pretrained(model.init(jax.random.key(3), _images()), loaded)
+    variables = pretrained.merge_pretrained(_perturbed_flax_variables(name, seed=3), loaded)
     _assert_close_to_magnitude(_flax_features(name, variables, _images()), found["features"])
 
 
@@ -151,7 +155,7 @@ def test_export_then_import_is_the_identity(name, tmp_path):
     path = tmp_path / "weights.h5"
     pretrained.save_keras_weights(path, variables, name)
     loaded = pretrained.load_keras_weights(path, name)
-    fresh = backbones.backbone(name).init(jax.random.key(9), jnp.zeros((1, 32, 32, 3)))
+    fresh = _perturbed_flax_variables(name, seed=9)
     merged = pretrained.merge_pretrained(fresh, loaded)
     backbone_only = {
         collection: {layer: w for layer, w in layers.items() if layer != "head"}
@@ -190,7 +194,7 @@ def test_an_extra_layer_is_refused(tmp_path):
     path = tmp_path / "extra.h5"
     pretrained.save_keras_weights(path, _perturbed_flax_variables("mobilenetv2"), "mobilenetv2")
     with h5py.File(path, "r+") as handle:
-        names = list(handle.attrs["layer_names"]) + [b"block_17_project"]
+        names = [name.encode() for name in handle.attrs["layer_names"]] + [b"block_17_project"]
         handle.attrs["layer_names"] = names
         group = handle.create_group("block_17_project")
         group.attrs["weight_names"] = [b"block_17_project/kernel:0"]
