@@ -22,8 +22,6 @@ with ``train=True`` and never updates them — what Keras does for a layer with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,6 +74,11 @@ def keras_preprocess(images: jax.Array) -> jax.Array:
 def _pad(x: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """Keras' ``ZeroPadding2D``: zeros, also before a max-pool (not −inf)."""
     return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def relu6(x: jax.Array) -> jax.Array:
+    """Keras' ``ReLU(6.0)``: ``min(max(x, 0), 6)``."""
+    return jnp.clip(x, 0.0, 6.0)
 
 
 def _head(features: jax.Array, num_classes: int, dtype) -> jax.Array:
@@ -208,8 +211,6 @@ class MobileNetV2(nn.Module):
                 dtype=self.dtype,
                 name=name,
             )(x)
-
-        relu6: Callable[[jax.Array], jax.Array] = lambda x: jnp.clip(x, 0.0, 6.0)  # noqa: E731
 
         x = conv(images.astype(self.dtype), 32, 3, "Conv1", stride=2)
         x = relu6(batch_norm(x, "bn_Conv1"))

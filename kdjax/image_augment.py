@@ -131,7 +131,9 @@ def flip(*, horizontal: bool = True, vertical: bool = False, probability: float 
     """Flips each image left-right (and/or upside-down) with ``probability``.
 
     Example:
-      >>> batch = flip(vertical=True)(jax.random.key(0), {"images": images})
+      >>> images = jnp.zeros((4, 8, 8, 3), jnp.uint8)
+      >>> flip(vertical=True)(jax.random.key(0), {"images": images})["images"].shape
+      (4, 8, 8, 3)
     """
 
     def augment(key: jax.Array, batch: Batch) -> Batch:
@@ -227,7 +229,9 @@ def compose(*augments: Augment) -> Augment:
 
     Example:
       >>> augment = compose(flip(vertical=True), rotate90(), brightness(0.8, 1.2))
-      >>> batch = jax.jit(augment)(jax.random.key(0), batch)
+      >>> batch = {"images": jnp.zeros((4, 8, 8, 3), jnp.uint8), "labels": jnp.arange(4)}
+      >>> jax.jit(augment)(jax.random.key(0), batch)["labels"].tolist()
+      [0, 1, 2, 3]
     """
 
     def augment(key: jax.Array, batch: Batch) -> Batch:

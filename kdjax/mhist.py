@@ -177,9 +177,10 @@ def load_mhist(
       An :class:`MhistDataset` (``num_classes=2``; HP = 0, SSA = 1) whose ``ssa_votes``
       hold the annotator counts.
 
-    Example:
-      >>> dataset = load_mhist("MHIST")
-      >>> dataset.train.images.shape, dataset.ssa_votes["train"][:3]
+    Example::
+
+        dataset = load_mhist("MHIST")
+        dataset.train.images.shape, dataset.ssa_votes["train"][:3]
     """
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")

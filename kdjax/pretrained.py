@@ -179,9 +179,10 @@ def load_keras_weights(path: str | os.PathLike, model_name: str) -> dict[str, di
       WeightFileError: one line naming the file and the first layer that is missing,
         has a missing weight, a wrong shape, or does not belong to ``model_name``.
 
-    Example:
-      >>> loaded = load_keras_weights(
-      ...     "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet50v2")
+    Example::
+
+        loaded = load_keras_weights(
+            "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet50v2")
     """
     shapes = expected_shapes(model_name)
     layout, raw = read_keras_h5(path)
@@ -232,8 +233,9 @@ def merge_pretrained(variables: Mapping, loaded: Mapping) -> dict:
     ``loaded = load_keras_weights(...)``. Every loaded weight must exist in
     ``variables`` with the same shape.
 
-    Example:
-      >>> variables = merge_pretrained(model.init(key, images), loaded)
+    Example::
+
+        variables = merge_pretrained(model.init(key, images), loaded)
     """
     merged = {collection: dict(layers) for collection, layers in variables.items()}
     for collection, layers in loaded.items():
@@ -272,8 +274,9 @@ def save_keras_weights(
     ``include_head`` (it is then the layer ``head``, which Keras' no-top model lacks).
     The file is written to a temporary name and renamed into place.
 
-    Example:
-      >>> save_keras_weights("cifar_resnet50v2_notop.h5", state_variables, "resnet50v2")
+    Example::
+
+        save_keras_weights("cifar_resnet50v2_notop.h5", state_variables, "resnet50v2")
     """
     import h5py
 
