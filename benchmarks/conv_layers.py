@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from kdjax.layers import _xla_conv, conv2d
+from kdjax.layers import conv2d, xla_conv
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("seconds", 3.0, "Timing window per measurement.")
@@ -64,7 +64,7 @@ def main(argv):
         k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)) * 0.05, jnp.float32)
         gflop = 2 * batch * spatial * spatial * cin * cout * 9 / 1e9
 
-        xla = partial(_xla_conv, padding=PAD)
+        xla = partial(xla_conv, padding=PAD)
         ours = partial(conv2d, padding=PAD)
         times = {
             "forward_xla": _seconds(xla, x, k),
