@@ -37,6 +37,7 @@ from kdjax.training import (
     fit,
     make_optimizer,
     predict,
+    with_compute_dtype,
 )
 
 
@@ -90,7 +91,7 @@ def train_run(
     if initial_variables is not None:  # a run from other starting weights is another run
         identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
     training = Training(
-        model=get_model(spec.model, **spec.model_settings),
+        model=with_compute_dtype(get_model(spec.model, **spec.model_settings), spec.compute_dtype),
         objective=objective,
         optimizer=make_optimizer(spec.optimizer, frozen=spec.frozen),
         preprocess=spec.preprocess(),

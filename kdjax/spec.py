@@ -22,6 +22,7 @@ import numpy as np
 from kdjax.augment import shift_count, translate_batch
 from kdjax.data import normalize
 from kdjax.objectives import get_objective
+from kdjax.training.precision import COMPUTE_DTYPES
 from kdjax.training.state import cosine_decay, max_norm_constraint
 
 TEACHER_MODES = ("stored", "online")
@@ -73,6 +74,9 @@ class RunSpec:
     teacher_mode: str = "stored"
     # Parameter-path patterns that are not trained (see kdjax.training.trainable_mask).
     frozen: tuple[str, ...] = ()
+    # "bfloat16": activations and matmuls in bfloat16, parameters, optimizer state and
+    # losses in float32 (kdjax.training.precision).
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         objective = get_objective(self.objective)
@@ -103,6 +107,10 @@ class RunSpec:
             )
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(
+                f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"
+            )
         if self.teacher_mode not in TEACHER_MODES:
             problems.append(
                 f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}"

@@ -43,6 +43,7 @@ from kdjax.training.loop import (
     fit,
 )
 from kdjax.training.members import Members
+from kdjax.training.precision import COMPUTE_DTYPES, MixedPrecisionModel, with_compute_dtype
 from kdjax.training.state import (
     TrainState,
     cosine_decay,
@@ -59,6 +60,9 @@ from kdjax.training.step import (
 )
 
 __all__ = [
+    "COMPUTE_DTYPES",
+    "MixedPrecisionModel",
+    "with_compute_dtype",
     "FEEDS",
     "DeviceFeed",
     "Execution",
