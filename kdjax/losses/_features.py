@@ -137,7 +137,11 @@ def pool_features(features: ArrayLike, size: int) -> Array:
 
 def attention_map(feature_map: Array, p: float) -> Array:
     """AT's spatial attention ``normalize(mean_c |x|^p)``, flattened to ``[batch, H·W]``."""
-    attention = jnp.mean(jnp.abs(feature_map) ** p, axis=-1)
+    # |x|^p with gradient 0 at x = 0 (PyTorch's choice for p >= 1, and no inf for p < 1).
+    magnitude = jnp.abs(feature_map)
+    nonzero = magnitude > 0
+    power = jnp.where(nonzero, jnp.where(nonzero, magnitude, 1.0) ** p, 0.0)
+    attention = jnp.mean(power, axis=-1)
     return normalize(attention.reshape(attention.shape[0], -1))
 
 

@@ -162,9 +162,13 @@ def rkd_loss(
     difference vectors normalised by ``max(‖·‖, 1e-12)`` (zero when ``j`` or ``k``
     equals ``i``). The means run over all ``b²`` and ``b³`` entries; this equals
     RepDistiller's ``RKDLoss`` (which also computes the distances through the Gram
-    matrix). Degenerate batches: a batch of 1, or all rows identical, gives a zero
-    ``μ``, which is replaced by 1 (finite loss). The angle term holds ``b³`` values and
-    a ``b × b × D`` difference tensor: keep ``D`` modest (embed first).
+    matrix). Degenerate batches: a batch of 1 has no pairs, so both terms are 0
+    (RepDistiller divides by an empty mean and gives NaN); coinciding rows are 1e-6
+    apart after the clamp, as in RepDistiller, and their difference vectors
+    normalise to zero; the angle gradient there is of order ``1/1e-12`` when the
+    teacher's angle differs (``F.normalize``'s guard), so keep such batches rare.
+    The angle term holds ``b³`` values and a ``b × b × D`` difference tensor: keep
+    ``D`` modest (embed first).
 
     Args:
       s_feat: ``[batch, ...]`` student features.
