@@ -702,3 +702,109 @@ def test_kd_loss_errors_name_its_own_arguments():
         )
     with pytest.raises(ValueError, match="student_logits without the class axis"):
         kd_loss(np.zeros((2, 3)), np.zeros((2, 3)), np.array([0, 1, 2]), temperature=1.0, alpha=0.5)
+
+
+# --------------------------------------------------------------------------- #
+# 8. Non-finite teacher logits, out-of-range labels, non-finite hyperparameters
+#    and logit standardisation.
+# --------------------------------------------------------------------------- #
+
+
+def _kl_row_sums_and_grads(student, teacher):
+    def total(s, t):
+        values = distillation_kl(s, t, temperature=2.0)
+        return jnp.sum(values), values
+
+    (_, values), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(student, teacher)
+    return np.asarray(values), [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_or_plus_inf_teacher_logit_makes_value_and_gradient_nan(bad):
+    rng = _rng("bad_teacher", bad)
+    s, t = _logits(rng, 2.0, (3, 4)), _logits(rng, 2.0, (3, 4))
+    t[1, 2] = bad
+    values, grads = _kl_row_sums_and_grads(s, t)
+    assert np.isnan(values[1]) and np.isfinite(values[[0, 2]]).all()
+    for grad in grads:
+        assert np.isnan(grad[1]).all() and np.isfinite(grad[[0, 2]]).all()
+    np.testing.assert_allclose(
+        values[[0, 2]], np_distillation_kl(s[[0, 2]], t[[0, 2]], 2.0), rtol=1e-5
+    )
+
+
+def test_torch_kl_div_also_gives_nan_for_a_nan_teacher(torch):
+    t = torch.tensor([[0.0, float("nan"), 1.0]])
+    want = _torch_kl(torch, torch.zeros(1, 3), t, 2.0).item()
+    got = float(distillation_kl(np.zeros((1, 3), np.float32), t.numpy(), temperature=2.0)[0])
+    assert np.isnan(want) and np.isnan(got)
+
+
+@pytest.mark.parametrize("bad_label", [-1, NUM_CLASSES, 99])
+def test_out_of_range_labels_give_nan_value_and_gradient(bad_label):
+    rng = _rng("bad_label", bad_label)
+    s, t, y = _logits(rng, 2.0), _logits(rng, 2.0), _labels(rng)
+    y[3] = bad_label
+    for fn in (
+        lambda x: cross_entropy(x, y),
+        lambda x: kd_loss(x, t, y, temperature=2.0, alpha=0.5),
+    ):
+        values = np.asarray(fn(s))
+        grad = np.asarray(jax.grad(lambda x, fn=fn: jnp.sum(fn(x)))(s))
+        good = np.arange(BATCH) != 3
+        assert np.isnan(values[3]) and np.isfinite(values[good]).all()
+        assert np.isnan(grad[3]).all() and np.isfinite(grad[good]).all()
+    np.testing.assert_allclose(
+        np.asarray(cross_entropy(s, y))[good], np_cross_entropy(s[good], y[good]), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_concrete_hyperparameters_raise(value):
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_kl(_S, _S, temperature=value)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_target_cross_entropy(_S, _S, temperature=value)
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(_S, _S, _Y, temperature=value, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        kd_loss(_S, _S, _Y, temperature=2.0, alpha=value)
+
+
+def np_standardize(x):
+    x = np.asarray(x, np.float64)
+    centered = x - x.mean(-1, keepdims=True)
+    return centered / (x.std(-1, ddof=1, keepdims=True) + 1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_standardized_kd_loss_matches_reference(temperature):
+    rng = _rng("standardize", temperature)
+    s, t, y = _logits(rng, 5.0), _logits(rng, 50.0), _labels(rng)
+    got = _jit_kd_standardized(s, t, y, jnp.float32(temperature), jnp.float32(0.3))
+    soft = np_distillation_kl(np_standardize(s), np_standardize(t), temperature)
+    want = 0.3 * np_cross_entropy(s, y) + 0.7 * soft
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    # Standardisation removes each row's scale and shift.
+    scaled = _jit_kd_standardized(3.0 * s + 1.0, t / 10.0, y, jnp.float32(temperature), 0.0)
+    np.testing.assert_allclose(
+        np.asarray(scaled), np.asarray(_jit_kd_standardized(s, t, y, temperature, 0.0)), rtol=1e-4
+    )
+
+
+_jit_kd_standardized = jax.jit(
+    lambda s, t, y, T, a: kd_loss(s, t, y, temperature=T, alpha=a, standardize=True)
+)
+
+
+def test_standardize_needs_two_classes_and_keeps_constant_rows_finite():
+    one = np.zeros((2, 1), np.float32)
+    with pytest.raises(ValueError, match="at least 2"):
+        distillation_kl(one, one, temperature=1.0, standardize=True)
+    constant = np.ones((2, 4), np.float32)
+    grad = jax.jit(
+        jax.grad(
+            lambda x: jnp.sum(distillation_kl(x, _S[:2, :4] + 1, temperature=1.0, standardize=True))
+        )
+    )(constant)
+    assert np.isfinite(np.asarray(grad)).all()

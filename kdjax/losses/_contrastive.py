@@ -1,0 +1,208 @@
+"""Contrastive representation distillation (CRD) with its memory bank as explicit state.
+
+The bank is a pytree (:class:`CRDBank`) passed in and returned by :func:`crd_loss`,
+so the whole update runs inside ``jax.jit`` and lives in the training state next
+to the parameters, e.g.::
+
+    bank = init_crd_bank(num_examples, 128, jax.random.key(0))
+
+    @jax.jit
+    def step(params, bank, batch, key):
+        def objective(params):
+            s_emb, t_emb = embed(params, batch)  # unit-norm embeddings (EmbedHead)
+            loss, new_bank = crd_loss(s_emb, t_emb, batch["ids"], bank, key,
+                                      num_negatives=4096)
+            return loss, new_bank
+        (loss, bank), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        ...
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kdjax.losses._checks import (
+    Array,
+    ArrayLike,
+    as_float,
+    check_ndim,
+    check_positive,
+    check_same_shape,
+    check_static_int,
+    check_unit_interval,
+    normalize,
+)
+
+# RepDistiller's ContrastLoss adds this inside both NCE ratios.
+_NCE_EPSILON = 1e-7
+
+
+class CRDBank(NamedTuple):
+    """CRD's memory of past embeddings, one row per training example.
+
+    Attributes:
+      student: ``[num_examples, dim]`` student embeddings (RepDistiller's ``memory_v1``).
+      teacher: ``[num_examples, dim]`` teacher embeddings (``memory_v2``).
+      student_normalizer: scalar ``Z`` dividing the student's scores; ``-1`` until the
+        first call sets it from that batch, then fixed (as RepDistiller's ``Z_v1``).
+      teacher_normalizer: the same for the teacher's scores (``Z_v2``).
+    """
+
+    student: Array
+    teacher: Array
+    student_normalizer: Array
+    teacher_normalizer: Array
+
+
+def init_crd_bank(num_examples: int, dim: int, key: Array) -> CRDBank:
+    """A fresh bank: rows uniform in ``±sqrt(3 / dim)`` (RepDistiller's init, norm ≈ 1).
+
+    Examples:
+      >>> import jax
+      >>> from kdjax.losses import init_crd_bank
+      >>> bank = init_crd_bank(100, 16, jax.random.key(0))
+      >>> bank.student.shape, float(bank.student_normalizer)
+      ((100, 16), -1.0)
+    """
+    num_examples = check_static_int("num_examples", num_examples, 1)
+    dim = check_static_int("dim", dim, 1)
+    bound = 1.0 / math.sqrt(dim / 3.0)
+    student_key, teacher_key = jax.random.split(key)
+    shape = (num_examples, dim)
+    unset = jnp.asarray(-1.0, jnp.float32)
+    return CRDBank(
+        student=jax.random.uniform(student_key, shape, jnp.float32, -bound, bound),
+        teacher=jax.random.uniform(teacher_key, shape, jnp.float32, -bound, bound),
+        student_normalizer=unset,
+        teacher_normalizer=unset,
+    )
+
+
+def _nce_loss(scores: Array, num_examples: int) -> Array:
+    """RepDistiller's ``ContrastLoss``: column 0 is the positive, the rest are negatives."""
+    num_negatives = scores.shape[1] - 1
+    noise = num_negatives / num_examples  # m · P_n, with the uniform noise P_n = 1 / N
+    positive, negative = scores[:, 0], scores[:, 1:]
+    log_positive = jnp.log(positive / (positive + noise + _NCE_EPSILON))
+    log_negative = jnp.log(noise / (negative + noise + _NCE_EPSILON))
+    return -(jnp.sum(log_positive) + jnp.sum(log_negative)) / scores.shape[0]
+
+
+def _normalized_scores(memory, embeddings, candidates, normalizer, temperature):
+    """``exp(<memory[candidates], e> / T) / Z`` and the ``Z`` used (set if unset)."""
+    rows = jax.lax.stop_gradient(memory[candidates]).astype(embeddings.dtype)
+    scores = jnp.exp(jnp.einsum("bkd,bd->bk", rows, embeddings) / temperature)
+    estimate = jax.lax.stop_gradient(jnp.mean(scores)) * memory.shape[0]
+    normalizer = jnp.where(normalizer > 0, normalizer.astype(scores.dtype), estimate)
+    return scores / normalizer, normalizer
+
+
+def _updated_memory(memory, ids, embeddings, momentum):
+    mixed = momentum * memory[ids] + (1.0 - momentum) * jax.lax.stop_gradient(embeddings)
+    return memory.at[ids].set(normalize(mixed).astype(memory.dtype))
+
+
+def crd_loss(
+    s_emb: ArrayLike,
+    t_emb: ArrayLike,
+    ids: ArrayLike,
+    bank: CRDBank,
+    key: Array | None,
+    *,
+    temperature: ArrayLike = 0.07,
+    num_negatives: int = 16384,
+    momentum: ArrayLike = 0.5,
+    negative_ids: ArrayLike | None = None,
+) -> tuple[Array, CRDBank]:
+    """Contrastive representation distillation (CRD): NCE against a memory bank, **scalar**.
+
+    For example ``i`` (dataset index ``ids[i]``) and ``K`` negative indices ``n_k``,
+    the student embedding ``s_i`` is scored against the *teacher* memory and ``t_i``
+    against the *student* memory: ``h(s_i, j) = exp(s_i · M_t[j] / T) / Z_s``. With
+    ``m = K`` and the uniform noise ``P_n = 1/N`` (``N`` = bank rows)::
+
+        L = −(1/b) Σ_i [log(h_i⁺ / (h_i⁺ + m P_n + ε)) + Σ_k log(m P_n / (h_ik + m P_n + ε))]
+
+    summed over the two directions (student→teacher memory, teacher→student memory),
+    ``ε = 1e-7``. ``Z`` is set once, from the first batch, to ``mean(h)·N`` (then kept
+    in the bank). Afterwards the rows ``ids`` of each memory become
+    ``normalize(momentum · M[ids] + (1 − momentum) · e)``. This equals RepDistiller's
+    ``CRDLoss`` after its ``Embed`` heads (``ContrastMemory`` + two ``ContrastLoss``),
+    given the same indices. Gradients flow into both embeddings (CRD trains the
+    teacher's embedding head too, not the teacher) and never into the bank.
+
+    Negatives are drawn uniformly with replacement from all ``N`` rows with ``key``
+    (the memory's own sampler); pass ``negative_ids`` to choose them yourself, e.g.
+    from other classes as RepDistiller's CIFAR-100 loader does (``key`` is then
+    unused and may be None). The ids of one batch should be distinct (with
+    duplicates, which row update wins is unspecified).
+
+    Args:
+      s_emb: ``[batch, dim]`` unit-norm student embeddings (``kdjax.connectors.EmbedHead``).
+      t_emb: ``[batch, dim]`` unit-norm teacher embeddings.
+      ids: ``[batch]`` integer dataset indices in ``[0, N)``.
+      bank: the :class:`CRDBank` from :func:`init_crd_bank` or the previous call.
+      key: a PRNG key for the negatives (or None with ``negative_ids``).
+      temperature: ``T > 0`` (paper: 0.07); may be traced.
+      num_negatives: ``K``, a Python int (paper: 16384); ignored with ``negative_ids``.
+      momentum: memory momentum in ``[0, 1]`` (paper: 0.5); may be traced.
+      negative_ids: optional ``[batch, K]`` integer indices of the negatives.
+
+    Returns:
+      ``(loss, new_bank)``: the scalar loss and the updated bank.
+
+    References:
+      Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from kdjax.losses import crd_loss, init_crd_bank
+      >>> bank = init_crd_bank(50, 4, jax.random.key(0))
+      >>> emb = jnp.eye(4)[:2]
+      >>> loss, bank = crd_loss(emb, emb, jnp.array([3, 7]), bank, jax.random.key(1),
+      ...                       num_negatives=8, momentum=0.0)
+      >>> loss.shape, bank.student[3].tolist(), float(bank.student_normalizer) > 0
+      ((), [1.0, 0.0, 0.0, 0.0], True)
+    """
+    check_positive("temperature", temperature)
+    check_unit_interval("momentum", momentum)
+    s_emb = as_float("s_emb", s_emb)
+    t_emb = as_float("t_emb", t_emb)
+    check_ndim("s_emb", s_emb, 2, "[batch, dim]")
+    check_same_shape("s_emb", s_emb, "t_emb", t_emb)
+    num_examples, dim = bank.student.shape
+    if s_emb.shape[1] != dim:
+        raise ValueError(f"s_emb has dim {s_emb.shape[1]} but bank rows have dim {dim}.")
+    batch = s_emb.shape[0]
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer) or ids.shape != (batch,):
+        raise ValueError(f"ids must be integers of shape ({batch},), got {ids.dtype}{ids.shape}.")
+    if negative_ids is None:
+        if key is None:
+            raise ValueError("crd_loss needs a PRNG key to sample negatives (or negative_ids).")
+        num_negatives = check_static_int("num_negatives", num_negatives, 1)
+        negative_ids = jax.random.randint(key, (batch, num_negatives), 0, num_examples)
+    negative_ids = jnp.asarray(negative_ids)
+    if not jnp.issubdtype(negative_ids.dtype, jnp.integer) or negative_ids.ndim != 2:
+        raise ValueError(f"negative_ids must be [batch, K] integers, got {negative_ids.shape}.")
+    candidates = jnp.concatenate([ids[:, None], negative_ids], axis=1)
+    temperature = jnp.asarray(temperature, s_emb.dtype)
+    student_scores, student_normalizer = _normalized_scores(
+        bank.teacher, s_emb, candidates, bank.student_normalizer, temperature
+    )
+    teacher_scores, teacher_normalizer = _normalized_scores(
+        bank.student, t_emb, candidates, bank.teacher_normalizer, temperature
+    )
+    loss = _nce_loss(student_scores, num_examples) + _nce_loss(teacher_scores, num_examples)
+    momentum = jnp.asarray(momentum, bank.student.dtype)
+    new_bank = CRDBank(
+        student=_updated_memory(bank.student, ids, s_emb, momentum),
+        teacher=_updated_memory(bank.teacher, ids, t_emb, momentum),
+        student_normalizer=student_normalizer.astype(bank.student_normalizer.dtype),
+        teacher_normalizer=teacher_normalizer.astype(bank.teacher_normalizer.dtype),
+    )
+    return loss, new_bank

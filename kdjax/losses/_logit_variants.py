@@ -1,0 +1,173 @@
+"""Later logit-distillation losses: decoupled KD (DKD), per example, and DIST's
+correlation matching, defined over the batch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kdjax.losses._checks import (
+    Array,
+    ArrayLike,
+    as_float,
+    as_labels,
+    check_logits,
+    check_ndim,
+    check_non_negative,
+    check_positive,
+    check_same_shape,
+    safe_norm,
+)
+from kdjax.losses._classification import kl_from_log_probs
+
+# DIST's ``cosine_similarity(a, b, eps=1e-8)`` adds this to the product of norms.
+_DIST_EPSILON = 1e-8
+
+
+def _logit_pair(student_logits, teacher_logits, *, min_classes: int):
+    student_logits = as_float("student_logits", student_logits)
+    teacher_logits = as_float("teacher_logits", teacher_logits)
+    check_logits("student_logits", student_logits, min_classes=min_classes)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    return student_logits, teacher_logits
+
+
+def _target_and_rest(log_probs: Array, target: Array) -> Array:
+    """``[log p_target, log Σ_{c≠target} p_c]`` on a new last axis of size 2."""
+    log_target = jnp.sum(jnp.where(target, log_probs, 0.0), axis=-1)
+    log_rest = jax.nn.logsumexp(jnp.where(target, -jnp.inf, log_probs), axis=-1)
+    return jnp.stack([log_target, log_rest], axis=-1)
+
+
+def dkd_loss(
+    s: ArrayLike,
+    t: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike = 1.0,
+    beta: ArrayLike = 8.0,
+    temperature: ArrayLike = 4.0,
+) -> Array:
+    """Decoupled knowledge distillation (DKD), per example.
+
+    With ``p = softmax(t/T)``, ``q = softmax(s/T)`` and ``y`` the label::
+
+        T² · (alpha · KL(b_p ‖ b_q) + beta · KL(p̂ ‖ q̂))
+
+    where ``b = [p_y, 1 − p_y]`` is the binary target/non-target split (TCKD) and
+    ``p̂ = softmax`` over the non-target classes only (NCKD). The batch mean equals
+    mdistiller's ``dkd_loss`` except that the target class is excluded exactly
+    instead of by subtracting 1000 from its logit (identical unless ``|logit/T|``
+    approaches 1000). Like mdistiller's function, this is the distillation term
+    only: add :func:`cross_entropy` yourself, and mdistiller ramps the term in
+    linearly over its first 20 epochs (``warmup``). A label outside
+    ``[0, num_classes)`` makes that example NaN (value and gradient).
+
+    Args:
+      s: ``[..., num_classes]`` student logits, ``num_classes >= 2``.
+      t: ``[..., num_classes]`` teacher logits.
+      labels: ``[...]`` integer class ids.
+      alpha: TCKD weight ``>= 0`` (paper: 1); may be traced.
+      beta: NCKD weight ``>= 0`` (paper: 8 on CIFAR-100); may be traced.
+      temperature: ``T > 0`` (paper: 4); may be traced.
+
+    Returns:
+      ``[...]`` per-example losses, ``>= 0``.
+
+    References:
+      Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from kdjax.losses import dkd_loss
+      >>> s, t = jnp.array([[2.0, 1.0, 0.0]]), jnp.array([[2.0, 0.0, 1.0]])
+      >>> print(dkd_loss(s, t, jnp.array([0]), alpha=0.0, beta=1.0, temperature=1.0).round(4))
+      [0.4621]
+    """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        check_non_negative(name, value)
+    check_positive("temperature", temperature)
+    s, t = _logit_pair(s, t, min_classes=2)
+    labels = as_labels("labels", labels, s.shape[:-1], "s")
+    num_classes = s.shape[-1]
+    valid = (labels >= 0) & (labels < num_classes)
+    target = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=bool)
+    temperature = jnp.asarray(temperature, s.dtype)
+    student_log_probs = jax.nn.log_softmax(s / temperature, axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(t / temperature, axis=-1)
+    target_kl = kl_from_log_probs(
+        _target_and_rest(teacher_log_probs, target), _target_and_rest(student_log_probs, target)
+    )
+    # Non-target distributions: the target logit set to -inf, then its log-prob to 0 so
+    # that no -inf reaches a product (kl_from_log_probs drops the class as p = 0).
+    student_rest = jax.nn.log_softmax(jnp.where(target, -jnp.inf, s / temperature), axis=-1)
+    teacher_rest = jax.nn.log_softmax(jnp.where(target, -jnp.inf, t / temperature), axis=-1)
+    non_target_kl = kl_from_log_probs(
+        jnp.where(target, -jnp.inf, teacher_rest), jnp.where(target, 0.0, student_rest)
+    )
+    loss = temperature**2 * (alpha * target_kl + beta * non_target_kl)
+    return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
+
+
+def _mean_pearson(a: Array, b: Array) -> Array:
+    """Mean over rows of the Pearson correlation of ``a[i]`` and ``b[i]`` (DIST's eps)."""
+    a = a - jnp.mean(a, axis=-1, keepdims=True)
+    b = b - jnp.mean(b, axis=-1, keepdims=True)
+    norms = safe_norm(a, axis=-1) * safe_norm(b, axis=-1)
+    return jnp.mean(jnp.sum(a * b, axis=-1) / (norms + _DIST_EPSILON))
+
+
+def dist_loss(
+    s: ArrayLike,
+    t: ArrayLike,
+    *,
+    beta: ArrayLike = 1.0,
+    gamma: ArrayLike = 1.0,
+    temperature: ArrayLike = 1.0,
+) -> Array:
+    """DIST: match inter- and intra-class Pearson correlations of predictions, **scalar**.
+
+    With ``Y = softmax(logits/T)`` (``[batch, classes]``) and ``ρ`` the Pearson
+    correlation (``cos`` of the centred vectors, ``eps = 1e-8`` added to the norm
+    product)::
+
+        T² · (beta · (1 − mean_i ρ(Y_s[i,:], Y_t[i,:]))      # inter-class, per row
+            + gamma · (1 − mean_c ρ(Y_s[:,c], Y_t[:,c])))    # intra-class, per column
+
+    which equals the authors' ``DIST`` module (``tau**2`` included). It is defined
+    over the batch (the intra-class term correlates each class's column across
+    examples). A batch of 1 has constant columns: their ``ρ`` is 0, so the intra
+    term is ``gamma · T²`` with zero gradient.
+
+    Args:
+      s: ``[batch, num_classes]`` student logits.
+      t: ``[batch, num_classes]`` teacher logits.
+      beta: inter-class weight ``>= 0`` (paper: 1 or 2); may be traced.
+      gamma: intra-class weight ``>= 0`` (paper: 1 or 2); may be traced.
+      temperature: ``T > 0`` (paper: 1 on ImageNet, 4 on CIFAR-100); may be traced.
+
+    Returns:
+      Scalar loss in ``[0, 2 T² (beta + gamma)]``.
+
+    References:
+      Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher",
+      NeurIPS 2022.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from kdjax.losses import dist_loss
+      >>> s = jnp.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+      >>> round(float(dist_loss(s, s + 5.0)), 6)  # softmax is shift invariant
+      0.0
+    """
+    for name, value in (("beta", beta), ("gamma", gamma)):
+        check_non_negative(name, value)
+    check_positive("temperature", temperature)
+    s, t = _logit_pair(s, t, min_classes=1)
+    check_ndim("s", s, 2, "[batch, num_classes]")
+    temperature = jnp.asarray(temperature, s.dtype)
+    student = jax.nn.softmax(s / temperature, axis=-1)
+    teacher = jax.nn.softmax(t / temperature, axis=-1)
+    inter = 1.0 - _mean_pearson(student, teacher)
+    intra = 1.0 - _mean_pearson(student.T, teacher.T)
+    return temperature**2 * (beta * inter + gamma * intra)
