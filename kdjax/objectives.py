@@ -9,7 +9,11 @@ computed in the step by an online teacher), ``hyperparams`` the traced scalars
 convention of seeds 001/002; seed 000's ``alpha`` is ``hard_weight = alpha,
 soft_weight = 1 − alpha`` (:func:`alpha_weights`).
 
-Adding a method is one :class:`Objective` in :data:`OBJECTIVES`::
+Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``;
+feature-map methods ``hint`` (FitNets, with the student's regressor), ``at``,
+``nst``; feature methods ``cosine``, ``sp``, ``pkt``, ``rkd``, ``cc`` (see
+:mod:`kdjax.losses` for each loss and its reference). Adding a method is one
+:class:`Objective` in :data:`OBJECTIVES`::
 
     OBJECTIVES["my_kd"] = Objective("my_kd", ("logits",), my_soft_term)
 """
@@ -24,9 +28,10 @@ import jax
 from kdjax import losses
 from kdjax.types import Batch, Hyperparams, Outputs
 
-# ``soft_term(outputs, teacher, hyperparams) -> per_example``; ``teacher`` maps the
-# declared output names to the teacher's rows for this batch.
-SoftTerm = Callable[[Outputs, dict, Hyperparams], jax.Array]
+# ``soft_term(outputs, teacher, hyperparams, batch) -> per_example`` (or a scalar, for
+# losses defined over the batch); ``teacher`` maps the declared output names to the
+# teacher's rows for this batch.
+SoftTerm = Callable[[Outputs, dict, Hyperparams, Batch], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,32 +59,71 @@ class Objective:
                     f"(e.g. a hint regressor); this model returns {sorted(outputs)}."
                 )
         teacher = {name: batch[f"teacher_{name}"] for name in self.teacher_outputs}
-        soft = self.soft_term(outputs, teacher, hyperparams)
+        soft = self.soft_term(outputs, teacher, hyperparams, batch)
         loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
         return loss, {"hard_loss": hard, "soft_loss": soft}
 
 
-def _kd_term(outputs, teacher, hyperparams):
+def _kd_term(outputs, teacher, hyperparams, batch):
     """``T²·KL(softmax(t/T) ‖ softmax(s/T))`` on logits (Hinton et al. 2015)."""
     return losses.distillation_kl(
         outputs["logits"], teacher["logits"], temperature=hyperparams["temperature"]
     )
 
 
-def _cosine_term(outputs, teacher, hyperparams):
+def _cosine_term(outputs, teacher, hyperparams, batch):
     """``1 − cos`` between the student's flattened features and the teacher's,
     average-pooled to the student's width (seed 002's cosine run: 2048 → 1024)."""
-    del hyperparams
+    del hyperparams, batch
     student = outputs["features"]
     return losses.cosine_embedding_loss(
         student, losses.pool_features(teacher["features"], student.shape[-1])
     )
 
 
-def _hint_term(outputs, teacher, hyperparams):
+def _hint_term(outputs, teacher, hyperparams, batch):
     """MSE between the student's regressed map and the teacher's map (FitNets)."""
-    del hyperparams
+    del hyperparams, batch
     return losses.hint_loss(outputs["hint"], teacher["feature_map"])
+
+
+def _between(output: str, loss: Callable) -> SoftTerm:
+    """A term comparing the student's and the teacher's ``output`` with ``loss``."""
+
+    def term(outputs, teacher, hyperparams, batch):
+        del hyperparams, batch
+        return loss(outputs[output], teacher[output])
+
+    term.__doc__ = f"``{loss.__name__}`` between the student's and teacher's {output}."
+    return term
+
+
+def _kd_standardized_term(outputs, teacher, hyperparams, batch):
+    """KD on z-score standardised logits (Sun et al., CVPR 2024)."""
+    del batch
+    return losses.distillation_kl(
+        outputs["logits"],
+        teacher["logits"],
+        temperature=hyperparams["temperature"],
+        standardize=True,
+    )
+
+
+def _dkd_term(outputs, teacher, hyperparams, batch):
+    """Decoupled KD: target-class and non-target-class terms (Zhao et al., CVPR 2022),
+    with the paper's CIFAR weights alpha 1, beta 8."""
+    return losses.dkd_loss(
+        outputs["logits"], teacher["logits"], batch["labels"],
+        temperature=hyperparams["temperature"],
+    )  # fmt: skip
+
+
+def _dist_term(outputs, teacher, hyperparams, batch):
+    """DIST: inter- and intra-class Pearson correlation of the softened predictions."""
+    del batch
+    return losses.dist_loss(
+        outputs["logits"], teacher["logits"], temperature=hyperparams["temperature"]
+    )
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -89,6 +133,15 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("kd", ("logits",), _kd_term),
         Objective("cosine", ("features",), _cosine_term),
         Objective("hint", ("feature_map",), _hint_term, student_outputs=("hint",)),
+        Objective("kd_standardized", ("logits",), _kd_standardized_term),
+        Objective("dkd", ("logits",), _dkd_term),
+        Objective("dist", ("logits",), _dist_term),
+        Objective("at", ("feature_map",), _between("feature_map", losses.attention_transfer_loss)),
+        Objective("nst", ("feature_map",), _between("feature_map", losses.nst_loss)),
+        Objective("sp", ("features",), _between("features", losses.similarity_preserving_loss)),
+        Objective("pkt", ("features",), _between("features", losses.pkt_loss)),
+        Objective("rkd", ("features",), _between("features", losses.rkd_loss)),
+        Objective("cc", ("features",), _between("features", losses.correlation_congruence_loss)),
     )
 }
 
