@@ -7,8 +7,6 @@ position, and every alignment check is made by id.
 
 from __future__ import annotations
 
-import time
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
