@@ -320,7 +320,7 @@ def load_cifar10(
         location = Path(data_dir)
         if not location.exists():
             raise DataError(f"--data_dir {data_dir} does not exist. " + CIFAR10_HINT)
-        if location.is_dir() and _data._tfds_prepared(str(location), "cifar10"):
+        if location.is_dir() and _data.tfds_prepared(str(location), "cifar10"):
             return _data.load_tfds("cifar10", str(location))
         if is_image_folder(location):
             dataset = load_image_folder(
@@ -336,9 +336,9 @@ def load_cifar10(
                 raise DataError(f"{data_dir}: CIFAR-10 images are 32×32 RGB, found {shape}.")
             return dataset
         raise DataError(f"--data_dir {data_dir} holds no CIFAR-10. " + CIFAR10_HINT)
-    if _data._tfds_prepared(None, "cifar10"):
+    if _data.tfds_prepared(None, "cifar10"):
         return _data.load_tfds("cifar10", None)
-    if download and _data._network_reachable(_data._TFDS_PROBE_HOST):
+    if download and _data.network_reachable(_data.TFDS_PROBE_HOST):
         log("Downloading CIFAR-10 with TFDS ...")
         return _data.load_tfds("cifar10", None, download=True)
     raise DataError("no CIFAR-10 found and no network to download it. " + CIFAR10_HINT)

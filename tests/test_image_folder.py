@@ -203,8 +203,8 @@ def test_cifar10_rejects_a_folder_with_other_classes(tmp_path):
 
 
 def test_cifar10_without_any_source_says_how_to_provide_it(monkeypatch):
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir, name="mnist": False)
-    monkeypatch.setattr(data, "_network_reachable", lambda address: False)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir, name="mnist": False)
+    monkeypatch.setattr(data, "network_reachable", lambda address: False)
     with pytest.raises(DataError, match="--data_dir"):
         load_cifar10(None, log=lambda _: None)
 
@@ -221,7 +221,7 @@ def test_cifar10_uses_a_prepared_tfds_copy(monkeypatch):
         loaded.update(name=name, download=download)
         return "dataset"
 
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir, name="mnist": name == "cifar10")
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir, name="mnist": name == "cifar10")
     monkeypatch.setattr(data, "load_tfds", fake_load_tfds)
     assert load_cifar10(None, log=lambda _: None) == "dataset"
     assert loaded == {"name": "cifar10", "download": False}
