@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,9 @@ class RunCheckpoints:
         integrity = {"state": leaf_digests(state), "meta": _meta_digest(meta)}
         self._save_bytes = tree_nbytes(state)
         self._guard(self._list_finished_saves)
+        # Fail before orbax starts its writer threads: after a failed folder creation
+        # they wait minutes for a signal that never comes, holding up the exit.
+        self._guard(self._probe_writable)
         self._guard(
             lambda: self._manager.save(
                 epoch,
@@ -253,6 +257,11 @@ class RunCheckpoints:
                 self._manager.close()
             raise
         self._guard(self._manager.close)
+
+    def _probe_writable(self) -> None:
+        probe = self.directory / f".write-probe-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
 
     def _list_finished_saves(self) -> None:
         """Waits for the pending save, then writes each saved epoch's file list.
