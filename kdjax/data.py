@@ -48,7 +48,8 @@ _IDX_FILES = {
 _IDX_IMAGE_MAGIC = 2051
 _IDX_LABEL_MAGIC = 2049
 _EMBEDDED_TEST_PER_CLASS = 100
-_TFDS_PROBE_HOST = ("storage.googleapis.com", 443)
+# Where TFDS downloads from; reachable means a download can start.
+TFDS_PROBE_HOST = ("storage.googleapis.com", 443)
 
 
 class DataError(Exception):
@@ -261,7 +262,13 @@ def load_mnist_tfds(data_dir: str | None = None, *, download: bool = False) -> D
     return load_tfds("mnist", data_dir, download=download)
 
 
-def _tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
+def tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
+    """Whether TFDS ``name`` is prepared in ``data_dir`` (None: TFDS's default data dir)
+    in the array_record format that :func:`load_tfds` reads.
+
+    >>> tfds_prepared("/nonexistent", "cifar10")
+    False
+    """
     import tensorflow_datasets as tfds
 
     try:
@@ -273,8 +280,9 @@ def _tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
         return False
 
 
-def _network_reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
-    """A fast check before TFDS tries (and retries) a download with no network."""
+def network_reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``(host, port)`` opens within ``timeout`` seconds: a
+    fast check before TFDS tries (and retries) a download with no network."""
     try:
         with socket.create_connection(address, timeout=timeout):
             return True
@@ -359,19 +367,19 @@ def load_mnist(
             raise DataError(f"--data_dir {data_dir} does not exist or is not a folder.")
         if has_idx_files(directory):
             return load_mnist_idx(directory)
-        if (directory / "mnist").is_dir() and _tfds_prepared(str(directory)):
+        if (directory / "mnist").is_dir() and tfds_prepared(str(directory)):
             return load_mnist_tfds(str(directory))
         raise DataError(
             f"--data_dir {data_dir} holds no MNIST: expected the IDX files "
             "(train-images-idx3-ubyte[.gz], ...) or a TFDS data dir with mnist prepared "
             "in array_record format."
         )
-    if _tfds_prepared(None):
+    if tfds_prepared(None):
         try:
             return load_mnist_tfds(None)
         except DataError as error:
             log(f"{error}; falling back to the embedded sample.")
-    if download and _network_reachable(_TFDS_PROBE_HOST):
+    if download and network_reachable(TFDS_PROBE_HOST):
         log("Downloading MNIST with TFDS ...")
         try:
             return load_mnist_tfds(None, download=True)

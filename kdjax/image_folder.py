@@ -11,6 +11,12 @@ network, so the decoded arrays are cached as one ``.npz`` per source, keyed by t
 source's listing (names, sizes and modification times): a changed file is noticed
 and the cache is rebuilt; an unchanged source is loaded in about a second.
 
+Incomplete data stops the load with one line naming the source and what is
+missing: a tar archive without its end-of-archive marker (cut short), a class with
+images in one split and none in the other, and — for CIFAR-10 — any class without
+exactly 5,000 training and 1,000 test images. ``allow_partial=True`` loads such a
+set anyway, and the Dataset's ``notice`` (recorded in results) says what is missing.
+
 CIFAR-10 is found in this order (see :func:`load_cifar10`): ``data_dir`` (an image
 folder, its ``.tar``, or a prepared TFDS data dir) → a prepared TFDS ``cifar10``
 → a TFDS download when the network is reachable. There is no embedded fallback:
@@ -19,11 +25,14 @@ without data the command stops and says how to provide it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
@@ -31,9 +40,14 @@ import numpy as np
 
 from kdjax import data as _data
 from kdjax.data import DataError, Dataset, Split
+from kdjax.image_listing import (
+    SPLITS,
+    Listing,
+    list_directory,
+    list_tar,
+    missing_parts,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SPLITS = ("train", "test")
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -52,6 +66,7 @@ CIFAR10_HINT = (
     "TFDS data dir with cifar10 prepared in array_record format; or run once with network "
     "access so TFDS can download cifar10."
 )
+CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}
 _CACHE_VERSION = 1
 
 
@@ -60,82 +75,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KDJAX_CACHE_DIR", Path.home() / ".cache" / "kdjax"))
 
 
-# --- Listing -------------------------------------------------------------------------------
+# --- Classes -------------------------------------------------------------------------------
 
 
-class _Listing:
-    """The image files of one source: ``files[split]`` = [(class_name, member_name)]."""
-
-    def __init__(self, location: Path, files: dict[str, list[tuple[str, str]]], stamp: str):
-        self.location = location
-        self.files = files
-        self.stamp = stamp  # changes whenever any listed file (or the archive) changes
-
-
-def _split_parts(relative: PurePosixPath) -> tuple[str, str, str] | None:
-    """(split, class, file name) of a path ending ``<split>/<class>/<file>``."""
-    parts = relative.parts
-    if len(parts) < 3 or parts[-3] not in SPLITS:
-        return None
-    if not parts[-1].lower().endswith(IMAGE_SUFFIXES) or parts[-1].startswith("."):
-        return None
-    return parts[-3], parts[-2], parts[-1]
-
-
-def _collect(entries: list[tuple[str, str]], location: Path) -> dict[str, list[tuple[str, str]]]:
-    """Groups (member name, stamp) entries by split; all must share one prefix."""
-    files: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
-    prefixes = set()
-    for member in entries:
-        relative = PurePosixPath(member)
-        found = _split_parts(relative)
-        if found is None:
-            continue
-        split, class_name, _ = found
-        prefixes.add(relative.parts[:-3])
-        files[split].append((class_name, member))
-    if len(prefixes) > 1:
-        shown = ", ".join("/".join(p) or "." for p in sorted(prefixes))
-        raise DataError(f"{location}: more than one image folder inside ({shown}); pass one.")
-    for split in SPLITS:
-        if not files[split]:
-            raise DataError(
-                f"{location}: no images under {split}/<class>/ "
-                f"(expected {'|'.join(IMAGE_SUFFIXES)} files). " + CIFAR10_HINT
-            )
-    return files
-
-
-def _list_directory(root: Path) -> _Listing:
-    digest = hashlib.blake2b(digest_size=8)
-    entries = []
-    for directory, subdirs, names in os.walk(root):
-        subdirs.sort()
-        for name in sorted(names):
-            path = Path(directory) / name
-            relative = path.relative_to(root).as_posix()
-            if _split_parts(PurePosixPath(relative)) is None:
-                continue
-            stat = path.stat()
-            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            entries.append(relative)
-    return _Listing(root, _collect(entries, root), digest.hexdigest())
-
-
-def _list_tar(archive: Path) -> _Listing:
-    stat = archive.stat()
-    try:
-        with tarfile.open(archive) as handle:
-            names = [member.name for member in handle.getmembers() if member.isfile()]
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataError(f"{archive}: not a readable tar archive ({error}).") from None
-    stamp = hashlib.blake2b(
-        f"{archive.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode(), digest_size=8
-    ).hexdigest()
-    return _Listing(archive, _collect(names, archive), stamp)
-
-
-def _class_ids(listing: _Listing, classes: Sequence[str] | None) -> dict[str, int]:
+def _class_ids(listing: Listing, classes: Sequence[str] | None) -> dict[str, int]:
     found = sorted({name for split in SPLITS for name, _ in listing.files[split]})
     if classes is None:
         return {name: index for index, name in enumerate(found)}
@@ -164,7 +107,7 @@ def _decode(payload: bytes, name: str) -> np.ndarray:
 
 
 def _decode_split(
-    listing: _Listing, split: str, class_ids: dict[str, int], read: Callable[[str], bytes]
+    listing: Listing, split: str, class_ids: dict[str, int], read: Callable[[str], bytes]
 ) -> Split:
     entries = listing.files[split]
     labels = np.asarray([class_ids[name] for name, _ in entries], np.int32)
@@ -185,7 +128,7 @@ def _decode_split(
     return Split(images, labels, np.arange(len(labels), dtype=np.int64))
 
 
-def _decode_all(listing: _Listing, class_ids: dict[str, int]) -> dict[str, Split]:
+def _decode_all(listing: Listing, class_ids: dict[str, int]) -> dict[str, Split]:
     if listing.location.is_dir():
 
         def read(member: str) -> bytes:
@@ -195,10 +138,17 @@ def _decode_all(listing: _Listing, class_ids: dict[str, int]) -> dict[str, Split
     # A tar archive: read every member's bytes in one sequential pass, then decode.
     wanted = {member for split in SPLITS for _, member in listing.files[split]}
     payloads: dict[str, bytes] = {}
-    with tarfile.open(listing.location) as handle:
-        for member in handle:
-            if member.name in wanted:
-                payloads[member.name] = handle.extractfile(member).read()
+    name = None
+    try:
+        with tarfile.open(listing.location) as handle:
+            for member in handle:
+                name = member.name
+                if name in wanted:
+                    payloads[name] = handle.extractfile(member).read()
+                    if len(wanted) == len(payloads):
+                        break  # past the last wanted member may be a cut-short tail
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{listing.location}: cannot read {name} ({error}).") from None
     return {
         split: _decode_split(listing, split, class_ids, payloads.__getitem__) for split in SPLITS
     }
@@ -207,28 +157,41 @@ def _decode_all(listing: _Listing, class_ids: dict[str, int]) -> dict[str, Split
 # --- Cache ---------------------------------------------------------------------------------
 
 
-def _cache_path(cache_dir: Path, listing: _Listing, class_ids: dict[str, int]) -> Path:
+def _cache_path(cache_dir: Path, listing: Listing, class_ids: dict[str, int]) -> Path:
     key = hashlib.blake2b(digest_size=8)
     key.update(f"{_CACHE_VERSION}\0{listing.location.resolve()}\0{listing.stamp}".encode())
     key.update(repr(sorted(class_ids.items())).encode())
     return cache_dir / f"image-folder-{listing.location.name}-{key.hexdigest()}.npz"
 
 
-def _read_cache(path: Path) -> dict[str, Split] | None:
+def _read_cache(
+    path: Path, listing: Listing, class_ids: dict[str, int], log: Callable[[str], None]
+) -> dict[str, Split] | None:
+    """The cached splits, or None (saying why) when the cache is unreadable or does
+    not match the listing's labels."""
     try:
         with np.load(path) as stored:
-            return {
+            splits = {
                 split: Split(
                     stored[f"{split}_images"], stored[f"{split}_labels"], stored[f"{split}_ids"]
                 )
                 for split in SPLITS
             }
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        log(f"The decoded-image cache {path} is unreadable ({error}): decoding again.")
         return None
+    for split in SPLITS:
+        labels = [class_ids[class_name] for class_name, _ in listing.files[split]]
+        if not np.array_equal(splits[split].labels, labels):
+            log(
+                f"The decoded-image cache {path} does not match {listing.location}: decoding again."
+            )
+            return None
+    return splits
 
 
-def _write_cache(path: Path, splits: dict[str, Split]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_cache(path: Path, splits: dict[str, Split], log: Callable[[str], None]) -> None:
+    """Writes the cache atomically; a failed write only costs the next run a decode."""
     temporary = path.with_suffix(".tmp.npz")
     arrays = {}
     for split, values in splits.items():
@@ -239,8 +202,14 @@ def _write_cache(path: Path, splits: dict[str, Split]) -> None:
                 f"{split}_ids": values.ids,
             }
         )
-    np.savez(temporary, **arrays)
-    temporary.replace(path)  # atomic
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(temporary, **arrays)
+        temporary.replace(path)  # atomic
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        log(f"Could not write the decoded-image cache {path} ({error}); continuing without it.")
 
 
 def is_image_folder(path: str | os.PathLike) -> bool:
@@ -262,6 +231,8 @@ def load_image_folder(
     classes: Sequence[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    per_class: Mapping[str, int] | None = None,
+    allow_partial: bool = False,
     log: Callable[[str], None] = print,
 ) -> Dataset:
     """An image-folder data set from a directory or a ``.tar`` archive of one.
@@ -273,18 +244,37 @@ def load_image_folder(
       classes: class names in label order; default: the sorted class folder names.
       cache_dir: where decoded arrays are cached (default :func:`default_cache_dir`).
       use_cache: read and write the decoded-array cache.
+      per_class: images each class must have, by split (``{"train": 5000, "test": 1000}``).
+      allow_partial: load a set that is cut short, lacks a class in one split or has
+        other counts than ``per_class``; the Dataset's ``notice`` then says what is missing.
+
+    Raises :class:`~kdjax.data.DataError` naming the source and what is missing when the
+    set is incomplete (unless ``allow_partial``), or a file cannot be read or decoded.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist. " + CIFAR10_HINT)
-    listing = _list_tar(path) if path.is_file() else _list_directory(path)
+    listing = list_tar(path) if path.is_file() else list_directory(path)
     class_ids = _class_ids(listing, classes)
+    problems = missing_parts(listing, class_ids, per_class)
+    notice = None
+    if problems:
+        if not allow_partial:
+            raise DataError(
+                f"{path} is incomplete: {'; '.join(problems)}. "
+                "Use allow_partial=True to train on it anyway."
+            )
+        notice = (
+            f"PARTIAL DATA SET {path}: {'; '.join(problems)}. Results are not comparable "
+            "with those on the complete set."
+        )
+        log(notice)
     for split in SPLITS:  # examples in (class id, file name) order; ids are positions
         listing.files[split].sort(
             key=lambda item: (class_ids[item[0]], PurePosixPath(item[1]).name)
         )
     cache = _cache_path(Path(cache_dir or default_cache_dir()), listing, class_ids)
-    splits = _read_cache(cache) if use_cache and cache.is_file() else None
+    splits = _read_cache(cache, listing, class_ids, log) if use_cache and cache.is_file() else None
     if splits is not None:
         log(f"Decoded images read from the cache {cache}.")
     else:
@@ -292,7 +282,7 @@ def load_image_folder(
         log(f"Decoding {count} images from {path} (cached for later runs) ...")
         splits = _decode_all(listing, class_ids)
         if use_cache:
-            _write_cache(cache, splits)
+            _write_cache(cache, splits, log)
     return Dataset(
         name=name,
         source="image-folder",
@@ -300,6 +290,7 @@ def load_image_folder(
         train=splits["train"],
         test=splits["test"],
         num_classes=len(class_ids),
+        notice=notice,
     )
 
 
@@ -309,18 +300,21 @@ def load_cifar10(
     download: bool = True,
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
+    allow_partial: bool = False,
     log: Callable[[str], None] = print,
 ) -> Dataset:
     """CIFAR-10 from the first source that has it (see the module docstring).
 
-    Image folders must hold exactly CIFAR-10's ten classes; labels then follow the
-    canonical order (airplane 0 … truck 9), which is also the sorted order.
+    Image folders must hold exactly CIFAR-10's ten classes with 5,000 training and
+    1,000 test images each (``allow_partial=True`` accepts fewer, and says so in the
+    Dataset's ``notice``); labels follow the canonical order (airplane 0 … truck 9),
+    which is also the sorted order.
     """
     if data_dir is not None:
         location = Path(data_dir)
         if not location.exists():
             raise DataError(f"--data_dir {data_dir} does not exist. " + CIFAR10_HINT)
-        if location.is_dir() and _data._tfds_prepared(str(location), "cifar10"):
+        if location.is_dir() and _data.tfds_prepared(str(location), "cifar10"):
             return _data.load_tfds("cifar10", str(location))
         if is_image_folder(location):
             dataset = load_image_folder(
@@ -329,6 +323,8 @@ def load_cifar10(
                 classes=CIFAR10_CLASSES,
                 cache_dir=cache_dir,
                 use_cache=use_cache,
+                per_class=CIFAR10_PER_CLASS,
+                allow_partial=allow_partial,
                 log=log,
             )
             shape = dataset.train.images.shape[1:]
@@ -336,9 +332,9 @@ def load_cifar10(
                 raise DataError(f"{data_dir}: CIFAR-10 images are 32×32 RGB, found {shape}.")
             return dataset
         raise DataError(f"--data_dir {data_dir} holds no CIFAR-10. " + CIFAR10_HINT)
-    if _data._tfds_prepared(None, "cifar10"):
+    if _data.tfds_prepared(None, "cifar10"):
         return _data.load_tfds("cifar10", None)
-    if download and _data._network_reachable(_data._TFDS_PROBE_HOST):
+    if download and _data.network_reachable(_data.TFDS_PROBE_HOST):
         log("Downloading CIFAR-10 with TFDS ...")
         return _data.load_tfds("cifar10", None, download=True)
     raise DataError("no CIFAR-10 found and no network to download it. " + CIFAR10_HINT)

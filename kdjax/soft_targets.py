@@ -7,17 +7,28 @@ alike), and it stores the **example ids** with them, so a row is found by id, ne
 by position in a loader.
 
 One ``.npz`` file per split holds ``logits [N, C]`` (``[N, shifts, C]`` in a
-per-shift store, see :func:`kdjax.distill.teacher_outputs`), ``ids [N]``, ``labels [N]``
-and two fingerprints — of the teacher's parameters and of the split's data. A
-store whose fingerprints do not match the teacher and data at hand is stale: it
-is recomputed, never silently used. Other teacher outputs (the flattened
-features and the last conv map that cosine and hint objectives read) are stored
-the same way, one file per output (:func:`load_or_compute_outputs`).
+per-shift store, see :func:`kdjax.distill.teacher_outputs`), ``ids [N]``, ``labels [N]``,
+two fingerprints — of the teacher's parameters and of the split's data — and a
+``checksum`` of all of these arrays' contents. A store whose fingerprints do not
+match the teacher and data at hand is stale; one whose checksum does not match its
+arrays (or that cannot be read at all: truncated, not a zip) is damaged. Either is
+recomputed and the log says which and why; neither is ever used. Other teacher
+outputs (the flattened features and the last conv map that cosine and hint
+objectives read) are stored the same way, one file per output
+(:func:`load_or_compute_outputs`).
+
+Writes are atomic (temporary file, then rename) and made under the store folder's
+lock (:func:`kdjax.locking.run_lock`): a second process computing the same store
+waits, then reads what the first wrote. A full disk or read-only folder raises
+:class:`~kdjax.integrity.WorkdirError`, leaving the previous store intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,6 +36,8 @@ import jax
 import numpy as np
 
 from kdjax.data import Split
+from kdjax.integrity import arrays_checksum, workdir_error
+from kdjax.locking import run_lock
 
 
 class StoreError(Exception):
@@ -61,24 +74,63 @@ def lookup(store_ids: np.ndarray, store_rows: np.ndarray, ids: np.ndarray) -> np
     return store_rows[order[positions]]
 
 
+def store_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """The checksum a store file carries: :func:`kdjax.integrity.arrays_checksum` of
+    every other array in it (rows, ids, labels and both fingerprints)."""
+    return arrays_checksum({key: value for key, value in arrays.items() if key != "checksum"})
+
+
 def _read_fresh(
     path: Path, name: str, split: Split, teacher_fingerprint: str, data_fingerprint: str, log
 ) -> np.ndarray | None:
-    """The stored rows for ``split`` if ``path`` is fresh, else None (and says why)."""
+    """The stored rows for ``split`` if ``path`` is fresh and intact, else None (and says why)."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as stored:
-            fresh = (
-                str(stored["teacher_fingerprint"]) == teacher_fingerprint
-                and str(stored["data_fingerprint"]) == data_fingerprint
-            )
-            if fresh:
-                return lookup(stored["ids"], stored[name], split.ids)
-        log(f"Soft-target store {path} is stale (teacher or data changed): recomputing.")
-    except (OSError, ValueError, KeyError, StoreError) as error:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         log(f"Soft-target store {path} is unreadable ({error}): recomputing.")
+        return None
+    if "checksum" not in arrays:
+        log(f"Soft-target store {path} has no checksum (older kdjax or foreign file): recomputing.")
+        return None
+    if str(arrays["checksum"]) != store_checksum(arrays):
+        log(f"Soft-target store {path} is damaged (its checksum does not match): recomputing.")
+        return None
+    try:
+        fresh = (
+            str(arrays["teacher_fingerprint"]) == teacher_fingerprint
+            and str(arrays["data_fingerprint"]) == data_fingerprint
+        )
+        if fresh:
+            return lookup(arrays["ids"], arrays[name], split.ids)
+        log(f"Soft-target store {path} is stale (teacher or data changed): recomputing.")
+    except (KeyError, StoreError) as error:
+        log(f"Soft-target store {path} does not fit ({error}): recomputing.")
     return None
+
+
+def _write_store(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes ``arrays`` plus their checksum to ``path`` atomically."""
+    temporary = path.with_suffix(".tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(temporary, checksum=np.asarray(store_checksum(arrays)), **arrays)
+        temporary.replace(path)  # atomic: a crash never leaves a half-written store
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        failure = workdir_error(
+            error,
+            action="cannot write the soft-target store",
+            path=path,
+            needed_bytes=sum(value.nbytes for value in arrays.values()),
+            intact="the previous store, if any, is intact",
+        )
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def load_or_compute_outputs(
@@ -92,39 +144,53 @@ def load_or_compute_outputs(
     """Several named teacher outputs for ``split`` (logits, features, feature maps),
     one store file each, all aligned with ``split`` by id.
 
-    Fresh files are read; the missing or stale outputs are computed together in one
-    pass, ``compute(images, names) -> {name: [N, ...] array}``, and written.
+    Fresh, intact files are read; the missing, stale or damaged outputs are computed
+    together in one pass, ``compute(images, names) -> {name: [N, ...] array}``, and
+    written under the lock of each store's folder (a second process waits, then
+    reads them instead of computing them again).
     """
     data_fingerprint = split.fingerprint()
+
+    def read_all(result: dict[str, np.ndarray], say) -> tuple[str, ...]:
+        for name, path in paths.items():
+            if name not in result:
+                rows = _read_fresh(
+                    Path(path), name, split, teacher_fingerprint, data_fingerprint, say
+                )
+                if rows is not None:
+                    result[name] = rows
+        return tuple(name for name in paths if name not in result)
+
     result: dict[str, np.ndarray] = {}
-    for name, path in paths.items():
-        rows = _read_fresh(Path(path), name, split, teacher_fingerprint, data_fingerprint, log)
-        if rows is not None:
-            result[name] = rows
-    missing = tuple(name for name in paths if name not in result)
-    if not missing:
-        return result
-    computed = compute(split.images, missing)
-    for name in missing:
-        values = np.asarray(computed[name], np.float32)
-        if values.ndim < 2 or values.shape[0] != len(split):
-            raise StoreError(
-                f"teacher returned {name} of shape {values.shape} for {len(split)} examples."
+    if not read_all(result, lambda message: None):
+        return result  # no lock needed: stores are replaced atomically, never edited
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({Path(path).parent for path in paths.values()}):
+            locks.enter_context(run_lock(folder, log=log))
+        # Another process may have written them while this one waited.
+        missing = read_all(result, log)
+        if not missing:
+            return result
+        computed = compute(split.images, missing)
+        for name in missing:
+            values = np.asarray(computed[name], np.float32)
+            if values.ndim < 2 or values.shape[0] != len(split):
+                raise StoreError(
+                    f"teacher returned {name} of shape {values.shape} for {len(split)} examples."
+                )
+            path = Path(paths[name])
+            _write_store(
+                path,
+                {
+                    "ids": split.ids,
+                    "labels": split.labels,
+                    "teacher_fingerprint": np.asarray(teacher_fingerprint),
+                    "data_fingerprint": np.asarray(data_fingerprint),
+                    name: values,
+                },
             )
-        path = Path(paths[name])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
-            ids=split.ids,
-            labels=split.labels,
-            teacher_fingerprint=np.asarray(teacher_fingerprint),
-            data_fingerprint=np.asarray(data_fingerprint),
-            **{name: values},
-        )
-        temporary.replace(path)  # atomic: a crash never leaves a half-written store
-        log(f"Stored teacher {name} {values.shape[1:]} for {len(split)} examples in {path}.")
-        result[name] = values
+            log(f"Stored teacher {name} {values.shape[1:]} for {len(split)} examples in {path}.")
+            result[name] = values
     return result
 
 

@@ -317,8 +317,8 @@ def test_embedded_is_deterministic(embedded):
 
 
 def test_falls_back_to_embedded_without_download(monkeypatch, embedded):
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir: False)
-    monkeypatch.setattr(data, "_network_reachable", _must_not_be_called)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir: False)
+    monkeypatch.setattr(data, "network_reachable", _must_not_be_called)
     monkeypatch.setattr(data, "load_mnist_tfds", _must_not_be_called)
     monkeypatch.setattr(data, "load_mnist_embedded", lambda: embedded)
     assert load_mnist(None, download=False, log=lambda message: None) is embedded
@@ -326,8 +326,8 @@ def test_falls_back_to_embedded_without_download(monkeypatch, embedded):
 
 def test_falls_back_to_embedded_when_offline(monkeypatch, embedded):
     messages = []
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir: False)
-    monkeypatch.setattr(data, "_network_reachable", lambda address, timeout=3.0: False)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir: False)
+    monkeypatch.setattr(data, "network_reachable", lambda address, timeout=3.0: False)
     monkeypatch.setattr(data, "load_mnist_tfds", _must_not_be_called)
     dataset = load_mnist(None, download=True, log=messages.append)
     assert dataset.source == "embedded-sample"
@@ -341,8 +341,8 @@ def test_falls_back_to_embedded_when_download_fails(monkeypatch, embedded):
         raise DataError("TFDS mnist unavailable: simulated failure")
 
     messages = []
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir: False)
-    monkeypatch.setattr(data, "_network_reachable", lambda address, timeout=3.0: True)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir: False)
+    monkeypatch.setattr(data, "network_reachable", lambda address, timeout=3.0: True)
     monkeypatch.setattr(data, "load_mnist_tfds", failing_download)
     monkeypatch.setattr(data, "load_mnist_embedded", lambda: embedded)
     assert load_mnist(None, download=True, log=messages.append) is embedded
@@ -354,14 +354,14 @@ def test_network_probe_refused_is_false():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert data._network_reachable(("127.0.0.1", port), timeout=1.0) is False
+    assert data.network_reachable(("127.0.0.1", port), timeout=1.0) is False
 
 
 def test_network_probe_listening_is_true():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        assert data._network_reachable(server.getsockname(), timeout=1.0) is True
+        assert data.network_reachable(server.getsockname(), timeout=1.0) is True
 
 
 # --- TFDS ---------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def test_load_mnist_routes_tfds_data_dir(mock_tfds):
 
 
 def test_load_mnist_uses_prepared_tfds(mock_tfds, monkeypatch):
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir: True)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir: True)
     monkeypatch.setattr(data, "load_mnist_embedded", _must_not_be_called)
     _check_tfds_dataset(load_mnist(None, download=False))
 
@@ -585,6 +585,6 @@ def test_a_tfrecord_tfds_copy_is_not_taken_for_a_usable_one(tmp_path, monkeypatc
     builder = tfds.builder("mnist", data_dir=str(tmp_path))  # TFRecord by default
     Path(builder.data_dir).mkdir(parents=True)
     builder.info.write_to_directory(builder.data_dir)
-    assert not data._tfds_prepared(str(tmp_path))
+    assert not data.tfds_prepared(str(tmp_path))
     with pytest.raises(DataError, match="holds no MNIST"):
         data.load_mnist(str(tmp_path))

@@ -1,8 +1,9 @@
 """Image-folder and CIFAR-10 sources: class mapping, ids, tar = folder, the decoded cache."""
 
 import os
+import shutil
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -171,6 +172,148 @@ def test_grayscale_and_jpeg_images_decode_to_rgb(tmp_path):
     assert abs(int(dataset.train.images[0, 0, 0, 0]) - 90) <= 2
 
 
+# --- Incomplete sets --------------------------------------------------------------------
+
+
+def make_tar(root: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w") as handle:
+        handle.add(root, arcname=root.name)
+    return archive
+
+
+def tar_headers(archive: Path) -> list[tuple[str, int]]:
+    """(name, header offset) of every file member, in archive order."""
+    with tarfile.open(archive) as handle:
+        return [(m.name, m.offset) for m in handle.getmembers() if m.isfile()]
+
+
+@pytest.mark.parametrize("cut", ["inside_header", "inside_data", "before_marker"])
+def test_a_tar_cut_short_is_refused_naming_the_archive(tmp_path, cut):
+    write_image_folder(tmp_path / "images")
+    archive = make_tar(tmp_path / "images", tmp_path / "images.tar")
+    headers = tar_headers(archive)
+    name, offset = headers[-4]
+    size = {
+        "inside_header": offset + 100,
+        "inside_data": offset + 512 + 20,
+        "before_marker": tar_headers_end(archive),
+    }[cut]
+    os.truncate(archive, size)
+    with pytest.raises(DataError, match="no end-of-archive marker") as error:
+        load_image_folder(archive, use_cache=False, log=lambda _: None)
+    message = str(error.value)
+    assert message.startswith(f"{archive} is incomplete: ") and "\n" not in message
+    assert "allow_partial=True" in message
+
+
+def tar_headers_end(archive: Path) -> int:
+    """Where the end-of-archive marker starts: after the last member's data."""
+    with tarfile.open(archive) as handle:
+        last = handle.getmembers()[-1]
+        return last.offset_data + -(-last.size // 512) * 512
+
+
+def test_allow_partial_loads_a_cut_tar_and_says_so(tmp_path):
+    write_image_folder(tmp_path / "images")
+    archive = make_tar(tmp_path / "images", tmp_path / "images.tar")
+    name, offset = tar_headers(archive)[-1]
+    os.truncate(archive, offset + 512 + 20)  # the last image is cut inside its data
+    messages = []
+    dataset = load_image_folder(archive, use_cache=False, allow_partial=True, log=messages.append)
+    split = PurePosixPath(name).parts[1]  # 9 train and 6 test images were written
+    assert len(dataset.train) + len(dataset.test) == 14  # the cut one is dropped
+    assert len(getattr(dataset, split)) == {"train": 9, "test": 6}[split] - 1
+    assert dataset.notice.startswith(f"PARTIAL DATA SET {archive}: ")
+    assert "no end-of-archive marker after 14 files" in dataset.notice
+    assert dataset.summary()["notice"] == dataset.notice
+    assert dataset.notice in messages
+
+
+def test_a_class_missing_from_one_split_is_refused(tmp_path):
+    write_image_folder(tmp_path / "set")
+    shutil.rmtree(tmp_path / "set" / "test" / "dog")
+    with pytest.raises(DataError, match=r"test/ has no images of dog \(found in train/\)"):
+        load_image_folder(tmp_path / "set", use_cache=False, log=lambda _: None)
+    dataset = load_image_folder(
+        tmp_path / "set", use_cache=False, allow_partial=True, log=lambda _: None
+    )
+    assert "test/ has no images of dog" in dataset.notice
+    assert dataset.num_classes == 3 and sorted(set(dataset.test.labels)) == [0, 1]
+
+
+def test_a_complete_set_has_no_notice(tmp_path):
+    write_image_folder(tmp_path / "set")
+    archive = make_tar(tmp_path / "set", tmp_path / "set.tar")
+    for source in (tmp_path / "set", archive):
+        dataset = load_image_folder(
+            source, use_cache=False, per_class={"train": 3, "test": 2}, log=lambda _: None
+        )
+        assert dataset.notice is None
+
+
+def test_per_class_counts_are_checked(tmp_path):
+    write_image_folder(tmp_path / "set")
+    (tmp_path / "set" / "train" / "cat" / "0002.png").unlink()
+    with pytest.raises(DataError, match=r"train/ needs 3 images per class, has cat 2\."):
+        load_image_folder(
+            tmp_path / "set",
+            use_cache=False,
+            per_class={"train": 3, "test": 2},
+            log=lambda _: None,
+        )
+
+
+def test_cifar10_needs_5000_and_1000_per_class(tmp_path):
+    write_image_folder(
+        tmp_path / "cifar",
+        classes=CIFAR10_CLASSES,
+        size=(32, 32),
+        per_class={"train": 2, "test": 1},
+    )
+    with pytest.raises(DataError) as error:
+        load_cifar10(str(tmp_path / "cifar"), use_cache=False, log=lambda _: None)
+    message = str(error.value)
+    assert "train/ needs 5,000 images per class, has airplane 2, automobile 2" in message
+    assert "test/ needs 1,000 images per class, has airplane 1" in message
+    assert "\n" not in message
+
+
+def test_a_garbled_cache_is_rebuilt_and_said(tmp_path):
+    write_image_folder(tmp_path / "set")
+    cache = tmp_path / "cache"
+    first = load_image_folder(tmp_path / "set", cache_dir=cache, log=lambda _: None)
+    (cache_file,) = cache.glob("*.npz")
+    payload = bytearray(cache_file.read_bytes())
+    for damage in ("flip", "truncate"):
+        broken = bytearray(payload)
+        if damage == "flip":  # inside the train images' bytes, size unchanged
+            start = bytes(payload).index(first.train.images.tobytes()[:64])
+            broken[start + 8 : start + 72] = bytes(255 - b for b in broken[start + 8 : start + 72])
+        else:
+            broken = broken[: len(broken) * 2 // 3]
+        cache_file.write_bytes(bytes(broken))
+        messages = []
+        again = load_image_folder(tmp_path / "set", cache_dir=cache, log=messages.append)
+        assert any(f"cache {cache_file} is unreadable" in m for m in messages), messages
+        assert again.train.fingerprint() == first.train.fingerprint()
+
+
+def test_an_unwritable_cache_only_costs_a_decode(tmp_path, monkeypatch):
+    import errno
+
+    write_image_folder(tmp_path / "set")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_folder.np, "savez", disk_full)
+    messages = []
+    dataset = load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", log=messages.append)
+    assert len(dataset.train) == 9
+    assert any("Could not write the decoded-image cache" in m for m in messages)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 # --- CIFAR-10 -------------------------------------------------------------------------------
 
 
@@ -182,7 +325,10 @@ def test_cifar10_image_folder_uses_the_canonical_class_order(tmp_path):
         per_class={"train": 1, "test": 1},
     )
     dataset = load_cifar10(
-        str(tmp_path / "cifar"), cache_dir=tmp_path / "cache", log=lambda _: None
+        str(tmp_path / "cifar"),
+        cache_dir=tmp_path / "cache",
+        allow_partial=True,  # one image per class, not 5,000/1,000
+        log=lambda _: None,
     )
     assert dataset.name == "cifar10" and dataset.num_classes == 10
     np.testing.assert_array_equal(dataset.train.labels, np.arange(10))
@@ -193,7 +339,12 @@ def test_cifar10_image_folder_uses_the_canonical_class_order(tmp_path):
 def test_cifar10_rejects_images_of_the_wrong_size(tmp_path):
     write_image_folder(tmp_path / "cifar", classes=CIFAR10_CLASSES, size=(8, 8))
     with pytest.raises(DataError, match="32×32 RGB"):
-        load_cifar10(str(tmp_path / "cifar"), cache_dir=tmp_path / "cache", log=lambda _: None)
+        load_cifar10(
+            str(tmp_path / "cifar"),
+            cache_dir=tmp_path / "cache",
+            allow_partial=True,
+            log=lambda _: None,
+        )
 
 
 def test_cifar10_rejects_a_folder_with_other_classes(tmp_path):
@@ -203,8 +354,8 @@ def test_cifar10_rejects_a_folder_with_other_classes(tmp_path):
 
 
 def test_cifar10_without_any_source_says_how_to_provide_it(monkeypatch):
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir, name="mnist": False)
-    monkeypatch.setattr(data, "_network_reachable", lambda address: False)
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir, name="mnist": False)
+    monkeypatch.setattr(data, "network_reachable", lambda address: False)
     with pytest.raises(DataError, match="--data_dir"):
         load_cifar10(None, log=lambda _: None)
 
@@ -221,7 +372,7 @@ def test_cifar10_uses_a_prepared_tfds_copy(monkeypatch):
         loaded.update(name=name, download=download)
         return "dataset"
 
-    monkeypatch.setattr(data, "_tfds_prepared", lambda data_dir, name="mnist": name == "cifar10")
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir, name="mnist": name == "cifar10")
     monkeypatch.setattr(data, "load_tfds", fake_load_tfds)
     assert load_cifar10(None, log=lambda _: None) == "dataset"
     assert loaded == {"name": "cifar10", "download": False}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from kdjax.data import Split
+from kdjax.locking import LOCK_FILE
 from kdjax.soft_targets import StoreError, load_or_compute, lookup, params_fingerprint
 
 NUM_CLASSES = 10
@@ -133,7 +134,7 @@ def test_no_temporary_file_left(tmp_path):
             compute_logits=teacher_logits,
             log=quiet,
         )
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "train.npz"]
 
 
 def test_second_call_reads_the_store(tmp_path):
@@ -271,7 +272,7 @@ def test_wrong_row_count_raises_and_writes_nothing(tmp_path):
             compute_logits=lambda images: teacher_logits(images)[:-1],
             log=quiet,
         )
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
 
 
 def test_accepts_jax_logits(tmp_path):
@@ -363,3 +364,148 @@ def test_corrupt_or_foreign_store_is_recomputed(tmp_path, payload):
 def test_lookup_in_an_empty_store_is_a_store_error():
     with pytest.raises(StoreError, match="empty"):
         lookup(np.array([], np.int64), np.zeros((0, 3)), np.array([5]))
+
+
+# --- Damaged stores, failed writes, two processes -------------------------------------------
+
+
+def stored_arrays(path) -> dict:
+    with np.load(path) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+def computed_once(tmp_path, teacher=None):
+    path = tmp_path / "train.npz"
+    split = make_split()
+    load_or_compute(
+        path, split, teacher_fingerprint="t", compute_logits=teacher or teacher_logits, log=quiet
+    )
+    return path, split
+
+
+def test_a_valid_store_with_other_logits_is_caught_by_its_checksum(tmp_path):
+    # The issue's case: a well-formed .npz, right fingerprints, random logits.
+    path, split = computed_once(tmp_path)
+    arrays = stored_arrays(path)
+    arrays["logits"] = np.random.default_rng(0).normal(size=arrays["logits"].shape)
+    np.savez(path, **arrays)
+    teacher, messages = CountingTeacher(), []
+    logits = load_or_compute(
+        path, split, teacher_fingerprint="t", compute_logits=teacher, log=messages.append
+    )
+    assert teacher.calls == [len(split)]
+    assert_aligned(logits, split, expected_by_id(split))
+    assert any(f"{path} is damaged (its checksum" in m for m in messages)
+    np.testing.assert_array_equal(stored_arrays(path)["logits"], logits)  # rewritten
+
+
+def test_a_store_without_checksum_is_recomputed(tmp_path):
+    path, split = computed_once(tmp_path)
+    arrays = stored_arrays(path)
+    del arrays["checksum"]
+    np.savez(path, **arrays)
+    teacher, messages = CountingTeacher(), []
+    load_or_compute(
+        path, split, teacher_fingerprint="t", compute_logits=teacher, log=messages.append
+    )
+    assert teacher.calls == [len(split)]
+    assert any("has no checksum" in m for m in messages)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_a_truncated_or_garbled_store_file_is_recomputed_and_said(tmp_path, damage):
+    path, split = computed_once(tmp_path)
+    payload = bytearray(path.read_bytes())
+    if damage == "truncate":
+        payload = payload[: len(payload) // 2]
+    elif damage == "flip":  # inside the logits' bytes, size unchanged
+        start = bytes(payload).index(teacher_logits(split.images[:1]).tobytes()[:16])
+        payload[start : start + 64] = bytes(255 - b for b in payload[start : start + 64])
+    else:
+        payload = bytearray()
+    path.write_bytes(bytes(payload))
+    teacher, messages = CountingTeacher(), []
+    logits = load_or_compute(
+        path, split, teacher_fingerprint="t", compute_logits=teacher, log=messages.append
+    )
+    assert teacher.calls == [len(split)]
+    assert_aligned(logits, split, expected_by_id(split))
+    assert any(str(path) in m and ("unreadable" in m or "damaged" in m) for m in messages)
+
+
+def test_a_full_disk_leaves_the_previous_store_intact(tmp_path, monkeypatch):
+    import errno
+
+    from kdjax import soft_targets
+    from kdjax.integrity import WorkdirError
+
+    path, split = computed_once(tmp_path)
+    before = path.read_bytes()
+    real_savez = np.savez
+
+    def savez_then_disk_full(file, **arrays):
+        real_savez(file, **arrays)  # a partial temporary file, as a real full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(soft_targets.np, "savez", savez_then_disk_full)
+    with pytest.raises(WorkdirError, match=r"no space left .*needed") as error:
+        load_or_compute(
+            path, split, teacher_fingerprint="other", compute_logits=teacher_logits, log=quiet
+        )
+    assert str(path) in str(error.value) and "previous store, if any, is intact" in str(error.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "train.npz"]
+
+
+# Computes a store slowly in its own process; prints how often its teacher ran.
+STORE_WORKER = """
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_soft_targets import make_split, teacher_logits
+from kdjax.soft_targets import load_or_compute
+calls = []
+def slow_teacher(images):
+    calls.append(len(images))
+    time.sleep(1.5)
+    return teacher_logits(images)
+print("ready", flush=True)
+sys.stdin.readline()  # both processes start together
+logits = load_or_compute(sys.argv[1], make_split(), teacher_fingerprint="t",
+                         compute_logits=slow_teacher, log=lambda m: print("log:", m, flush=True))
+print("calls", len(calls), float(logits.sum()), flush=True)
+"""
+
+
+def test_two_processes_compute_one_store_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    command = [sys.executable, "-c", STORE_WORKER, str(tmp_path / "train.npz"), str(root / "tests")]
+    workers = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.stdout.readline().strip() == "ready"
+    for worker in workers:
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    calls = sorted(
+        int(line.split()[1])
+        for out in outputs
+        for line in out.splitlines()
+        if line.startswith("calls")
+    )
+    assert calls == [0, 1], outputs
+    sums = {
+        line.split()[2] for out in outputs for line in out.splitlines() if line.startswith("calls")
+    }
+    assert sums == {str(float(teacher_logits(make_split().images).sum()))}
+    waited = outputs[1] if "calls 0" in outputs[1] else outputs[0]
+    assert "in use by process" in waited and "waiting" in waited

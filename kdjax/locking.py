@@ -1,0 +1,132 @@
+"""One process at a time per run directory: an advisory lock with the holder's pid.
+
+Two copies of a command pointed at one workdir would otherwise both train the same
+run, both move damaged checkpoints aside and both rewrite the same soft-target store.
+:func:`run_lock` takes an exclusive ``fcntl.flock`` on ``<directory>/.kdjax.lock``
+and writes the holder's pid and host into it. A second process either waits,
+saying which pid it waits for, or (``timeout=0``) stops at once with
+:class:`RunLockedError` naming that pid.
+
+The operating system drops a ``flock`` when its process dies, even by ``kill -9``,
+so a stale lock never blocks: the file stays, the lock does not. Within one process
+the lock is re-entrant (nested ``run_lock`` of one directory is a no-op). POSIX only
+(``fcntl``); on network file systems it is as reliable as their ``flock``.
+
+Example::
+
+    with run_lock("runs/mnist_kd/teacher-1a2b", log=print):
+        ...  # train, save checkpoints, write stores
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from kdjax.integrity import workdir_error
+
+LOCK_FILE = ".kdjax.lock"
+
+_held: dict[Path, int] = {}  # lock file -> nesting depth in this process
+_held_guard = threading.Lock()
+
+
+class RunLockedError(Exception):
+    """Another live process holds the run directory's lock; the message names its pid."""
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        text = lock_path.read_text().strip()
+    except OSError:
+        text = ""
+    return f"process {text}" if text else "another process"
+
+
+def _try_lock(descriptor: int) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+@contextlib.contextmanager
+def run_lock(
+    directory: str | os.PathLike,
+    *,
+    timeout: float | None = None,
+    log: Callable[[str], None] = print,
+    poll_seconds: float = 0.2,
+) -> Iterator[Path]:
+    """Holds ``directory``'s lock for the ``with`` block (creating the folder if needed).
+
+    Args:
+      directory: the run directory (or a store folder) to own.
+      timeout: seconds to wait for another holder; ``None`` waits as long as it
+        takes (saying once which pid it waits for); ``0`` fails at once.
+      log: where the waiting message goes.
+      poll_seconds: how often a waiting process retries.
+
+    Yields the lock file's path. Raises :class:`RunLockedError` (naming the holder's
+    pid and host) when the lock is not free within ``timeout``, and
+    :class:`~kdjax.integrity.WorkdirError` when the folder cannot be written.
+    """
+    directory = Path(directory)
+    lock_path = (directory / LOCK_FILE).absolute()
+    with _held_guard:
+        depth = _held.get(lock_path, 0)
+        if depth:
+            _held[lock_path] = depth + 1
+    if depth:
+        try:
+            yield lock_path
+        finally:
+            with _held_guard:
+                _held[lock_path] -= 1
+        return
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        failure = workdir_error(error, action="cannot create the lock file", path=lock_path)
+        if failure is None:
+            raise
+        raise failure from None
+    try:
+        if not _try_lock(descriptor):
+            holder = _holder(lock_path)
+            if timeout is not None and timeout <= 0:
+                raise RunLockedError(
+                    f"{directory} is in use by {holder} (lock {lock_path}); wait for it to "
+                    "finish, stop it, or use another --workdir."
+                )
+            log(f"{directory} is in use by {holder}: waiting for it to finish ...")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not _try_lock(descriptor):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RunLockedError(
+                        f"{directory} is still in use by {_holder(lock_path)} after "
+                        f"{timeout:g} s of waiting (lock {lock_path})."
+                    )
+                time.sleep(poll_seconds)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        with _held_guard:
+            _held[lock_path] = 1
+        try:
+            yield lock_path
+        finally:
+            with _held_guard:
+                del _held[lock_path]
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
