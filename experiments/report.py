@@ -29,13 +29,24 @@ import time
 from pathlib import Path
 
 from kdjax.data import DataError
+from kdjax.integrity import DamagedFileError, WorkdirError
+from kdjax.locking import RunLockedError
 from kdjax.soft_targets import StoreError
 from kdjax.training import NonFiniteLossError
 
 SCHEMA = "kdjax.results/1"
 # Errors a user can cause (bad data, a workdir from other settings, divergence):
 # reported as one line with a non-zero exit instead of a traceback.
-USER_ERRORS = (DataError, StoreError, NonFiniteLossError, ValueError, FileNotFoundError)
+USER_ERRORS = (
+    DataError,
+    StoreError,
+    NonFiniteLossError,
+    DamagedFileError,
+    WorkdirError,
+    RunLockedError,
+    ValueError,
+    FileNotFoundError,
+)
 
 
 def log(message: str) -> None:

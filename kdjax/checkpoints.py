@@ -3,8 +3,8 @@
 A run directory holds ``config.json`` (what was trained: model name, objective,
 hyperparameters, data and teacher fingerprints) and ``checkpoints/<epoch>/``
 written by an orbax ``CheckpointManager`` with two items: ``state`` (the
-:class:`kdjax.train.TrainState` pytree: step, params, optimizer state, dropout
-key) and ``meta`` (JSON: the per-epoch history, plus ``kdjax_integrity``: a
+:class:`kdjax.training.TrainState` pytree: step, params, model state, optimizer
+state, dropout key) and ``meta`` (JSON: the per-epoch history, plus ``kdjax_integrity``: a
 BLAKE2b digest of every state leaf and of the rest of ``meta``). The latest two
 epochs are kept.
 
@@ -12,14 +12,15 @@ Every read compares the restored arrays with those digests, so a checkpoint whos
 bytes changed (a flipped block, a truncated or deleted file) is never trained on or
 evaluated: :class:`RunCheckpoints` falls back to the newest epoch that verifies and
 moves the damaged one aside to ``checkpoints/<epoch>.corrupt-<n>``;
-:func:`load_model` skips it. Orbax and TensorStore errors become one line naming the
+:func:`load_state` skips it. Orbax and TensorStore errors become one line naming the
 file.
 
-Restoring a trained model for evaluation or logits::
+Restoring a trained model for evaluation or logits (model, variables and the run's
+input normalisation)::
 
-    from kdjax.checkpoints import load_model
-    model, params = load_model("runs/mnist_kd/student_kd-1a2b3c4d")
-    logits = model.apply({"params": params}, images)["logits"]
+    from kdjax.runs import load_run
+    run = load_run("runs/mnist_kd/student_kd-1a2b3c4d")
+    logits = run.predict(uint8_images)
 
 or with orbax alone (no kdjax needed to read the arrays, but nothing is verified)::
 
@@ -357,23 +358,18 @@ def read_config(run_dir: str | Path) -> dict:
     return _read_json(path)
 
 
-def load_model(
+def load_state(
     run_dir: str | Path, epoch: int | None = None, *, log: Callable[[str], None] = print
-):
-    """The model and trained parameters of a run directory, verified against their
-    fingerprints (newest verifying epoch by default; damaged newer ones are skipped
-    and logged, never moved — this function only reads).
+) -> tuple[dict, int]:
+    """A run directory's saved training state as plain nested dicts (``step``,
+    ``params``, ``model_state``, ``opt_state``, ``dropout_key``), verified against
+    its fingerprints, and the epoch it holds: the newest verifying epoch by default
+    (damaged newer ones are skipped and logged, never moved — this function only
+    reads). :func:`kdjax.runs.load_run` builds the usable model from it.
 
-    Returns ``(model, params)``: ``model.apply({"params": params}, images)`` gives the
-    outputs dict (``"logits"``, features). Images are float inputs, already
-    normalised the way the run's ``config.json`` says (``input_mean``/``input_std``).
     Raises :class:`~kdjax.integrity.DamagedFileError` when the requested epoch (or,
     by default, every epoch) fails verification.
     """
-    from kdjax.models import get_model
-
-    config = read_config(run_dir)
-    model = get_model(config["model"])
     manager = ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints")
     try:
         epochs = sorted(manager.all_steps(), reverse=True)
@@ -389,7 +385,7 @@ def load_model(
         for candidate in epochs:
             try:
                 state, _ = _read_verified(manager, candidate, log=log)
-                return model, state["params"]
+                return state, candidate
             except DamagedFileError as error:
                 if epoch is not None:
                     raise

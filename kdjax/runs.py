@@ -22,8 +22,9 @@ import jax
 import numpy as np
 
 from kdjax import soft_targets
-from kdjax.checkpoints import RunCheckpoints, read_config
+from kdjax.checkpoints import load_state, read_config
 from kdjax.data import Dataset, Split
+from kdjax.locking import run_lock
 from kdjax.models import count_params, get_model
 from kdjax.objectives import get_objective, make_hyperparams
 from kdjax.spec import RunSpec, config_hash
@@ -31,7 +32,6 @@ from kdjax.teachers import Teacher, check_stored_outputs
 from kdjax.training import (
     Execution,
     FitResult,
-    Members,
     Training,
     evaluate,
     fit,
@@ -102,27 +102,31 @@ def train_run(
         frozen=spec.frozen,
         initial_variables=initial_variables,
     )
-    return fit(
-        training,
-        name=spec.role,
-        run_dir=run_directory(workdir, spec, identity),
-        run_config=identity,
-        hyperparams=make_hyperparams(
-            learning_rate=spec.learning_rate,
-            temperature=spec.temperature,
-            hard_weight=spec.hard_weight,
-            soft_weight=spec.soft_weight,
-        ),
-        train_split=dataset.train,
-        test_split=dataset.test,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        seed=list(spec.seed) if spec.population else spec.seed,
-        train_extras=extras,
-        execution=execution,
-        log=log,
-        on_epoch_end=on_epoch_end,
-    )
+    run_dir = run_directory(workdir, spec, identity)
+    # A second process on the same run waits here (naming the holder), then reuses
+    # or resumes what the first one trained.
+    with run_lock(run_dir, log=log):
+        return fit(
+            training,
+            name=spec.role,
+            run_dir=run_dir,
+            run_config=identity,
+            hyperparams=make_hyperparams(
+                learning_rate=spec.learning_rate,
+                temperature=spec.temperature,
+                hard_weight=spec.hard_weight,
+                soft_weight=spec.soft_weight,
+            ),
+            train_split=dataset.train,
+            test_split=dataset.test,
+            epochs=spec.epochs,
+            batch_size=spec.batch_size,
+            seed=list(spec.seed) if spec.population else spec.seed,
+            train_extras=extras,
+            execution=execution,
+            log=log,
+            on_epoch_end=on_epoch_end,
+        )
 
 
 def parameter_count(spec: RunSpec, image_shape: tuple[int, ...]) -> int:
@@ -168,29 +172,25 @@ class TrainedRun:
         return Teacher(self.spec, self.variables, Path(run_dir))
 
 
-def load_run(run_dir: str | Path, *, epoch: int | None = None, member: int = 0) -> TrainedRun:
+def load_run(
+    run_dir: str | Path,
+    *,
+    epoch: int | None = None,
+    member: int = 0,
+    log: Callable[[str], None] = print,
+) -> TrainedRun:
     """The trained run in ``run_dir`` (a path relative to the current directory or
-    absolute; latest epoch by default; ``member`` of a population)."""
+    absolute; the newest epoch that verifies by default; ``member`` of a population),
+    read without changing anything on disk."""
     run_dir = Path(run_dir).expanduser().absolute()
     config = read_config(run_dir)
     spec = RunSpec.from_identity(config)
-    model = get_model(spec.model, **spec.model_settings)
-    members = Members.of(list(spec.seed) if spec.population else spec.seed)
-    image_shape = tuple(config.get("image_shape", ()))
-    if not image_shape:
-        raise ValueError(f"{run_dir / 'config.json'} does not record the image shape.")
-    sample = np.zeros((1, *image_shape), np.float32)
-    optimizer = make_optimizer(spec.optimizer, frozen=spec.frozen)
-    template = jax.eval_shape(lambda: members.init(model, optimizer, spec.preprocess()(sample)))
-    checkpoints = RunCheckpoints(run_dir)
-    try:
-        epoch = checkpoints.latest_epoch() if epoch is None else epoch
-        if epoch is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
-        state, _ = checkpoints.restore(epoch, template)
-    finally:
-        checkpoints.close()
-    variables = members.unstack({"params": state.params, **state.model_state}, member)
+    state, epoch = load_state(run_dir, epoch, log=log)
+    variables = {"params": state["params"], **state.get("model_state", {})}
+    if spec.population is not None:
+        if not 0 <= member < spec.population:
+            raise ValueError(f"{run_dir} holds {spec.population} students; member {member}?")
+        variables = jax.tree.map(lambda leaf: leaf[member], variables)
     if "epochs" not in config:  # a constant learning rate leaves it out of the identity
         spec = dataclasses.replace(spec, epochs=epoch)
     return TrainedRun(spec=spec, config=config, variables=variables, epoch=epoch)

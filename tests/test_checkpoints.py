@@ -29,7 +29,7 @@ from kdjax.checkpoints import (
     FILES_MANIFEST,
     INTEGRITY_KEY,
     RunCheckpoints,
-    load_model,
+    load_state,
     read_config,
     write_config,
 )
@@ -373,7 +373,7 @@ def test_a_read_only_folder_is_one_line(small_disk):
         write_config(small_disk / "other", {"model": "x"})
 
 
-# --- config.json and load_model ------------------------------------------------------------
+# --- config.json and load_state ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("content", [b"", b'{"model": "tiny"', b"\xff\xfe"], ids=str)
@@ -397,35 +397,27 @@ def test_write_config_is_atomic_and_refuses_other_settings(tmp_path):
     assert read_config(tmp_path / "run") == {"model": "tiny", "epochs": [1, 2]}
 
 
-@pytest.fixture
-def tiny_model(monkeypatch):
-    import kdjax.models
-
-    monkeypatch.setattr(kdjax.models, "get_model", lambda name: TinyNet())
-
-
-def test_load_model_verifies_and_skips_a_damaged_newest_epoch(tmp_path, tiny_model):
-    write_config(tmp_path, {"model": "tiny"})
+def test_load_state_verifies_and_skips_a_damaged_newest_epoch(tmp_path):
     save_epochs(tmp_path)
-    model, params = load_model(tmp_path, log=lambda _: None)
-    assert isinstance(model, TinyNet)
-    assert_same(params, make_state(3).params)
+    state, epoch = load_state(tmp_path, log=lambda _: None)
+    assert epoch == 3
+    assert_same(state["params"], make_state(3).params)
 
     flip_bytes(largest_file(tmp_path / "checkpoints" / "3"), 500)
     messages = []
-    _, params = load_model(tmp_path, log=messages.append)
-    assert_same(params, make_state(2).params)
+    state, epoch = load_state(tmp_path, log=messages.append)
+    assert epoch == 2
+    assert_same(state["params"], make_state(2).params)
     assert "damaged checkpoint of epoch 3" in messages[0]
-    assert (tmp_path / "checkpoints" / "3").is_dir()  # load_model only reads
+    assert (tmp_path / "checkpoints" / "3").is_dir()  # load_state only reads
     with pytest.raises(DamagedFileError, match="checkpoints/3/state"):
-        load_model(tmp_path, epoch=3, log=lambda _: None)
+        load_state(tmp_path, epoch=3, log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="no checkpoint of epoch 7"):
-        load_model(tmp_path, epoch=7, log=lambda _: None)
+        load_state(tmp_path, epoch=7, log=lambda _: None)
 
 
-def test_load_model_when_nothing_verifies(tmp_path, tiny_model):
-    write_config(tmp_path, {"model": "tiny"})
+def test_load_state_when_nothing_verifies(tmp_path):
     save_epochs(tmp_path, epochs=(1,))
     largest_file(tmp_path / "checkpoints" / "1").unlink()
     with pytest.raises(DamagedFileError, match="no checkpoint in .* verifies"):
-        load_model(tmp_path, log=lambda _: None)
+        load_state(tmp_path, log=lambda _: None)

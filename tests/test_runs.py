@@ -153,3 +153,34 @@ def test_the_teacher_fingerprint_and_data_name_the_student_run(tmp_path):
     )
     other_data = _dataset(train=96)
     assert run_identity(spec, dataset, None) != run_identity(spec, other_data, None)
+
+
+def test_a_second_process_on_the_same_run_waits_for_the_first(tmp_path):
+    """train_run holds the run directory's lock: while another process holds it, a
+    second one says whom it waits for, then goes on (here: trains the run)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    dataset = _dataset()
+    spec = RunSpec(role="locked", epochs=1, batch_size=32, **MLP_SMALL)
+    run_dir = run_directory(tmp_path, spec, run_identity(spec, dataset, None))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from kdjax.locking import run_lock
+            with run_lock({str(run_dir)!r}):
+                print("held", flush=True)
+                time.sleep(3)
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        messages = []
+        result = train_run(spec, dataset, tmp_path, log=messages.append)
+        assert result.run_dir == run_dir and len(result.history) == 1
+        assert any(str(holder.pid) in message for message in messages), messages
+    finally:
+        holder.wait(timeout=30)
