@@ -10,9 +10,10 @@ convention of seeds 001/002; seed 000's ``alpha`` is ``hard_weight = alpha,
 soft_weight = 1 − alpha`` (:func:`alpha_weights`).
 
 Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``;
-feature-map methods ``hint`` (FitNets, with the student's regressor), ``at``,
-``nst``; feature methods ``cosine``, ``sp``, ``pkt``, ``rkd``, ``cc`` (see
-:mod:`kdjax.losses` for each loss and its reference). Adding a method is one
+feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``; feature methods
+``cosine``, ``sp``, ``pkt``, ``rkd``, ``cc``, ``crd`` (see :mod:`kdjax.losses` for
+each loss and its reference). ``hint``, ``vid`` and ``crd`` train a head beside
+the student (:mod:`kdjax.heads`). Adding a method is one
 :class:`Objective` in :data:`OBJECTIVES`::
 
     OBJECTIVES["my_kd"] = Objective("my_kd", ("logits",), my_soft_term)
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 
-from kdjax import losses
+from kdjax import heads, losses
 from kdjax.types import Batch, Hyperparams, Outputs
 
 # ``soft_term(outputs, teacher, hyperparams, batch) -> per_example`` (or a scalar, for
@@ -39,25 +41,20 @@ class Objective:
     """``hard_weight · CE(labels) + soft_weight · soft_term`` (CE alone without a term).
 
     ``teacher_outputs`` names the teacher outputs the soft term reads; the batch
-    carries them as ``"teacher_<name>"``. ``student_outputs`` names student outputs
-    it needs beyond the logits, so a model without them is refused with a message.
+    carries them as ``"teacher_<name>"``. ``head(num_training_examples)`` builds the
+    trainable parts the method adds beside the student (:mod:`kdjax.heads`); their
+    outputs join the student's.
     """
 
     name: str
     teacher_outputs: tuple[str, ...] = ()
     soft_term: SoftTerm | None = None
-    student_outputs: tuple[str, ...] = ()
+    head: Callable[[int], Any] | None = None
 
     def __call__(self, outputs: Outputs, batch: Batch, hyperparams: Hyperparams):
         hard = losses.cross_entropy(outputs["logits"], batch["labels"])
         if self.soft_term is None:
             return hard, {}
-        for name in self.student_outputs:
-            if name not in outputs:
-                raise ValueError(
-                    f"objective {self.name!r} needs a student with a {name!r} output "
-                    f"(e.g. a hint regressor); this model returns {sorted(outputs)}."
-                )
         teacher = {name: batch[f"teacher_{name}"] for name in self.teacher_outputs}
         soft = self.soft_term(outputs, teacher, hyperparams, batch)
         loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
@@ -85,6 +82,18 @@ def _hint_term(outputs, teacher, hyperparams, batch):
     """MSE between the student's regressed map and the teacher's map (FitNets)."""
     del hyperparams, batch
     return losses.hint_loss(outputs["hint"], teacher["feature_map"])
+
+
+def _vid_term(outputs, teacher, hyperparams, batch):
+    """VID: negative log-likelihood of the teacher's map under the head's Gaussian."""
+    del hyperparams, batch
+    return losses.vid_loss(outputs["vid_mean"], teacher["feature_map"], outputs["vid_log_scale"])
+
+
+def _crd_term(outputs, teacher, hyperparams, batch):
+    """CRD: the head's NCE loss against its memory bank (a scalar over the batch)."""
+    del teacher, hyperparams, batch
+    return outputs["crd_loss"]
 
 
 def _between(output: str, loss: Callable) -> SoftTerm:
@@ -132,7 +141,9 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("ce"),
         Objective("kd", ("logits",), _kd_term),
         Objective("cosine", ("features",), _cosine_term),
-        Objective("hint", ("feature_map",), _hint_term, student_outputs=("hint",)),
+        Objective("hint", ("feature_map",), _hint_term, head=lambda count: heads.HintHead()),
+        Objective("vid", ("feature_map",), _vid_term, head=lambda count: heads.VIDHead()),
+        Objective("crd", ("features",), _crd_term, head=lambda count: heads.CRDHead(count)),
         Objective("kd_standardized", ("logits",), _kd_standardized_term),
         Objective("dkd", ("logits",), _dkd_term),
         Objective("dist", ("logits",), _dist_term),

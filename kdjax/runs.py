@@ -24,6 +24,7 @@ import numpy as np
 from kdjax import soft_targets
 from kdjax.checkpoints import load_state, read_config
 from kdjax.data import Dataset, Split
+from kdjax.heads import StudentWithHead, deployed_variables
 from kdjax.locking import run_lock
 from kdjax.models import count_params, get_model
 from kdjax.objectives import get_objective, make_hyperparams
@@ -90,16 +91,22 @@ def train_run(
     identity = run_identity(spec, dataset, teacher if objective.teacher_outputs else None)
     if initial_variables is not None:  # a run from other starting weights is another run
         identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
+    model, frozen = get_model(spec.model, **spec.model_settings), spec.frozen
+    if objective.head is not None:  # the method's trainable parts beside the student
+        model = StudentWithHead(model, objective.head(len(dataset.train)))
+        frozen = tuple(f"student/{pattern}" for pattern in frozen)
+        if initial_variables is not None:
+            initial_variables = {key: {"student": tree} for key, tree in initial_variables.items()}
     training = Training(
-        model=with_compute_dtype(get_model(spec.model, **spec.model_settings), spec.compute_dtype),
+        model=with_compute_dtype(model, spec.compute_dtype),
         objective=objective,
-        optimizer=make_optimizer(spec.optimizer, frozen=spec.frozen),
+        optimizer=make_optimizer(spec.optimizer, frozen=frozen),
         preprocess=spec.preprocess(),
         augment=spec.augment(),
         constraint=spec.constraint(),
         schedule=spec.schedule(len(dataset.train)),
         teacher=online,
-        frozen=spec.frozen,
+        frozen=frozen,
         initial_variables=initial_variables,
     )
     run_dir = run_directory(workdir, spec, identity)
@@ -187,6 +194,8 @@ def load_run(
     spec = RunSpec.from_identity(config)
     state, epoch = load_state(run_dir, epoch, log=log)
     variables = {"params": state["params"], **state.get("model_state", {})}
+    if get_objective(spec.objective).head is not None:  # deploy the student alone
+        variables = deployed_variables(variables)
     if spec.population is not None:
         if not 0 <= member < spec.population:
             raise ValueError(f"{run_dir} holds {spec.population} students; member {member}?")

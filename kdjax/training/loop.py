@@ -28,7 +28,7 @@ from kdjax.training.evaluation import split_accuracy
 from kdjax.training.feeds import epoch_permutation, make_feed
 from kdjax.training.members import Members
 from kdjax.training.state import trainable_mask
-from kdjax.training.step import OnlineTeacher, make_train_step
+from kdjax.training.step import OnlineTeacher, head_inputs_of, make_train_step
 from kdjax.types import Augment, Constraint, Hyperparams, Preprocess, Schedule
 
 
@@ -157,9 +157,22 @@ def fit(
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
 
+    arrays = {
+        "images": train_split.images,
+        "labels": train_split.labels,
+        "ids": train_split.ids,
+        "rows": np.arange(len(train_split), dtype=np.int32),  # positions, for heads
+        **(train_extras or {}),
+    }
     # Build: the state, the lifted step and the evaluation counter.
     sample = training.preprocess(train_split.images[:1])
-    state = members.init(training.model, training.optimizer, sample, training.initial_variables)
+    state = members.init(
+        training.model,
+        training.optimizer,
+        sample,
+        training.initial_variables,
+        init_inputs=_head_sample(training, arrays),
+    )
     step = members.lift(_make_step(training, state))
     hyperparams = members.hyperparams(hyperparams)
     context = training.teacher.context() if training.teacher else {}
@@ -187,12 +200,6 @@ def fit(
         verb = "Reusing finished" if start_epoch == epochs else "Resuming"
         log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
 
-    arrays = {
-        "images": train_split.images,
-        "labels": train_split.labels,
-        "ids": train_split.ids,
-        **(train_extras or {}),
-    }
     steps_per_epoch = len(train_split) // batch_size
     train_seconds, feed = 0.0, None
     try:
@@ -254,6 +261,15 @@ def fit(
         train_seconds=train_seconds,
         compile_seconds=None if feed is None else feed.compile_seconds,
     )
+
+
+def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:
+    """One example's head inputs, for initialising a method's head."""
+    first = {key: array[:1] for key, array in arrays.items()}
+    if training.teacher is not None:
+        names = training.objective.teacher_outputs
+        first.update(training.teacher.outputs(training.teacher.variables, first["images"], names))
+    return head_inputs_of(training.objective, first)
 
 
 def _make_step(training: Training, state):

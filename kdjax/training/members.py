@@ -54,9 +54,17 @@ class Members:
         optimizer: optax.GradientTransformation,
         sample: jax.Array,
         initial_variables: Any = None,
+        init_inputs: dict | None = None,
     ) -> TrainState:
         def one(seed):
-            return create_state(model, optimizer, sample, seed, initial_variables=initial_variables)
+            return create_state(
+                model,
+                optimizer,
+                sample,
+                seed,
+                initial_variables=initial_variables,
+                init_inputs=init_inputs,
+            )
 
         if not self.stacked:
             return one(self.seeds[0])

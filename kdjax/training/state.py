@@ -81,17 +81,20 @@ def create_state(
     seed: int,
     *,
     initial_variables: Any = None,
+    init_inputs: dict | None = None,
 ) -> TrainState:
     """Fresh parameters and optimizer state; ``sample_images`` fixes the input shape.
 
     ``initial_variables`` (e.g. pretrained weights, ``{"params": ..., "batch_stats":
-    ...}``) replace the freshly initialised ones where given; the dropout key still
-    comes from ``seed``.
+    ...}``) replace the freshly initialised top-level modules they name (a new head
+    keeps its fresh initialisation); the dropout key still comes from ``seed``.
+    ``init_inputs`` are further keyword inputs of the model's first call (a method's
+    head needs the teacher's outputs, see kdjax.heads).
     """
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    variables = dict(model.init(init_key, sample_images, train=False))
-    if initial_variables is not None:
-        variables.update(initial_variables)
+    variables = dict(model.init(init_key, sample_images, train=False, **(init_inputs or {})))
+    for collection, tree in (initial_variables or {}).items():  # replace what is given
+        variables[collection] = {**variables.get(collection, {}), **tree}
     params = variables.pop("params")
     return TrainState(
         step=jnp.zeros((), jnp.int32),

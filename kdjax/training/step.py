@@ -86,16 +86,18 @@ def make_train_step(
             batch = dict(batch, **teacher.outputs(context["teacher"], batch["images"], names))
         images = preprocess(batch["images"])
         mutable = list(state.model_state)
+        head_inputs = head_inputs_of(objective, batch)
 
         def loss_fn(params):
             variables = {"params": params, **state.model_state}
             rngs = {"dropout": dropout_key}
             if mutable:
                 outputs, model_state = model.apply(
-                    variables, images, train=True, rngs=rngs, mutable=mutable
+                    variables, images, train=True, rngs=rngs, mutable=mutable, **head_inputs
                 )
             else:
-                outputs, model_state = model.apply(variables, images, train=True, rngs=rngs), {}
+                outputs = model.apply(variables, images, train=True, rngs=rngs, **head_inputs)
+                model_state = {}
             per_example, parts = objective(outputs, batch, hyperparams)
             return jnp.mean(per_example), (outputs["logits"], parts, model_state)
 
@@ -129,6 +131,15 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def head_inputs_of(objective: Objective, batch: Batch) -> dict:
+    """What a method's head reads besides the images (:mod:`kdjax.heads`): the
+    teacher's outputs and the examples' rows in the training split."""
+    if objective.head is None:
+        return {}
+    teacher = {name: batch[f"teacher_{name}"] for name in objective.teacher_outputs}
+    return {"teacher": teacher, "rows": batch["rows"]}
 
 
 def resolve_strategy(strategy: str) -> str:
