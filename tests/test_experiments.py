@@ -97,7 +97,6 @@ def check_schema(results: dict, command: str, runs: list[str]) -> None:
     """The common results layout, each run's accuracies one per student in [0, 1]."""
     assert results["schema"] == "kdjax.results/1" and results["command"] == command
     assert results["environment"]["device_count"] >= 1
-    assert results["peak_resident_memory_mib"] > 0
     assert list(results["runs"]) == runs
     for entry in results["runs"].values():
         assert len(entry["test_accuracy"]) == len(entry["seeds"])
