@@ -39,7 +39,7 @@ print(jax.devices())'
 
 stamp "1. correctness on the GPU"
 JAX_DEFAULT_MATMUL_PRECISION=float32 timeout 120 "$py" -m pytest -q -p no:cacheprovider \
-  tests/test_train.py -k "trains_exactly_like or population_equals_separate" 2>&1 \
+  tests/test_training.py -k "trains_exactly_like or population_equals_separate" 2>&1 \
   | tail -n 15 | tee -a "$session"
 
 stamp "2. speed: kdjax host / device feed and PyTorch"

@@ -6,7 +6,7 @@
     python -m benchmarks.train_speed --feeds=host,device --epochs=2   # on a GPU
 
 For each student it times one full epoch of (a) kdjax's real training loop
-(``kdjax.train.fit`` with each ``--feeds`` value: shuffled batches gathered from
+(``kdjax.training.fit`` with each ``--feeds`` value: shuffled batches gathered from
 host arrays and sent per step, or the training set on the device and the epoch as
 one compiled scan; per-epoch evaluation excluded) and (b) a PyTorch eager loop
 with the same model, batch size, optimizer (Adam 1e-3), example order and stored
@@ -36,14 +36,15 @@ from absl import app, flags
 
 from kdjax.data import MNIST_MEAN, MNIST_STD, Dataset, Split, load_mnist_idx, normalize
 from kdjax.models import get_model
-from kdjax.train import FEEDS, OBJECTIVES, fit, make_hyperparams, make_optimizer, resolve_feed
+from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.training import FEEDS, Execution, Training, fit, make_optimizer, resolve_feed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "MNIST IDX files; default: random MNIST-shaped data.")
 flags.DEFINE_integer("population", 6, "Students trained together for the population row.")
 flags.DEFINE_string("output", "benchmarks/train_speed.json", "Where to write the results.")
 flags.DEFINE_list(
-    "feeds", ["auto"], "kdjax feeds to time: host, device, auto (device; see kdjax.train)."
+    "feeds", ["auto"], "kdjax feeds to time: host, device, auto (device; see kdjax.training)."
 )
 flags.register_validator(
     "feeds", lambda names: set(names) <= set(FEEDS), message="--feeds: unknown feed"
@@ -61,14 +62,15 @@ flags.register_validator(
 flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto (cuda if available), cpu, cuda.")
 
 STUDENTS = {
-    # name: (batch size, training examples) as in the seeds: seeds 000, 004 and 001.
-    "student_net": (128, 60000),
-    "mlp_200": (32, 10000),
-    "cifar_student": (128, 50000),
+    # name: (registry model, settings, batch size, training examples) as in the seeds:
+    # seeds 000, 004 and 001.
+    "small_conv_net": ("small_conv_net", {}, 128, 60000),
+    "mlp_200": ("mlp", {"hidden_sizes": (200, 200)}, 32, 10000),
+    "two_conv_net": ("two_conv_net", {}, 128, 50000),
 }
-IMAGE_SHAPES = {"cifar_student": (32, 32, 3)}  # the others are MNIST-shaped
+IMAGE_SHAPES = {"two_conv_net": (32, 32, 3)}  # the others are MNIST-shaped
 flags.DEFINE_list(
-    "students", ["student_net", "mlp_200", "cifar_student"], "Which students to time."
+    "students", ["small_conv_net", "mlp_200", "two_conv_net"], "Which students to time."
 )
 flags.register_validator(
     "students", lambda names: set(names) <= set(STUDENTS), message="--students: unknown name"
@@ -86,17 +88,22 @@ def synthetic_mnist(count: int, shape: tuple = (28, 28, 1)) -> Split:
 
 
 def kdjax_epoch_seconds(
-    model_name, split, test, teacher_logits, batch_size, objective, seeds, feed, epochs
+    name, split, test, teacher_logits, batch_size, objective, seeds, feed, epochs
 ):
-    """Steady-state seconds of one epoch of ``kdjax.train.fit`` and its compile time."""
+    """Steady-state seconds of one epoch of ``kdjax.training.fit`` and its compile time."""
+    model, settings, _, _ = STUDENTS[name]
+    training = Training(
+        model=get_model(model, **settings),
+        objective=OBJECTIVES[objective],
+        optimizer=make_optimizer("adam"),
+        preprocess=PREPROCESS,
+    )
     with tempfile.TemporaryDirectory() as workdir:
         result = fit(
-            name=f"{model_name}-{objective}",
+            training,
+            name=f"{name}-{objective}",
             run_dir=Path(workdir) / "run",
             run_config={},
-            model=get_model(model_name),
-            objective=OBJECTIVES[objective],
-            optimizer=make_optimizer("adam"),
             hyperparams=make_hyperparams(
                 learning_rate=1e-3,
                 temperature=3.0,
@@ -105,12 +112,11 @@ def kdjax_epoch_seconds(
             ),
             train_split=split,
             test_split=test,
-            preprocess=PREPROCESS,
             epochs=epochs,
             batch_size=batch_size,
             seed=seeds,
             train_extras={"teacher_logits": teacher_logits} if objective == "kd" else None,
-            feed=feed,
+            execution=Execution(feed=feed),
             log=lambda message: None,
         )
     if epochs > 1:  # the last epoch: compiled, warm, nothing to subtract
@@ -128,13 +134,13 @@ def kdjax_epoch_seconds(
 def torch_model(name):
     import torch.nn as nn
 
-    if name == "cifar_student":  # seed 001's student, as the seed writes it
+    if name == "two_conv_net":  # seed 001's student, as the seed writes it
         return nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
             nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 10),
         )  # fmt: skip
-    if name == "student_net":
+    if name == "small_conv_net":
         return nn.Sequential(
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
             nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
@@ -231,7 +237,7 @@ def main(argv):
         print("PyTorch not installed: skipping the PyTorch comparison.")
     rows = []
     for name in FLAGS.students:
-        batch_size, count = STUDENTS[name]
+        model_name, settings, batch_size, count = STUDENTS[name]
         count = min(count, FLAGS.max_examples or count)
         shape = IMAGE_SHAPES.get(name, (28, 28, 1))
         if name in IMAGE_SHAPES:  # not MNIST-shaped: synthetic data of its shape
@@ -240,10 +246,10 @@ def main(argv):
         else:
             split, test_split = train_full.take(count), test
         teacher_logits = np.random.default_rng(1).normal(size=(count, 10)).astype(np.float32)
-        model = get_model(name)
-        params = model.init(jax.random.PRNGKey(0), np.zeros((1, *shape), np.float32))["params"]
+        model = get_model(model_name, **settings)
+        variables = model.init(jax.random.PRNGKey(0), np.zeros((1, *shape), np.float32))
         # Forward + backward ~ 3x the forward pass (XLA's count of the forward).
-        epoch_tflop = 3 * forward_flops(model, params, shape) * count / 1e12
+        epoch_tflop = 3 * forward_flops(model, variables, shape) * count / 1e12
         torch_seconds = threads = None
         if device is not None:
             print(f"Timing {name} in PyTorch on {device} ...", flush=True)
@@ -307,12 +313,12 @@ def main(argv):
     Path(FLAGS.output).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{report['machine']['jax_device']} ({jax.default_backend()})")
     print(
-        f"{'student':13} {'feed':6} {'kdjax KD s':>10} {'torch KD s':>10} {'kdjax/torch':>11} "
+        f"{'student':14} {'feed':6} {'kdjax KD s':>10} {'torch KD s':>10} {'kdjax/torch':>11} "
         f"{'TFLOP/s':>8} {'KD/CE':>6} {'pop/singles':>11}"
     )
     for row in rows:
         print(
-            f"{row['student']:13} {row['feed']:6} {row['kdjax_kd_epoch_s']:>10} "
+            f"{row['student']:14} {row['feed']:6} {row['kdjax_kd_epoch_s']:>10} "
             f"{row.get('torch_kd_epoch_s', '-'):>10} {row.get('kdjax_over_torch', '-'):>11} "
             f"{row['kdjax_kd_tflops']:>8} {row['kd_over_ce']:>6} "
             f"{row[f'population{FLAGS.population}_over_{FLAGS.population}_singles']:>11}"

@@ -12,40 +12,57 @@ comparison. The teacher is trained once per workdir; its logits, features and
 feature maps are computed once and stored by example id; every method trains
 ``--seeds`` students together in one compiled program.
 
-``--preset=seed002`` (default) uses the nets with dropout 0.1 ("DeepNN",
-"LightNN"), KD at T=2 with weights 0.75 CE / 0.25 soft, and 0.75 / 0.25 for cosine
-and hint. ``--preset=seed001`` uses the nets without dropout and KD at T=10 with
-weights 1 / 1. ``--temperature``, ``--hard_weight`` and ``--soft_weight`` override
-the preset. Inputs are normalised with ImageNet mean/std, as in both seeds.
+``--preset=seed002`` (default) uses the nets with dropout 0.1 (``four_conv_net``
+and ``two_conv_net``: the seed's "DeepNN" and "LightNN"), KD at T=2 with weights
+0.75 CE / 0.25 soft, and 0.75 / 0.25 for cosine and hint. ``--preset=seed001``
+uses the nets without dropout and KD at T=10 with weights 1 / 1.
+``--temperature``, ``--hard_weight`` and ``--soft_weight`` override the preset.
+Inputs are normalised with ImageNet mean/std, as in both seeds.
 
 Data: ``--data_dir`` names an image folder (``train/<class>/*.jpg``,
 ``test/<class>/*.jpg``), a ``.tar`` of one, or a TFDS data dir with cifar10;
 without it, a prepared or downloadable TFDS ``cifar10``. Decoded images are cached
 (``--cache_dir``). Writes ``results.json``, ``comparison.png`` and
 ``learning_curves.png`` in the workdir; re-running resumes unfinished runs.
+From Python::
+
+    from experiments import cifar10_kd
+    results = cifar10_kd.run(cifar10_kd.Config(method=("ce", "kd"), seeds=3))
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 
 import numpy as np
-from absl import app, flags
 
-from experiments import common
+from experiments import report
+from experiments.config import (
+    CommonConfig,
+    at_least_one,
+    command,
+    existing_path,
+    finite,
+    non_negative,
+    option,
+    positive,
+)
 from kdjax.data import IMAGENET_MEAN, IMAGENET_STD
-from kdjax.distill import RunSpec, parameter_count, teacher_outputs, train_run
 from kdjax.image_folder import load_cifar10
-from kdjax.train import TEACHER_OUTPUTS
+from kdjax.objectives import get_objective
+from kdjax.runs import train_run
+from kdjax.spec import RunSpec
+from kdjax.teachers import Teacher
+from kdjax.training import Execution
 
-FLAGS = flags.FLAGS
 METHODS = ("ce", "kd", "cosine", "hint")
+# Each seed's networks (registry model and settings) and loss weights.
 PRESETS = {
     "seed002": {
-        "teacher": "deep_nn",
-        "student": "light_nn",
-        "hint_student": "light_nn_hint",
+        "teacher": ("four_conv_net", {"dropout": 0.1}),
+        "student": ("two_conv_net", {"dropout": 0.1}),
+        "hint_student": ("two_conv_net", {"dropout": 0.1, "hint_channels": 32}),
         "kd": {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25},
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
@@ -59,9 +76,9 @@ PRESETS = {
         },
     },
     "seed001": {
-        "teacher": "cifar_teacher",
-        "student": "cifar_student",
-        "hint_student": "cifar_student_hint",
+        "teacher": ("four_conv_net", {}),
+        "student": ("two_conv_net", {}),
+        "hint_student": ("two_conv_net", {"hint_channels": 32}),
         "kd": {"temperature": 10.0, "hard_weight": 1.0, "soft_weight": 1.0},
         # Seed 001 has no cosine or hint run; seed 002's weights are used.
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
@@ -86,56 +103,210 @@ SHORT_LABELS = {
 INPUT_NORMALISATION = {"input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD}
 TEACHER_SEED = 42
 
-flags.DEFINE_list("method", ["all"], "Student runs: any of ce,kd,cosine,hint, or all.")
-flags.DEFINE_enum("preset", "seed002", sorted(PRESETS), "Nets and loss weights of which seed.")
-flags.DEFINE_float("temperature", None, "KD temperature (default: the preset's, 2 or 10).")
-flags.DEFINE_float("hard_weight", None, "Weight of the label CE (default: the preset's).")
-flags.DEFINE_float("soft_weight", None, "Weight of the KD/cosine/hint term (default: preset's).")
-flags.DEFINE_integer("seeds", 1, "Students per method, trained together in one program.")
-flags.DEFINE_integer("first_seed", 42, "Seed of the first student; the rest count up.")
-flags.DEFINE_integer("epochs", 10, "Student training epochs (seeds: 10).")
-flags.DEFINE_integer("teacher_epochs", 10, "Teacher epochs, when it is not in the workdir.")
-flags.DEFINE_integer("batch_size", 128, "Training batch size (seeds: 128).")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (seeds: 1e-3).")
-flags.DEFINE_string("workdir", "runs/cifar10_kd", "Checkpoints, teacher outputs and results.")
-flags.DEFINE_string("data_dir", None, "CIFAR-10 image folder, its .tar, or a TFDS data dir.")
-flags.DEFINE_bool("download", True, "Let TFDS download cifar10 when no copy is found.")
-flags.DEFINE_string("cache_dir", None, "Decoded-image cache (default: <workdir>/data_cache).")
 
-common.validate(
-    "method",
-    lambda names: bool(names) and set(names) <= {*METHODS, "all"},
-    f"must list methods among {', '.join(METHODS)} (or all)",
-)
-common.validate("temperature", lambda t: t is None or t > 0, "must be > 0")
-common.validate("hard_weight", lambda w: w is None or w >= 0, "must be >= 0")
-common.validate("soft_weight", lambda w: w is None or w >= 0, "must be >= 0")
-common.validate("seeds", lambda n: n >= 1, "must be >= 1")
-for _name in ("epochs", "teacher_epochs", "batch_size"):
-    common.validate(_name, lambda n: n >= 1, "must be >= 1")
-common.validate("learning_rate", lambda lr: lr > 0, "must be > 0")
-common.validate(
-    "data_dir",
-    lambda value: value is None or os.path.exists(value),
-    "must be an existing folder or archive",
-)
+@dataclasses.dataclass(frozen=True)
+class Config(CommonConfig):
+    workdir: str = option("runs/cifar10_kd", "Checkpoints, teacher outputs and results.")
+    method: tuple[str, ...] = option(
+        ("all",),
+        "Student runs: any of ce,kd,cosine,hint, or all.",
+        check=(
+            lambda names: bool(names) and set(names) <= {*METHODS, "all"},
+            f"must list methods among {', '.join(METHODS)} (or all)",
+        ),
+    )
+    preset: str = option(
+        "seed002", "Nets and loss weights of which seed.", choices=tuple(sorted(PRESETS))
+    )
+    temperature: float | None = option(
+        None, "KD temperature (default: the preset's, 2 or 10).", check=finite(positive)
+    )
+    hard_weight: float | None = option(
+        None, "Weight of the label CE (default: the preset's).", check=finite(non_negative)
+    )
+    soft_weight: float | None = option(
+        None, "Weight of the KD/cosine/hint term (default: preset's).", check=finite(non_negative)
+    )
+    seeds: int = option(
+        1, "Students per method, trained together in one program.", check=at_least_one
+    )
+    first_seed: int = option(
+        42, "Seed of the first student; the rest count up.", check=non_negative
+    )
+    epochs: int = option(10, "Student training epochs (seeds: 10).", check=at_least_one)
+    teacher_epochs: int = option(
+        10, "Teacher epochs, when it is not in the workdir.", check=at_least_one
+    )
+    batch_size: int = option(128, "Training batch size (seeds: 128).", check=at_least_one)
+    learning_rate: float = option(1e-3, "Adam learning rate (seeds: 1e-3).", check=finite(positive))
+    data_dir: str | None = option(
+        None,
+        "CIFAR-10 image folder, its .tar, or a TFDS data dir.",
+        check=(existing_path, "must be an existing folder or archive"),
+    )
+    download: bool = option(True, "Let TFDS download cifar10 when no copy is found.")
+    cache_dir: str | None = option(None, "Decoded-image cache (default: <workdir>/data_cache).")
+
+    def methods(self) -> list[str]:
+        """The selected methods in canonical order, without repeats."""
+        names = METHODS if "all" in self.method else self.method
+        return [method for method in METHODS if method in names]
 
 
-def selected_methods() -> list[str]:
-    names = METHODS if "all" in FLAGS.method else FLAGS.method
-    return [m for m in METHODS if m in names]  # canonical order, no repeats
-
-
-def method_weights(preset: dict, method: str) -> dict:
-    """The loss weights (and T) of one method: the preset's, overridden by flags."""
+def method_weights(config: Config, method: str) -> dict:
+    """The loss weights (and T) of one method: the preset's, overridden by the config."""
     if method == "ce":
         return {}
-    weights = dict(preset[method])
+    weights = dict(PRESETS[config.preset][method])
     for name in ("temperature", "hard_weight", "soft_weight"):
-        value = getattr(FLAGS, name)
+        value = getattr(config, name)
         if value is not None and (name != "temperature" or method == "kd"):
             weights[name] = value
     return weights
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    preset, methods = PRESETS[config.preset], config.methods()
+    dataset = load_cifar10(
+        config.data_dir,
+        download=config.download,
+        cache_dir=config.cache_dir or f"{config.workdir}/data_cache",
+        log=report.log,
+    )
+    report.log(
+        f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
+        f"{len(dataset.train)} train / {len(dataset.test)} test examples."
+    )
+    report.log(
+        f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each."
+    )
+
+    def train(spec, teacher=None):
+        return train_run(
+            spec,
+            dataset,
+            config.workdir,
+            teacher=teacher,
+            execution=Execution(feed=config.feed, checkpoint_every=config.checkpoint_every),
+            log=report.log,
+        )
+
+    shared = dict(
+        batch_size=config.batch_size, learning_rate=config.learning_rate, **INPUT_NORMALISATION
+    )
+    model, settings = preset["teacher"]
+    specs = {
+        "teacher": RunSpec(
+            role="teacher",
+            model=model,
+            model_settings=settings,
+            epochs=config.teacher_epochs,
+            seed=TEACHER_SEED,
+            **shared,
+        )
+    }
+    results = {"teacher": train(specs["teacher"])}
+    teacher = Teacher(specs["teacher"], results["teacher"].variables, results["teacher"].run_dir)
+    # Every output the methods read, computed in one pass over the training set.
+    needed = tuple(dict.fromkeys(n for m in methods for n in get_objective(m).teacher_outputs))
+    if needed:
+        teacher.outputs(dataset, needed, splits=("train",), log=report.log)
+
+    seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
+    weights = {"teacher": {}}
+    for method in methods:
+        weights[method] = method_weights(config, method)
+        model, settings = preset["hint_student" if method == "hint" else "student"]
+        name = f"student_{method}"
+        specs[name] = RunSpec(
+            role=name,
+            model=model,
+            model_settings=settings,
+            objective=method,
+            epochs=config.epochs,
+            seed=seeds if len(seeds) > 1 else seeds[0],
+            **weights[method],
+            **shared,
+        )
+        report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
+        results[name] = train(specs[name], teacher if method != "ce" else None)
+
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    rows = [
+        {
+            "method": method,
+            "run": run_name,
+            "weights": weights[method],
+            "accuracy": report.mean_std(results[run_name].test_accuracy),
+            "published": preset["published"].get(method),
+        }
+        for method, run_name in [("teacher", "teacher")] + [(m, f"student_{m}") for m in methods]
+    ]
+    verdicts = gains_over_ce(rows) if len(seeds) > 1 else {}
+    study = {"preset": config.preset, "comparison": rows, "gains_over_ce": verdicts}
+    document = report.results_document("cifar10_kd", config, dataset, runs, study, started)
+    path = report.write_results(config.workdir, document)
+    title = (
+        f"CIFAR-10 ({config.preset}): students {config.epochs} epochs × {len(seeds)} seed(s), "
+        f"teacher {len(results['teacher'].history)} epochs"
+    )
+    comparison = plot_comparison(
+        f"{config.workdir}/comparison.png", rows, preset["published"], title
+    )
+    curves = report.plot_learning_curves(
+        f"{config.workdir}/learning_curves.png",
+        {LABELS[row["method"]]: report.mean_history(runs[row["run"]]["history"]) for row in rows},
+        title + " (mean over seeds)",
+    )
+    table = [
+        [
+            LABELS[row["method"]],
+            runs[row["run"]]["spec"]["model"],
+            f"{runs[row['run']]['parameters']:,}",
+            report.format_mean_std(row["accuracy"]),
+            "—" if row["published"] is None else f"{row['published']:.2f}",
+            str(runs[row["run"]]["epochs"]),
+            str(runs[row["run"]]["mean_epoch_seconds"]),
+        ]
+        for row in rows
+    ]
+    notes = [
+        f"{LABELS[name]}: {100 * v['gain_over_ce']:+.2f} points over CE; "
+        + ("exceeds" if v["gain_exceeds_spread"] else "within")
+        + f" the seed-to-seed spread ({100 * v['largest_seed_std']:.2f})."
+        for name, v in verdicts.items()
+    ]
+    report.print_report(
+        ["run", "model", "params", "test acc %", "published %", "epochs", "s/epoch"],
+        table,
+        notes=["", *notes] if notes else [],
+        footer=(
+            f"Results: {path}  Plots: {comparison}, {curves}  "
+            f"Wall time: {document['wall_seconds']} s"
+        ),
+    )
+    return document
+
+
+def gains_over_ce(rows: list[dict]) -> dict:
+    """Each distillation method's mean gain over the CE students, beside the larger of
+    the two seed-to-seed standard deviations."""
+    baseline = next((row for row in rows if row["method"] == "ce"), None)
+    if baseline is None:
+        return {}
+    verdicts = {}
+    for row in rows:
+        if row["method"] in ("teacher", "ce"):
+            continue
+        gain = row["accuracy"]["mean"] - baseline["accuracy"]["mean"]
+        spread = max(row["accuracy"]["std"], baseline["accuracy"]["std"])
+        verdicts[row["method"]] = {
+            "gain_over_ce": gain,
+            "largest_seed_std": spread,
+            "gain_exceeds_spread": bool(abs(gain) > spread),
+        }
+    return verdicts
 
 
 def plot_comparison(path, rows: list[dict], published: dict, title: str):
@@ -152,11 +323,11 @@ def plot_comparison(path, rows: list[dict], published: dict, title: str):
     for position, row in zip(positions, rows, strict=True):
         for value in row["accuracy"]["each"]:
             axes.plot(position, 100 * value, "k.", markersize=4)
-        if row["name"] in published:
-            axes.plot(position, published[row["name"]], "r_", markersize=22, markeredgewidth=2)
+        if row["method"] in published:
+            axes.plot(position, published[row["method"]], "r_", markersize=22, markeredgewidth=2)
     axes.plot([], [], "r_", markersize=12, markeredgewidth=2, label="published (one run)")
-    axes.set_xticks(positions, [SHORT_LABELS[row["name"]] for row in rows])
-    shown = [published[row["name"]] for row in rows if row["name"] in published]
+    axes.set_xticks(positions, [SHORT_LABELS[row["method"]] for row in rows])
+    shown = [published[row["method"]] for row in rows if row["method"] in published]
     spread = max(stds + [0])
     low = min(min(means) - spread, *shown) - 3
     high = max(max(means) + spread, *shown) + 2
@@ -171,164 +342,5 @@ def plot_comparison(path, rows: list[dict], published: dict, title: str):
     return path
 
 
-@common.exit_on_user_error
-def main(argv: list[str]) -> None:
-    del argv
-    started = time.perf_counter()
-    preset = PRESETS[FLAGS.preset]
-    methods = selected_methods()
-    cache_dir = FLAGS.cache_dir or f"{FLAGS.workdir}/data_cache"
-    dataset = load_cifar10(
-        FLAGS.data_dir, download=FLAGS.download, cache_dir=cache_dir, log=common.log
-    )
-    common.log(
-        f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
-        f"{len(dataset.train)} train / {len(dataset.test)} test examples."
-    )
-    common.log(f"Preset {FLAGS.preset}; methods: {', '.join(methods)}; {FLAGS.seeds} seed(s) each.")
-
-    teacher_spec = RunSpec(
-        role="teacher",
-        model=preset["teacher"],
-        epochs=FLAGS.teacher_epochs,
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
-        seed=TEACHER_SEED,
-        **INPUT_NORMALISATION,
-    )
-    teacher = train_run(teacher_spec, dataset, FLAGS.workdir, **common.run_options())
-    needed = tuple(dict.fromkeys(n for m in methods for n in TEACHER_OUTPUTS[m]))
-    stored, fingerprint = (
-        teacher_outputs(teacher_spec, teacher, dataset, needed, splits=("train",), log=common.log)
-        if needed
-        else ({}, None)
-    )
-
-    seeds = tuple(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
-    rows = [
-        {
-            "name": "teacher",
-            "model": teacher_spec.model,
-            "accuracy": common.mean_std(teacher.test_accuracy),
-            **teacher.summary(),
-        }
-    ]
-    for method in methods:
-        weights = method_weights(preset, method)
-        spec = RunSpec(
-            role=f"student_{method}",
-            model=preset["hint_student"] if method == "hint" else preset["student"],
-            objective=method,
-            epochs=FLAGS.epochs,
-            batch_size=FLAGS.batch_size,
-            learning_rate=FLAGS.learning_rate,
-            seed=seeds if len(seeds) > 1 else seeds[0],
-            **weights,
-            **INPUT_NORMALISATION,
-        )
-        common.log(f"Student {method}: {LABELS[method]}, {weights or 'labels only'}.")
-        result = train_run(
-            spec,
-            dataset,
-            FLAGS.workdir,
-            teacher_outputs={name: stored[name]["train"] for name in TEACHER_OUTPUTS[method]},
-            teacher_fingerprint=fingerprint if TEACHER_OUTPUTS[method] else None,
-            **common.run_options(),
-        )
-        rows.append(
-            {
-                "name": method,
-                "model": spec.model,
-                "weights": weights,
-                "seeds": list(seeds),
-                "accuracy": common.mean_std(result.test_accuracy),
-                **result.summary(),
-            }
-        )
-
-    for row in rows:
-        row["parameters"] = parameter_count(row["model"], dataset)
-        row["published"] = preset["published"].get(row["name"])
-    baseline = next((row for row in rows if row["name"] == "ce"), None)
-    verdicts = {}
-    if baseline is not None and len(seeds) > 1:
-        for row in rows:
-            if row["name"] in ("teacher", "ce"):
-                continue
-            gain = row["accuracy"]["mean"] - baseline["accuracy"]["mean"]
-            spread = max(row["accuracy"]["std"], baseline["accuracy"]["std"])
-            verdicts[row["name"]] = {
-                "gain_over_ce": gain,
-                "largest_seed_std": spread,
-                "gain_exceeds_spread": bool(abs(gain) > spread),
-            }
-    results = {
-        "preset": FLAGS.preset,
-        "runs": {row["name"]: row for row in rows},
-        "gains_over_ce": verdicts,
-        "data": dataset.summary(),
-        "config": common.flag_values(
-            [
-                "method",
-                "preset",
-                "temperature",
-                "hard_weight",
-                "soft_weight",
-                "seeds",
-                "first_seed",
-                "epochs",
-                "teacher_epochs",
-                "batch_size",
-                "learning_rate",
-                "workdir",
-                "data_dir",
-                "download",
-                "cache_dir",
-            ]
-        ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    path = common.write_results(FLAGS.workdir, results)
-    title = (
-        f"CIFAR-10 ({FLAGS.preset}): students {FLAGS.epochs} epochs × {len(seeds)} seed(s), "
-        f"teacher {rows[0]['epochs']} epochs"
-    )
-    comparison = plot_comparison(
-        f"{FLAGS.workdir}/comparison.png", rows, preset["published"], title
-    )
-    curves = common.plot_learning_curves(
-        f"{FLAGS.workdir}/learning_curves.png",
-        {LABELS[row["name"]]: common.mean_history(row["history"]) for row in rows},
-        title + " (mean over seeds)",
-    )
-    table = [
-        [
-            LABELS[row["name"]],
-            row["model"],
-            f"{row['parameters']:,}",
-            common.format_mean_std(row["accuracy"]),
-            "—" if row["published"] is None else f"{row['published']:.2f}",
-            str(row["epochs"]),
-            str(row["mean_epoch_seconds"]),
-        ]
-        for row in rows
-    ]
-    notes = [
-        f"{LABELS[name]}: {100 * v['gain_over_ce']:+.2f} points over CE; "
-        + ("exceeds" if v["gain_exceeds_spread"] else "within")
-        + f" the seed-to-seed spread ({100 * v['largest_seed_std']:.2f})."
-        for name, v in verdicts.items()
-    ]
-    common.print_report(
-        ["run", "model", "params", "test acc %", "published %", "epochs", "s/epoch"],
-        table,
-        notes=["", *notes] if notes else [],
-        footer=(
-            f"Results: {path}  Plots: {comparison}, {curves}  "
-            f"Wall time: {results['wall_seconds']} s"
-        ),
-    )
-
-
 if __name__ == "__main__":
-    app.run(main)
+    command(Config, run)

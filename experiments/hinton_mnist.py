@@ -32,47 +32,39 @@ image (``consistent_jitter``). The scratch arm gets the same jitter, so the gap
 between the arms is still distillation's alone. The variant reuses the teacher
 of the workdir and writes ``results-jitter<m>.json`` and
 ``learning_curves-jitter<m>.png`` beside the paper set-up's files.
+From Python::
+
+    from experiments import hinton_mnist
+    results = hinton_mnist.run(hinton_mnist.Config(teacher_epochs=30, epochs=15))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
-from absl import app, flags
 
-from experiments import common, mnist_setup
-from kdjax.distill import RunSpec, parameter_count, teacher_soft_targets, train_run
-
-FLAGS = flags.FLAGS
-flags.DEFINE_float("temperature", 20.0, "Softmax temperature (the paper: 20).")
-flags.DEFINE_float("alpha", 0.1, "Weight of the hard-label CE; 1 - alpha weights T²·KL.")
-flags.DEFINE_integer("seeds", 5, "Students per arm, trained together.")
-flags.DEFINE_integer("translate_pixels", 2, "Teacher's random input shifts (the paper: 2).")
-flags.DEFINE_integer(
-    "student_translate_pixels",
-    0,
-    "Students' random input shifts (the paper: 0). With m > 0 the distilled student "
-    "learns the teacher's soft targets for the shifted image (a jittered transfer set).",
+from experiments import mnist_setup, report
+from experiments.config import (
+    at_least_one,
+    command,
+    finite,
+    option,
+    positive,
+    unit_interval,
 )
-flags.DEFINE_float("max_norm", 3.5, "Max L2 norm of each unit's incoming weights (teacher).")
-flags.DEFINE_enum(
-    "lr_schedule", "cosine", ["cosine", "constant"], "Learning-rate schedule of every run."
-)
+from experiments.mnist_setup import MnistConfig
 
-common.validate("temperature", lambda t: t > 0, "must be > 0")
-common.validate("alpha", lambda a: 0.0 <= a <= 1.0, "must be in [0, 1]")
-common.validate("seeds", lambda n: n >= 1, "must be >= 1")
-common.validate("translate_pixels", lambda n: 0 <= n <= 8, "must be in [0, 8]")
-common.validate("student_translate_pixels", lambda n: 0 <= n <= 4, "must be in [0, 4]")
-common.validate("max_norm", lambda c: c > 0, "must be > 0")
-
-FLAGS.set_default("epochs", 60)
-FLAGS.set_default("teacher_epochs", 300)
-FLAGS.set_default("workdir", "runs/hinton_mnist")
-
-TEACHER_MODEL = "mlp_1200_dropout"
-STUDENT_MODEL = "mlp_800"
+# The paper's networks: registry model and settings.
+PRESETS = {
+    "mlp_1200_dropout": (
+        "mlp",
+        {"hidden_sizes": (1200, 1200), "dropout": 0.5, "input_dropout": 0.2},
+    ),
+    "mlp_800": ("mlp", {"hidden_sizes": (800, 800)}),
+}
+TEACHER, STUDENT = "mlp_1200_dropout", "mlp_800"
 PAPER_ERRORS = {"teacher": 67, "student_scratch": 146, "student_kd": 74}
 LABELS = {
     "teacher": "teacher 1200-1200 (dropout, max-norm, jitter)",
@@ -81,146 +73,155 @@ LABELS = {
 }
 
 
-def labels() -> dict[str, str]:
+def _within(low: int, high: int):
+    return (lambda value: low <= value <= high, f"must be in [{low}, {high}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(MnistConfig):
+    workdir: str = option("runs/hinton_mnist", "Where checkpoints, soft targets and results go.")
+    epochs: int = option(60, "Student training epochs.", check=at_least_one)
+    teacher_epochs: int = option(
+        300, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
+    )
+    temperature: float = option(
+        20.0, "Softmax temperature (the paper: 20).", check=finite(positive)
+    )
+    alpha: float = option(
+        0.1, "Weight of the hard-label CE; 1 - alpha weights T²·KL.", check=unit_interval
+    )
+    seeds: int = option(5, "Students per arm, trained together.", check=at_least_one)
+    translate_pixels: int = option(
+        2, "Teacher's random input shifts (the paper: 2).", check=_within(0, 8)
+    )
+    student_translate_pixels: int = option(
+        0,
+        "Students' random input shifts (the paper: 0). With m > 0 the distilled student "
+        "learns the teacher's soft targets for the shifted image (a jittered transfer set).",
+        check=_within(0, 4),
+    )
+    max_norm: float = option(
+        3.5, "Max L2 norm of each unit's incoming weights (teacher).", check=finite(positive)
+    )
+    lr_schedule: str = option(
+        "cosine", "Learning-rate schedule of every run.", choices=("cosine", "constant")
+    )
+
+
+def labels(config: Config) -> dict[str, str]:
     """Row names of the report, saying what the students saw."""
-    jitter = FLAGS.student_translate_pixels
+    jitter = config.student_translate_pixels
     return {
         **LABELS,
         "student_scratch": LABELS["student_scratch"] + (f" (jitter ±{jitter})" if jitter else ""),
         "student_kd": LABELS["student_kd"]
-        + f" (T={FLAGS.temperature:g}"
+        + f" (T={config.temperature:g}"
         + (f", jittered transfer set ±{jitter})" if jitter else ")"),
     }
 
 
-@common.exit_on_user_error
-def main(argv: list[str]) -> None:
-    del argv
+def run(config: Config) -> dict:
     started = time.perf_counter()
-    if jax.default_backend() == "cpu" and FLAGS.teacher_epochs >= 100:
-        common.log(
-            f"Note: {FLAGS.teacher_epochs} teacher epochs make this a long run on a CPU "
+    if jax.default_backend() == "cpu" and config.teacher_epochs >= 100:
+        report.log(
+            f"Note: {config.teacher_epochs} teacher epochs make this a long run on a CPU "
             "(the defaults: about 2 h on 2 cores, 80 s on one H200 GPU); "
             "--teacher_epochs=30 --epochs=15 gives the shorter run in BUILD_NOTES.md."
         )
-    dataset = mnist_setup.load_data()
-    teacher_spec, teacher, logits, fingerprint = mnist_setup.teacher(
+    dataset = mnist_setup.load_data(config)
+    teacher, teacher_run = mnist_setup.trained_teacher(
+        config,
         dataset,
-        model=TEACHER_MODEL,
-        translate_pixels=FLAGS.translate_pixels,
-        max_norm=FLAGS.max_norm,
-        lr_schedule=FLAGS.lr_schedule,
+        *PRESETS[TEACHER],
+        translate_pixels=config.translate_pixels,
+        max_norm=config.max_norm,
+        lr_schedule=config.lr_schedule,
     )
-    seeds = tuple(range(FLAGS.seeds))
-    jitter = FLAGS.student_translate_pixels
-    settings = dict(
-        mnist_setup.student_settings(STUDENT_MODEL),
-        seed=seeds if len(seeds) > 1 else 0,
-        lr_schedule=FLAGS.lr_schedule,
+    jitter = config.student_translate_pixels
+    student = dict(
+        seed=tuple(range(config.seeds)) if config.seeds > 1 else 0,
+        lr_schedule=config.lr_schedule,
         translate_pixels=jitter,
     )
-    if jitter:
-        logits, _ = teacher_soft_targets(
-            teacher_spec, teacher, dataset, train_shifts=jitter, log=common.log
-        )
-    kd_spec, kd = mnist_setup.kd_student(
-        "student_kd",
-        dataset,
-        logits["train"],
-        fingerprint,
-        temperature=FLAGS.temperature,
-        alpha=FLAGS.alpha,
-        consistent_jitter=bool(jitter),
-        **settings,
-    )
-    scratch = train_run(
-        RunSpec(role="student_scratch", **settings), dataset, FLAGS.workdir, **common.run_options()
-    )
+    specs = {
+        "teacher": teacher.spec,
+        "student_scratch": mnist_setup.student_spec(
+            config, "student_scratch", *PRESETS[STUDENT], **student
+        ),
+        # With jitter, the teacher's logits are stored for every shift of every image.
+        "student_kd": mnist_setup.student_spec(
+            config,
+            "student_kd",
+            *PRESETS[STUDENT],
+            consistent_jitter=bool(jitter),
+            **mnist_setup.kd_fields(config.temperature, config.alpha),
+            **student,
+        ),
+    }
+    results = {
+        "teacher": teacher_run,
+        "student_scratch": mnist_setup.train(config, specs["student_scratch"], dataset),
+        "student_kd": mnist_setup.train(config, specs["student_kd"], dataset, teacher),
+    }
 
     test_size = len(dataset.test)
-    runs = {"teacher": teacher, "student_scratch": scratch, "student_kd": kd}
     errors = {
-        name: common.count_summary(result.test_accuracy, test_size, errors=True)
-        for name, result in runs.items()
+        name: report.count_summary(result.test_accuracy, test_size, errors=True)
+        for name, result in results.items()
     }
     gap = errors["student_scratch"]["mean"] - errors["student_kd"]["mean"]
     spread = max(errors["student_scratch"]["std"], errors["student_kd"]["std"])
     verdict = {
         "kd_fewer_errors_than_scratch_by": gap,
         "largest_seed_std": spread,
-        "clearly_better": bool(len(seeds) > 1 and gap > 2 * spread),
+        "clearly_better": bool(config.seeds > 1 and gap > 2 * spread),
     }
-    models = {
-        "teacher": TEACHER_MODEL,
-        "student_scratch": STUDENT_MODEL,
-        "student_kd": STUDENT_MODEL,
-    }
-    results = {
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    study = {
         "test_errors": errors,
         "test_examples": test_size,
         "paper_errors": PAPER_ERRORS,
         "distillation_verdict": verdict,
-        **{
-            name: {
-                **result.summary(),
-                "model": models[name],
-                "parameters": parameter_count(models[name], dataset),
-            }
-            for name, result in runs.items()
-        },
-        "data": dataset.summary(),
-        "config": common.flag_values(
-            [
-                "temperature",
-                "alpha",
-                "seeds",
-                "translate_pixels",
-                "student_translate_pixels",
-                "max_norm",
-                "lr_schedule",
-                *mnist_setup.SHARED_FLAGS,
-            ]
-        ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "models": {"teacher": TEACHER, "student": STUDENT},
     }
+    document = report.results_document("hinton_mnist", config, dataset, runs, study, started)
     # The jittered variant shares the workdir (and so the teacher): its own file names.
     suffix = f"-jitter{jitter}" if jitter else ""
-    path = common.write_results(FLAGS.workdir, results, f"results{suffix}.json")
-    plot = common.plot_learning_curves(
-        f"{FLAGS.workdir}/learning_curves{suffix}.png",
-        {labels()[name]: common.mean_history(results[name]["history"]) for name in runs},
+    path = report.write_results(config.workdir, document, f"results{suffix}.json")
+    names = labels(config)
+    plot = report.plot_learning_curves(
+        f"{config.workdir}/learning_curves{suffix}.png",
+        {names[name]: report.mean_history(result.history) for name, result in results.items()},
         "Hinton et al. 2015 MNIST (mean over seeds)",
     )
     rows = [
         [
-            labels()[name],
+            names[name],
             f"{e['mean']:.1f} ± {e['std']:.1f}" if len(e["each"]) > 1 else f"{e['mean']:.0f}",
             str(len(e["each"])),
-            str(results[name]["epochs"]),
+            str(len(results[name].history)),
             str(PAPER_ERRORS[name]),
         ]
         for name, e in errors.items()
     ]
-    common.print_report(
+    jitter_note = (
+        f"The students saw inputs shifted by up to {jitter} pixels; the paper's students "
+        "saw none (its 146 and 74 are for unjittered training)."
+    )
+    report.print_report(
         ["run", f"test errors / {test_size:,}", "n", "epochs", "paper"],
         rows,
         notes=[
             f"\nErrors from scratch minus errors distilled: {gap:+.1f}; largest seed std "
             f"{spread:.1f}: the distilled student is "
             + ("clearly better (> 2 std)." if verdict["clearly_better"] else "not clearly better."),
-            *(
-                [
-                    f"The students saw inputs shifted by up to {jitter} pixels; the paper's "
-                    "students saw none (its 146 and 74 are for unjittered training)."
-                ]
-                if jitter
-                else []
-            ),
-            *common.data_notes(dataset),
+            *([jitter_note] if jitter else []),
+            *report.data_notes(dataset),
         ],
-        footer=f"Results: {path}  Plot: {plot}  Wall time: {results['wall_seconds']} s",
+        footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",
     )
+    return document
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command(Config, run)

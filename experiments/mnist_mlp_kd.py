@@ -9,6 +9,10 @@ KD (T=3, alpha=0.2: 0.2·CE + 0.8·T²·KL), Adam 1e-3, batch 32, 50 epochs, inp
 normalised with (0.1307, 0.3081). Each student arm is ``--seeds`` students
 trained together in one compiled program; the table reports correct answers out
 of the 10,000 test images as mean ± std beside the seed's 9,833 / 9,621 / 9,710.
+From Python::
+
+    from experiments import mnist_mlp_kd
+    results = mnist_mlp_kd.run(mnist_mlp_kd.Config(epochs=5, seeds=2))
 """
 
 from __future__ import annotations
@@ -16,116 +20,99 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from absl import app, flags
+from experiments import mnist_setup, report
+from experiments.config import at_least_one, command, finite, option, positive, unit_interval
+from experiments.mnist_setup import MnistConfig
 
-from experiments import common, mnist_setup
-from kdjax.distill import RunSpec, parameter_count, train_run
-from kdjax.soft_targets import lookup
-
-FLAGS = flags.FLAGS
-flags.DEFINE_float("temperature", 3.0, "Softmax temperature (seed 004: 3).")
-flags.DEFINE_float("alpha", 0.2, "Weight of the hard-label CE (seed 004: 0.2).")
-flags.DEFINE_integer("seeds", 3, "Students per arm, trained together.")
-flags.DEFINE_integer("transfer_size", 10000, "Transfer set: the first N training images.")
-flags.DEFINE_integer("teacher_batch_size", 128, "Teacher batch size (trained on all images).")
-
-common.validate("temperature", lambda t: t > 0, "must be > 0")
-common.validate("alpha", lambda a: 0.0 <= a <= 1.0, "must be in [0, 1]")
-common.validate("seeds", lambda n: n >= 1, "must be >= 1")
-common.validate("transfer_size", lambda n: n >= 1, "must be >= 1")
-
-# Seed 004's settings, where they differ from seed 000's.
-FLAGS.set_default("epochs", 50)
-FLAGS.set_default("batch_size", 32)
-FLAGS.set_default("teacher_epochs", 10)
-FLAGS.set_default("workdir", "runs/mnist_mlp_kd")
-
-TEACHER_MODEL = "mlp_800_dropout"
-STUDENT_MODEL = "mlp_200"
+# Seed 004's networks: registry model and settings.
+PRESETS = {
+    "mlp_800_dropout": ("mlp", {"hidden_sizes": (800, 800), "dropout": 0.5}),
+    "mlp_200": ("mlp", {"hidden_sizes": (200, 200)}),
+}
+TEACHER, STUDENT = "mlp_800_dropout", "mlp_200"
 SEED_004 = {"teacher": 9833, "student_scratch": 9621, "student_kd": 9710}
 
 
-@common.exit_on_user_error
-def main(argv: list[str]) -> None:
-    del argv
+@dataclasses.dataclass(frozen=True)
+class Config(MnistConfig):
+    # Seed 004's settings, where they differ from seed 000's.
+    workdir: str = option("runs/mnist_mlp_kd", "Where checkpoints, soft targets and results go.")
+    epochs: int = option(50, "Student training epochs (seed 004: 50).", check=at_least_one)
+    teacher_epochs: int = option(
+        10, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
+    )
+    batch_size: int = option(32, "Student batch size (seed 004: 32).", check=at_least_one)
+    temperature: float = option(3.0, "Softmax temperature (seed 004: 3).", check=finite(positive))
+    alpha: float = option(0.2, "Weight of the hard-label CE (seed 004: 0.2).", check=unit_interval)
+    seeds: int = option(3, "Students per arm, trained together.", check=at_least_one)
+    transfer_size: int = option(
+        10000, "Transfer set: the first N training images.", check=at_least_one
+    )
+    teacher_batch_size: int = option(
+        128, "Teacher batch size (trained on all images).", check=at_least_one
+    )
+
+
+def run(config: Config) -> dict:
     started = time.perf_counter()
-    dataset = mnist_setup.load_data()
-    if FLAGS.transfer_size > len(dataset.train):
+    dataset = mnist_setup.load_data(config)
+    if config.transfer_size > len(dataset.train):
         raise ValueError(
-            f"--transfer_size {FLAGS.transfer_size} exceeds the {len(dataset.train)} "
+            f"--transfer_size {config.transfer_size} exceeds the {len(dataset.train)} "
             "training images."
         )
-    _, teacher, logits, fingerprint = mnist_setup.teacher(
-        dataset, model=TEACHER_MODEL, batch_size=FLAGS.teacher_batch_size
+    teacher, teacher_run = mnist_setup.trained_teacher(
+        config, dataset, *PRESETS[TEACHER], batch_size=config.teacher_batch_size
     )
-    transfer = dataset.train.take(FLAGS.transfer_size)
-    transfer_logits = lookup(dataset.train.ids, logits["train"], transfer.ids)
-    students_data = dataclasses.replace(dataset, train=transfer)
-    seeds = tuple(range(FLAGS.seeds))
-    settings = dict(mnist_setup.student_settings(STUDENT_MODEL), seed=seeds)
-    _, kd = mnist_setup.kd_student(
-        "student_kd",
-        students_data,
-        transfer_logits,
-        fingerprint,
-        temperature=FLAGS.temperature,
-        alpha=FLAGS.alpha,
-        **settings,
-    )
-    scratch = train_run(
-        RunSpec(role="student_scratch", **settings),
-        students_data,
-        FLAGS.workdir,
-        **common.run_options(),
-    )
+    # The students see only the transfer set; the teacher's logits are stored for it.
+    transfer = dataclasses.replace(dataset, train=dataset.train.take(config.transfer_size))
+    seeds = tuple(range(config.seeds))
+    specs = {
+        "teacher": teacher.spec,
+        "student_scratch": mnist_setup.student_spec(
+            config, "student_scratch", *PRESETS[STUDENT], seed=seeds
+        ),
+        "student_kd": mnist_setup.student_spec(
+            config,
+            "student_kd",
+            *PRESETS[STUDENT],
+            seed=seeds,
+            **mnist_setup.kd_fields(config.temperature, config.alpha),
+        ),
+    }
+    results = {
+        "teacher": teacher_run,
+        "student_scratch": mnist_setup.train(config, specs["student_scratch"], transfer),
+        "student_kd": mnist_setup.train(config, specs["student_kd"], transfer, teacher),
+    }
 
     test_size = len(dataset.test)
     correct = {
-        "teacher": common.count_summary([teacher.test_accuracy], test_size),
-        "student_scratch": common.count_summary(scratch.test_accuracy, test_size),
-        "student_kd": common.count_summary(kd.test_accuracy, test_size),
+        name: report.count_summary(result.test_accuracy, test_size)
+        for name, result in results.items()
     }
-    results = {
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    study = {
         "correct_out_of_test": correct,
         "test_examples": test_size,
+        "transfer_examples": len(transfer.train),
         "seed_004_reported": SEED_004,
-        "teacher": {
-            **teacher.summary(),
-            "model": TEACHER_MODEL,
-            "parameters": parameter_count(TEACHER_MODEL, dataset),
-        },
-        "student_kd": {
-            **kd.summary(),
-            "model": STUDENT_MODEL,
-            "parameters": parameter_count(STUDENT_MODEL, dataset),
-        },
-        "student_scratch": {**scratch.summary(), "model": STUDENT_MODEL},
-        "transfer_examples": len(transfer),
-        "data": dataset.summary(),
-        "config": common.flag_values(
-            [
-                "temperature",
-                "alpha",
-                "seeds",
-                "transfer_size",
-                "teacher_batch_size",
-                *mnist_setup.SHARED_FLAGS,
-            ]
-        ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "models": {"teacher": TEACHER, "student": STUDENT},
     }
-    path = common.write_results(FLAGS.workdir, results)
+    document = report.results_document("mnist_mlp_kd", config, dataset, runs, study, started)
+    path = report.write_results(config.workdir, document)
     rows = [
         [name, f"{c['mean']:.1f} ± {c['std']:.1f}", str(len(c["each"])), f"{SEED_004[name]:,}"]
         for name, c in correct.items()
     ]
-    common.print_report(
+    report.print_report(
         ["run", f"correct / {test_size:,} (mean ± std)", "n", "seed 004"],
         rows,
-        notes=common.data_notes(dataset),
-        footer=f"Results: {path}  Wall time: {results['wall_seconds']} s",
+        notes=report.data_notes(dataset),
+        footer=f"Results: {path}  Wall time: {document['wall_seconds']} s",
     )
+    return document
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command(Config, run)

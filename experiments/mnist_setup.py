@@ -89,7 +89,7 @@ def kd_fields(temperature, alpha) -> dict:
     return {"objective": "kd", "temperature": temperature, **alpha_weights(alpha)}
 
 
-def teacher(
+def trained_teacher(
     config: MnistConfig,
     dataset: Dataset,
     model: str,
@@ -97,9 +97,10 @@ def teacher(
     *,
     batch_size: int | None = None,
     **fields,
-) -> tuple[Teacher, FitResult, dict]:
-    """Trains or reuses the teacher; returns it, its run and its stored logits
-    (``{"train": ..., "test": ...}``). ``fields`` are further :class:`RunSpec` fields."""
+) -> tuple[Teacher, FitResult]:
+    """Trains or reuses the teacher (seed :data:`TEACHER_SEED`, the config's teacher
+    epochs); its outputs are stored when a student first needs them. ``fields`` are
+    further :class:`RunSpec` fields."""
     spec = RunSpec(
         role="teacher",
         model=model,
@@ -112,6 +113,22 @@ def teacher(
         **fields,
     )
     result = train(config, spec, dataset)
-    trained = Teacher(spec, result.variables, result.run_dir)
+    return Teacher(spec, result.variables, result.run_dir), result
+
+
+def teacher(
+    config: MnistConfig,
+    dataset: Dataset,
+    model: str,
+    settings=None,
+    *,
+    batch_size: int | None = None,
+    **fields,
+) -> tuple[Teacher, FitResult, dict]:
+    """Trains or reuses the teacher; returns it, its run and its stored logits
+    (``{"train": ..., "test": ...}``). ``fields`` are further :class:`RunSpec` fields."""
+    trained, result = trained_teacher(
+        config, dataset, model, settings, batch_size=batch_size, **fields
+    )
     logits = trained.outputs(dataset, ("logits",), log=log)["logits"]
     return trained, result, logits

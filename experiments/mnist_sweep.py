@@ -3,60 +3,77 @@
 
     python -m experiments.mnist_sweep --temperatures=1,2,4,16,32,64 --alphas=0.5 --seeds=5
 
-Reuses (or trains) the teacher and its stored soft targets from the workdir it
-shares with ``experiments.mnist_kd``, then trains the grid of distilled
-students — all on the same batches, one compiled step — and, as the baseline,
-the same number of students from scratch. Writes ``sweep/results.json``,
-``sweep/results.csv`` and plots of test accuracy (mean ± std over seeds) versus
-temperature and versus alpha.
+Reuses (or trains) the teacher from the workdir it shares with
+``experiments.mnist_kd``, then trains the grid of distilled students — all on
+the same batches, one compiled step — and, as the baseline, the same number of
+students from scratch. Writes ``sweep/results.json``, ``sweep/results.csv`` and
+plots of test accuracy (mean ± std over seeds) versus temperature and versus
+alpha in the workdir. From Python::
+
+    from experiments import mnist_sweep
+    results = mnist_sweep.run(mnist_sweep.Config(temperatures=(1.0, 4.0), seeds=2))
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import time
+from pathlib import Path
 
-import numpy as np
-from absl import app, flags
-
-from experiments import common, mnist_setup
-from kdjax.distill import RunSpec, train_run
-
-FLAGS = flags.FLAGS
-flags.DEFINE_list("temperatures", ["1", "2", "4", "16", "32", "64"], "Temperatures to sweep.")
-flags.DEFINE_list("alphas", ["0.5"], "Hard-label weights alpha to sweep (1 - alpha: soft term).")
-flags.DEFINE_integer("seeds", 3, "Students (seeds) per (temperature, alpha) cell.")
-flags.DEFINE_integer("first_seed", 0, "Seeds are first_seed, first_seed + 1, ...")
-flags.DEFINE_bool("scratch", True, "Also train `seeds` students without a teacher.")
-
-
-def _floats(values: list[str]) -> list[float]:
-    try:
-        return [float(value) for value in values]
-    except ValueError:
-        return []
-
-
-common.validate(
-    "temperatures",
-    lambda v: bool(_floats(v)) and min(_floats(v)) > 0,
-    "must be a comma-separated list of numbers > 0",
+from experiments import mnist_setup, report
+from experiments.config import (
+    at_least_one,
+    command,
+    each,
+    finite,
+    non_negative,
+    option,
+    positive,
+    unit_interval,
 )
-common.validate(
-    "alphas",
-    lambda v: bool(_floats(v)) and all(0 <= a <= 1 for a in _floats(v)),
-    "must be a comma-separated list of numbers in [0, 1]",
-)
-common.validate("seeds", lambda n: n >= 1, "must be >= 1")
+from experiments.mnist_kd import STUDENT_MODEL, TEACHER_MODEL
+from experiments.mnist_setup import MnistConfig
 
 
-def _cells(values: list, axis: int, grid: list[tuple]) -> dict:
-    """Mean and std of ``values`` grouped by one grid coordinate pair."""
+@dataclasses.dataclass(frozen=True)
+class Config(MnistConfig):
+    temperatures: tuple[float, ...] = option(
+        (1.0, 2.0, 4.0, 16.0, 32.0, 64.0),
+        "Temperatures to sweep.",
+        check=each(finite(positive)),
+    )
+    alphas: tuple[float, ...] = option(
+        (0.5,),
+        "Hard-label weights alpha to sweep (1 - alpha: soft term).",
+        check=each(unit_interval),
+    )
+    seeds: int = option(3, "Students (seeds) per (temperature, alpha) cell.", check=at_least_one)
+    first_seed: int = option(0, "Seeds are first_seed, first_seed + 1, ...", check=non_negative)
+    scratch: bool = option(True, "Also train `seeds` students without a teacher.")
+
+
+def cell_summaries(accuracies: list[float], grid: list[tuple]) -> list[dict]:
+    """One row per (temperature, alpha) cell of ``grid`` (``(T, alpha, seed)`` per
+    student, in the order of ``accuracies``): mean, sample std and every accuracy."""
     grouped: dict = {}
-    for value, key in zip(values, grid, strict=True):
-        grouped.setdefault(key[:axis], []).append(value)
-    return grouped
+    for accuracy, (temperature, alpha, _) in zip(accuracies, grid, strict=True):
+        grouped.setdefault((temperature, alpha), []).append(accuracy)
+    return [
+        {"temperature": temperature, "alpha": alpha, **_summary(values)}
+        for (temperature, alpha), values in grouped.items()
+    ]
+
+
+def _summary(accuracies: list[float]) -> dict:
+    summary = report.mean_std(accuracies)
+    return {
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "n": len(accuracies),
+        "accuracies": list(accuracies),
+    }
 
 
 def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict | None, title: str):
@@ -95,128 +112,97 @@ def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict 
     plt.close(figure)
 
 
-@common.exit_on_user_error
-def main(argv: list[str]) -> None:
-    del argv
+def run(config: Config) -> dict:
     started = time.perf_counter()
-    temperatures, alphas = _floats(FLAGS.temperatures), _floats(FLAGS.alphas)
-    seeds = list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
-    dataset = mnist_setup.load_data()
-    _, teacher, logits, fingerprint = mnist_setup.teacher(dataset)
-
-    grid = list(itertools.product(temperatures, alphas, seeds))
-    common.log(
-        f"Training {len(grid)} distilled students together "
-        f"({len(temperatures)} temperatures × {len(alphas)} alphas × {len(seeds)} seeds)."
+    seeds = list(range(config.first_seed, config.first_seed + config.seeds))
+    dataset = mnist_setup.load_data(config)
+    teacher, teacher_run = mnist_setup.trained_teacher(config, dataset, TEACHER_MODEL)
+    grid = list(itertools.product(config.temperatures, config.alphas, seeds))
+    report.log(
+        f"Training {len(grid)} distilled students together ({len(config.temperatures)} "
+        f"temperatures × {len(config.alphas)} alphas × {len(seeds)} seeds)."
     )
-    settings = mnist_setup.student_settings()
-    _, kd = mnist_setup.kd_student(
+    specs = {"teacher": teacher.spec}
+    specs["student_sweep"] = mnist_setup.student_spec(
+        config,
         "student_sweep",
-        dataset,
-        logits["train"],
-        fingerprint,
+        STUDENT_MODEL,
         seed=tuple(seed for _, _, seed in grid),
-        temperature=tuple(t for t, _, _ in grid),
-        alpha=tuple(a for _, a, _ in grid),
-        **settings,
+        **mnist_setup.kd_fields(tuple(t for t, _, _ in grid), tuple(a for _, a, _ in grid)),
     )
-    scratch_summary = None
+    results = {"teacher": teacher_run}
+    results["student_sweep"] = mnist_setup.train(config, specs["student_sweep"], dataset, teacher)
     scratch = None
-    if FLAGS.scratch:
-        scratch_spec = RunSpec(role="student_scratch_seeds", seed=tuple(seeds), **settings)
-        scratch = train_run(scratch_spec, dataset, FLAGS.workdir, **common.run_options())
-        scratch_summary = {
-            "mean": float(np.mean(scratch.test_accuracy)),
-            "std": float(np.std(scratch.test_accuracy, ddof=1)) if len(seeds) > 1 else 0.0,
-            "n": len(seeds),
-            "accuracies": scratch.test_accuracy,
-        }
-
-    rows = []
-    for (temperature, alpha), accuracies in _cells(kd.test_accuracy, 2, grid).items():
-        rows.append(
-            {
-                "temperature": temperature,
-                "alpha": alpha,
-                "mean": float(np.mean(accuracies)),
-                "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
-                "n": len(accuracies),
-                "accuracies": accuracies,
-            }
+    if config.scratch:
+        specs["student_scratch_seeds"] = mnist_setup.student_spec(
+            config, "student_scratch_seeds", STUDENT_MODEL, seed=tuple(seeds)
         )
+        results["student_scratch_seeds"] = mnist_setup.train(
+            config, specs["student_scratch_seeds"], dataset
+        )
+        scratch = _summary(results["student_scratch_seeds"].test_accuracy)
+    cells = cell_summaries(results["student_sweep"].test_accuracy, grid)
 
-    out = mnist_setup.sweep_dir()
-    results = {
-        "cells": rows,
-        "scratch": scratch_summary,
-        "teacher": {"test_accuracy": teacher.test_accuracy, "run_dir": str(teacher.run_dir)},
-        "students_trained_together": len(grid),
-        "student_sweep": kd.summary(),
-        "student_scratch": None if scratch is None else scratch.summary(),
-        "data": dataset.summary(),
-        "config": common.flag_values(
-            ["temperatures", "alphas", "seeds", "first_seed", "scratch", *mnist_setup.SHARED_FLAGS]
-        ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    path = common.write_results(out, results)
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["temperature", "alpha", "mean_accuracy", "std_accuracy", "n"])
-        for row in rows:
-            writer.writerow(
-                [
-                    row["temperature"],
-                    row["alpha"],
-                    f"{row['mean']:.6f}",
-                    f"{row['std']:.6f}",
-                    row["n"],
-                ]
-            )
-    source = dataset.source
+    out = Path(config.workdir) / "sweep"
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    study = {"cells": cells, "scratch": scratch, "students_trained_together": len(grid)}
+    document = report.results_document("mnist_sweep", config, dataset, runs, study, started)
+    path = report.write_results(out, document)
+    write_csv(out / "results.csv", cells)
+    title = f"{STUDENT_MODEL} test accuracy vs {{}} ({len(seeds)} seeds, {dataset.source})"
     plot_sweep(
         out / "accuracy_vs_temperature.png",
-        rows,
+        cells,
         "temperature",
         "alpha",
-        scratch_summary,
-        f"StudentNet test accuracy vs T ({len(seeds)} seeds, {source})",
+        scratch,
+        title.format("T"),
     )
-    if len(alphas) > 1:
+    if len(config.alphas) > 1:
         plot_sweep(
             out / "accuracy_vs_alpha.png",
-            rows,
+            cells,
             "alpha",
             "temperature",
-            scratch_summary,
-            f"StudentNet test accuracy vs alpha ({len(seeds)} seeds, {source})",
+            scratch,
+            title.format("alpha"),
         )
-
     table = [
         [
-            f"{r['temperature']:g}",
-            f"{r['alpha']:g}",
-            f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}",
-            str(r["n"]),
+            f"{cell['temperature']:g}",
+            f"{cell['alpha']:g}",
+            f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}",
+            str(cell["n"]),
         ]
-        for r in rows
+        for cell in cells
     ]
-    if scratch_summary:
-        table.append(
-            [
-                "scratch",
-                "-",
-                f"{100 * scratch_summary['mean']:.2f} ± {100 * scratch_summary['std']:.2f}",
-                str(len(seeds)),
-            ]
-        )
-    common.print_report(
+    if scratch:
+        mean_std = f"{100 * scratch['mean']:.2f} ± {100 * scratch['std']:.2f}"
+        table.append(["scratch", "-", mean_std, str(scratch["n"])])
+    report.print_report(
         ["T", "alpha", "test acc % (mean ± std)", "n"],
         table,
-        notes=common.data_notes(dataset),
-        footer=f"Results: {path}  Plots: {out}/  Wall time: {results['wall_seconds']} s",
+        notes=report.data_notes(dataset),
+        footer=f"Results: {path}  Plots: {out}/  Wall time: {document['wall_seconds']} s",
     )
+    return document
+
+
+def write_csv(path: Path, cells: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["temperature", "alpha", "mean_accuracy", "std_accuracy", "n"])
+        for cell in cells:
+            writer.writerow(
+                [
+                    cell["temperature"],
+                    cell["alpha"],
+                    f"{cell['mean']:.6f}",
+                    f"{cell['std']:.6f}",
+                    cell["n"],
+                ]
+            )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command(Config, run)

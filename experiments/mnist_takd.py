@@ -2,145 +2,124 @@
 
     python -m experiments.mnist_takd --data_dir=/path/to/mnist
 
-``--chain`` lists models from the teacher to the student (default: seed 003's
-CNN teacher → its teacher assistant → the 784–784–784–10 MLP student). The first
-model is trained on the labels; every later model is distilled from the one
-before it with ``alpha·CE + (1 − alpha)·T²·KL`` (alpha 0.5, T 4 as in the seed;
-the seed's soft term is the soft-target cross-entropy, whose gradient is the
-same). Intermediate models are trained once (seed 42) and their logits stored.
-The student is then trained three ways, ``--seeds`` students each, trained
-together: from scratch, distilled directly from the teacher, and distilled
-through the chain. Assistants and students train for ``--epochs``, the teacher
-for ``--teacher_epochs``. The seed reports 99.26 % for its student through the TA; it
-does not show its epoch count or batch size (the defaults here: 5 and 256).
+``--chain`` lists networks (names of :data:`PRESETS`) from the teacher to the
+student (default: seed 003's CNN teacher → its teacher assistant → the
+784–784–784–10 MLP student). The first network is trained on the labels; every
+later one is distilled from the one before it with ``alpha·CE + (1 − alpha)·T²·KL``
+(alpha 0.5, T 4 as in the seed; the seed's soft term is the soft-target
+cross-entropy, whose gradient is the same). Intermediate networks are trained once
+(seed 42) and their logits stored. The student is then trained three ways,
+``--seeds`` students each, trained together: from scratch, distilled directly from
+the teacher, and distilled through the chain. Assistants and students train for
+``--epochs``, the teacher for ``--teacher_epochs``. The seed reports 99.26 % for its
+student through the TA; it does not show its epoch count or batch size (the
+defaults here: 5 and 256). From Python::
+
+    from experiments import mnist_takd
+    results = mnist_takd.run(mnist_takd.Config(chain=("mlp_800_dropout", "mlp_784", "mlp_200")))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from absl import app, flags
+from experiments import mnist_mlp_kd, mnist_setup, report
+from experiments.config import at_least_one, command, finite, option, positive, unit_interval
+from experiments.mnist_setup import MnistConfig
+from kdjax.teachers import Teacher
 
-from experiments import common, mnist_setup
-from kdjax.distill import RunSpec, teacher_soft_targets, train_run
-from kdjax.models import MODELS
-
-FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "chain",
-    ["seed003_cnn", "seed003_assistant", "mlp_784"],
-    "Models from the teacher to the student; each learns from the previous.",
-)
-flags.DEFINE_float("temperature", 4.0, "Softmax temperature (seed 003: 4).")
-flags.DEFINE_float("alpha", 0.5, "Weight of the hard-label CE (seed 003: 0.5).")
-flags.DEFINE_integer("seeds", 3, "Students per arm, trained together.")
-
-common.validate(
-    "chain",
-    lambda names: len(names) >= 2 and set(names) <= set(MODELS),
-    f"must list at least two models among {', '.join(sorted(MODELS))}",
-)
-common.validate("temperature", lambda t: t > 0, "must be > 0")
-common.validate("alpha", lambda a: 0.0 <= a <= 1.0, "must be in [0, 1]")
-common.validate("seeds", lambda n: n >= 1, "must be >= 1")
-
-FLAGS.set_default("epochs", 5)
-FLAGS.set_default("teacher_epochs", 5)
-FLAGS.set_default("batch_size", 256)
-FLAGS.set_default("workdir", "runs/mnist_takd")
+# The networks a chain may name: registry model and settings. Seed 003's three, and
+# seed 004's two MLPs (a quick all-MLP chain).
+PRESETS = {
+    "seed003_teacher": ("overlap_pool_conv_net", {}),
+    "seed003_assistant": ("conv_mlp", {}),
+    "mlp_784": ("mlp", {"hidden_sizes": (784, 784)}),
+    **mnist_mlp_kd.PRESETS,
+}
 SEED_003_STUDENT_THROUGH_TA = 0.9926
 
 
-@common.exit_on_user_error
-def main(argv: list[str]) -> None:
-    del argv
-    started = time.perf_counter()
-    dataset = mnist_setup.load_data()
-    *mentors, student_model = FLAGS.chain
-    _, teacher, teacher_logits, teacher_fingerprint = mnist_setup.teacher(dataset, model=mentors[0])
-    chain_results = {f"0:{mentors[0]}": teacher}
-    logits, fingerprint = teacher_logits, teacher_fingerprint
-    for position, name in enumerate(mentors[1:], start=1):
-        spec, result = mnist_setup.kd_student(
-            f"assistant{position}",
-            dataset,
-            logits["train"],
-            fingerprint,
-            temperature=FLAGS.temperature,
-            alpha=FLAGS.alpha,
-            **dict(mnist_setup.student_settings(name), seed=mnist_setup.TEACHER_SEED),
-        )
-        chain_results[f"{position}:{name}"] = result
-        logits, fingerprint = teacher_soft_targets(spec, result, dataset, log=common.log)
-
-    settings = dict(mnist_setup.student_settings(student_model), seed=tuple(range(FLAGS.seeds)))
-    arms = {
-        "student_scratch": train_run(
-            RunSpec(role="student_scratch", **settings),
-            dataset,
-            FLAGS.workdir,
-            **common.run_options(),
-        )
-    }
-    _, arms["student_from_teacher"] = mnist_setup.kd_student(
-        "student_from_teacher",
-        dataset,
-        teacher_logits["train"],
-        teacher_fingerprint,
-        temperature=FLAGS.temperature,
-        alpha=FLAGS.alpha,
-        **settings,
-    )
-    if len(mentors) > 1:
-        _, arms["student_through_chain"] = mnist_setup.kd_student(
-            "student_through_chain",
-            dataset,
-            logits["train"],
-            fingerprint,
-            temperature=FLAGS.temperature,
-            alpha=FLAGS.alpha,
-            **settings,
-        )
-
-    results = {
-        "chain": {
-            name: {**result.summary(), "model": name.split(":", 1)[1]}
-            for name, result in chain_results.items()
-        },
-        **{
-            arm: {**result.summary(), "accuracy": common.mean_std(result.test_accuracy)}
-            for arm, result in arms.items()
-        },
-        "seed_003_reported": {"student_through_chain": SEED_003_STUDENT_THROUGH_TA},
-        "data": dataset.summary(),
-        "config": common.flag_values(
-            ["chain", "temperature", "alpha", "seeds", *mnist_setup.SHARED_FLAGS]
+@dataclasses.dataclass(frozen=True)
+class Config(MnistConfig):
+    workdir: str = option("runs/mnist_takd", "Where checkpoints, soft targets and results go.")
+    epochs: int = option(5, "Assistant and student training epochs.", check=at_least_one)
+    batch_size: int = option(256, "Training batch size.", check=at_least_one)
+    chain: tuple[str, ...] = option(
+        ("seed003_teacher", "seed003_assistant", "mlp_784"),
+        "Networks from the teacher to the student; each learns from the previous. "
+        f"Any of: {', '.join(PRESETS)}.",
+        check=(
+            lambda names: len(names) >= 2 and set(names) <= set(PRESETS),
+            f"must list at least two models among {', '.join(PRESETS)}",
         ),
-        "wall_seconds": round(time.perf_counter() - started, 1),
+    )
+    temperature: float = option(4.0, "Softmax temperature (seed 003: 4).", check=finite(positive))
+    alpha: float = option(0.5, "Weight of the hard-label CE (seed 003: 0.5).", check=unit_interval)
+    seeds: int = option(3, "Students per arm, trained together.", check=at_least_one)
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    dataset = mnist_setup.load_data(config)
+    *mentors, student = config.chain
+    kd = mnist_setup.kd_fields(config.temperature, config.alpha)
+    teacher, teacher_run = mnist_setup.trained_teacher(config, dataset, *PRESETS[mentors[0]])
+    specs, results = {"teacher": teacher.spec}, {"teacher": teacher_run}
+    chain = [{"position": 0, "network": mentors[0], "run": "teacher"}]
+    mentor = teacher
+    for position, network in enumerate(mentors[1:], start=1):
+        name = f"assistant{position}"
+        specs[name] = mnist_setup.student_spec(
+            config, name, *PRESETS[network], seed=mnist_setup.TEACHER_SEED, **kd
+        )
+        results[name] = mnist_setup.train(config, specs[name], dataset, mentor)
+        mentor = Teacher(specs[name], results[name].variables, results[name].run_dir)
+        chain.append({"position": position, "network": network, "run": name})
+
+    seeds = tuple(range(config.seeds))
+    arms = {"student_scratch": (None, {}), "student_from_teacher": (teacher, kd)}
+    if len(mentors) > 1:
+        arms["student_through_chain"] = (mentor, kd)
+    for arm, (arm_teacher, fields) in arms.items():
+        specs[arm] = mnist_setup.student_spec(config, arm, *PRESETS[student], seed=seeds, **fields)
+        results[arm] = mnist_setup.train(config, specs[arm], dataset, arm_teacher)
+
+    for link in chain:
+        link["test_accuracy"] = results[link["run"]].test_accuracy[0]
+    accuracy = {arm: report.mean_std(results[arm].test_accuracy) for arm in arms}
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    study = {
+        "chain": chain,
+        "student": student,
+        "accuracy": accuracy,
+        "seed_003_reported": {"student_through_chain": SEED_003_STUDENT_THROUGH_TA},
     }
-    path = common.write_results(FLAGS.workdir, results)
+    document = report.results_document("mnist_takd", config, dataset, runs, study, started)
+    path = report.write_results(config.workdir, document)
     rows = [
-        [name, "1", f"{100 * result.test_accuracy:.2f}", ""]
-        for name, result in chain_results.items()
+        [f"{link['position']}:{link['network']}", "1", f"{100 * link['test_accuracy']:.2f}", ""]
+        for link in chain
     ]
-    for arm in arms:
-        summary = results[arm]["accuracy"]
-        seed_value = "99.26" if arm == "student_through_chain" else ""
+    for arm, summary in accuracy.items():
         rows.append(
             [
-                f"{arm} ({student_model})",
+                f"{arm} ({student})",
                 str(len(summary["each"])),
                 f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}",
-                seed_value,
+                f"{100 * SEED_003_STUDENT_THROUGH_TA:.2f}"
+                if arm == "student_through_chain"
+                else "",
             ]
         )
-    common.print_report(
+    report.print_report(
         ["run", "n", "test acc % (mean ± std)", "seed 003"],
         rows,
-        notes=common.data_notes(dataset),
-        footer=f"Results: {path}  Wall time: {results['wall_seconds']} s",
+        notes=report.data_notes(dataset),
+        footer=f"Results: {path}  Wall time: {document['wall_seconds']} s",
     )
+    return document
 
 
 if __name__ == "__main__":
-    app.run(main)
+    command(Config, run)

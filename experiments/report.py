@@ -92,6 +92,17 @@ def run_entry(spec, result, parameters: int | None = None) -> dict:
     return entry
 
 
+def run_entries(specs: dict, results: dict, image_shape: tuple[int, ...]) -> dict:
+    """``{name: run_entry}`` for runs given by name as specs and their results, each
+    with its parameter count for images of ``image_shape``."""
+    from kdjax.runs import parameter_count
+
+    return {
+        name: run_entry(specs[name], result, parameter_count(specs[name], image_shape))
+        for name, result in results.items()
+    }
+
+
 def results_document(
     command: str, config, dataset, runs: dict, study: dict, started: float
 ) -> dict:

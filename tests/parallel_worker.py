@@ -30,9 +30,10 @@ from functools import partial  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdjax.data import Split, normalize  # noqa: E402
-from kdjax.models import StudentNet  # noqa: E402
+from kdjax.models import SmallConvNet  # noqa: E402
+from kdjax.objectives import OBJECTIVES, make_hyperparams  # noqa: E402
 from kdjax.parallel import data_mesh  # noqa: E402
-from kdjax.train import OBJECTIVES, fit, make_hyperparams, make_optimizer  # noqa: E402
+from kdjax.training import Execution, Training, fit, make_optimizer  # noqa: E402
 
 BATCH = 32
 COUNT = 96  # three steps per epoch
@@ -60,24 +61,27 @@ def tiny_split(count: int, seed: int) -> Split:
 
 def train(run_dir: Path, train_split: Split, mesh) -> dict:
     teacher_logits = np.random.default_rng(7).normal(size=(COUNT, 10)).astype(np.float32)
+    training = Training(
+        model=SmallConvNet(),
+        objective=OBJECTIVES["kd"],
+        optimizer=make_optimizer("adam"),
+        preprocess=partial(normalize, mean=0.1307, std=0.3081),
+    )
     result = fit(
+        training,
         name="student",
         run_dir=run_dir,
         run_config={"test": "parallel"},
-        model=StudentNet(),
-        objective=OBJECTIVES["kd"],
-        optimizer=make_optimizer("adam"),
         hyperparams=make_hyperparams(
             learning_rate=1e-3, temperature=3.0, hard_weight=0.7, soft_weight=0.3
         ),
         train_split=train_split,
         test_split=tiny_split(32, 1),
-        preprocess=partial(normalize, mean=0.1307, std=0.3081),
         epochs=2,
         batch_size=BATCH,
         seed=0,
         train_extras={"teacher_logits": teacher_logits},
-        mesh=mesh,
+        execution=Execution(mesh=mesh),
         log=lambda message: None,
     )
     leaves = jax.tree_util.tree_leaves_with_path(result.params)

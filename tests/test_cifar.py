@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from kdjax import losses
-from kdjax.models import CifarStudent, CifarTeacher, count_params, get_model
-from kdjax.train import OBJECTIVES, make_hyperparams
+from kdjax.models import FourConvNet, TwoConvNet, count_params, get_model
+from kdjax.objectives import OBJECTIVES, make_hyperparams
 
 IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
 
@@ -17,32 +17,33 @@ def _init(model):
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"),
+    ("name", "settings", "expected"),
     [
-        ("cifar_teacher", 1_186_986),  # seed 001's count
-        ("deep_nn", 1_186_986),  # dropout adds no parameters
-        ("cifar_student", 267_738),  # seed 001's count
-        ("light_nn", 267_738),
-        ("light_nn_hint", 267_738 + 16 * 32 * 9 + 32),  # plus the 16→32 3×3 regressor
+        ("four_conv_net", {}, 1_186_986),  # seed 001's count
+        ("four_conv_net", {"dropout": 0.1}, 1_186_986),  # dropout adds no parameters
+        ("two_conv_net", {}, 267_738),  # seed 001's count
+        ("two_conv_net", {"dropout": 0.1}, 267_738),
+        # plus the 16→32 3×3 regressor
+        ("two_conv_net", {"dropout": 0.1, "hint_channels": 32}, 267_738 + 16 * 32 * 9 + 32),
     ],
 )
-def test_cifar_parameter_counts_match_the_seeds(name, expected):
-    assert count_params(_init(get_model(name))) == expected
+def test_cifar_parameter_counts_match_the_seeds(name, settings, expected):
+    assert count_params(_init(get_model(name, **settings))) == expected
 
 
 def test_cifar_outputs_and_shapes():
-    teacher, student = CifarTeacher(), CifarStudent(hint_channels=32)
+    teacher, student = FourConvNet(), TwoConvNet(hint_channels=32)
     t = teacher.apply({"params": _init(teacher)}, IMAGES)
     s = student.apply({"params": _init(student)}, IMAGES)
     assert t["logits"].shape == (3, 10) and s["logits"].shape == (3, 10)
     assert t["features"].shape == (3, 2048) and s["features"].shape == (3, 1024)
     assert t["feature_map"].shape == (3, 8, 8, 32)
     assert s["hint"].shape == t["feature_map"].shape
-    assert "hint" not in CifarStudent().apply({"params": _init(CifarStudent())}, IMAGES)
+    assert "hint" not in TwoConvNet().apply({"params": _init(TwoConvNet())}, IMAGES)
 
 
 def test_features_are_flattened_in_pytorch_channel_first_order():
-    teacher = CifarTeacher()
+    teacher = FourConvNet()
     outputs = teacher.apply({"params": _init(teacher)}, IMAGES)
     feature_map = np.asarray(outputs["feature_map"])  # NHWC
     expected = feature_map.transpose(0, 3, 1, 2).reshape(3, -1)  # torch.flatten of NCHW
@@ -50,7 +51,7 @@ def test_features_are_flattened_in_pytorch_channel_first_order():
 
 
 def test_the_regressor_does_not_change_the_classifier():
-    plain, with_hint = CifarStudent(), CifarStudent(hint_channels=32)
+    plain, with_hint = TwoConvNet(), TwoConvNet(hint_channels=32)
     params = _init(with_hint)
     shared = {k: v for k, v in params.items() if k != "hint_regressor"}
     np.testing.assert_allclose(
@@ -60,7 +61,7 @@ def test_the_regressor_does_not_change_the_classifier():
 
 
 def test_dropout_variants_are_deterministic_at_evaluation_only():
-    model = get_model("light_nn")
+    model = get_model("two_conv_net", dropout=0.1)
     params = _init(model)
     a = model.apply({"params": params}, IMAGES)["logits"]
     b = model.apply({"params": params}, IMAGES)["logits"]

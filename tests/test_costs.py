@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.costs import forward_flops, model_cost
-from kdjax.models import MLP, StudentNet
+from kdjax.models import MLP, SmallConvNet
 
 
-def _params(model):
-    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+def _variables(model):
+    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
 
 
 def test_mlp_flops_match_a_hand_count():
@@ -16,10 +16,10 @@ def test_mlp_flops_match_a_hand_count():
     macs = 784 * 200 + 200 * 200 + 200 * 10
     elementwise = (200 + 200 + 10) + (200 + 200)
     model = MLP(hidden_sizes=(200, 200))
-    assert forward_flops(model, _params(model), (28, 28, 1)) == 2 * macs + elementwise
+    assert forward_flops(model, _variables(model), (28, 28, 1)) == 2 * macs + elementwise
 
 
-def test_student_net_flops_match_a_hand_count():
+def test_small_conv_net_flops_match_a_hand_count():
     # A 3×3 kernel with padding 1 on 28×28 has (3·28 − 2)² = 6,724 in-image taps
     # per channel pair (XLA does not count taps on the zero padding).
     taps = (3 * 28 - 2) ** 2
@@ -31,14 +31,14 @@ def test_student_net_flops_match_a_hand_count():
         + 2 * 32  # fc1 bias + ReLU
         + 10  # fc2 bias
     )
-    model = StudentNet()
-    assert forward_flops(model, _params(model), (28, 28, 1)) == 2 * macs + elementwise
+    model = SmallConvNet()
+    assert forward_flops(model, _variables(model), (28, 28, 1)) == 2 * macs + elementwise
 
 
 def test_teacher_costs_more_than_student_and_throughput_is_measured():
     teacher, student = (
-        model_cost("mnist_cnn", (28, 28, 1), measure_seconds=0.2),
-        model_cost("student_net", (28, 28, 1), measure_seconds=0.2),
+        model_cost("conv_net", (28, 28, 1), measure_seconds=0.2),
+        model_cost("small_conv_net", (28, 28, 1), measure_seconds=0.2),
     )
     assert teacher["flops_per_example"] > 3 * student["flops_per_example"]
     assert teacher["parameters"] == 421_642 and student["parameters"] == 101_962

@@ -1,8 +1,12 @@
-"""The command line: flag errors, and `experiments.mnist_kd` end to end on tiny data."""
+"""The experiment commands: each ``run(Config(...))`` in-process on shrunk configs and
+tiny data written here, their config checks, and the command line itself (flag
+errors, refusals before any work, ``experiments.mnist_kd`` end to end)."""
 
 import gzip
 import json
+import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -11,7 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import (
+    cifar10_kd,
+    hinton_mnist,
+    mnist_kd,
+    mnist_mlp_kd,
+    mnist_sweep,
+    mnist_takd,
+    model_costs,
+)
+from kdjax.data import DataError
+
 ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = (cifar10_kd, hinton_mnist, mnist_kd, mnist_mlp_kd, mnist_sweep, mnist_takd, model_costs)
+TINY = {"epochs": 1, "teacher_epochs": 1, "batch_size": 32}  # 192 examples: 6 steps
 
 
 def write_tiny_mnist(directory: Path, train_count: int = 192, test_count: int = 64) -> Path:
@@ -28,178 +45,6 @@ def write_tiny_mnist(directory: Path, train_count: int = 192, test_count: int = 
         with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
             handle.write(struct.pack(">HBBI", 0, 8, 1, count) + labels.tobytes())
     return directory
-
-
-def run_command(
-    *flags: str, timeout: int = 300, module: str = "experiments.mnist_kd"
-) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.mark.parametrize(
-    ("flag", "message"),
-    [
-        ("--temperature=0", "--temperature must be > 0"),
-        ("--temperature=-2", "--temperature must be > 0"),
-        ("--alpha=1.5", "--alpha must be in [0, 1]"),
-        ("--epochs=0", "--epochs must be >= 1"),
-        ("--batch_size=0", "--batch_size must be >= 1"),
-        ("--data_dir=/nonexistent/kdjax", "--data_dir must be an existing folder"),
-    ],
-)
-def test_invalid_flags_stop_with_one_line_and_no_traceback(flag, message):
-    result = run_command(flag, timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_a_data_dir_without_mnist_is_a_clean_error(tmp_path):
-    result = run_command(f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'work'}", timeout=120)
-    assert result.returncode == 1
-    assert "holds no MNIST" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_mnist_kd_end_to_end_then_reuse(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist")
-    workdir = tmp_path / "work"
-    flags = (
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=32",
-        "--temperature=3",
-        "--alpha=0.7",
-    )
-    first = run_command(*flags)
-    assert first.returncode == 0, first.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    for run in ("teacher", "student_kd", "student_scratch"):
-        assert 0.0 <= results[run]["test_accuracy"] <= 1.0
-        assert results[run]["epochs"] == 1
-        assert results[run]["history"][0]["examples_per_second"] > 0
-    assert results["student_kd"]["parameters"] == 101962
-    assert results["data"]["source"] == "idx"
-    assert results["data"]["train_examples"] == 192
-    assert results["config"]["temperature"] == 3.0
-    assert results["config"]["alpha"] == 0.7
-    assert (workdir / "learning_curves.png").stat().st_size > 0
-    teacher_dir = Path(results["teacher"]["run_dir"])
-    assert (teacher_dir / "soft_targets" / "train.npz").is_file()
-    assert "epoch 1/1" in first.stdout
-
-    second = run_command(*flags)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("Reusing finished") == 3
-    again = json.loads((workdir / "results.json").read_text())
-    for run in ("teacher", "student_kd", "student_scratch"):
-        assert again[run]["test_accuracy"] == results[run]["test_accuracy"]
-
-
-@pytest.mark.slow
-def test_mnist_sweep_trains_the_grid_together_and_plots(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist")
-    workdir = tmp_path / "work"
-    result = run_command(
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--temperatures=1,4",
-        "--alphas=0.3,0.9",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=32",
-        module="experiments.mnist_sweep",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((workdir / "sweep" / "results.json").read_text())
-    assert results["students_trained_together"] == 8
-    cells = {(cell["temperature"], cell["alpha"]): cell for cell in results["cells"]}
-    assert set(cells) == {(1.0, 0.3), (1.0, 0.9), (4.0, 0.3), (4.0, 0.9)}
-    for cell in cells.values():
-        assert cell["n"] == 2
-        assert cell["mean"] == pytest.approx(np.mean(cell["accuracies"]))
-    assert results["scratch"]["n"] == 2
-    for name in ("accuracy_vs_temperature.png", "accuracy_vs_alpha.png", "results.csv"):
-        assert (workdir / "sweep" / name).stat().st_size > 0
-    bad = run_command("--temperatures=1,zero", module="experiments.mnist_sweep", timeout=120)
-    assert bad.returncode != 0 and "--temperatures must be" in bad.stderr
-
-
-@pytest.mark.slow
-def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist")
-    workdir = tmp_path / "work"
-    result = run_command(
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--transfer_size=128",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        module="experiments.mnist_mlp_kd",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    assert results["transfer_examples"] == 128
-    assert results["config"]["batch_size"] == 32  # seed 004's default
-    for arm in ("student_kd", "student_scratch"):
-        counts = results["correct_out_of_test"][arm]["each"]
-        assert len(counts) == 2 and all(0 <= c <= 64 for c in counts)
-    assert results["student_kd"]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
-
-
-def test_model_costs_command(tmp_path):
-    result = run_command(
-        "--models=mlp_200,student_net",
-        "--measure_seconds=0.1",
-        f"--workdir={tmp_path}",
-        module="experiments.model_costs",
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    costs = json.loads((tmp_path / "results.json").read_text())["models"]
-    assert [c["model"] for c in costs] == ["mlp_200", "student_net"]
-    assert costs[1]["flops_per_example"] > costs[0]["flops_per_example"]
-    bad = run_command("--models=resnet", module="experiments.model_costs", timeout=120)
-    assert bad.returncode != 0 and "--models must name models" in bad.stderr
-
-
-@pytest.mark.slow
-def test_mnist_takd_distils_along_the_chain(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist")
-    workdir = tmp_path / "work"
-    result = run_command(
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--chain=mlp_800_dropout,mlp_784,mlp_200",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=32",
-        module="experiments.mnist_takd",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    assert list(results["chain"]) == ["0:mlp_800_dropout", "1:mlp_784"]
-    for arm in ("student_scratch", "student_from_teacher", "student_through_chain"):
-        assert len(results[arm]["accuracy"]["each"]) == 2
-    # The assistant's logits were stored and used by the chain student.
-    assistant_dir = Path(results["chain"]["1:mlp_784"]["run_dir"])
-    assert (assistant_dir / "soft_targets" / "train.npz").is_file()
-    bad = run_command("--chain=mlp_200", module="experiments.mnist_takd", timeout=120)
-    assert bad.returncode != 0 and "--chain must list at least two models" in bad.stderr
 
 
 def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2) -> Path:
@@ -220,120 +65,332 @@ def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2) ->
     return root
 
 
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+def run_command(
+    *flags: str, timeout: int = 300, module: str = "experiments.mnist_kd"
+) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def as_json(value):
+    """``value`` as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def check_schema(results: dict, command: str, runs: list[str]) -> None:
+    """The common results layout, each run's accuracies one per student in [0, 1]."""
+    assert results["schema"] == "kdjax.results/1" and results["command"] == command
+    assert results["environment"]["device_count"] >= 1
+    assert list(results["runs"]) == runs
+    for entry in results["runs"].values():
+        assert len(entry["test_accuracy"]) == len(entry["seeds"])
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in entry["test_accuracy"])
+        assert entry["parameters"] > 0 and entry["spec"]["role"] in runs
+
+
+# --- Configs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "fields", "message"),
+    [
+        (mnist_kd, {"temperature": math.inf}, "--temperature must be > 0 and finite, got inf"),
+        (mnist_kd, {"temperature": 0.0}, "--temperature must be > 0"),
+        (mnist_kd, {"seed": -5}, "--seed must be >= 0, got -5"),
+        (mnist_kd, {"workdir": " "}, "--workdir must name a folder"),
+        (mnist_kd, {"alpha": 1.5}, "--alpha must be in [0, 1]"),
+        (mnist_kd, {"epochs": 0, "batch_size": 0}, "--epochs must be >= 1, got 0; --batch_size"),
+        (mnist_kd, {"feed": "disk"}, "--feed must be one of auto, host, device"),
+        (mnist_sweep, {"temperatures": (1.0, math.inf)}, "--temperatures must list values"),
+        (mnist_sweep, {"alphas": ()}, "--alphas must list values that each are in [0, 1]"),
+        (mnist_mlp_kd, {"transfer_size": 0}, "--transfer_size must be >= 1"),
+        (mnist_takd, {"chain": ("mlp_200",)}, "--chain must list at least two models among"),
+        (mnist_takd, {"chain": ("mlp_200", "resnet")}, "--chain must list at least two models"),
+        (hinton_mnist, {"student_translate_pixels": 5}, "--student_translate_pixels must be in"),
+        (hinton_mnist, {"lr_schedule": "step"}, "--lr_schedule must be one of cosine, constant"),
+        (cifar10_kd, {"method": ("kd", "distill")}, "--method must list methods among"),
+        (cifar10_kd, {"temperature": math.nan}, "--temperature must be > 0 and finite"),
+        (cifar10_kd, {"soft_weight": -1.0}, "--soft_weight must be >= 0"),
+        (model_costs, {"models": ("resnet",)}, "--models must name models among"),
+    ],
+)
+def test_configs_refuse_bad_values_naming_the_flag(command, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        command.Config(**fields)
+
+
+def test_every_default_config_is_valid_and_importing_defines_no_flags():
+    from absl import flags
+
+    for command in COMMANDS:
+        config = command.Config()
+        assert callable(command.run) and config.workdir.startswith("runs/")
+    assert "temperature" not in flags.FLAGS and "workdir" not in flags.FLAGS
+    # Each seed's protocol stays the default.
+    assert mnist_mlp_kd.Config().batch_size == 32 and mnist_mlp_kd.Config().epochs == 50
+    assert mnist_takd.Config().chain == ("seed003_teacher", "seed003_assistant", "mlp_784")
+    assert hinton_mnist.Config().teacher_epochs == 300 and hinton_mnist.Config().temperature == 20
+    assert mnist_sweep.Config().workdir == mnist_kd.Config().workdir  # they share a teacher
+
+
+def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
+    with pytest.raises(DataError, match="holds no MNIST"):
+        mnist_kd.run(mnist_kd.Config(data_dir=str(tmp_path), workdir=str(tmp_path / "w")))
+    with pytest.raises(DataError, match="holds no CIFAR-10.*--data_dir"):
+        cifar10_kd.run(cifar10_kd.Config(data_dir=str(tmp_path), workdir=str(tmp_path / "w")))
+
+
+# --- The command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "flag", "message"),
+    [
+        ("experiments.mnist_kd", "--temperature=inf", "--temperature must be > 0 and finite"),
+        ("experiments.mnist_kd", "--workdir=", "--workdir must name a folder"),
+        ("experiments.mnist_kd", "--seed=-5", "--seed must be >= 0"),
+        ("experiments.mnist_kd", "--data_dir=/nonexistent/kdjax", "--data_dir must be an exist"),
+        ("experiments.mnist_sweep", "--temperatures=1,zero", "--temperatures must be a comma-"),
+    ],
+)
+def test_bad_flags_stop_before_any_work_with_one_line(tmp_path, module, flag, message):
+    workdir = tmp_path / "never"
+    result = run_command(f"--workdir={workdir}", flag, module=module, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "Traceback" not in result.stderr
+    assert "Data:" not in result.stdout and not workdir.exists()
+
+
 @pytest.mark.slow
-def test_cifar10_kd_runs_every_method_then_resumes(tmp_path):
+def test_mnist_kd_end_to_end_then_reuse_in_process(tmp_path, mnist_dir, capsys):
+    workdir = tmp_path / "work"
+    flags = {"data_dir": str(mnist_dir), "workdir": str(workdir), "temperature": 3.0, **TINY}
+    first = run_command(*(f"--{name}={value}" for name, value in flags.items()))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 1/1" in first.stdout
+    results = read_json(workdir / "results.json")
+    check_schema(results, "mnist_kd", ["teacher", "student_kd", "student_scratch"])
+    for entry in results["runs"].values():
+        assert entry["epochs"] == 1 and entry["history"][0]["examples_per_second"] > 0
+    assert results["runs"]["student_kd"]["parameters"] == 101962
+    assert results["runs"]["student_kd"]["spec"]["model"] == "small_conv_net"
+    assert results["data"]["source"] == "idx" and results["data"]["train_examples"] == 192
+    assert results["config"]["temperature"] == 3.0 and results["config"]["alpha"] == 0.7
+    assert (workdir / "learning_curves.png").stat().st_size > 0
+    assert (Path(results["runs"]["teacher"]["run_dir"]) / "soft_targets/train.npz").is_file()
+
+    # The same config from Python reuses every finished run.
+    capsys.readouterr()
+    again = mnist_kd.run(mnist_kd.Config(**flags))
+    assert capsys.readouterr().out.count("Reusing finished") == 3
+    written = read_json(workdir / "results.json")
+    assert written.pop("peak_resident_memory_mib") > 0
+    assert written == as_json(again)
+    for name, entry in results["runs"].items():
+        assert again["runs"][name]["test_accuracy"] == entry["test_accuracy"]
+
+
+# --- Every other command, in-process ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mnist_sweep_trains_the_grid_together_and_plots(tmp_path, mnist_dir):
+    config = mnist_sweep.Config(
+        data_dir=str(mnist_dir),
+        workdir=str(tmp_path),
+        temperatures=(1.0, 4.0),
+        alphas=(0.3, 0.9),
+        seeds=2,
+        **TINY,
+    )
+    results = mnist_sweep.run(config)
+    assert read_json(tmp_path / "sweep" / "results.json")["study"] == as_json(results["study"])
+    check_schema(results, "mnist_sweep", ["teacher", "student_sweep", "student_scratch_seeds"])
+    study = results["study"]
+    assert study["students_trained_together"] == 8
+    assert len(results["runs"]["student_sweep"]["test_accuracy"]) == 8  # one run, 8 students
+    cells = {(cell["temperature"], cell["alpha"]): cell for cell in study["cells"]}
+    assert set(cells) == {(1.0, 0.3), (1.0, 0.9), (4.0, 0.3), (4.0, 0.9)}
+    for cell in cells.values():
+        assert cell["n"] == 2
+        assert cell["mean"] == pytest.approx(np.mean(cell["accuracies"]))
+    assert study["scratch"]["n"] == 2
+    assert (
+        study["scratch"]["accuracies"] == results["runs"]["student_scratch_seeds"]["test_accuracy"]
+    )
+    for name in ("accuracy_vs_temperature.png", "accuracy_vs_alpha.png", "results.csv"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path, mnist_dir):
+    config = mnist_mlp_kd.Config(
+        data_dir=str(mnist_dir), workdir=str(tmp_path), transfer_size=128, seeds=2, epochs=1,
+        teacher_epochs=1,
+    )  # fmt: skip
+    results = mnist_mlp_kd.run(config)
+    check_schema(results, "mnist_mlp_kd", ["teacher", "student_scratch", "student_kd"])
+    assert results["config"]["batch_size"] == 32  # seed 004's default
+    assert results["study"]["transfer_examples"] == 128
+    for arm in ("student_kd", "student_scratch"):
+        counts = results["study"]["correct_out_of_test"][arm]["each"]
+        assert len(counts) == 2 and all(0 <= c <= 64 for c in counts)
+        accuracies = results["runs"][arm]["test_accuracy"]
+        assert counts == [round(64 * accuracy) for accuracy in accuracies]
+    assert results["runs"]["student_kd"]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
+    teacher = results["runs"]["teacher"]["spec"]
+    assert teacher["model_settings"] == {"hidden_sizes": [800, 800], "dropout": 0.5}
+    # The teacher's logits were stored for the transfer set the students saw.
+    with np.load(Path(results["runs"]["teacher"]["run_dir"]) / "soft_targets/train.npz") as store:
+        assert len(store["ids"]) == 128
+    with pytest.raises(ValueError, match="--transfer_size 500 exceeds the 192"):
+        mnist_mlp_kd.run(mnist_mlp_kd.Config(data_dir=str(mnist_dir), transfer_size=500))
+
+
+def _teacher_fingerprint(run_dir: str) -> str:
+    with np.load(Path(run_dir) / "soft_targets" / "train.npz") as store:
+        return str(store["teacher_fingerprint"])
+
+
+@pytest.mark.slow
+def test_mnist_takd_distils_along_the_chain(tmp_path, mnist_dir):
+    chain = ("mlp_800_dropout", "mlp_784", "mlp_200")
+    config = mnist_takd.Config(
+        data_dir=str(mnist_dir), workdir=str(tmp_path), chain=chain, seeds=2, **TINY
+    )
+    results = mnist_takd.run(config)
+    arms = ["student_scratch", "student_from_teacher", "student_through_chain"]
+    check_schema(results, "mnist_takd", ["teacher", "assistant1", *arms])
+    assert [link["network"] for link in results["study"]["chain"]] == list(chain[:2])
+    assert results["runs"]["assistant1"]["spec"]["model_settings"] == {"hidden_sizes": [784, 784]}
+    for arm in arms:
+        assert len(results["runs"][arm]["test_accuracy"]) == 2
+        assert results["study"]["accuracy"][arm]["each"] == results["runs"][arm]["test_accuracy"]
+    # Each distilled arm learnt from its own mentor's stored logits.
+    runs = results["runs"]
+    mentors = {"student_from_teacher": "teacher", "student_through_chain": "assistant1"}
+    for arm, mentor in mentors.items():
+        identity = read_json(Path(runs[arm]["run_dir"]) / "config.json")
+        assert identity["teacher"] == _teacher_fingerprint(runs[mentor]["run_dir"])
+    assert _teacher_fingerprint(runs["teacher"]["run_dir"]) != _teacher_fingerprint(
+        runs["assistant1"]["run_dir"]
+    )
+
+
+@pytest.mark.slow
+def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path, mnist_dir, capsys):
+    tiny = {"data_dir": str(mnist_dir), "workdir": str(tmp_path), "seeds": 2, **TINY}
+    results = hinton_mnist.run(hinton_mnist.Config(**tiny))
+    check_schema(results, "hinton_mnist", ["teacher", "student_scratch", "student_kd"])
+    study = results["study"]
+    assert study["paper_errors"] == {"teacher": 67, "student_scratch": 146, "student_kd": 74}
+    for arm in ("student_scratch", "student_kd"):
+        errors = study["test_errors"][arm]["each"]
+        assert len(errors) == 2 and all(0 <= e <= 64 for e in errors)
+        assert errors == [round(64 * (1 - a)) for a in results["runs"][arm]["test_accuracy"]]
+    runs = results["runs"]
+    assert runs["teacher"]["parameters"] == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 12010
+    assert runs["student_kd"]["parameters"] == 784 * 800 + 800 + 800 * 800 + 800 + 8010
+    assert results["config"]["temperature"] == 20.0 and results["config"]["translate_pixels"] == 2
+    identity = read_json(Path(runs["teacher"]["run_dir"]) / "config.json")
+    assert identity["max_norm"] == 3.5 and identity["translate_pixels"] == 2
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+
+    # The jittered-transfer-set variant reuses the teacher and stores its logits per shift.
+    capsys.readouterr()
+    again = hinton_mnist.run(hinton_mnist.Config(**tiny, student_translate_pixels=1))
+    output = capsys.readouterr().out
+    assert "jittered transfer set ±1" in output and "× 9 shifts" in output
+    assert read_json(tmp_path / "results.json")["runs"] == results["runs"]  # kept
+    assert read_json(tmp_path / "results-jitter1.json")["config"]["student_translate_pixels"] == 1
+    assert (tmp_path / "learning_curves-jitter1.png").stat().st_size > 0
+    assert again["runs"]["teacher"]["run_dir"] == runs["teacher"]["run_dir"]
+    for arm in ("student_scratch", "student_kd"):
+        assert again["runs"][arm]["run_dir"] != runs[arm]["run_dir"]
+        identity = read_json(Path(again["runs"][arm]["run_dir"]) / "config.json")
+        assert identity["translate_pixels"] == 1
+        assert identity.get("consistent_jitter", False) is (arm == "student_kd")
+    assert (Path(runs["teacher"]["run_dir"]) / "soft_targets" / "train-shift1.npz").is_file()
+
+
+@pytest.mark.slow
+def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     pytest.importorskip("PIL")
     data_dir = write_tiny_cifar(tmp_path / "cifar")
-    workdir = tmp_path / "work"
-    flags = (
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--method=all",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=20",  # 40 training images: two steps per epoch
-    )
-    first = run_command(*flags, module="experiments.cifar10_kd")
-    assert first.returncode == 0, first.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    runs = results["runs"]
-    assert list(runs) == ["teacher", "ce", "kd", "cosine", "hint"]
+    tiny = {"data_dir": str(data_dir), "workdir": str(tmp_path / "work"), **TINY}
+    tiny["batch_size"] = 20  # 40 training images: two steps per epoch
+    results = cifar10_kd.run(cifar10_kd.Config(**tiny, seeds=2))
+    methods = ["ce", "kd", "cosine", "hint"]
+    check_schema(results, "cifar10_kd", ["teacher", *(f"student_{m}" for m in methods)])
+    runs, study = results["runs"], results["study"]
     assert runs["teacher"]["parameters"] == 1_186_986
-    assert runs["ce"]["parameters"] == 267_738
-    assert runs["hint"]["model"] == "light_nn_hint"
-    assert runs["kd"]["weights"] == {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25}
-    for name in ("ce", "kd", "cosine", "hint"):
-        assert len(runs[name]["accuracy"]["each"]) == 2
-    assert set(results["gains_over_ce"]) == {"kd", "cosine", "hint"}
+    assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # seed 002's nets
+    assert runs["student_ce"]["parameters"] == 267_738
+    assert runs["student_hint"]["spec"]["model_settings"]["hint_channels"] == 32
+    comparison = {row["method"]: row for row in study["comparison"]}
+    assert list(comparison) == ["teacher", *methods]
+    assert comparison["kd"]["weights"] == {
+        "temperature": 2.0,
+        "hard_weight": 0.75,
+        "soft_weight": 0.25,
+    }
+    for method in methods:
+        assert len(comparison[method]["accuracy"]["each"]) == 2
+    assert set(study["gains_over_ce"]) == {"kd", "cosine", "hint"}
     teacher_store = Path(runs["teacher"]["run_dir"]) / "soft_targets"
     for name in ("train.npz", "train-features.npz", "train-feature_map.npz"):
         assert (teacher_store / name).is_file()
-    assert (workdir / "comparison.png").stat().st_size > 0
-    assert (workdir / "learning_curves.png").stat().st_size > 0
-    assert list((workdir / "data_cache").glob("*.npz"))
-    assert "student CE + hint" in first.stdout
+    for name in ("comparison.png", "learning_curves.png"):
+        assert (tmp_path / "work" / name).stat().st_size > 0
+    assert list((tmp_path / "work" / "data_cache").glob("*.npz"))
+    assert "student CE + hint" in capsys.readouterr().out
 
-    # One method alone, the seed-001 preset and a KD weight override: new runs; then a
-    # rerun of the first command reuses every finished run and the decoded-image cache.
-    second = run_command(*flags, module="experiments.cifar10_kd")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count("Reusing finished") == 5
-    assert "read from the cache" in second.stdout
-    kd_only = run_command(
-        *flags[:2],
-        "--method=kd",
-        "--preset=seed001",
-        "--soft_weight=0.5",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=20",
-        module="experiments.cifar10_kd",
+    # A rerun reuses every finished run and the decoded-image cache; one method with the
+    # seed-001 preset and a weight override trains new runs.
+    cifar10_kd.run(cifar10_kd.Config(**tiny, seeds=2))
+    output = capsys.readouterr().out
+    assert output.count("Reusing finished") == 5 and "read from the cache" in output
+    kd_only = cifar10_kd.run(
+        cifar10_kd.Config(**tiny, method=("kd",), preset="seed001", soft_weight=0.5)
     )
-    assert kd_only.returncode == 0, kd_only.stderr[-3000:]
-    kd_results = json.loads((workdir / "results.json").read_text())
-    assert list(kd_results["runs"]) == ["teacher", "kd"]
-    assert kd_results["runs"]["teacher"]["model"] == "cifar_teacher"
-    assert kd_results["runs"]["kd"]["weights"] == {
+    assert list(kd_only["runs"]) == ["teacher", "student_kd"]
+    assert "model_settings" not in kd_only["runs"]["teacher"]["spec"]  # no dropout
+    assert kd_only["study"]["comparison"][1]["weights"] == {
         "temperature": 10.0,
         "hard_weight": 1.0,
         "soft_weight": 0.5,
     }
-
-
-def test_cifar10_kd_without_data_says_how_to_provide_it(tmp_path):
-    result = run_command(
-        f"--data_dir={tmp_path}",
-        f"--workdir={tmp_path / 'work'}",
-        module="experiments.cifar10_kd",
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert "holds no CIFAR-10" in result.stderr and "--data_dir" in result.stderr
-    assert "Traceback" not in result.stderr
-    bad = run_command("--method=kd,distill", module="experiments.cifar10_kd", timeout=120)
-    assert bad.returncode != 0 and "--method must list methods" in bad.stderr
+    assert kd_only["runs"]["teacher"]["run_dir"] != runs["teacher"]["run_dir"]
 
 
 @pytest.mark.slow
-def test_hinton_mnist_reports_errors_beside_the_paper(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist")
-    workdir = tmp_path / "work"
-    tiny = (
-        f"--data_dir={data_dir}",
-        f"--workdir={workdir}",
-        "--seeds=2",
-        "--epochs=1",
-        "--teacher_epochs=1",
-        "--batch_size=32",
+def test_model_costs_measures_named_presets(tmp_path):
+    config = model_costs.Config(
+        models=("mlp_200", "small_conv_net"), measure_seconds=0.1, workdir=str(tmp_path)
     )
-    result = run_command(*tiny, module="experiments.hinton_mnist")
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((workdir / "results.json").read_text())
-    assert results["paper_errors"] == {"teacher": 67, "student_scratch": 146, "student_kd": 74}
-    for arm in ("student_scratch", "student_kd"):
-        errors = results["test_errors"][arm]
-        assert len(errors["each"]) == 2 and all(0 <= e <= 64 for e in errors["each"])
-    assert results["teacher"]["parameters"] == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 12010
-    assert results["student_kd"]["parameters"] == 784 * 800 + 800 + 800 * 800 + 800 + 8010
-    assert results["config"]["temperature"] == 20.0 and results["config"]["translate_pixels"] == 2
-    config = json.loads((Path(results["teacher"]["run_dir"]) / "config.json").read_text())
-    assert config["max_norm"] == 3.5 and config["translate_pixels"] == 2
-    assert (workdir / "learning_curves.png").stat().st_size > 0
-
-    # The jittered-transfer-set variant reuses the teacher and stores its logits per shift.
-    jittered = run_command(*tiny, "--student_translate_pixels=1", module="experiments.hinton_mnist")
-    assert jittered.returncode == 0, jittered.stderr[-3000:]
-    assert "jittered transfer set ±1" in jittered.stdout
-    assert "× 9 shifts" in jittered.stdout + jittered.stderr
-    again = json.loads((workdir / "results-jitter1.json").read_text())
-    assert json.loads((workdir / "results.json").read_text()) == results  # kept
-    assert (workdir / "learning_curves-jitter1.png").stat().st_size > 0
-    assert again["teacher"]["run_dir"] == results["teacher"]["run_dir"]
-    assert again["config"]["student_translate_pixels"] == 1
-    for arm in ("student_scratch", "student_kd"):
-        assert again[arm]["run_dir"] != results[arm]["run_dir"]
-        config = json.loads((Path(again[arm]["run_dir"]) / "config.json").read_text())
-        assert config["translate_pixels"] == 1
-        assert config.get("consistent_jitter", False) is (arm == "student_kd")
-    assert (Path(results["teacher"]["run_dir"]) / "soft_targets" / "train-shift1.npz").is_file()
+    results = model_costs.run(config)
+    assert read_json(tmp_path / "results.json")["study"] == as_json(results["study"])
+    assert results["schema"] == "kdjax.results/1" and results["runs"] == {}
+    costs = results["study"]["models"]
+    assert [cost["preset"] for cost in costs] == ["mlp_200", "small_conv_net"]
+    assert costs[0]["model"] == "mlp" and costs[0]["settings"] == {"hidden_sizes": (200, 200)}
+    assert costs[0]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
+    assert costs[1]["flops_per_example"] > costs[0]["flops_per_example"]
+    assert model_costs.PRESETS["two_conv_net"][2] == (32, 32, 3)

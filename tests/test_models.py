@@ -9,15 +9,15 @@ import pytest
 from jax import lax
 
 from kdjax.layers import Conv, conv2d, max_pool
-from kdjax.models import MLP, MnistCNN, StudentNet, count_params, get_model
+from kdjax.models import MLP, ConvNet, SmallConvNet, count_params, get_model
 
 
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
         # conv1 1·9·8+8, conv2 8·9·16+16, fc1 3136·32+32, fc2 32·10+10
-        (StudentNet(), 80 + 1168 + 100384 + 330),
-        (MnistCNN(), 320 + 18496 + 401536 + 1290),
+        (SmallConvNet(), 80 + 1168 + 100384 + 330),
+        (ConvNet(), 320 + 18496 + 401536 + 1290),
         (MLP(hidden_sizes=(800, 800)), 784 * 800 + 800 + 800 * 800 + 800 + 8010),
     ],
 )
@@ -27,8 +27,8 @@ def test_parameter_counts(model, expected):
 
 
 def test_student_outputs_logits_and_named_features():
-    outputs = StudentNet().apply(
-        StudentNet().init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1))),
+    outputs = SmallConvNet().apply(
+        SmallConvNet().init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1))),
         jnp.ones((2, 28, 28, 1)),
     )
     chex.assert_shape(outputs["logits"], (2, 10))
@@ -37,7 +37,7 @@ def test_student_outputs_logits_and_named_features():
 
 
 def test_channel_dropout_drops_whole_channels_only_in_training():
-    model = StudentNet()
+    model = SmallConvNet()
     images = jnp.ones((4, 28, 28, 1))
     variables = model.init(jax.random.PRNGKey(0), images)
     params = jax.tree.map(lambda p: jnp.abs(p) + 0.01, variables)  # all activations positive
