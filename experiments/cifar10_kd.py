@@ -56,13 +56,29 @@ from kdjax.spec import RunSpec
 from kdjax.teachers import Teacher
 from kdjax.training import Execution
 
-METHODS = ("ce", "kd", "cosine", "hint")
+SEED_METHODS = ("ce", "kd", "cosine", "hint")
+# The methods researchers compare against (kdjax.objectives), with the loss weights
+# RepDistiller uses on CIFAR (CE weight 1, the method's term beta; AT's 1000 is its
+# ×1000), DKD's T=4 and DIST's T=4 (their CIFAR settings); KD's T is the preset's.
+COMPARED_METHODS = {
+    "kd_standardized": {"hard_weight": 1.0, "soft_weight": 1.0},
+    "dkd": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
+    "dist": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
+    "at": {"hard_weight": 1.0, "soft_weight": 1000.0},
+    "nst": {"hard_weight": 1.0, "soft_weight": 50.0},
+    "sp": {"hard_weight": 1.0, "soft_weight": 3000.0},
+    "pkt": {"hard_weight": 1.0, "soft_weight": 30000.0},
+    "rkd": {"hard_weight": 1.0, "soft_weight": 1.0},
+    "cc": {"hard_weight": 1.0, "soft_weight": 0.02},
+    "vid": {"hard_weight": 1.0, "soft_weight": 1.0},
+    "crd": {"hard_weight": 1.0, "soft_weight": 0.8},
+}
+METHODS = (*SEED_METHODS, *COMPARED_METHODS)
 # Each seed's networks (registry model and settings) and loss weights.
 PRESETS = {
     "seed002": {
         "teacher": ("four_conv_net", {"dropout": 0.1}),
         "student": ("two_conv_net", {"dropout": 0.1}),
-        "hint_student": ("two_conv_net", {"dropout": 0.1, "hint_channels": 32}),
         "kd": {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25},
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
@@ -78,7 +94,6 @@ PRESETS = {
     "seed001": {
         "teacher": ("four_conv_net", {}),
         "student": ("two_conv_net", {}),
-        "hint_student": ("two_conv_net", {"hint_channels": 32}),
         "kd": {"temperature": 10.0, "hard_weight": 1.0, "soft_weight": 1.0},
         # Seed 001 has no cosine or hint run; seed 002's weights are used.
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
@@ -92,6 +107,7 @@ LABELS = {
     "kd": "student CE + KD",
     "cosine": "student CE + cosine",
     "hint": "student CE + hint (regressor MSE)",
+    **{method: f"student CE + {method}" for method in COMPARED_METHODS},
 }
 SHORT_LABELS = {
     "teacher": "teacher",
@@ -99,6 +115,7 @@ SHORT_LABELS = {
     "kd": "CE + KD",
     "cosine": "CE + cosine",
     "hint": "CE + hint",
+    **{method: f"CE + {method}" for method in COMPARED_METHODS},
 }
 INPUT_NORMALISATION = {"input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD}
 TEACHER_SEED = 42
@@ -109,10 +126,11 @@ class Config(CommonConfig):
     workdir: str = option("runs/cifar10_kd", "Checkpoints, teacher outputs and results.")
     method: tuple[str, ...] = option(
         ("all",),
-        "Student runs: any of ce,kd,cosine,hint, or all.",
+        "Student runs: any of " + ",".join(METHODS) + "; 'all' for the seed's four "
+        "(ce,kd,cosine,hint), 'compare' for every method.",
         check=(
-            lambda names: bool(names) and set(names) <= {*METHODS, "all"},
-            f"must list methods among {', '.join(METHODS)} (or all)",
+            lambda names: bool(names) and set(names) <= {*METHODS, "all", "compare"},
+            f"must list methods among {', '.join(METHODS)} (or all, compare)",
         ),
     )
     preset: str = option(
@@ -146,10 +164,19 @@ class Config(CommonConfig):
     )
     download: bool = option(True, "Let TFDS download cifar10 when no copy is found.")
     cache_dir: str | None = option(None, "Decoded-image cache (default: <workdir>/data_cache).")
+    allow_partial: bool = option(
+        False,
+        "Accept an image folder with missing classes or other counts than 5,000/1,000 "
+        "per class (the results then say PARTIAL DATA SET).",
+    )
 
     def methods(self) -> list[str]:
         """The selected methods in canonical order, without repeats."""
-        names = METHODS if "all" in self.method else self.method
+        names = set(self.method)
+        if "all" in names:
+            names |= set(SEED_METHODS)
+        if "compare" in names:
+            names |= set(METHODS)
         return [method for method in METHODS if method in names]
 
 
@@ -157,7 +184,10 @@ def method_weights(config: Config, method: str) -> dict:
     """The loss weights (and T) of one method: the preset's, overridden by the config."""
     if method == "ce":
         return {}
-    weights = dict(PRESETS[config.preset][method])
+    preset = PRESETS[config.preset]
+    weights = dict(preset.get(method) or COMPARED_METHODS[method])
+    if method == "kd_standardized":
+        weights["temperature"] = preset["kd"]["temperature"]
     for name in ("temperature", "hard_weight", "soft_weight"):
         value = getattr(config, name)
         if value is not None and (name != "temperature" or method == "kd"):
@@ -171,6 +201,7 @@ def run(config: Config) -> dict:
     dataset = load_cifar10(
         config.data_dir,
         download=config.download,
+        allow_partial=config.allow_partial,
         cache_dir=config.cache_dir or f"{config.workdir}/data_cache",
         log=report.log,
     )
@@ -217,7 +248,7 @@ def run(config: Config) -> dict:
     weights = {"teacher": {}}
     for method in methods:
         weights[method] = method_weights(config, method)
-        model, settings = preset["hint_student" if method == "hint" else "student"]
+        model, settings = preset["student"]
         name = f"student_{method}"
         specs[name] = RunSpec(
             role=name,

@@ -31,6 +31,9 @@ from typing import Any
 from absl import app, flags, logging
 
 FEEDS = ("auto", "host", "device")
+# The flags defined here belong to the command that imports this module, so that
+# ``--help`` lists them (absl files flags under the module that defines them).
+flags.disclaim_key_flags()
 
 
 def option(default: Any, help: str, *, check=None, choices=None) -> Any:  # noqa: A002

@@ -35,7 +35,6 @@ PRESETS = {
     },
     "four_conv_net": (*cifar10_kd.PRESETS["seed001"]["teacher"], CIFAR_IMAGE),
     "two_conv_net": (*cifar10_kd.PRESETS["seed001"]["student"], CIFAR_IMAGE),
-    "two_conv_net_hint": (*cifar10_kd.PRESETS["seed001"]["hint_student"], CIFAR_IMAGE),
 }
 
 

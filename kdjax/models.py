@@ -184,16 +184,12 @@ class TwoConvNet(nn.Module):
     """Two 3×3 convolutions, each pooled (seeds 001/002's CIFAR-10 student, "LightNN"):
     conv 3→16, max-pool, conv 16→16,
     max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
-    267,738 parameters.
-
-    With ``hint_channels`` set, the student also owns seed 002's trainable hint
-    regressor (conv 16→``hint_channels``, 3×3, pad 1, linear as in the seed) on its
-    last conv map, output as ``"hint"``; the classifier still reads the unregressed map.
+    267,738 parameters. Seed 002's hint regressor (conv 16→32, 3×3) is the ``hint``
+    method's head beside the student (:class:`kdjax.heads.HintHead`), not part of it.
     """
 
     num_classes: int = 10
     dropout: float = 0.0
-    hint_channels: int | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
@@ -206,11 +202,7 @@ class TwoConvNet(nn.Module):
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         logits = Dense(self.num_classes, name="fc2")(x)
-        outputs = {"logits": logits, "features": features, "feature_map": feature_map}
-        if self.hint_channels is not None:
-            regressor = Conv(self.hint_channels, (3, 3), padding=1, name="hint_regressor")
-            outputs["hint"] = regressor(feature_map)
-        return outputs
+        return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
 # Architectures by name; their settings (widths, dropout) are keyword arguments, given

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kdjax import losses
+from kdjax.heads import HintHead, StudentWithHead, deployed_variables
 from kdjax.models import FourConvNet, TwoConvNet, count_params, get_model
 from kdjax.objectives import OBJECTIVES, make_hyperparams
 
@@ -23,23 +24,34 @@ def _init(model):
         ("four_conv_net", {"dropout": 0.1}, 1_186_986),  # dropout adds no parameters
         ("two_conv_net", {}, 267_738),  # seed 001's count
         ("two_conv_net", {"dropout": 0.1}, 267_738),
-        # plus the 16→32 3×3 regressor
-        ("two_conv_net", {"dropout": 0.1, "hint_channels": 32}, 267_738 + 16 * 32 * 9 + 32),
     ],
 )
 def test_cifar_parameter_counts_match_the_seeds(name, settings, expected):
     assert count_params(_init(get_model(name, **settings))) == expected
 
 
-def test_cifar_outputs_and_shapes():
-    teacher, student = FourConvNet(), TwoConvNet(hint_channels=32)
+def _hint_student(teacher_map):
+    """Seed 002's regressor student: the hint method's head beside the student."""
+    model = StudentWithHead(TwoConvNet(dropout=0.1), HintHead())
+    teacher = {"feature_map": teacher_map}
+    variables = model.init(jax.random.PRNGKey(0), IMAGES[:1],
+                           teacher={"feature_map": teacher_map[:1]})  # fmt: skip
+    return model, variables, teacher
+
+
+def test_the_hint_student_has_seed_002s_regressor():
+    teacher = FourConvNet()
     t = teacher.apply({"params": _init(teacher)}, IMAGES)
-    s = student.apply({"params": _init(student)}, IMAGES)
+    model, variables, teacher_outputs = _hint_student(t["feature_map"])
+    # The student's own 267,738 plus the 16→32 3×3 regressor's 4,640.
+    assert count_params(variables["params"]["student"]) == 267_738
+    assert count_params(variables["params"]["head"]) == 16 * 32 * 9 + 32
+    s = model.apply(variables, IMAGES, teacher=teacher_outputs)
     assert t["logits"].shape == (3, 10) and s["logits"].shape == (3, 10)
     assert t["features"].shape == (3, 2048) and s["features"].shape == (3, 1024)
     assert t["feature_map"].shape == (3, 8, 8, 32)
     assert s["hint"].shape == t["feature_map"].shape
-    assert "hint" not in TwoConvNet().apply({"params": _init(TwoConvNet())}, IMAGES)
+    assert "hint" not in model.apply(variables, IMAGES)  # evaluation: the student alone
 
 
 def test_features_are_flattened_in_pytorch_channel_first_order():
@@ -51,12 +63,12 @@ def test_features_are_flattened_in_pytorch_channel_first_order():
 
 
 def test_the_regressor_does_not_change_the_classifier():
-    plain, with_hint = TwoConvNet(), TwoConvNet(hint_channels=32)
-    params = _init(with_hint)
-    shared = {k: v for k, v in params.items() if k != "hint_regressor"}
+    teacher_map = np.ones((3, 8, 8, 32), np.float32)
+    model, variables, teacher_outputs = _hint_student(teacher_map)
+    deployed = deployed_variables(variables)
     np.testing.assert_allclose(
-        plain.apply({"params": shared}, IMAGES)["logits"],
-        with_hint.apply({"params": params}, IMAGES)["logits"],
+        TwoConvNet(dropout=0.1).apply(deployed, IMAGES)["logits"],
+        model.apply(variables, IMAGES, teacher=teacher_outputs)["logits"],
     )
 
 
@@ -125,12 +137,9 @@ def test_hint_objective_matches_numpy():
     )
 
 
-def test_hint_objective_without_a_regressor_is_a_clear_error():
-    rng = np.random.default_rng(3)
-    outputs, batch = _batch_and_outputs(rng)
-    del outputs["hint"]
-    with pytest.raises(ValueError, match="hint regressor"):
-        OBJECTIVES["hint"](outputs, batch, make_hyperparams(learning_rate=1e-3))
+def test_the_hint_objective_brings_its_regressor_as_a_head():
+    assert OBJECTIVES["hint"].head is not None
+    assert isinstance(OBJECTIVES["hint"].head(100), HintHead)
 
 
 def test_pool_features_matches_avg_pool1d_and_rejects_uneven_sizes():

@@ -336,6 +336,7 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     data_dir = write_tiny_cifar(tmp_path / "cifar")
     tiny = {"data_dir": str(data_dir), "workdir": str(tmp_path / "work"), **TINY}
     tiny["batch_size"] = 20  # 40 training images: two steps per epoch
+    tiny["allow_partial"] = True  # 4 + 2 images per class, not CIFAR-10's 5,000 + 1,000
     results = cifar10_kd.run(cifar10_kd.Config(**tiny, seeds=2))
     methods = ["ce", "kd", "cosine", "hint"]
     check_schema(results, "cifar10_kd", ["teacher", *(f"student_{m}" for m in methods)])
@@ -343,7 +344,8 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     assert runs["teacher"]["parameters"] == 1_186_986
     assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # seed 002's nets
     assert runs["student_ce"]["parameters"] == 267_738
-    assert runs["student_hint"]["spec"]["model_settings"]["hint_channels"] == 32
+    assert runs["student_hint"]["spec"]["objective"] == "hint"  # its regressor is a head
+    assert results["data"]["notice"].startswith("PARTIAL DATA SET")
     comparison = {row["method"]: row for row in study["comparison"]}
     assert list(comparison) == ["teacher", *methods]
     assert comparison["kd"]["weights"] == {
@@ -378,6 +380,28 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
         "soft_weight": 0.5,
     }
     assert kd_only["runs"]["teacher"]["run_dir"] != runs["teacher"]["run_dir"]
+
+
+@pytest.mark.slow
+def test_cifar10_kd_compares_methods_with_heads_and_deploys_the_student_alone(tmp_path):
+    from kdjax.runs import load_run
+
+    pytest.importorskip("PIL")
+    data_dir = write_tiny_cifar(tmp_path / "cifar")
+    config = cifar10_kd.Config(data_dir=str(data_dir), workdir=str(tmp_path / "work"),
+                               allow_partial=True, method=("dkd", "sp", "vid", "crd"),
+                               **{**TINY, "batch_size": 20})  # fmt: skip
+    results = cifar10_kd.run(config)
+    for method in ("dkd", "sp", "vid", "crd"):
+        run = results["runs"][f"student_{method}"]
+        assert np.isfinite(run["history"][-1]["train_loss"]).all()
+        assert run["spec"]["soft_weight"] == cifar10_kd.COMPARED_METHODS[method]["soft_weight"]
+    deployed = load_run(results["runs"]["student_crd"]["run_dir"], log=lambda m: None)
+    assert set(deployed.variables["params"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert deployed.accuracy(
+        cifar10_kd.load_cifar10(str(data_dir), allow_partial=True, log=lambda m: None).test
+    ) == pytest.approx(results["runs"]["student_crd"]["test_accuracy"][0], abs=1e-9)
+    assert set(cifar10_kd.Config(method=("compare",)).methods()) == set(cifar10_kd.METHODS)
 
 
 @pytest.mark.slow
