@@ -67,7 +67,9 @@ class SignalSet:
             if getattr(self, name).shape != (count, len(self.channels)):
                 raise ValueError(f"{name} must have shape ({count}, {len(self.channels)}).")
         if self.signals.shape[2] != len(self.channels):
-            raise ValueError(f"signals have {self.signals.shape[2]} channels, named {self.channels}.")
+            raise ValueError(
+                f"signals have {self.signals.shape[2]} channels, named {self.channels}."
+            )
         if len(np.unique(self.ids)) != count:
             raise ValueError("sample ids must be unique.")
 
@@ -103,6 +105,7 @@ class SignalSet:
     def summary(self) -> dict:
         """What a results file records about the data, the preprocessing's drops included."""
         known = self.subjects[self.subjects >= 0]
+        nans, outliers = self.dropped_nans.sum(0).tolist(), self.dropped_outliers.sum(0).tolist()
         return {
             "samples": len(self),
             "length": int(self.signals.shape[1]),
@@ -111,8 +114,8 @@ class SignalSet:
             "class_counts": np.bincount(self.labels, minlength=self.num_classes).tolist(),
             "subjects": len(np.unique(known)),
             "unknown_subject_samples": int((self.subjects < 0).sum()),
-            "dropped_nans": dict(zip(self.channels, self.dropped_nans.sum(0).tolist())),
-            "dropped_outliers": dict(zip(self.channels, self.dropped_outliers.sum(0).tolist())),
+            "dropped_nans": dict(zip(self.channels, nans, strict=True)),
+            "dropped_outliers": dict(zip(self.channels, outliers, strict=True)),
             "fingerprint": self.fingerprint(),
         }
 
@@ -243,7 +246,7 @@ def load_biovid(
     valid_counts = np.array([(~np.isnan(signals)).sum(0) for signals in raw])
     check_lengths(valid_counts, files, channels, length_tolerance)
     cleaned, dropped_nans, dropped_outliers = [], [], []
-    for path, signals in zip(files, raw):
+    for path, signals in zip(files, raw, strict=True):
         per_channel = []
         for column, channel in enumerate(channels):
             try:

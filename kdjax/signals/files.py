@@ -6,10 +6,11 @@ Two folder layouts are understood (see :func:`find_samples`):
   ``<level>`` one of ``0 1 2 3 4`` or ``BL1 PA1 PA2 PA3 PA4``. The class is the
   folder; the subject is read from the file name when it follows the
   database's pattern (else it is unknown, ``""``).
-* **per-subject folders** (the database's own): ``DATA/<subject>/<subject>-<class>-<index>_bio.csv``,
-  e.g. ``072414_m_23/072414_m_23-PA2-034_bio.csv``; class and subject come
-  from the file name, and the subject must match its folder. CSV files directly
-  in ``DATA`` are read the same way.
+* **per-subject folders** (the database's own):
+  ``DATA/<subject>/<subject>-<class>-<index>_bio.csv``, e.g.
+  ``072414_m_23/072414_m_23-PA2-034_bio.csv``; class and subject come from the
+  file name, and the subject must match its folder. CSV files directly in
+  ``DATA`` are read the same way.
 
 Files may be gzip-compressed (``.csv.gz``). Every problem — a missing column,
 an unparsable number, an empty file, a name without a class, an unknown
@@ -78,7 +79,8 @@ def _from_name(path: Path, root: Path) -> SampleFile:
     parsed = parse_file_name(path.name)
     if parsed is None:
         raise DataError(
-            f"{path}: the file name carries no class; expected SUBJECT-<BL1|PA1..PA4>-INDEX_bio.csv."
+            f"{path}: the file name carries no class; "
+            "expected SUBJECT-<BL1|PA1..PA4>-INDEX_bio.csv."
         )
     subject, label, _ = parsed
     return SampleFile(path, path.relative_to(root).as_posix(), label, subject)
