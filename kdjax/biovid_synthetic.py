@@ -99,7 +99,7 @@ def draw_subject(rng: np.random.Generator, index: int) -> Subject:
         name=f"syn{index:03d}_{sex}_{age}",
         skin_conductance_level=float(rng.lognormal(np.log(2.5), 0.7)),
         scr_gain=float(rng.lognormal(np.log(0.25), 1.0)),
-        scr_latency=float(rng.uniform(1.0, 2.5)),
+        scr_latency=float(rng.uniform(1.0, 3.0)),
         scr_rise=float(rng.uniform(0.5, 1.0)),
         scr_decay=float(rng.uniform(2.0, 4.0)),
         spontaneous_scr_per_minute=float(rng.uniform(1.0, 8.0)),
@@ -156,8 +156,8 @@ def simulate_gsr(subject: Subject, level: int, rng: np.random.Generator) -> np.n
         amplitude = 0.4 * subject.scr_gain * rng.lognormal(0.0, 0.6)
         gsr += amplitude * bateman(times - onset, subject.scr_rise, subject.scr_decay)
     if rng.random() < EVOKED_SCR_PROBABILITY[level]:
-        amplitude = subject.scr_gain * EVOKED_SCR_AMPLITUDE[level] * rng.lognormal(0.0, 0.4)
-        onset = subject.scr_latency + rng.normal(0.0, 0.25)
+        amplitude = subject.scr_gain * EVOKED_SCR_AMPLITUDE[level] * rng.lognormal(0.0, 0.25)
+        onset = subject.scr_latency + rng.normal(0.0, 0.15)
         gsr += amplitude * bateman(times - onset, subject.scr_rise, subject.scr_decay)
     return gsr
 
