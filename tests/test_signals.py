@@ -217,6 +217,7 @@ def test_nans_are_dropped_counted_and_padded(tmp_path):
         (HEADER + "\n", "no data rows"),
         ("time\tecg\n0.0\t1.0\n", "no column gsr"),
         ("time,gsr\n0.0,1.0\n", "no column gsr.*tab-separated"),
+        (HEADER + "\n0\t1\t2\t3\t4\t5\n0\t1\t2\t3\t4\t5\t6\t7\n", "malformed table"),
         (sample_text(gsr_values(0, 0)).replace("\t2.0\t", "\tabc\t", 1), "row 2 column gsr: 'abc'"),
     ],
 )
