@@ -287,10 +287,12 @@ def write_dataset(
     manifest.write_text(json.dumps(settings))
     suffix = ".csv.gz" if compress else ".csv"
     for index in range(num_subjects):
+        # The name is the first draw of the subject's stream: cheap to check first.
+        name = draw_subject(np.random.default_rng([seed, index]), index).name
+        if (out_dir / name).is_dir():
+            continue
         subject, windows = simulate_subject(index, samples_per_class=samples_per_class, seed=seed)
         folder = out_dir / subject.name
-        if folder.is_dir():
-            continue
         partial = out_dir / f".{subject.name}.partial"
         partial.mkdir(exist_ok=True)
         for level, number, columns in windows:

@@ -132,3 +132,13 @@ def test_corrugator_bursts_are_more_frequent_at_higher_levels():
     ]
     np.testing.assert_allclose(fractions, expected, atol=0.15)
     assert fractions[1] > fractions[0]
+
+
+def test_a_rerun_keeps_the_subjects_already_written(tmp_path):
+    synthetic.write_dataset(tmp_path, num_subjects=1, samples_per_class=1, log=lambda _: None)
+    folder = next(path for path in tmp_path.iterdir() if path.is_dir())
+    marker = folder / "kept.txt"
+    marker.write_text("not rewritten")
+    synthetic.write_dataset(tmp_path, num_subjects=2, samples_per_class=1, log=lambda _: None)
+    assert marker.is_file() and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    assert not list(tmp_path.glob(".*partial"))

@@ -332,3 +332,16 @@ def test_level_errors_match_a_direct_computation():
     assert errors["rmse"] == pytest.approx(np.sqrt((4 + 9 + 9) / 6))
     with pytest.raises(ValueError, match="same"):
         level_errors(labels, predictions[:3])
+
+
+def test_an_all_nan_channel_or_signals_too_short_to_smooth_are_errors(tmp_path):
+    root = per_subject_tree(tmp_path / "data")
+    empty = root / "081609_w_40" / "081609_w_40-PA2-020_bio.csv"
+    write(empty, sample_text(np.full(ROWS, np.nan)))
+    with pytest.raises(DataError, match="PA2-020_bio.csv: 0 valid gsr values"):
+        load_biovid(root, log=lambda _: None)
+    tiny = tmp_path / "tiny"
+    for label in range(2):
+        write(tiny / f"s-{('BL1', 'PA1')[label]}-00{label}_bio.csv", sample_text(np.ones(3)))
+    with pytest.raises(DataError, match="3 valid gsr values, fewer than the smoothing window 5"):
+        load_biovid(tiny, log=lambda _: None)

@@ -241,30 +241,37 @@ def load_biovid(
             log(f"Read {len(cached)} preprocessed samples from the cache {cache_path}.")
             return cached
     start = time.perf_counter()
-    raw = [read_channels(sample.path, channels) for sample in samples]
+    # Each file is preprocessed as soon as it is read (float32), so memory holds
+    # about twice the result, not the raw float64 tables of every file.
     files = [str(sample.path) for sample in samples]
-    valid_counts = np.array([(~np.isnan(signals)).sum(0) for signals in raw])
-    check_lengths(valid_counts, files, channels, length_tolerance)
-    cleaned, dropped_nans, dropped_outliers = [], [], []
-    for path, signals in zip(files, raw, strict=True):
+    valid_counts = np.zeros((len(samples), len(channels)), np.int64)
+    dropped_nans = np.zeros_like(valid_counts)
+    dropped_outliers = np.zeros_like(valid_counts)
+    cleaned: list[list[np.ndarray]] = []
+    too_short: list[str] = []
+    for row, path in enumerate(files):
+        table = read_channels(path, channels)
+        valid_counts[row] = (~np.isnan(table)).sum(0)
         per_channel = []
         for column, channel in enumerate(channels):
-            try:
-                clean, dropped = prep.preprocess(signals[:, column])
-            except ValueError as error:
-                raise DataError(f"{path}: {channel}: {error}") from None
-            per_channel.append(clean)
-            dropped_nans.append(dropped.nans)
-            dropped_outliers.append(dropped.outliers)
+            if valid_counts[row, column] < prep.SMOOTHING_WINDOW:
+                too_short.append(f"{path}: {valid_counts[row, column]} valid {channel} values")
+                per_channel.append(np.zeros(0, np.float32))
+                continue
+            clean, dropped = prep.preprocess(table[:, column])
+            per_channel.append(clean.astype(np.float32))
+            dropped_nans[row, column] = dropped.nans
+            dropped_outliers[row, column] = dropped.outliers
         cleaned.append(per_channel)
+    check_lengths(valid_counts, files, channels, length_tolerance)
+    if too_short:
+        raise DataError(f"{too_short[0]}, fewer than the smoothing window {prep.SMOOTHING_WINDOW}.")
     if length is None:
         length = max(clean.size for per_channel in cleaned for clean in per_channel)
-    signals = np.stack(
-        [
-            np.stack([prep.fit_length(clean, length) for clean in per_channel], axis=-1)
-            for per_channel in cleaned
-        ]
-    ).astype(np.float32)
+    signals = np.zeros((len(samples), length, len(channels)), np.float32)
+    for row, per_channel in enumerate(cleaned):
+        for column, clean in enumerate(per_channel):
+            signals[row, :, column] = prep.fit_length(clean, length)
     subject_names = tuple(sorted({sample.subject for sample in samples} - {""}))
     subject_index = {name: index for index, name in enumerate(subject_names)}
     dataset = SignalSet(
@@ -276,8 +283,8 @@ def load_biovid(
         subject_names=subject_names,
         channels=channels,
         class_names=CLASS_NAMES,
-        dropped_nans=np.array(dropped_nans, np.int64).reshape(len(samples), len(channels)),
-        dropped_outliers=np.array(dropped_outliers, np.int64).reshape(len(samples), len(channels)),
+        dropped_nans=dropped_nans,
+        dropped_outliers=dropped_outliers,
     )
     log(
         f"Read and preprocessed {len(samples)} samples ({layout} layout, "
