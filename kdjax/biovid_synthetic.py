@@ -22,8 +22,9 @@ physiological model (docs/biovid.md gives the sources of every number):
   trapezius less), scaled by a subject-specific expressiveness.
 
 Every subject's traits and windows come from ``numpy.random.default_rng([seed,
-subject])``: the data are the same on every machine, and subject ``i`` is the
-same whether 4 or 87 subjects are written. The loader
+subject])``: the data are the same on every machine with the same numpy and
+neurokit2 versions, and subject ``i`` is the same whether 4 or 87 subjects are
+written. Files are gzip-compressed (``.csv.gz``) unless asked otherwise. The loader
 (:mod:`kdjax.signals`) does not depend on this module.
 
 Example:
@@ -139,6 +140,8 @@ def _neurokit():
 def simulate_gsr(subject: Subject, level: int, rng: np.random.Generator) -> np.ndarray:
     """One window of skin conductance (µS) for ``subject`` at pain ``level`` (0–4)."""
     times = np.arange(WINDOW_LENGTH) / SAMPLING_RATE
+    # With no SCRs and no drift the simulated signal is constant, so neurokit2 takes
+    # the noise amplitude as absolute (µS) rather than relative to the signal's spread.
     noise = _neurokit().eda_simulate(
         length=WINDOW_LENGTH,
         duration=WINDOW_SECONDS,
