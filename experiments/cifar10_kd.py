@@ -54,7 +54,6 @@ from kdjax.objectives import get_objective
 from kdjax.runs import train_run
 from kdjax.spec import RunSpec
 from kdjax.teachers import Teacher
-from kdjax.training import Execution
 
 SEED_METHODS = ("ce", "kd", "cosine", "hint")
 # The methods researchers compare against (kdjax.objectives), with the loss weights
@@ -213,18 +212,23 @@ def run(config: Config) -> dict:
         f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each."
     )
 
+    execution = report.execution(config)
+
     def train(spec, teacher=None):
         return train_run(
             spec,
             dataset,
             config.workdir,
             teacher=teacher,
-            execution=Execution(feed=config.feed, checkpoint_every=config.checkpoint_every),
+            execution=execution,
             log=report.log,
         )
 
     shared = dict(
-        batch_size=config.batch_size, learning_rate=config.learning_rate, **INPUT_NORMALISATION
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        compute_dtype=config.compute_dtype,
+        **INPUT_NORMALISATION,
     )
     model, settings = preset["teacher"]
     specs = {

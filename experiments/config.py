@@ -89,6 +89,24 @@ class CommonConfig:
     checkpoint_every: int = option(
         1, "Save a checkpoint every N epochs (and always after the last).", check=at_least_one
     )
+    devices: int = option(
+        0,
+        "Train data-parallel over this many devices (0: every device JAX sees; with "
+        "--multihost, every device of every process).",
+        check=non_negative,
+    )
+    multihost: bool = option(
+        False,
+        "Start JAX's distributed runtime (jax.distributed.initialize: arguments detected "
+        "on Slurm, Open MPI and TPU pods, else from JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID); only process 0 writes results and logs.",
+    )
+    compute_dtype: str = option(
+        "float32",
+        "Activations and matmuls in this dtype; parameters, optimizer state and losses "
+        "stay float32.",
+        choices=("float32", "bfloat16"),
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -165,6 +183,24 @@ def config_from_flags(config_class: type):
     return config_class(**values)
 
 
+def start_distributed() -> None:
+    """``jax.distributed.initialize()``, from the cluster's own variables (Slurm, Open
+    MPI, TPU pods) or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID; on the CPU, collectives go over gloo."""
+    import jax
+
+    arguments = {}
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        arguments = {
+            "coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
+            "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+            "process_id": int(os.environ["JAX_PROCESS_ID"]),
+        }
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**arguments)
+
+
 def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
     """Defines the flags of ``config_class``, parses them and runs ``run(config)``.
 
@@ -182,7 +218,10 @@ def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
         # orbax and absl log every checkpoint at INFO; kdjax prints its own progress.
         logging.set_verbosity(logging.WARNING)
         try:
-            run(config_from_flags(config_class))
+            config = config_from_flags(config_class)
+            if getattr(config, "multihost", False):
+                start_distributed()
+            run(config)
         except errors as error:
             sys.exit(f"error: {error}")
 

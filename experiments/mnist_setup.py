@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from experiments import report
 from experiments.config import CommonConfig, at_least_one, existing_path, finite, option, positive
 from experiments.report import log
 from kdjax.data import Dataset, load_mnist
@@ -42,7 +43,7 @@ class MnistConfig(CommonConfig):
 
 
 def execution(config: CommonConfig) -> Execution:
-    return Execution(feed=config.feed, checkpoint_every=config.checkpoint_every)
+    return report.execution(config)
 
 
 def load_data(config: MnistConfig) -> Dataset:
@@ -72,6 +73,7 @@ def student_spec(config: MnistConfig, role: str, model: str, settings=None, **fi
         epochs=config.epochs,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
+        compute_dtype=config.compute_dtype,
         **INPUT_NORMALISATION,
         **fields,
     )
@@ -109,6 +111,7 @@ def trained_teacher(
         batch_size=batch_size or config.batch_size,
         learning_rate=config.learning_rate,
         seed=TEACHER_SEED,
+        compute_dtype=config.compute_dtype,
         **INPUT_NORMALISATION,
         **fields,
     )

@@ -32,7 +32,7 @@ from kdjax.data import DataError
 from kdjax.integrity import DamagedFileError, WorkdirError
 from kdjax.locking import RunLockedError
 from kdjax.soft_targets import StoreError
-from kdjax.training import NonFiniteLossError
+from kdjax.training import Execution, NonFiniteLossError
 
 SCHEMA = "kdjax.results/1"
 # Errors a user can cause (bad data, a workdir from other settings, divergence):
@@ -49,8 +49,44 @@ USER_ERRORS = (
 )
 
 
+def is_main_process() -> bool:
+    """Only process 0 of a multi-process run writes results, plots and logs."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    if is_main_process():
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def execution(config) -> Execution:
+    """How a command trains: its feed and checkpoint flags, and a data-parallel mesh
+    over ``--devices`` devices (all by default) when there is more than one."""
+    import jax
+
+    from kdjax.parallel import data_mesh
+
+    devices = jax.devices()
+    count = config.devices or len(devices)
+    if count > len(devices):
+        raise ValueError(f"--devices={count}, but JAX sees {len(devices)} device(s).")
+    mesh = None
+    if count > 1:
+        batch_size = getattr(config, "batch_size", None)
+        if batch_size is not None and batch_size % count:
+            raise ValueError(
+                f"--batch_size={batch_size} does not divide over {count} devices; use a "
+                f"multiple of {count} or --devices=N with N dividing it."
+            )
+        mesh = data_mesh(devices[:count])
+        log(
+            f"Training data-parallel over {count} {devices[0].platform} devices in "
+            f"{jax.process_count()} process(es) (mesh axis 'data'); each batch is split "
+            "over them and batches come from the host."
+        )
+    return Execution(feed=config.feed, checkpoint_every=config.checkpoint_every, mesh=mesh)
 
 
 def peak_resident_mib() -> float:
@@ -122,9 +158,12 @@ def results_document(
 
 
 def write_results(workdir: str | Path, results: dict, filename: str = "results.json") -> Path:
-    """Writes ``results`` (plus the process's peak resident memory) as JSON, atomically."""
+    """Writes ``results`` (plus the process's peak resident memory) as JSON, atomically
+    (process 0 only)."""
     results = {**results, "peak_resident_memory_mib": peak_resident_mib()}
     path = Path(workdir) / filename
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=2) + "\n")
@@ -197,7 +236,9 @@ def format_mean_std(summary: dict, scale: float = 100.0, digits: int = 2) -> str
 
 
 def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title: str) -> Path:
-    """Test accuracy per epoch, one line per run."""
+    """Test accuracy per epoch, one line per run (process 0 only)."""
+    if not is_main_process():
+        return Path(path)
     import matplotlib
 
     matplotlib.use("Agg")
