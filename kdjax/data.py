@@ -58,7 +58,11 @@ class DataError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split of a data set: ``images[i]`` has label ``labels[i]`` and id ``ids[i]``."""
+    """One split of a data set: ``images[i]`` has label ``labels[i]`` and id ``ids[i]``.
+
+    ``images`` are uint8 ``[N, H, W, C]`` pictures, or float32 ``[N, L, C]`` signals
+    (1-D inputs such as physiological recordings, see :mod:`kdjax.signals`).
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -68,9 +72,12 @@ class Split:
         for name in ("labels", "ids"):
             if not np.issubdtype(getattr(self, name).dtype, np.integer):
                 raise ValueError(f"{name} must be integers, got {getattr(self, name).dtype}.")
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+        picture = self.images.dtype == np.uint8 and self.images.ndim == 4
+        signal = self.images.dtype == np.float32 and self.images.ndim == 3
+        if not (picture or signal):
             raise ValueError(
-                f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}."
+                "images must be uint8 [N, H, W, C] (or float32 [N, L, C] signals), got "
+                f"{self.images.dtype} {self.images.shape}."
             )
         count = len(self.images)
         if self.labels.shape != (count,) or self.ids.shape != (count,):
@@ -124,11 +131,12 @@ class Dataset:
         }
 
 
-def normalize(images, mean, std):
-    """uint8 ``[..., C]`` images to float32 ``(x / 255 − mean) / std`` (jit-friendly)."""
+def normalize(images, mean, std, scale=255.0):
+    """Raw ``[..., C]`` inputs to float32 ``(x / scale − mean) / std`` (jit-friendly):
+    uint8 pixels with ``scale=255``; signals already in [0, 1] with ``scale=1``."""
     import jax.numpy as jnp
 
-    scaled = images.astype(jnp.float32) / 255.0
+    scaled = images.astype(jnp.float32) / scale
     return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 

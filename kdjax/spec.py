@@ -60,6 +60,9 @@ class RunSpec:
     soft_weight: float | tuple[float, ...] = 0.0
     input_mean: float | tuple[float, ...] = 0.0
     input_std: float | tuple[float, ...] = 1.0
+    # Raw inputs are divided by this before the mean/std normalisation: 255 for uint8
+    # pixels, 1 for signals already in [0, 1].
+    input_scale: float = 255.0
     # Random translations of up to this many pixels (0: none), and a max-norm
     # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
     translate_pixels: int = 0
@@ -131,7 +134,7 @@ class RunSpec:
         return len(self.seed) if isinstance(self.seed, tuple) else None
 
     def preprocess(self):
-        return partial(normalize, mean=self.input_mean, std=self.input_std)
+        return partial(normalize, mean=self.input_mean, std=self.input_std, scale=self.input_scale)
 
     def per_shift_extras(self) -> tuple[str, ...]:
         """The batch entries stored once per shift (empty unless ``consistent_jitter``)."""

@@ -79,26 +79,43 @@ def make_correct_counter(
         return jax.jit(count)
 
     def count_each(variables, images, labels, mask):
-        def one(member_variables):
-            return count(member_variables, images, labels, mask)
+        """``mask`` is ``[batch]``, or ``[students, batch]``: each its own test rows."""
+        own = mask.ndim == 2
 
+        def one(member):
+            member_variables, member_mask = member
+            return count(member_variables, images, labels, member_mask if own else mask)
+
+        members = (variables, mask if own else None)
         if resolve_strategy(population_strategy) == "vmap":
-            return jax.vmap(one)(variables)
-        return jax.lax.map(one, variables)
+            return jax.vmap(one)(members)
+        return jax.lax.map(one, members)
 
     return jax.jit(count_each)
 
 
 def split_accuracy(
-    counter: Callable, variables: Any, split: Split, batch_size: int = 1000
+    counter: Callable,
+    variables: Any,
+    split: Split,
+    batch_size: int = 1000,
+    *,
+    member_masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Accuracy on ``split`` with a :func:`make_correct_counter` counter: a 0-d array
-    for one model, ``[members]`` for a population."""
+    for one model, ``[members]`` for a population. ``member_masks`` (``[members, N]``
+    bools) scores each student on its own rows of the split (its held-out fold)."""
     batch_size = max(1, min(batch_size, len(split)))
     total = 0
-    for real, images, labels in padded_batches(len(split), batch_size, split.images, split.labels):
-        total = total + counter(variables, images, labels, np.arange(batch_size) < real)
-    return np.asarray(total, np.float64) / len(split)
+    arrays = [split.images, split.labels]
+    if member_masks is not None:
+        arrays.append(np.asarray(member_masks, bool).T)  # [N, members], batched by row
+    for real, images, labels, *masks in padded_batches(len(split), batch_size, *arrays):
+        valid = np.arange(batch_size) < real
+        mask = valid if member_masks is None else (masks[0] & valid[:, None]).T
+        total = total + counter(variables, images, labels, mask)
+    denominator = len(split) if member_masks is None else np.sum(member_masks, axis=1)
+    return np.asarray(total, np.float64) / denominator
 
 
 def evaluate(

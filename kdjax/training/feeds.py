@@ -10,7 +10,9 @@
 
 Both see the same batches in the same order (:func:`epoch_permutation`), so they
 train identically; ``record(done, metrics)`` receives each block's metrics (with a
-leading step axis) for the loop's checks and progress line.
+leading step axis) for the loop's checks and progress line. An epoch's ``order``
+is ``[examples]``, or ``[students, examples]`` when every student of a population
+reads its own rows (the folds of a cross-validation).
 """
 
 from __future__ import annotations
@@ -115,10 +117,12 @@ class HostFeed:
         return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
 
     def run_epoch(self, state, order: np.ndarray, hyperparams, context, record: Record):
-        steps = len(order) // self.batch_size
+        steps = order.shape[-1] // self.batch_size
         pending: list[dict] = []
         for batch_index in range(steps):
-            indices = order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            indices = order[
+                ..., batch_index * self.batch_size : (batch_index + 1) * self.batch_size
+            ]
             if self.mesh is not None:
                 indices = indices[self.rows]  # this process's rows only
             batch = {key: array[indices] for key, array in self.arrays.items()}
@@ -173,12 +177,15 @@ class DeviceFeed:
         return program
 
     def run_epoch(self, state, order: np.ndarray, hyperparams, context, record: Record):
-        steps = len(order) // self.batch_size
+        steps = order.shape[-1] // self.batch_size
         block = self.steps_per_call
         if block is None:
             block = CHECK_EVERY_STEPS if jax.default_backend() == "cpu" else steps
-        rows_of_epoch = order[: steps * self.batch_size].astype(np.int32)
-        rows_of_epoch = rows_of_epoch.reshape(steps, self.batch_size)
+        rows_of_epoch = order[..., : steps * self.batch_size].astype(np.int32)
+        # [steps, batch], or [steps, students, batch] when each student has its own rows.
+        rows_of_epoch = np.moveaxis(
+            rows_of_epoch.reshape(*order.shape[:-1], steps, self.batch_size), -2, 0
+        )
         previous = None
         for first, last in step_blocks(steps, block):
             args = (state, self.data, rows_of_epoch[first:last], hyperparams, context)

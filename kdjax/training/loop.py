@@ -136,6 +136,8 @@ def fit(
     seed: int | Sequence[int],
     data_seed: int | None = None,
     train_extras: Mapping[str, np.ndarray] | None = None,
+    member_rows: Sequence[np.ndarray] | None = None,
+    member_test_rows: Sequence[np.ndarray] | None = None,
     execution: Execution | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
@@ -149,10 +151,19 @@ def fit(
     teacher logits, gathered with the same indices as the images. ``run_config`` is
     written to ``run_dir/config.json``; a directory that trained something else is
     refused. Re-running with more epochs continues the run.
+
+    ``member_rows`` gives every student of a population its own training rows (row
+    positions in ``train_split``; e.g. the training folds of a cross-validation, all
+    trained in one program), and ``member_test_rows`` its own rows of
+    ``test_split`` to be scored on (its held-out fold). Each student walks its rows
+    in its own order; an epoch has as many steps as the smallest student's rows fill.
     """
     execution = execution or Execution()
     _check_arguments(train_split, train_extras or {}, batch_size, execution)
-    members = Members.of(seed, execution.population_strategy)
+    members = Members.of(seed, execution.population_strategy, own_batches=member_rows is not None)
+    member_masks = _member_masks(members, member_rows, member_test_rows, train_split, test_split)
+    if member_rows is not None and execution.mesh is not None:
+        raise ValueError("students with their own training rows train on one device (no mesh).")
     data_seed = members.seeds[0] if data_seed is None else data_seed
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))
@@ -182,7 +193,9 @@ def fit(
         variables = {"params": state.params, **state.model_state}
         if execution.mesh is not None:  # every process scores the full test set
             variables = jax.tree.map(parallel.to_host, variables)
-        accuracy = split_accuracy(counter, variables, test_split, execution.eval_batch_size)
+        accuracy = split_accuracy(
+            counter, variables, test_split, execution.eval_batch_size, member_masks=member_masks
+        )
         return _rounded(members.per_member(accuracy))
 
     # Resume.
@@ -200,7 +213,18 @@ def fit(
         verb = "Reusing finished" if start_epoch == epochs else "Resuming"
         log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
 
-    steps_per_epoch = len(train_split) // batch_size
+    def order_of(epoch: int) -> np.ndarray:
+        if member_rows is None:
+            return epoch_permutation(data_seed, epoch, len(train_split))
+        shortest = min(len(rows) for rows in member_rows)
+        return np.stack(
+            [
+                rows[epoch_permutation(data_seed + index, epoch, len(rows))][:shortest]
+                for index, rows in enumerate(member_rows)
+            ]
+        )
+
+    steps_per_epoch = order_of(0).shape[-1] // batch_size
     train_seconds, feed = 0.0, None
     try:
         for epoch in range(start_epoch, epochs):
@@ -218,8 +242,7 @@ def fit(
                 state, hyperparams, context = feed.place((state, hyperparams, context))
             epoch_start = time.perf_counter()
             blocks = _EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints)
-            order = epoch_permutation(data_seed, epoch, len(train_split))
-            state = feed.run_epoch(state, order, hyperparams, context, blocks.record)
+            state = feed.run_epoch(state, order_of(epoch), hyperparams, context, blocks.record)
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
             blocks.close()
@@ -261,6 +284,26 @@ def fit(
         train_seconds=train_seconds,
         compile_seconds=None if feed is None else feed.compile_seconds,
     )
+
+
+def _member_masks(members, member_rows, member_test_rows, train_split, test_split):
+    """``[students, test examples]`` bools from each student's held-out rows."""
+    if member_rows is not None and len(member_rows) != members.count:
+        raise ValueError(
+            f"member_rows has {len(member_rows)} entries for {members.count} students."
+        )
+    if member_test_rows is None:
+        return None
+    if len(member_test_rows) != members.count or not members.stacked:
+        raise ValueError("member_test_rows needs one entry per student of a population.")
+    masks = np.zeros((members.count, len(test_split)), bool)
+    for index, rows in enumerate(member_test_rows):
+        masks[index, np.asarray(rows)] = True
+    if member_rows is not None and train_split is test_split:
+        for index, rows in enumerate(member_rows):
+            if masks[index, np.asarray(rows)].any():
+                raise ValueError(f"student {index}'s training and test rows overlap.")
+    return masks
 
 
 def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:

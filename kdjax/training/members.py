@@ -34,15 +34,20 @@ class Members:
     seeds: tuple[int, ...]
     stacked: bool
     strategy: str = "auto"
+    own_batches: bool = False
 
     @classmethod
-    def of(cls, seed: int | Sequence[int], strategy: str = "auto") -> Members:
+    def of(
+        cls, seed: int | Sequence[int], strategy: str = "auto", *, own_batches: bool = False
+    ) -> Members:
         if isinstance(seed, (int, np.integer)):
+            if own_batches:
+                raise ValueError("students with their own training rows need a list of seeds.")
             return cls((int(seed),), stacked=False, strategy=strategy)
         seeds = tuple(int(s) for s in seed)
         if not seeds:
             raise ValueError("a population needs at least one seed.")
-        return cls(seeds, stacked=True, strategy=strategy)
+        return cls(seeds, stacked=True, strategy=strategy, own_batches=own_batches)
 
     @property
     def count(self) -> int:
@@ -71,7 +76,9 @@ class Members:
         return jax.vmap(one)(jnp.asarray(self.seeds))
 
     def lift(self, step: Step) -> Step:
-        return population_step(step, self.strategy) if self.stacked else step
+        if not self.stacked:
+            return step
+        return population_step(step, self.strategy, own_batches=self.own_batches)
 
     def hyperparams(self, hyperparams: Hyperparams) -> dict[str, jax.Array]:
         if not self.stacked:

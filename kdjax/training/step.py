@@ -151,7 +151,7 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
-def population_step(train_step: Step, strategy: str = "auto") -> Step:
+def population_step(train_step: Step, strategy: str = "auto", *, own_batches: bool = False) -> Step:
     """Lifts a one-student step to ``(states, batch, hyperparams, context)`` with a
     leading student axis on ``states`` and ``hyperparams``; batch and context are shared.
 
@@ -160,15 +160,19 @@ def population_step(train_step: Step, strategy: str = "auto") -> Step:
     (``lax.map``), which on the CPU is faster for convolutional students, since
     XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow.
     Both give the same numbers; BUILD_NOTES.md records the measurements.
+    ``own_batches``: every student has its own batch (a leading student axis on the
+    batch too), e.g. the folds of a cross-validation trained together.
     """
+    batch_axis = 0 if own_batches else None
     if resolve_strategy(strategy) == "vmap":
-        return jax.vmap(train_step, in_axes=(0, None, 0, None))
+        return jax.vmap(train_step, in_axes=(0, batch_axis, 0, None))
 
     def mapped(states, batch, hyperparams, context):
-        return jax.lax.map(
-            lambda member: train_step(member[0], batch, member[1], context),
-            (states, hyperparams),
-        )
+        def one(member):
+            state, hyper, own = member
+            return train_step(state, own if own_batches else batch, hyper, context)
+
+        return jax.lax.map(one, (states, hyperparams, batch if own_batches else None))
 
     return mapped
 

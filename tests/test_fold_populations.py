@@ -1,0 +1,101 @@
+"""Students with their own training rows (the folds of a cross-validation) trained
+together as one population, and 1-D signal inputs through the same core."""
+
+from functools import partial
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from kdjax.data import Split, normalize
+from kdjax.folds import k_fold
+from kdjax.models import MLP
+from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.training import Execution, Training, fit, make_optimizer
+
+UNIT = partial(normalize, mean=0.0, std=1.0)
+
+
+def _split(count, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.int32)
+    images = rng.integers(0, 40, (count, 8, 8, 1)).astype(np.uint8)
+    for index, label in enumerate(labels):
+        images[index, label % 8, :, 0] = 200 + label
+    return Split(images, labels, np.arange(count, dtype=np.int64) + 500)
+
+
+def _take(split, rows):
+    return Split(split.images[rows], split.labels[rows], split.ids[rows])
+
+
+def _fit(tmp_path, name, train, test, seed, **kwargs):
+    return fit(
+        Training(MLP(hidden_sizes=(16,)), OBJECTIVES["ce"], make_optimizer("adam"), UNIT),
+        name=name,
+        run_dir=tmp_path / name,
+        run_config={"name": name},
+        hyperparams=make_hyperparams(learning_rate=3e-3),
+        train_split=train,
+        test_split=test,
+        epochs=2,
+        batch_size=16,
+        seed=seed,
+        log=lambda message: None,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_folds_trained_together_equal_each_fold_trained_alone(tmp_path, strategy, feed):
+    data = _split(160)
+    folds = k_fold(len(data.labels), 4, seed=0)  # 4 folds of 40: 120 training rows each
+    together = _fit(
+        tmp_path, f"folds-{strategy}-{feed}", data, data, [0, 1, 2, 3],
+        data_seed=7,
+        member_rows=[train for train, _ in folds],
+        member_test_rows=[test for _, test in folds],
+        execution=Execution(population_strategy=strategy, feed=feed),
+    )  # fmt: skip
+    assert len(together.test_accuracy) == 4
+    for index, (train, test) in enumerate(folds):
+        alone = _fit(tmp_path, f"alone{index}-{strategy}-{feed}", _take(data, train),
+                     _take(data, test), index, data_seed=7 + index,
+                     execution=Execution(feed=feed))  # fmt: skip
+        chex.assert_trees_all_close(
+            together.member_variables(index), alone.variables, rtol=1e-5, atol=1e-6
+        )
+        assert together.test_accuracy[index] == pytest.approx(alone.test_accuracy[0], abs=1e-9)
+
+
+def test_overlapping_training_and_test_rows_are_refused(tmp_path):
+    data = _split(64)
+    rows = np.arange(40)
+    with pytest.raises(ValueError, match="overlap"):
+        _fit(tmp_path, "overlap", data, data, [0, 1], member_rows=[rows, rows],
+             member_test_rows=[rows[:8], np.arange(40, 64)])  # fmt: skip
+    with pytest.raises(ValueError, match="need a list of seeds"):
+        _fit(tmp_path, "single", data, data, 0, member_rows=[rows])
+
+
+def test_float_signals_train_through_the_same_core(tmp_path):
+    from kdjax.signal_models import get_signal_model
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 96).astype(np.int32)
+    time = np.linspace(0, 1, 128, dtype=np.float32)
+    signals = np.stack([np.sin(2 * np.pi * (label + 1) * time) for label in labels])[..., None]
+    split = Split(signals.astype(np.float32), labels, np.arange(96, dtype=np.int64))
+    result = fit(
+        Training(get_signal_model("signal_cnn", num_classes=5), OBJECTIVES["ce"],
+                 make_optimizer("adam"), partial(normalize, mean=0.0, std=1.0, scale=1.0)),
+        name="signals", run_dir=tmp_path / "signals", run_config={"name": "signals"},
+        hyperparams=make_hyperparams(learning_rate=3e-3), train_split=split, test_split=split,
+        epochs=3, batch_size=32, seed=0, log=lambda message: None,
+    )  # fmt: skip
+    assert np.isfinite(result.history[-1]["train_loss"]).all()
+    assert jax.tree.leaves(result.variables)[0].dtype == np.float32
+    with pytest.raises(ValueError, match="float32 \\[N, L, C\\] signals"):
+        Split(signals.astype(np.float64), labels, np.arange(96, dtype=np.int64))
