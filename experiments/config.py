@@ -101,6 +101,9 @@ class CommonConfig:
         "on Slurm, Open MPI and TPU pods, else from JAX_COORDINATOR_ADDRESS, "
         "JAX_NUM_PROCESSES, JAX_PROCESS_ID); only process 0 writes results and logs.",
     )
+    tensorboard: bool = option(
+        True, "Write TensorBoard event files in each run directory (tensorboard/)."
+    )
     compute_dtype: str = option(
         "float32",
         "Activations and matmuls in this dtype; parameters, optimizer state and losses "

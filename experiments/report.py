@@ -86,7 +86,12 @@ def execution(config) -> Execution:
             f"{jax.process_count()} process(es) (mesh axis 'data'); each batch is split "
             "over them and batches come from the host."
         )
-    return Execution(feed=config.feed, checkpoint_every=config.checkpoint_every, mesh=mesh)
+    return Execution(
+        feed=config.feed,
+        checkpoint_every=config.checkpoint_every,
+        mesh=mesh,
+        tensorboard=config.tensorboard,
+    )
 
 
 def peak_resident_mib() -> float:

@@ -190,3 +190,36 @@ def test_an_optimizer_for_frozen_paths_is_an_optax_transformation():
     assert isinstance(make_optimizer("sgd", frozen=("x/",)), optax.GradientTransformation)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lamb")
+
+
+def _events(run_dir):
+    """Every (tag, step, value) scalar of a run's TensorBoard event files."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.append((value.tag, event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_records_every_step_loss_and_each_epoch(tmp_path):
+    result = _fit(tmp_path, "board", seed=[0, 1], execution=Execution(tensorboard=True))
+    scalars = _events(result.run_dir)
+    steps = sorted(step for tag, step, _ in scalars if tag == "train/loss")
+    assert steps == list(range(1, 2 * 4 + 1))  # 2 epochs × 4 steps of 32 out of 128
+    epochs = {(tag, step): value for tag, step, value in scalars if tag.startswith("epoch/")}
+    assert epochs[("epoch/test_accuracy/student_1", 2)] == pytest.approx(
+        result.test_accuracy[1], abs=1e-6
+    )
+    assert epochs[("epoch/learning_rate", 1)] == pytest.approx(1e-2)
+    quiet = _fit(tmp_path, "quiet")
+    assert not (quiet.run_dir / "tensorboard").exists()

@@ -29,6 +29,7 @@ from kdjax.training.feeds import epoch_permutation, make_feed
 from kdjax.training.members import Members
 from kdjax.training.state import trainable_mask
 from kdjax.training.step import OnlineTeacher, head_inputs_of, make_train_step
+from kdjax.training.tensorboard import RunWriter
 from kdjax.types import Augment, Constraint, Hyperparams, Preprocess, Schedule
 
 
@@ -65,7 +66,8 @@ class Execution:
 
     ``feed``: see :func:`kdjax.training.feeds.resolve_feed`; ``mesh``: data-parallel
     training (:func:`kdjax.parallel.data_mesh`); ``population_strategy``: see
-    :func:`kdjax.training.step.population_step`.
+    :func:`kdjax.training.step.population_step`; ``tensorboard``: write event files
+    in ``<run_dir>/tensorboard`` (:mod:`kdjax.training.tensorboard`).
     """
 
     feed: str = "auto"
@@ -74,6 +76,7 @@ class Execution:
     population_strategy: str = "auto"
     eval_batch_size: int = 1000
     checkpoint_every: int = 1
+    tensorboard: bool = False
 
 
 @dataclasses.dataclass
@@ -199,7 +202,7 @@ def fit(
         return _rounded(members.per_member(accuracy))
 
     # Resume.
-    checkpoints = RunCheckpoints(run_dir)
+    checkpoints = RunCheckpoints(run_dir, log=log)
     start_epoch, history = checkpoints.latest_epoch() or 0, []
     if start_epoch > epochs:
         checkpoints.close()
@@ -226,6 +229,9 @@ def fit(
 
     steps_per_epoch = order_of(0).shape[-1] // batch_size
     train_seconds, feed = 0.0, None
+    writer = RunWriter(
+        run_dir, run_config, enabled=execution.tensorboard and jax.process_index() == 0
+    )
     try:
         for epoch in range(start_epoch, epochs):
             if feed is None:  # only a run with epochs left puts data on the device
@@ -241,7 +247,7 @@ def fit(
                 )
                 state, hyperparams, context = feed.place((state, hyperparams, context))
             epoch_start = time.perf_counter()
-            blocks = _EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints)
+            blocks = _EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints, writer)
             state = feed.run_epoch(state, order_of(epoch), hyperparams, context, blocks.record)
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
@@ -257,6 +263,14 @@ def fit(
                 "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
             }
             history.append(entry)
+            writer.epoch(
+                epoch + 1,
+                {
+                    **{k: v for k, v in entry.items() if k.startswith(("train_", "test_"))},
+                    "seconds": entry["seconds"],
+                    "learning_rate": _learning_rate(training, hyperparams, state),
+                },
+            )
             if (epoch + 1) % execution.checkpoint_every == 0 or epoch + 1 == epochs:
                 checkpoints.save(epoch + 1, state, {"history": history})
             log(
@@ -269,6 +283,7 @@ def fit(
                 on_epoch_end(epoch + 1)
     finally:
         checkpoints.close()
+        writer.close()
 
     variables = {"params": state.params, **state.model_state}
     if execution.mesh is not None:
@@ -351,18 +366,20 @@ def _check_arguments(train_split, train_extras, batch_size, execution) -> None:
 class _EpochRecord:
     """Collects one epoch's metric blocks, checks their losses and draws progress."""
 
-    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints):
+    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints, writer):
         self.name, self.epoch, self.steps = name, epoch, steps_per_epoch
-        self.checkpoints = checkpoints
+        self.checkpoints, self.writer = checkpoints, writer
         self.blocks: list[dict] = []
         self.progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
 
     def record(self, done: int, block: dict) -> None:
         """Checks a block of steps' losses (host copies), ending at step ``done``."""
         losses = parallel.to_host(block["loss"])
+        first_step = self.epoch * self.steps + done - len(losses) + 1
+        self.writer.steps("train/loss", first_step, losses)
         check_finite(
             losses,
-            first_step=self.epoch * self.steps + done - len(losses) + 1,
+            first_step=first_step,
             name=self.name,
             epoch=self.epoch,
             last_saved=self.checkpoints.latest_epoch(),
@@ -378,6 +395,15 @@ class _EpochRecord:
 
     def close(self) -> None:
         self.progress.close()
+
+
+def _learning_rate(training: Training, hyperparams, state) -> np.ndarray:
+    """The learning rate the last step used (per student), schedule included."""
+    rate = np.asarray(parallel.to_host(hyperparams["learning_rate"]), np.float64)
+    if training.schedule is not None:
+        step = np.asarray(parallel.to_host(state.step)) - 1
+        rate = rate * np.asarray(jax.vmap(training.schedule)(np.atleast_1d(step)))
+    return rate
 
 
 def _rounded(values: np.ndarray) -> list[float]:
