@@ -71,9 +71,11 @@ def mnist_dir(tmp_path_factory) -> Path:
 
 
 def run_command(
-    *flags: str, timeout: int = 300, module: str = "experiments.mnist_kd"
+    *flags: str, timeout: int = 300, module: str = "experiments.mnist_kd", devices: int = 0
 ) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    if devices:  # simulated CPU devices
+        environment["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, "-m", module, *flags],
         cwd=ROOT,
@@ -418,3 +420,32 @@ def test_model_costs_measures_named_presets(tmp_path):
     assert costs[0]["parameters"] == 784 * 200 + 200 + 200 * 200 + 200 + 2010
     assert costs[1]["flops_per_example"] > costs[0]["flops_per_example"]
     assert model_costs.PRESETS["two_conv_net"][2] == (32, 32, 3)
+
+
+@pytest.mark.slow
+def test_the_main_command_trains_over_every_device_like_on_one(tmp_path):
+    """With 8 (simulated) devices the command trains data-parallel by default, says so,
+    records 8 devices, and ends where the one-device run ends: the same batches, the
+    batch mean split over devices (float32 reassociation only)."""
+    data_dir = write_tiny_mnist(tmp_path / "mnist")
+    tiny = ("--epochs=1", "--teacher_epochs=1", "--batch_size=32", f"--data_dir={data_dir}")
+    one = run_command(*tiny, f"--workdir={tmp_path / 'one'}", "--devices=1", devices=8)
+    eight = run_command(*tiny, f"--workdir={tmp_path / 'eight'}", devices=8)
+    assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-2000:]
+    assert "data-parallel over 8 cpu devices" in eight.stdout
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+    meshed = json.loads((tmp_path / "eight" / "results.json").read_text())
+    assert meshed["environment"]["device_count"] == 8 and meshed["config"]["devices"] == 0
+    for name in ("teacher", "student_kd", "student_scratch"):
+        np.testing.assert_allclose(
+            meshed["runs"][name]["history"][-1]["train_loss"],
+            single["runs"][name]["history"][-1]["train_loss"],
+            rtol=1e-4,
+        )
+        # 64 test images: a parameter wobble of 1e-6 may at most flip one answer.
+        assert (
+            abs(meshed["runs"][name]["test_accuracy"][0] - single["runs"][name]["test_accuracy"][0])
+            <= 1 / 64 + 1e-9
+        )
+    bad = run_command(*tiny, f"--workdir={tmp_path / 'bad'}", "--batch_size=30", devices=8)
+    assert bad.returncode == 1 and "does not divide over 8 devices" in bad.stderr
