@@ -65,7 +65,8 @@ def run(config: Config) -> dict:
             config, "student_scratch", STUDENT_MODEL, seed=config.seed
         )
         results["student_scratch"] = mnist_setup.train(config, specs["student_scratch"], dataset)
-    agreement = accuracy(logits["train"][:1000], dataset.train.labels[:1000])
+    checked = min(1000, len(dataset.train))
+    agreement = accuracy(logits["train"][:checked], dataset.train.labels[:checked])
     image_shape = dataset.train.images.shape[1:]
     runs = {
         name: report.run_entry(specs[name], result, parameter_count(specs[name], image_shape))
@@ -98,7 +99,9 @@ def run(config: Config) -> dict:
         ["run", "model", "params", "test acc", "epochs", "s/epoch"],
         rows,
         notes=[
-            f"\nTeacher agrees with {round(agreement * 1000)}/1000 first training labels.",
+            f"\nThe teacher's top class matches the label for {round(agreement * checked)} of "
+            f"the first {checked:,} training images (seed 000's sanity check; it reports "
+            "988 of 1,000).",
             *report.data_notes(dataset),
         ],
         footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",

@@ -86,7 +86,7 @@ def kd_fields(temperature, alpha) -> dict:
             "objective": "kd",
             "temperature": temperature,
             "hard_weight": alpha,
-            "soft_weight": tuple(1.0 - a for a in alpha),
+            "soft_weight": tuple(alpha_weights(a)["soft_weight"] for a in alpha),
         }
     return {"objective": "kd", "temperature": temperature, **alpha_weights(alpha)}
 

@@ -165,8 +165,9 @@ def get_objective(name: str) -> Objective:
 
 
 def alpha_weights(alpha: float) -> dict[str, float]:
-    """Seed 000's convention ``alpha·CE + (1 − alpha)·soft`` as the two weights."""
-    return {"hard_weight": alpha, "soft_weight": 1.0 - alpha}
+    """Seed 000's convention ``alpha·CE + (1 − alpha)·soft`` as the two weights
+    (``1 − alpha`` rounded to 12 digits, so 0.7 gives 0.3, not 0.30000000000000004)."""
+    return {"hard_weight": alpha, "soft_weight": round(1.0 - alpha, 12)}
 
 
 def make_hyperparams(

@@ -110,6 +110,10 @@ def train_run(
         initial_variables=initial_variables,
     )
     run_dir = run_directory(workdir, spec, identity)
+    settings = ", ".join(
+        f"{key}={value}" for key, value in spec.identity().items() if key not in ("role",)
+    )
+    log(f"{spec.role}: {settings}; {spec.epochs} epoch(s) → {run_dir}")
     # A second process on the same run waits here (naming the holder), then reuses
     # or resumes what the first one trained.
     with run_lock(run_dir, log=log):

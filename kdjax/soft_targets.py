@@ -189,7 +189,8 @@ def load_or_compute_outputs(
                     name: values,
                 },
             )
-            log(f"Stored teacher {name} {values.shape[1:]} for {len(split)} examples in {path}.")
+            shape = "×".join(str(size) for size in values.shape)
+            log(f"Stored the teacher's {name} ({shape}: one row per example) in {path}.")
             result[name] = values
     return result
 

@@ -104,8 +104,16 @@ class HostFeed:
 
     name = "host"
 
-    def __init__(self, step: Step, arrays: Mapping[str, np.ndarray], batch_size: int, mesh=None):
+    def __init__(
+        self,
+        step: Step,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        mesh=None,
+        announce=lambda: None,
+    ):
         self.arrays, self.batch_size, self.mesh = arrays, batch_size, mesh
+        self.announce = announce
         self.step_fn = jax.jit(compile_once(step))
         self.compile_seconds: float | None = None
         if mesh is not None:
@@ -129,6 +137,7 @@ class HostFeed:
             if self.mesh is not None:
                 batch = parallel.global_batch(batch, self.batch_size, self.mesh)
             if self.compile_seconds is None:
+                self.announce()
                 started = time.perf_counter()
                 state, metrics = self.step_fn(state, batch, hyperparams, context)
                 jax.block_until_ready(metrics)
@@ -155,8 +164,10 @@ class DeviceFeed:
         arrays: Mapping[str, np.ndarray],
         batch_size: int,
         steps_per_call: int | None = None,
+        announce=lambda: None,
     ):
         self.batch_size = batch_size
+        self.announce = announce
         self.steps_per_call = steps_per_call
         self.data = jax.device_put(dict(arrays))
         self.scanned = jax.jit(scan_steps(step))
@@ -169,6 +180,8 @@ class DeviceFeed:
     def _program(self, length: int, *args) -> Callable:
         program = self.programs.get(length)
         if program is None:
+            if not self.programs:
+                self.announce()
             started = time.perf_counter()
             program = self.programs[length] = self.scanned.lower(*args).compile()
             # Both block lengths' compiles count, so the epoch minus
@@ -213,8 +226,12 @@ def make_feed(
     if steps_per_call is not None and steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}.")
     resolved = resolve_feed(feed, mesh)
+
+    def announce():
+        log(f"{name}: compiling the training step (once per run) ...")
+
     if resolved == "device" and fits_on_device(
         arrays, explicit=feed == "device", log=log, name=name
     ):
-        return DeviceFeed(step, arrays, batch_size, steps_per_call)
-    return HostFeed(step, arrays, batch_size, mesh)
+        return DeviceFeed(step, arrays, batch_size, steps_per_call, announce)
+    return HostFeed(step, arrays, batch_size, mesh, announce)
