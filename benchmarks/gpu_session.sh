@@ -42,14 +42,14 @@ print(jax.devices())'
 
 if wants 1; then
   stamp "1. correctness on the GPU"
-  JAX_DEFAULT_MATMUL_PRECISION=float32 timeout 300 "$py" -m pytest -q -p no:cacheprovider \
+  JAX_DEFAULT_MATMUL_PRECISION=float32 timeout 180 "$py" -m pytest -q -p no:cacheprovider \
     -x tests/test_model_state.py tests/test_fold_populations.py tests/test_precision.py \
     tests/test_training.py -k "not every_registered" 2>&1 | tail -n 15 | tee -a "$session"
 fi
 
 if wants 2; then
   stamp "2. speed: kdjax host / device feed and PyTorch"
-  timeout 240 "$py" -m benchmarks.train_speed --feeds=host,device $speed_args \
+  timeout 150 "$py" -m benchmarks.train_speed --feeds=host,device $speed_args \
     --data_dir="$mnist" --output="$out/train_speed.json" 2>&1 \
     | grep -v '^[IW][0-9]' | tail -n 12 | tee -a "$session"
 fi
@@ -57,7 +57,7 @@ fi
 if wants 3; then
   stamp "3. the main command on full MNIST, float32 and bfloat16"
   for dtype in float32 bfloat16; do
-    timeout 150 "$py" -m experiments.mnist_kd --data_dir="$mnist" --compute_dtype=$dtype $main_args \
+    timeout 75 "$py" -m experiments.mnist_kd --data_dir="$mnist" --compute_dtype=$dtype $main_args \
       --tensorboard=false --workdir=runs/gpu_$dtype >"$out/main_$dtype.log" 2>&1
     echo "main $dtype exit $?" >>"$out/main_$dtype.log"
     grep -E "epoch [0-9]+/|^(teacher|student)|exit" "$out/main_$dtype.log" | tail -n 14 \
@@ -68,13 +68,13 @@ fi
 if wants 4; then
   stamp "4. long MNIST studies"
   (
-    timeout 240 "$py" -m experiments.hinton_mnist --data_dir="$mnist" --seeds=3 \
+    timeout 150 "$py" -m experiments.hinton_mnist --data_dir="$mnist" --seeds=3 \
       $hinton_args --checkpoint_every=50 --tensorboard=false --workdir=runs/gpu_hinton \
       >"$out/hinton.log" 2>&1
     echo "hinton exit $?" >>"$out/hinton.log"
   ) &
   (
-    timeout 240 "$py" -m experiments.mnist_takd --data_dir="$mnist" --seeds=3 $takd_args \
+    timeout 150 "$py" -m experiments.mnist_takd --data_dir="$mnist" --seeds=3 $takd_args \
       --tensorboard=false --workdir=runs/gpu_takd >"$out/takd.log" 2>&1
     echo "takd exit $?" >>"$out/takd.log"
   ) &
