@@ -217,8 +217,9 @@ def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_pa
 
     assert resumed.resumed_from_epoch == 1
     assert resumed.epochs_trained_now == 2
-    chex.assert_trees_all_close(resumed.params, uninterrupted.params, rtol=1e-6, atol=1e-6)
-    assert resumed.test_accuracy == uninterrupted.test_accuracy
+    # Exact on the CPU; XLA's GPU reductions are not bitwise reproducible run to run.
+    chex.assert_trees_all_close(resumed.params, uninterrupted.params, **same_training(1e-6, 1e-6))
+    same_accuracy(resumed.test_accuracy[0], uninterrupted.test_accuracy[0], 64)
     np.testing.assert_allclose(
         [e["train_loss"] for e in resumed.history],
         [e["train_loss"] for e in uninterrupted.history],
@@ -227,7 +228,7 @@ def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_pa
     # A finished run is reused, not retrained, and the model restores from disk.
     again = _fit(tmp_path, "crashed", epochs=3)
     assert again.epochs_trained_now == 0
-    assert again.test_accuracy == uninterrupted.test_accuracy
+    assert again.test_accuracy == resumed.test_accuracy
     assert uninterrupted.test_accuracy[0] > 0.5  # the stripes are learnable
 
 
