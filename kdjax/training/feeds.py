@@ -46,6 +46,25 @@ def epoch_permutation(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 
+def epoch_orders(data_seed: int, count: int, member_rows=None):
+    """``order(epoch)``: the rows of one epoch, ``[count]`` (a permutation), or
+    ``[students, shortest]`` when each student has its own ``member_rows`` (student
+    ``i`` walks its rows in the order of seed ``data_seed + i``, cut to the shortest)."""
+    if member_rows is None:
+        return lambda epoch: epoch_permutation(data_seed, epoch, count)
+    shortest = min(len(rows) for rows in member_rows)
+
+    def order(epoch: int) -> np.ndarray:
+        return np.stack(
+            [
+                np.asarray(rows)[epoch_permutation(data_seed + index, epoch, len(rows))][:shortest]
+                for index, rows in enumerate(member_rows)
+            ]
+        )
+
+    return order
+
+
 def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
     """``"device"`` or ``"host"`` for a requested feed (``"auto"``: device, or host
     with a mesh — each process then holds only its rows). Measured (BUILD_NOTES.md):

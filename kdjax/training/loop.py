@@ -25,7 +25,7 @@ from kdjax.checkpoints import RunCheckpoints, write_config
 from kdjax.data import Split
 from kdjax.objectives import Objective
 from kdjax.training.evaluation import split_accuracy
-from kdjax.training.feeds import epoch_permutation, make_feed
+from kdjax.training.feeds import epoch_orders, make_feed
 from kdjax.training.members import Members
 from kdjax.training.state import trainable_mask
 from kdjax.training.step import OnlineTeacher, head_inputs_of, make_train_step
@@ -201,32 +201,9 @@ def fit(
         )
         return _rounded(members.per_member(accuracy))
 
-    # Resume.
     checkpoints = RunCheckpoints(run_dir, log=log)
-    start_epoch, history = checkpoints.latest_epoch() or 0, []
-    if start_epoch > epochs:
-        checkpoints.close()
-        raise ValueError(
-            f"{run_dir} already holds {start_epoch} epochs, more than the {epochs} requested; "
-            "ask for at least that many or use another --workdir."
-        )
-    if start_epoch:
-        state, meta = checkpoints.restore(start_epoch, state)
-        history = list(meta["history"])
-        verb = "Reusing finished" if start_epoch == epochs else "Resuming"
-        log(f"{verb} {name} from {run_dir} (epoch {start_epoch}/{epochs}).")
-
-    def order_of(epoch: int) -> np.ndarray:
-        if member_rows is None:
-            return epoch_permutation(data_seed, epoch, len(train_split))
-        shortest = min(len(rows) for rows in member_rows)
-        return np.stack(
-            [
-                rows[epoch_permutation(data_seed + index, epoch, len(rows))][:shortest]
-                for index, rows in enumerate(member_rows)
-            ]
-        )
-
+    state, start_epoch, history = _resume(checkpoints, state, epochs, name, log)
+    order_of = epoch_orders(data_seed, len(train_split), member_rows)
     steps_per_epoch = order_of(0).shape[-1] // batch_size
     train_seconds, feed = 0.0, None
     writer = RunWriter(
@@ -263,14 +240,7 @@ def fit(
                 "examples_per_second": round(steps_per_epoch * batch_size / seconds, 1),
             }
             history.append(entry)
-            writer.epoch(
-                epoch + 1,
-                {
-                    **{k: v for k, v in entry.items() if k.startswith(("train_", "test_"))},
-                    "seconds": entry["seconds"],
-                    "learning_rate": _learning_rate(training, hyperparams, state),
-                },
-            )
+            writer.epoch(epoch + 1, entry, _learning_rate(training, hyperparams, state))
             if (epoch + 1) % execution.checkpoint_every == 0 or epoch + 1 == epochs:
                 checkpoints.save(epoch + 1, state, {"history": history})
             log(
@@ -319,6 +289,24 @@ def _member_masks(members, member_rows, member_test_rows, train_split, test_spli
             if masks[index, np.asarray(rows)].any():
                 raise ValueError(f"student {index}'s training and test rows overlap.")
     return masks
+
+
+def _resume(checkpoints: RunCheckpoints, state, epochs: int, name: str, log):
+    """``(state, first epoch to train, history so far)`` from the newest checkpoint
+    that verifies (or the fresh state)."""
+    start_epoch = checkpoints.latest_epoch() or 0
+    if start_epoch > epochs:
+        checkpoints.close()
+        raise ValueError(
+            f"{checkpoints.directory.parent} already holds {start_epoch} epochs, more than "
+            f"the {epochs} requested; ask for at least that many or use another --workdir."
+        )
+    if not start_epoch:
+        return state, 0, []
+    state, meta = checkpoints.restore(start_epoch, state)
+    verb = "Reusing finished" if start_epoch == epochs else "Resuming"
+    log(f"{verb} {name} from {checkpoints.directory.parent} (epoch {start_epoch}/{epochs}).")
+    return state, start_epoch, list(meta["history"])
 
 
 def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:

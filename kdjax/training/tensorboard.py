@@ -39,9 +39,13 @@ class RunWriter:
         for offset, value in enumerate(values):
             self._scalar(name, value, first_step + offset)
 
-    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+    def epoch(self, epoch: int, entry: Mapping[str, Any], learning_rate) -> None:
+        """One history entry of the loop (train_*, test_* and seconds) and the
+        learning rate of the epoch's last step."""
         if self._writer is None:
             return
+        metrics = {k: v for k, v in entry.items() if k.startswith(("train_", "test_"))}
+        metrics.update(seconds=entry["seconds"], learning_rate=learning_rate)
         for name, value in metrics.items():
             self._scalar(f"epoch/{name}", np.asarray(value, np.float64), epoch)
         self._writer.flush()
