@@ -268,6 +268,13 @@ def test_batch_larger_than_the_training_set_is_refused(tmp_path):
         _fit(tmp_path, "big", epochs=1, train_split=_split(16), batch_size=64)
 
 
+def test_test_images_of_another_size_are_refused_before_any_step(tmp_path):
+    small = Split(np.zeros((8, 14, 14, 1), np.uint8), np.zeros(8, np.int32), np.arange(8))
+    with pytest.raises(ValueError, match=r"test inputs of shape \(14, 14, 1\) differ"):
+        _fit(tmp_path, "sizes", epochs=1, test_split=small)
+    assert not (tmp_path / "sizes" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "map"])
 def test_a_population_equals_separate_runs(tmp_path, strategy):
     """Three students (different seeds and temperatures) trained together end where

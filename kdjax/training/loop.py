@@ -162,7 +162,7 @@ def fit(
     in its own order; an epoch has as many steps as the smallest student's rows fill.
     """
     execution = execution or Execution()
-    _check_arguments(train_split, train_extras or {}, batch_size, execution)
+    _check_arguments(train_split, test_split, train_extras or {}, batch_size, execution)
     members = Members.of(seed, execution.population_strategy, own_batches=member_rows is not None)
     member_masks = _member_masks(members, member_rows, member_test_rows, train_split, test_split)
     if member_rows is not None and execution.mesh is not None:
@@ -336,7 +336,12 @@ def _make_step(training: Training, state):
     )
 
 
-def _check_arguments(train_split, train_extras, batch_size, execution) -> None:
+def _check_arguments(train_split, test_split, train_extras, batch_size, execution) -> None:
+    if train_split.images.shape[1:] != test_split.images.shape[1:]:
+        raise ValueError(
+            f"test inputs of shape {test_split.images.shape[1:]} differ from the training "
+            f"inputs' {train_split.images.shape[1:]}."
+        )
     if batch_size > len(train_split):
         raise ValueError(
             f"batch size {batch_size} is larger than the training set ({len(train_split)})."
