@@ -119,7 +119,9 @@ class Config(CommonConfig):
     study: str = option("cv", "Which study: cv, leakage, kd or all.", choices=STUDIES)
     teacher_model: str = option("signal_cnn", "The kd study's five-channel teacher.")
     student_model: str = option("signal_cnn", "The kd study's GSR student.")
-    large_teacher_model: str = option("conv1d_net_relu", "The kd study's large GSR teacher.")
+    large_teacher_model: str = option(
+        "conv1d_net_relu", "The kd study's large GSR teacher ('' skips the large pair)."
+    )
     temperature: float = option(
         2.0, "Distillation temperature (seed 002: 2).", check=finite(positive)
     )
@@ -324,20 +326,24 @@ def kd_study(study: Study, signals) -> dict:
     everything, gsr = columns(study.data, tuple(CHANNELS)), columns(study.data, ("gsr",))
     stacked = Study.stack(gsr, fold_list)
     teacher = study.train("teacher_all", config.teacher_model, everything, fold_list)
-    large = study.train("teacher_large_gsr", config.large_teacher_model, gsr, fold_list)
     arms = {
         "teacher_all": teacher,
         "student_scratch": study.train("student_scratch", config.student_model, gsr, fold_list,
                                        stacked=stacked),
         "student_kd_all": study.train("student_kd_all", config.student_model, gsr, fold_list,
                                       teacher=teacher, stacked=stacked),
-        "teacher_large_gsr": large,
-        "student_kd_large": study.train("student_kd_large", config.student_model, gsr, fold_list,
-                                        teacher=large, stacked=stacked),
     }  # fmt: skip
+    if config.large_teacher_model:
+        large = study.train("teacher_large_gsr", config.large_teacher_model, gsr, fold_list)
+        arms["teacher_large_gsr"] = large
+        arms["student_kd_large"] = study.train(
+            "student_kd_large", config.student_model, gsr, fold_list, teacher=large,
+            stacked=stacked,
+        )  # fmt: skip
     table = {name: arm["scores"] for name, arm in arms.items()}
     table["kd_gain_all"] = _difference(table["student_kd_all"], table["student_scratch"])
-    table["kd_gain_large"] = _difference(table["student_kd_large"], table["student_scratch"])
+    if config.large_teacher_model:
+        table["kd_gain_large"] = _difference(table["student_kd_large"], table["student_scratch"])
     return table
 
 
