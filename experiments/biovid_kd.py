@@ -44,6 +44,7 @@ from experiments.config import (
     command,
     existing_path,
     finite,
+    non_negative,
     option,
     positive,
     unit_interval,
@@ -128,11 +129,7 @@ class Config(CommonConfig):
     alpha: float = option(
         0.75, "Weight of CE; 1 - alpha weights T²·KL (seed 002: 0.75 / 0.25).", check=unit_interval
     )
-    seed: int = option(
-        0,
-        "Seed of the folds, initialisation and shuffling.",
-        check=(lambda v: v >= 0, "must be >= 0"),
-    )
+    seed: int = option(0, "Seed of the folds, initialisation and shuffling.", check=non_negative)
     plots: bool = option(True, "Write the plots.")
 
     def problems(self) -> list[str]:
@@ -191,6 +188,9 @@ def load_data(config: Config, channels: tuple[str, ...]) -> SignalData:
 
 
 def make_folds(signals, scheme: str, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train rows, test rows)`` per fold of ``scheme``: ``random`` (``k_fold``),
+    ``subject`` (``subject_k_fold``), ``loso``, or one 80/20 split, ``holdout_random``
+    or ``holdout_subject`` (a fifth of the subjects, rounded, in test)."""
     if scheme == "random":
         return folding.k_fold(len(signals), count, seed=seed)
     if scheme == "subject":
