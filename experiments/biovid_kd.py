@@ -438,8 +438,9 @@ def write_plots(workdir: Path, arms: dict, data: SignalData) -> None:
         accuracies = [100 * fold["accuracy"] for fold in arm["scores"]["per_fold"]]
         axes.bar(np.arange(len(accuracies)) + offset * width, accuracies, width, label=name)
     axes.axhline(100 / len(signals.class_names), color="grey", linestyle=":", label="chance")
-    axes.set(xlabel="fold", ylabel="test accuracy (%)", title=data.source)
-    axes.legend(fontsize=7)
+    where = "synthetic stand-in" if data.notice else data.location
+    axes.set(xlabel="fold", ylabel="test accuracy (%)", title=f"Accuracy per fold ({where})")
+    axes.legend(fontsize=7, loc="lower right")
     _save(figure, workdir / "fold_accuracy.png")
 
     gsr = signals.channels.index("gsr") if "gsr" in signals.channels else 0
@@ -452,7 +453,7 @@ def write_plots(workdir: Path, arms: dict, data: SignalData) -> None:
             grid[label, 1].plot(signals.signals[row, :, gsr], linewidth=0.7)
         grid[label, 0].set_ylabel(signals.class_names[label])
     grid[0, 0].set_title(f"raw {channel}")
-    grid[0, 1].set_title("filtered: Savitzky-Golay, outliers dropped, min-max, padded")
+    grid[0, 1].set_title("preprocessed (smoothed, outliers out, min-max)")
     _save(figure, workdir / "signals.png")
 
 
