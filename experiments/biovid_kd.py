@@ -72,6 +72,9 @@ PRESETS = {
     "recipe": ("signal_cnn", "adam", 1e-3, 64, 20),
 }
 STUDIES = ("cv", "leakage", "kd", "all")
+# The kd study's fold-stacked copy of the GSR training windows (see Study.stack)
+# must fit in memory beside everything else.
+MAX_STACKED_BYTES = 4 * 2**30
 SYNTHETIC_NOTICE = (
     "SYNTHETIC DATA: no --data_dir was given, so these results come from kdjax's "
     "simulated stand-in for BioVid (kdjax.biovid_synthetic), not from BioVid."
@@ -324,6 +327,12 @@ def kd_study(study: Study, signals) -> dict:
     config = study.config
     fold_list = make_folds(signals, config.cv, config.folds, config.seed)
     everything, gsr = columns(study.data, tuple(CHANNELS)), columns(study.data, ("gsr",))
+    copied = sum(len(train) for train, _ in fold_list) * gsr.images[0].nbytes
+    if copied > MAX_STACKED_BYTES:  # e.g. 87 LOSO folds of BioVid: 8.4 GB
+        raise ValueError(
+            f"the kd study copies every fold's training windows ({copied / 2**30:.1f} GiB "
+            f"for {len(fold_list)} folds); use --cv=subject or fewer --folds."
+        )
     stacked = Study.stack(gsr, fold_list)
     teacher = study.train("teacher_all", config.teacher_model, everything, fold_list)
     arms = {
