@@ -244,7 +244,7 @@ class Study:
             "arm": name, "model": model_name, "channels": int(split.images.shape[-1]),
             "optimizer": hyper["optimizer"], "learning_rate": hyper["learning_rate"],
             "batch_size": hyper["batch_size"], "seeds": self.seeds(len(fold_list)),
-            "data": self.data.signals.fingerprint(), "task": config.task,
+            "data": split.fingerprint(), "task": config.task,
             "folds": config_hash({"test": [rows.tolist() for rows in test_rows]}),
             "teacher": None if teacher is None else teacher["fingerprint"],
             "temperature": config.temperature if teacher else None,
