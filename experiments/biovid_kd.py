@@ -60,7 +60,7 @@ from kdjax.objectives import get_objective, make_hyperparams
 from kdjax.signal_models import get_signal_model
 from kdjax.signals import CHANNELS, binary_task, level_errors, load_biovid, read_channels
 from kdjax.spec import config_hash
-from kdjax.training import Execution, Training, fit, make_optimizer, predict
+from kdjax.training import Execution, Training, fit, make_optimizer, predict, with_compute_dtype
 
 # Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
 PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
@@ -136,8 +136,13 @@ class Config(CommonConfig):
     plots: bool = option(True, "Write the plots.")
 
     def problems(self) -> list[str]:
+        problems = []
         unknown = [channel for channel in self.channels if channel not in CHANNELS]
-        return [f"--channels must be among {', '.join(CHANNELS)}, got {unknown}"] if unknown else []
+        if unknown:
+            problems.append(f"--channels must be among {', '.join(CHANNELS)}, got {unknown}")
+        if self.devices > 1 or self.multihost:
+            problems.append("folds trained together run on one device: use --devices=1")
+        return problems
 
     def hyper(self) -> dict:
         """The preset's settings with the flags' overrides."""
@@ -233,7 +238,8 @@ class Study:
         if name in self.arms:
             return self.arms[name]
         config, hyper = self.config, self.hyper
-        model = get_signal_model(model_name, self.num_classes)
+        model = with_compute_dtype(get_signal_model(model_name, self.num_classes),
+                                   config.compute_dtype)  # fmt: skip
         test_rows = [test for _, test in fold_list]
         train_split, member_rows, extras = split, [train for train, _ in fold_list], {}
         if stacked is not None:
@@ -242,6 +248,7 @@ class Study:
             extras = {"teacher_logits": self.stored_logits(teacher, fold_list)}
         identity = {
             "arm": name, "model": model_name, "channels": int(split.images.shape[-1]),
+            "compute_dtype": config.compute_dtype,
             "optimizer": hyper["optimizer"], "learning_rate": hyper["learning_rate"],
             "batch_size": hyper["batch_size"], "seeds": self.seeds(len(fold_list)),
             "data": split.fingerprint(), "task": config.task,
