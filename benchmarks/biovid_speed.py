@@ -1,0 +1,181 @@
+"""Epoch time of seed 002's signal network: kdjax against the seed's PyTorch loop, and
+cross-validation folds trained together against one fold.
+
+    python -m benchmarks.biovid_speed                                   # the seed's sizes
+    python -m benchmarks.biovid_speed --examples=2000 --parts=kdjax,torch   # smaller
+
+Every measurement runs in its own process, one after the other (``--parts``):
+
+* ``kdjax`` — one epoch of :class:`kdjax.signal_models.Conv1DNet` (the seed's
+  network, no ReLU between the dense layers) through :func:`kdjax.training.fit`:
+  SGD lr 1e-4 momentum 0.9, batch 1,024, ``--examples`` windows of ``--length``
+  samples, one channel;
+* ``torch`` — the seed's PyTorch loop on the same layers written in plain
+  ``torch.nn`` (``Conv1d(1, 32, 5, stride=2)``, ReLU, ``MaxPool1d(2)``,
+  ``Conv1d(32, 64, 5)``, ReLU, ``MaxPool1d(2)``, flatten, ``Linear(·, 512)``,
+  ``Linear(512, 5)``), ``CrossEntropyLoss``, ``optim.SGD(lr=1e-4, momentum=0.9)``,
+  shuffled batches drawn by indexing one tensor (cheaper than the seed's
+  ``DataLoader`` over a ``TensorDataset``, which collates example by example);
+* ``folds`` and ``one_fold`` — the 5 folds of ``k_fold`` trained together as one
+  population (``member_rows``) against the first fold alone; ``folds_vmap`` the
+  folds with the students vmapped instead of the CPU's default ``lax.map``
+  (:func:`kdjax.training.population_step`).
+
+Both libraries drop the last partial batch. Timings exclude compilation and
+warm-up: ``--epochs`` epochs run and the last one is reported (with ``--epochs=1``,
+kdjax's first step, its compile, is subtracted). The data are random numbers in
+[0, 1] (speed only). Prints a table and writes JSON to ``--output``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("examples", 8700, "Training windows (BioVid part A: 8,700).")
+flags.DEFINE_integer("length", 2816, "Samples per window (5.5 s at 512 Hz).")
+flags.DEFINE_integer("batch_size", 1024, "Batch size (seed 002: 1,024).")
+flags.DEFINE_integer("epochs", 2, "Epochs per measurement; the last is reported.")
+flags.DEFINE_integer("folds", 5, "Folds trained together in the folds measurement.")
+flags.DEFINE_list(
+    "parts", ["kdjax", "torch", "folds", "one_fold", "folds_vmap"], "What to measure."
+)
+flags.DEFINE_string("output", "benchmarks/biovid_speed.json", "Where to write the results.")
+flags.DEFINE_string("worker", None, "Internal: run one part in this process.")
+
+LEARNING_RATE, MOMENTUM, NUM_CLASSES = 1e-4, 0.9, 5
+
+
+def _data(examples: int, length: int):
+    rng = np.random.default_rng(0)
+    signals = rng.random((examples, length, 1), dtype=np.float32)
+    return signals, rng.integers(0, NUM_CLASSES, examples).astype(np.int32)
+
+
+def kdjax_epoch(part: str) -> dict:
+    """Seconds of the last epoch of ``fit`` on the seed's network (one student, or
+    the folds together, or the first fold alone)."""
+    from kdjax.data import Split, normalize
+    from kdjax.folds import k_fold
+    from kdjax.objectives import get_objective, make_hyperparams
+    from kdjax.signal_models import get_signal_model
+    from kdjax.training import Execution, Training, fit, make_optimizer
+
+    signals, labels = _data(FLAGS.examples, FLAGS.length)
+    split = Split(signals, labels, np.arange(len(labels), dtype=np.int64))
+    test = split.take(min(len(split), FLAGS.batch_size))
+    rows = {}
+    if part in ("folds", "one_fold", "folds_vmap"):
+        fold_list = k_fold(len(split), FLAGS.folds, seed=0)
+        if part == "one_fold":
+            fold_list = fold_list[:1]
+        rows = {
+            "member_rows": [train for train, _ in fold_list],
+            "member_test_rows": [held_out for _, held_out in fold_list],
+            "seed": list(range(len(fold_list))),
+        }
+        test = split
+    training = Training(
+        get_signal_model("conv1d_net", NUM_CLASSES),
+        get_objective("ce"),
+        make_optimizer("sgd", momentum=MOMENTUM),
+        partial(normalize, mean=0.0, std=1.0, scale=1.0),
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = fit(
+            training, name=part, run_dir=run_dir, run_config={"part": part},
+            hyperparams=make_hyperparams(learning_rate=LEARNING_RATE), train_split=split,
+            test_split=test, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+            log=lambda message: None, **{"seed": 0, **rows},
+            execution=Execution(population_strategy="vmap" if part == "folds_vmap" else "auto"),
+        )  # fmt: skip
+    seconds = result.history[-1]["seconds"]
+    if FLAGS.epochs == 1:
+        seconds -= result.compile_seconds
+    steps = (min(len(r) for r in rows["member_rows"]) if rows else len(split)) // FLAGS.batch_size
+    return {"seconds": seconds, "steps": steps, "students": len(rows.get("seed", [0]))}
+
+
+def torch_epoch() -> dict:
+    """Seconds of the last epoch of the seed's PyTorch loop on the same layers."""
+    import torch
+    from torch import nn
+
+    signals, labels = _data(FLAGS.examples, FLAGS.length)
+    inputs = torch.from_numpy(signals.transpose(0, 2, 1).copy())  # [N, 1, L], PyTorch's layout
+    targets = torch.from_numpy(labels.astype(np.int64))
+    torch.manual_seed(0)
+    trunk = nn.Sequential(
+        nn.Conv1d(1, 32, 5, stride=2), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(32, 64, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(),
+    )  # fmt: skip
+    width = trunk(inputs[:1]).shape[1]
+    model = nn.Sequential(trunk, nn.Linear(width, 512), nn.Linear(512, NUM_CLASSES))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    loss_fn = nn.CrossEntropyLoss()
+    steps = len(labels) // FLAGS.batch_size
+    seconds = 0.0
+    for _ in range(FLAGS.epochs):
+        order = torch.randperm(len(labels))
+        start = time.perf_counter()
+        for step in range(steps):
+            rows = order[step * FLAGS.batch_size : (step + 1) * FLAGS.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs[rows]), targets[rows])
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "steps": steps, "students": 1, "threads": torch.get_num_threads()}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if FLAGS.worker:
+        result = torch_epoch() if FLAGS.worker == "torch" else kdjax_epoch(FLAGS.worker)
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    passed = [f"--{name}={FLAGS[name].value}" for name in
+              ("examples", "length", "batch_size", "epochs", "folds")]  # fmt: skip
+    for part in FLAGS.parts:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.biovid_speed", f"--worker={part}", *passed],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+        if completed.returncode or not lines:
+            sys.exit(f"error: the {part} measurement failed: {completed.stderr.strip()[-2000:]}")
+        results[part] = json.loads(lines[-1].removeprefix("RESULT "))
+        print(f"{part}: {results[part]}", flush=True)
+    ratios = {}
+    if {"kdjax", "torch"} <= results.keys():
+        ratios["kdjax_over_torch"] = results["kdjax"]["seconds"] / results["torch"]["seconds"]
+    if {"folds", "one_fold"} <= results.keys():
+        ratios["folds_over_one_fold"] = results["folds"]["seconds"] / results["one_fold"]["seconds"]
+    document = {
+        "settings": {name: FLAGS[name].value for name in
+                     ("examples", "length", "batch_size", "epochs", "folds")},
+        "machine": {"processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "results": results,
+        "ratios": ratios,
+        "targets": {"kdjax_over_torch": 0.5, "folds_over_one_fold": 3.0},
+    }  # fmt: skip
+    with open(FLAGS.output, "w") as file:
+        json.dump(document, file, indent=2)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f} (target <= {document['targets'][name]})")
+    print(f"Results: {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

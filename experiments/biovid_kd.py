@@ -1,0 +1,485 @@
+"""Seed 002, second half: pain levels from BioVid physiological signals, with
+cross-validation folds trained together and a distillation study.
+
+    python -m experiments.biovid_kd --preset=recipe --cv=subject --study=all
+
+Loads BioVid Heat Pain part A (``--data_dir``, either folder layout; see
+:mod:`kdjax.signals`) or, without it, writes the seeded synthetic stand-in once
+(:mod:`kdjax.biovid_synthetic`) under ``--cache_dir`` and says loudly that the
+data are synthetic. Studies (``--study``):
+
+* ``cv`` — the preset's model on ``--channels`` under ``--cv`` folds (all folds in
+  one compiled program: :func:`kdjax.training.fit` with ``member_rows``), plus an
+  80/20 holdout (random for ``--cv=random``, by subject otherwise);
+* ``leakage`` — the same model under random and under subject-grouped folds;
+* ``kd`` — a teacher on all five channels and a GSR-only student trained from
+  scratch and distilled from it (stored teacher logits, fold by fold: student
+  *i* learns from teacher *i*, which never saw fold *i*'s test windows), and a
+  large → small pair on GSR (``--large_teacher_model`` → ``--student_model``);
+* ``all`` — the three.
+
+Per fold and as mean ± std over folds: accuracy, macro-F1, MAE and RMSE of the
+predicted level, and the confusion matrix summed over folds. Writes
+``results.json`` (runs by name, tables under ``"study"``), ``confusion.png``,
+``fold_accuracy.png`` and ``signals.png``. From Python::
+
+    from experiments import biovid_kd
+    results = biovid_kd.run(biovid_kd.Config(workdir="runs/x", epochs=1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import report
+from experiments.config import (
+    CommonConfig,
+    at_least_one,
+    command,
+    existing_path,
+    finite,
+    non_negative,
+    option,
+    positive,
+    unit_interval,
+)
+from experiments.report import log
+from kdjax import folds as folding
+from kdjax import metrics
+from kdjax.biovid_synthetic import write_dataset
+from kdjax.data import Split, normalize
+from kdjax.locking import run_lock
+from kdjax.models import count_params
+from kdjax.objectives import get_objective, make_hyperparams
+from kdjax.signal_models import get_signal_model
+from kdjax.signals import CHANNELS, binary_task, level_errors, load_biovid, read_channels
+from kdjax.spec import config_hash
+from kdjax.training import Execution, Training, fit, make_optimizer, predict, with_compute_dtype
+
+# Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
+PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
+# preset -> (model, optimizer, learning rate, batch size, epochs)
+PRESETS = {
+    # Seed 002 as written: its Conv1DNet (no ReLU between the dense layers), SGD.
+    "seed002": ("conv1d_net", "sgd", 1e-4, 1024, 100),
+    # The working recipe: SignalCNN with Adam (docs/biovid.md, "Measured").
+    "recipe": ("signal_cnn", "adam", 1e-3, 64, 20),
+}
+STUDIES = ("cv", "leakage", "kd", "all")
+# The kd study's fold-stacked copy of the GSR training windows (see Study.stack)
+# must fit in memory beside everything else.
+MAX_STACKED_BYTES = 4 * 2**30
+SYNTHETIC_NOTICE = (
+    "SYNTHETIC DATA: no --data_dir was given, so these results come from kdjax's "
+    "simulated stand-in for BioVid (kdjax.biovid_synthetic), not from BioVid."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(CommonConfig):
+    workdir: str = option("runs/biovid_kd", "Where checkpoints, plots and results go.")
+    data_dir: str | None = option(
+        None,
+        "BioVid part A biosignals (per-subject or per-level folders); none: the synthetic "
+        "stand-in.",
+        check=(existing_path, "must be an existing folder"),
+    )
+    cache_dir: str | None = option(
+        None, "Where the stand-in and the preprocessed arrays are kept (default <workdir>/cache)."
+    )
+    synthetic_subjects: int = option(87, "Subjects of the stand-in.", check=at_least_one)
+    synthetic_samples_per_class: int = option(
+        20, "Windows per subject and class of the stand-in.", check=at_least_one
+    )
+    channels: tuple[str, ...] = option(
+        ("gsr",), f"Signals of the cv and leakage studies, among {', '.join(CHANNELS)}."
+    )
+    task: str = option(
+        "5class", "Classes: the five levels, or a two-class task.",
+        choices=("5class", "bl1_vs_pa4", "bl1_vs_rest"),
+    )  # fmt: skip
+    cv: str = option(
+        "subject", "Folds: 'random' (the seed's KFold), 'subject' (grouped), 'loso'.",
+        choices=("subject", "random", "loso"),
+    )  # fmt: skip
+    folds: int = option(
+        5, "Folds of --cv=random or subject.", check=(lambda v: v >= 2, "must be >= 2")
+    )
+    holdout: bool = option(True, "The cv study also trains on an 80/20 split (the seed's).")
+    preset: str = option(
+        "recipe", "Model and optimiser: 'seed002' or 'recipe'.", choices=tuple(PRESETS)
+    )
+    epochs: int | None = option(None, "Epochs (default: the preset's).", check=at_least_one)
+    batch_size: int | None = option(None, "Batch size (default: the preset's).", check=at_least_one)
+    learning_rate: float | None = option(
+        None, "Learning rate (default: the preset's).", check=finite(positive)
+    )
+    study: str = option("cv", "Which study: cv, leakage, kd or all.", choices=STUDIES)
+    teacher_model: str = option("signal_cnn", "The kd study's five-channel teacher.")
+    student_model: str = option("signal_cnn", "The kd study's GSR student.")
+    large_teacher_model: str = option(
+        "conv1d_net_relu", "The kd study's large GSR teacher ('' skips the large pair)."
+    )
+    temperature: float = option(
+        2.0, "Distillation temperature (seed 002: 2).", check=finite(positive)
+    )
+    alpha: float = option(
+        0.75, "Weight of CE; 1 - alpha weights T²·KL (seed 002: 0.75 / 0.25).", check=unit_interval
+    )
+    seed: int = option(0, "Seed of the folds, initialisation and shuffling.", check=non_negative)
+    plots: bool = option(True, "Write the plots.")
+
+    def problems(self) -> list[str]:
+        problems = []
+        unknown = [channel for channel in self.channels if channel not in CHANNELS]
+        if unknown:
+            problems.append(f"--channels must be among {', '.join(CHANNELS)}, got {unknown}")
+        if self.devices > 1 or self.multihost:
+            problems.append("folds trained together run on one device: use --devices=1")
+        return problems
+
+    def hyper(self) -> dict:
+        """The preset's settings with the flags' overrides."""
+        model, optimizer, learning_rate, batch_size, epochs = PRESETS[self.preset]
+        return {
+            "model": model,
+            "optimizer": optimizer,
+            "learning_rate": self.learning_rate or learning_rate,
+            "batch_size": self.batch_size or batch_size,
+            "epochs": self.epochs or epochs,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalData:
+    """The loaded set, where it came from and the notice results carry."""
+
+    signals: object  # kdjax.signals.SignalSet
+    source: str
+    location: str
+    notice: str | None
+
+    def summary(self) -> dict:
+        return {**self.signals.summary(), "source": self.source, "location": self.location,
+                "notice": self.notice}  # fmt: skip
+
+
+def load_data(config: Config, channels: tuple[str, ...]) -> SignalData:
+    """BioVid from ``--data_dir``, or the stand-in written once under the cache dir."""
+    cache = Path(config.cache_dir or Path(config.workdir) / "cache")
+    data_dir, notice, source = config.data_dir, None, "data_dir"
+    if data_dir is None:
+        size = f"{config.synthetic_subjects}x{config.synthetic_samples_per_class}"
+        full = cache / f"synthetic-biovid-seed0-{size}-all"
+        needs_all = set(channels) != {"gsr"}
+        data_dir = full if needs_all or (full / "synthetic.json").is_file() else (
+            cache / f"synthetic-biovid-seed0-{size}-gsr")  # fmt: skip
+        notice, source = SYNTHETIC_NOTICE, "kdjax.biovid_synthetic"
+        log("NOTE: " + notice)
+        write_dataset(
+            data_dir,
+            num_subjects=config.synthetic_subjects,
+            samples_per_class=config.synthetic_samples_per_class,
+            channels=tuple(CHANNELS) if needs_all or data_dir == full else ("gsr",),
+            log=log,
+        )
+    signals = load_biovid(data_dir, channels=channels, cache_dir=cache, log=log)
+    if config.task != "5class":
+        signals = binary_task(signals, config.task)
+    return SignalData(signals, source, str(data_dir), notice)
+
+
+def make_folds(signals, scheme: str, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train rows, test rows)`` per fold of ``scheme``: ``random`` (``k_fold``),
+    ``subject`` (``subject_k_fold``), ``loso``, or one 80/20 split, ``holdout_random``
+    or ``holdout_subject`` (a fifth of the subjects, rounded, in test)."""
+    if scheme == "random":
+        return folding.k_fold(len(signals), count, seed=seed)
+    if scheme == "subject":
+        return folding.subject_k_fold(signals.subjects, count, seed=seed)
+    if scheme == "loso":
+        return folding.leave_one_subject_out(signals.subjects)
+    if scheme == "holdout_random":
+        return [folding.holdout_split(len(signals), test_fraction=0.2, seed=seed)]
+    # 80/20 by subject: a fifth of the subjects (rounded) hold out all their windows.
+    names = np.unique(signals.subjects)
+    if names[0] < 0:
+        raise ValueError("a holdout by subject needs every file's subject; use --cv=random.")
+    _, test_subjects = folding.holdout_split(len(names), test_fraction=0.2, seed=seed)
+    test = np.flatnonzero(np.isin(signals.subjects, names[test_subjects]))
+    return [(np.setdiff1d(np.arange(len(signals)), test), test)]
+
+
+def columns(data: SignalData, channels: tuple[str, ...]) -> Split:
+    """The samples as a :class:`Split` of the named channels."""
+    signals = data.signals
+    index = [signals.channels.index(channel) for channel in channels]
+    return Split(np.ascontiguousarray(signals.signals[:, :, index]), signals.labels, signals.ids)
+
+
+class Study:
+    """Trains arms (a model on folds, all folds as one population) and scores them."""
+
+    def __init__(self, config: Config, data: SignalData):
+        self.config, self.data, self.hyper = config, data, config.hyper()
+        self.num_classes = data.signals.num_classes
+        self.arms: dict[str, dict] = {}  # name -> {"result", "identity", "folds", "model"}
+
+    def train(self, name, model_name, split, fold_list, *, teacher=None, stacked=None) -> dict:
+        """Trains ``model_name`` on each fold's training rows of ``split`` (one student
+        per fold), scores it on the fold's test rows; ``teacher`` (an arm) distils
+        through stored logits on a fold-stacked copy of the training rows."""
+        if name in self.arms:
+            return self.arms[name]
+        config, hyper = self.config, self.hyper
+        model = with_compute_dtype(get_signal_model(model_name, self.num_classes),
+                                   config.compute_dtype)  # fmt: skip
+        test_rows = [test for _, test in fold_list]
+        train_split, member_rows, extras = split, [train for train, _ in fold_list], {}
+        if stacked is not None:
+            train_split, member_rows = stacked
+        if teacher is not None:
+            extras = {"teacher_logits": self.stored_logits(teacher, fold_list)}
+        identity = {
+            "arm": name, "model": model_name, "channels": int(split.images.shape[-1]),
+            "compute_dtype": config.compute_dtype,
+            "optimizer": hyper["optimizer"], "learning_rate": hyper["learning_rate"],
+            "batch_size": hyper["batch_size"], "seeds": self.seeds(len(fold_list)),
+            "data": split.fingerprint(), "task": config.task,
+            "folds": config_hash({"test": [rows.tolist() for rows in test_rows]}),
+            "teacher": None if teacher is None else teacher["fingerprint"],
+            "temperature": config.temperature if teacher else None,
+            "alpha": config.alpha if teacher else None,
+        }  # fmt: skip
+        weights = {"hard_weight": config.alpha, "soft_weight": 1 - config.alpha} if teacher else {}
+        run_dir = Path(config.workdir) / f"{name}-{config_hash(identity)}"
+        training = Training(
+            model,
+            get_objective("kd" if teacher else "ce"),
+            make_optimizer(hyper["optimizer"], momentum=0.9),
+            PREPROCESS,
+        )
+        with run_lock(run_dir, log=log):
+            result = fit(
+                training, name=name, run_dir=run_dir, run_config=identity,
+                hyperparams=make_hyperparams(learning_rate=hyper["learning_rate"],
+                                             temperature=config.temperature, **weights),
+                train_split=train_split, test_split=split, epochs=hyper["epochs"],
+                batch_size=hyper["batch_size"], seed=identity["seeds"],
+                train_extras=extras, member_rows=member_rows, member_test_rows=test_rows,
+                execution=Execution(feed=config.feed, checkpoint_every=config.checkpoint_every),
+                log=log,
+            )  # fmt: skip
+        arm = {"result": result, "model": model, "split": split, "folds": fold_list,
+               "identity": identity, "run_dir": run_dir,
+               "fingerprint": f"{run_dir.name}@{len(result.history)}"}  # fmt: skip
+        arm["scores"] = self.score(arm)
+        self.arms[name] = arm
+        return arm
+
+    def seeds(self, count: int) -> list[int]:
+        return [self.config.seed + index for index in range(count)]
+
+    def stored_logits(self, teacher: dict, fold_list) -> np.ndarray:
+        """Teacher *i*'s logits on fold *i*'s training rows, stacked fold after fold
+        (the row order of :meth:`stack`)."""
+        parts = [
+            predict(teacher["model"], teacher["result"].member_variables(index),
+                    teacher["split"].images[train], preprocess=PREPROCESS)["logits"]
+            for index, (train, _) in enumerate(fold_list)
+        ]  # fmt: skip
+        return np.concatenate(parts).astype(np.float32)
+
+    @staticmethod
+    def stack(split: Split, fold_list) -> tuple[Split, list[np.ndarray]]:
+        """Every fold's training rows copied one fold after another (ids made unique
+        per copy), and each fold's rows in the copy: a row trains several folds, and
+        each fold's student must read its own teacher's logits for it."""
+        rows = [train for train, _ in fold_list]
+        offsets = np.cumsum([0] + [len(train) for train in rows])
+        every = np.concatenate(rows)
+        copy = np.repeat(np.arange(len(rows)), [len(train) for train in rows])
+        ids = split.ids[every] + copy * (int(split.ids.max()) + 1)
+        stacked = Split(split.images[every], split.labels[every], ids.astype(np.int64))
+        return stacked, [np.arange(offsets[i], offsets[i + 1]) for i in range(len(rows))]
+
+    def score(self, arm: dict) -> dict:
+        """Per-fold accuracy, macro-F1, MAE, RMSE; mean ± std; summed confusion matrix."""
+        per_fold, confusion = [], np.zeros((self.num_classes,) * 2, np.int64)
+        for index, (_, test) in enumerate(arm["folds"]):
+            variables = arm["result"].member_variables(index)
+            images = arm["split"].images[test]
+            logits = predict(arm["model"], variables, images, preprocess=PREPROCESS)["logits"]
+            labels, predicted = arm["split"].labels[test], np.argmax(logits, -1)
+            per_fold.append({
+                "test_examples": len(test),
+                "accuracy": metrics.accuracy(labels, predicted),
+                "macro_f1": metrics.f1_score(labels, predicted, average="macro"),
+                **level_errors(labels, predicted),
+            })  # fmt: skip
+            confusion += metrics.confusion_matrix(labels, predicted, self.num_classes)
+        summary = {key: report.mean_std([fold[key] for fold in per_fold])
+                   for key in ("accuracy", "macro_f1", "mae", "rmse")}  # fmt: skip
+        return {"per_fold": per_fold, **summary, "confusion_matrix": confusion.tolist()}
+
+
+def kd_study(study: Study, signals) -> dict:
+    """Five-channel teacher vs GSR student (scratch, distilled), and large → small on GSR."""
+    config = study.config
+    fold_list = make_folds(signals, config.cv, config.folds, config.seed)
+    everything, gsr = columns(study.data, tuple(CHANNELS)), columns(study.data, ("gsr",))
+    copied = sum(len(train) for train, _ in fold_list) * gsr.images[0].nbytes
+    if copied > MAX_STACKED_BYTES:  # e.g. 87 LOSO folds of BioVid: 8.4 GB
+        raise ValueError(
+            f"the kd study copies every fold's training windows ({copied / 2**30:.1f} GiB "
+            f"for {len(fold_list)} folds); use --cv=subject or fewer --folds."
+        )
+    stacked = Study.stack(gsr, fold_list)
+    teacher = study.train("teacher_all", config.teacher_model, everything, fold_list)
+    arms = {
+        "teacher_all": teacher,
+        "student_scratch": study.train("student_scratch", config.student_model, gsr, fold_list,
+                                       stacked=stacked),
+        "student_kd_all": study.train("student_kd_all", config.student_model, gsr, fold_list,
+                                      teacher=teacher, stacked=stacked),
+    }  # fmt: skip
+    if config.large_teacher_model:
+        large = study.train("teacher_large_gsr", config.large_teacher_model, gsr, fold_list)
+        arms["teacher_large_gsr"] = large
+        arms["student_kd_large"] = study.train(
+            "student_kd_large", config.student_model, gsr, fold_list, teacher=large,
+            stacked=stacked,
+        )  # fmt: skip
+    table = {name: arm["scores"] for name, arm in arms.items()}
+    table["kd_gain_all"] = _difference(table["student_kd_all"], table["student_scratch"])
+    if config.large_teacher_model:
+        table["kd_gain_large"] = _difference(table["student_kd_large"], table["student_scratch"])
+    return table
+
+
+def _difference(distilled: dict, scratch: dict) -> dict:
+    """Per-fold accuracy of the distilled student minus the scratch one (same folds)."""
+    pairs = zip(distilled["per_fold"], scratch["per_fold"], strict=True)
+    gains = [ours["accuracy"] - theirs["accuracy"] for ours, theirs in pairs]
+    return {"accuracy": report.mean_std(gains)}
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    wanted = {"cv", "leakage", "kd"} if config.study == "all" else {config.study}
+    channels = tuple(CHANNELS) if "kd" in wanted else config.channels
+    data = load_data(config, channels)
+    signals, hyper = data.signals, config.hyper()
+    log(f"Data: {len(signals)} windows, {signals.summary()['subjects']} subjects, classes "
+        f"{', '.join(signals.class_names)}; {config.preset}: {hyper}.")  # fmt: skip
+    study, tables = Study(config, data), {}
+    split = columns(data, config.channels)
+    if "cv" in wanted:
+        arm = study.train(f"cv_{config.cv}", hyper["model"], split,
+                          make_folds(signals, config.cv, config.folds, config.seed))  # fmt: skip
+        tables["cv"] = {arm["identity"]["arm"]: arm["scores"]}
+        if config.holdout:
+            scheme = "holdout_random" if config.cv == "random" else "holdout_subject"
+            holdout = study.train(
+                scheme, hyper["model"], split, make_folds(signals, scheme, 0, config.seed)
+            )
+            tables["cv"][scheme] = holdout["scores"]
+    if "leakage" in wanted:
+        schemes = {scheme: study.train(f"cv_{scheme}", hyper["model"], split,
+                                       make_folds(signals, scheme, config.folds, config.seed))
+                   for scheme in ("random", "subject")}  # fmt: skip
+        tables["leakage"] = {name: arm["scores"] for name, arm in schemes.items()}
+        tables["leakage"]["random_minus_subject_accuracy"] = (
+            tables["leakage"]["random"]["accuracy"]["mean"]
+            - tables["leakage"]["subject"]["accuracy"]["mean"]
+        )
+    if "kd" in wanted:
+        tables["kd"] = kd_study(study, signals)
+    runs = {name: _run_entry(arm) for name, arm in study.arms.items()}
+    document = report.results_document("biovid_kd", config, data, runs, tables, started)
+    path = report.write_results(config.workdir, document)
+    if config.plots and report.is_main_process():
+        write_plots(Path(config.workdir), study.arms, data)
+    rows = [
+        [name, arm["identity"]["model"], str(len(arm["folds"])),
+         *(report.format_mean_std(arm["scores"][key], scale) for key, scale in
+           (("accuracy", 100), ("macro_f1", 100), ("mae", 1), ("rmse", 1)))]
+        for name, arm in study.arms.items()
+    ]  # fmt: skip
+    report.print_report(
+        ["run", "model", "folds", "accuracy %", "macro-F1 %", "MAE", "RMSE"], rows,
+        notes=["NOTE: " + data.notice] if data.notice else [],
+        footer=f"Results: {path}  Wall time: {document['wall_seconds']} s",
+    )  # fmt: skip
+    return document
+
+
+def _run_entry(arm: dict) -> dict:
+    sample = arm["split"].images[:1]
+    shapes = jax.eval_shape(lambda: arm["model"].init(jax.random.PRNGKey(0), sample)["params"])
+    return {"spec": arm["identity"], **arm["result"].summary(), "history": arm["result"].history,
+            "parameters": count_params(shapes), "scores": arm["scores"]}  # fmt: skip
+
+
+def write_plots(workdir: Path, arms: dict, data: SignalData) -> None:
+    """``confusion.png`` (the first arm, summed over folds), ``fold_accuracy.png``
+    (every arm) and ``signals.png`` (two windows per class, raw beside preprocessed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    signals = data.signals
+    name, arm = next(iter(arms.items()))
+    confusion = np.asarray(arm["scores"]["confusion_matrix"])
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    axes.imshow(confusion, cmap="Blues")
+    for (row, column), count in np.ndenumerate(confusion):
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=8)
+    ticks = range(len(signals.class_names))
+    axes.set_xticks(ticks, signals.class_names)
+    axes.set_yticks(ticks, signals.class_names)
+    axes.set(xlabel="predicted", ylabel="true", title=f"{name}: summed over folds")
+    _save(figure, workdir / "confusion.png")
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(arms)
+    for offset, (name, arm) in enumerate(arms.items()):
+        accuracies = [100 * fold["accuracy"] for fold in arm["scores"]["per_fold"]]
+        axes.bar(np.arange(len(accuracies)) + offset * width, accuracies, width, label=name)
+    axes.axhline(100 / len(signals.class_names), color="grey", linestyle=":", label="chance")
+    where = "synthetic stand-in" if data.notice else data.location
+    axes.set(xlabel="fold", ylabel="test accuracy (%)", title=f"Accuracy per fold ({where})")
+    axes.legend(fontsize=7, loc="lower right")
+    _save(figure, workdir / "fold_accuracy.png")
+
+    gsr = signals.channels.index("gsr") if "gsr" in signals.channels else 0
+    channel = signals.channels[gsr]
+    figure, grid = plt.subplots(len(ticks), 2, figsize=(9, 1.6 * len(ticks)), squeeze=False)
+    for label in ticks:
+        for row in np.flatnonzero(signals.labels == label)[:2]:
+            raw = read_channels(Path(data.location) / str(signals.names[row]), (channel,))[:, 0]
+            grid[label, 0].plot(raw, linewidth=0.7)
+            grid[label, 1].plot(signals.signals[row, :, gsr], linewidth=0.7)
+        grid[label, 0].set_ylabel(signals.class_names[label])
+    grid[0, 0].set_title(f"raw {channel}")
+    grid[0, 1].set_title("preprocessed (smoothed, outliers out, min-max)")
+    _save(figure, workdir / "signals.png")
+
+
+def _save(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    command(Config, run)
