@@ -15,7 +15,8 @@ Keras scales them for both networks, ``x / 127.5 − 1`` (:func:`keras_preproces
 Any input size ≥ 32 works.
 
 BatchNorm layers use Keras' epsilon and momentum per network. A BatchNorm layer
-whose name the ``trainable`` selection excludes runs on its running averages even
+whose name the ``trainable`` selection (a :class:`~kdjax.freezing.LayerSelection` or
+its tuple of patterns) excludes runs on its running averages even
 with ``train=True`` and never updates them — what Keras does for a layer with
 ``trainable=False``.
 """
@@ -26,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.freezing import ALL_LAYERS, LayerSelection
+from kdjax.freezing import ALL_LAYERS, LayerSelection, as_selection
 
 Outputs = dict[str, jax.Array]
 # Keras' default initialisers: glorot-uniform kernels, zero biases.
@@ -103,7 +104,8 @@ class ResNet50V2(nn.Module):
     """
 
     num_classes: int = 2
-    trainable: LayerSelection = ALL_LAYERS
+    # A LayerSelection or its patterns (a tuple: JSON-friendly, for RunSpec.model_settings).
+    trainable: LayerSelection | tuple[str, ...] = ALL_LAYERS.patterns
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -120,8 +122,10 @@ class ResNet50V2(nn.Module):
                 name=name,
             )(x)
 
+        trainable = as_selection(self.trainable)
+
         def batch_norm(x, name):
-            frozen = not train or not self.trainable.contains(name)
+            frozen = not train or not trainable.contains(name)
             return nn.BatchNorm(
                 use_running_average=frozen,
                 momentum=0.99,
@@ -184,7 +188,8 @@ class MobileNetV2(nn.Module):
     """
 
     num_classes: int = 2
-    trainable: LayerSelection = ALL_LAYERS
+    # A LayerSelection or its patterns (a tuple: JSON-friendly, for RunSpec.model_settings).
+    trainable: LayerSelection | tuple[str, ...] = ALL_LAYERS.patterns
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -202,8 +207,10 @@ class MobileNetV2(nn.Module):
                 name=name,
             )(x)
 
+        trainable = as_selection(self.trainable)
+
         def batch_norm(x, name):
-            frozen = not train or not self.trainable.contains(name)
+            frozen = not train or not trainable.contains(name)
             return nn.BatchNorm(
                 use_running_average=frozen,
                 momentum=0.999,
