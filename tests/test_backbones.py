@@ -6,6 +6,8 @@ Numerical parity with Keras is in tests/test_pretrained.py."""
 
 import re
 
+import chex
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,3 +165,33 @@ def test_a_training_step_leaves_frozen_layers_and_their_batch_statistics_alone()
     trainable_size = freezing.count_trainable(state.params, selection)
     moment_sizes = sum(leaf.size for leaf in jax.tree_util.tree_leaves(new.opt_state))
     assert moment_sizes == 2 * trainable_size + 1  # mu, nu and Adam's step count
+
+
+@pytest.mark.parametrize(
+    "size, stride, padding", [(8, 1, "SAME"), (9, 2, "VALID"), (10, 2, "VALID")]
+)
+def test_depthwise_conv_is_the_grouped_convolution_with_the_same_kernel(size, stride, padding):
+    """The shifted multiply-adds equal XLA's grouped convolution: same initial kernel,
+    outputs and gradients (odd and even sizes, strides 1 and 2)."""
+    images = jax.random.normal(jax.random.key(0), (2, size, size, 5))
+    layer = backbones.DepthwiseConv3x3(stride, padding)
+    reference = flax.linen.Conv(
+        5, (3, 3), strides=stride, padding=1 if padding == "SAME" else "VALID",
+        use_bias=False, feature_group_count=5,
+        kernel_init=flax.linen.initializers.glorot_uniform(),
+    )  # fmt: skip
+    variables = layer.init(jax.random.key(1), images)
+    np.testing.assert_array_equal(
+        variables["params"]["kernel"], reference.init(jax.random.key(1), images)["params"]["kernel"]
+    )
+
+    def loss(module, variables, images):
+        return jnp.sum(jnp.sin(module.apply(variables, images)))
+
+    for argnums in (1, 2):
+        mine = jax.grad(loss, argnums)(layer, variables, images)
+        theirs = jax.grad(loss, argnums)(reference, variables, images)
+        chex.assert_trees_all_close(mine, theirs, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.apply(variables, images), reference.apply(variables, images), atol=1e-5
+    )
