@@ -97,7 +97,6 @@ def test_kd_study_imports_the_weights_trains_and_scores_from_probabilities(tmp_p
         teacher_weights=str(teacher_file),
         student_weights=str(student_file),
         study="kd",
-        seeds=2,
     )
     document = mhist_kd.run(config)
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
@@ -106,10 +105,10 @@ def test_kd_study_imports_the_weights_trains_and_scores_from_probabilities(tmp_p
     expected = {"teacher"} | {
         f"{role}_seed{seed}"
         for role in ("student_scratch", "student_transfer", "student_kd")
-        for seed in (0, 1)
+        for seed in (0,)
     }
     assert set(results["runs"]) == expected
-    assert len(document["study"]["metrics"]["student_kd"]) == 2
+    assert len(document["study"]["metrics"]["student_kd"]) == 1
 
     # Frozen layers are the file's weights; trained ones moved; the scratch student is not
     # the file's.
@@ -124,7 +123,7 @@ def test_kd_study_imports_the_weights_trains_and_scores_from_probabilities(tmp_p
     assert not np.array_equal(
         params["conv5_block3_3_conv"]["kernel"], resnet["params"]["conv5_block3_3_conv"]["kernel"]
     )
-    transfer = load_run(results["runs"]["student_transfer_seed1"]["run_dir"])
+    transfer = load_run(results["runs"]["student_transfer_seed0"]["run_dir"])
     np.testing.assert_array_equal(
         transfer.variables["params"]["block_16_project"]["kernel"],
         mobile["params"]["block_16_project"]["kernel"],
@@ -249,3 +248,64 @@ def test_the_command_reports_a_missing_image_in_one_line(tmp_path):
     last = completed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "MHIST_005.png" in last and "missing" in last
     assert "Traceback" not in completed.stderr
+
+
+def write_tiny_cifar(root: Path, per_class: int = 6, test_per_class: int = 3) -> Path:
+    """A CIFAR-10-shaped image folder (32×32 PNGs)."""
+    from kdjax.image_folder import CIFAR10_CLASSES
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for label, name in enumerate(CIFAR10_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for number in range(count):
+                pixels = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8) + 19 * label
+                Image.fromarray(pixels).save(folder / f"{number:04d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_standin_writes_an_mhist_folder_and_keras_files_of_its_pretrained_backbones(
+    tmp_path, monkeypatch
+):
+    from experiments import mhist_standin
+    from kdjax.mhist import load_mhist
+    from kdjax.pretrained import load_keras_weights
+
+    monkeypatch.setenv("KDJAX_CACHE_DIR", str(tmp_path / "cache"))
+    cifar = write_tiny_cifar(tmp_path / "cifar")
+    out = tmp_path / "standin"
+    config = mhist_standin.Config(
+        workdir=str(tmp_path / "pretrain"),
+        cifar10=str(cifar),
+        out=str(out),
+        target_classes=("cat", "dog"),
+        train_counts=(4, 2),
+        test_counts=(2, 1),
+        pretrain_per_class=2,
+        pretrain_test_per_class=1,
+        pretrain_epochs=1,
+        pretrain_batch_size=8,
+        eval_batch_size=8,
+    )
+    document = mhist_standin.run(config)
+    dataset = load_mhist(out, image_size=32, cache_dir=tmp_path / "cache", log=lambda _: None)
+    np.testing.assert_array_equal(np.bincount(dataset.train.labels), [4, 2])
+    np.testing.assert_array_equal(np.bincount(dataset.test.labels), [2, 1])
+    cat = 3 * 19  # the brightness offset of class 3 (cat) plays HP
+    assert dataset.train.images[dataset.train.labels == 0].min() >= cat
+    assert dataset.train.images[dataset.train.labels == 0].max() < cat + 60
+    label = json.loads((out / "standin.json").read_text())["label"]
+    assert "cat (as HP) vs dog (as SSA)" in label
+    assert mhist_kd.standin_label(str(out)) == label
+    assert set(document["runs"]) == {"pretrain_resnet50v2", "pretrain_mobilenetv2"}
+    for name in ("resnet50v2", "mobilenetv2"):
+        run_dir = document["runs"][f"pretrain_{name}"]["run_dir"]
+        trained = load_run(run_dir).variables
+        loaded = load_keras_weights(out / f"{name}_standin_notop.h5", name)
+        for collection, layers in loaded.items():
+            for layer, weights in layers.items():
+                for weight, value in weights.items():
+                    np.testing.assert_array_equal(value, trained[collection][layer][weight])
+        assert trained["params"]["head"]["kernel"].shape[-1] == 8  # the 8 pretraining classes
