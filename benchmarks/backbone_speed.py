@@ -49,12 +49,19 @@ flags.DEFINE_string("output", "runs/backbone_speed.json", "Where to write the JS
 flags.DEFINE_string("jax_results", None, "(For the PyTorch process) kdjax's results, whose "
                     "parameter counts the PyTorch networks must match.")  # fmt: skip
 
-# (name, backbone, trainable layer patterns): seed 003's two frozen/trainable splits.
-CASES = (
-    ("mobilenetv2_head", "mobilenetv2", ("head",)),
-    ("resnet50v2_seed_split", "resnet50v2", ("conv5_block3_3_conv", "post_bn", "head")),
-)
+# name -> (backbone, trainable layer patterns): seed 003's two frozen/trainable splits,
+# and every layer trained (the student from scratch, pretraining).
+CASES = {
+    "mobilenetv2_head": ("mobilenetv2", ("head",)),
+    "resnet50v2_seed_split": ("resnet50v2", ("conv5_block3_3_conv", "post_bn", "head")),
+    "mobilenetv2_all": ("mobilenetv2", ("*",)),
+    "resnet50v2_all": ("resnet50v2", ("*",)),
+}
 MATMUL_SIZE = 2048
+flags.DEFINE_list("cases", ["mobilenetv2_head", "resnet50v2_seed_split"],
+                  f"Which networks and splits: {', '.join(CASES)}.")  # fmt: skip
+flags.register_validator("cases", lambda names: set(names) <= set(CASES),
+                         message=f"--cases must name cases among {', '.join(CASES)}")  # fmt: skip
 
 
 def _timed(function, steps: int) -> float:
@@ -89,7 +96,8 @@ def jax_measurements(sizes, batch: int, steps: int) -> dict:
         images = _images(size, batch)
         batch_arrays = {"images": jnp.asarray(images), "labels": jnp.arange(batch) % 2,
                         "ids": jnp.arange(batch)}  # fmt: skip
-        for case, name, trainable in CASES:
+        for case in FLAGS.cases:
+            name, trainable = CASES[case]
             model = backbone(name, num_classes=2, trainable=trainable)
             optimizer = make_optimizer("adam", frozen=frozen_patterns(trainable))
             state = create_state(model, optimizer, keras_preprocess(images[:1]), seed=0)
@@ -113,7 +121,7 @@ def jax_measurements(sizes, batch: int, steps: int) -> dict:
                 "parameters": sum(x.size for x in jax.tree_util.tree_leaves(
                     {"params": state.params, **state.model_state})),
             }  # fmt: skip
-            if name == "mobilenetv2":
+            if case == "mobilenetv2_head":
                 record["stored_features"] = _stored_features(
                     model, state, images, batch, steps, optax
                 )
@@ -174,7 +182,8 @@ def torch_measurements(sizes, batch: int, steps: int, expected: dict) -> dict:
     for size in sizes:
         pixels = torch.from_numpy(_images(size, batch)).permute(0, 3, 1, 2).contiguous()
         labels = torch.arange(batch) % 2
-        for case, name, trainable in CASES:
+        for case in FLAGS.cases:
+            name, trainable = CASES[case]
             torch.manual_seed(0)
             model = NETWORKS[name](num_classes=2)
             key = f"{case}@{size}"
@@ -211,7 +220,8 @@ def _child(framework: str, *extra: str) -> dict:
     output = Path(FLAGS.output).with_suffix(f".{framework}.json")
     arguments = [sys.executable, "-m", "benchmarks.backbone_speed", f"--framework={framework}",
                  f"--sizes={','.join(FLAGS.sizes)}", f"--batch_size={FLAGS.batch_size}",
-                 f"--steps={FLAGS.steps}", f"--output={output}", *extra]  # fmt: skip
+                 f"--steps={FLAGS.steps}", f"--output={output}",
+                 f"--cases={','.join(FLAGS.cases)}", *extra]  # fmt: skip
     subprocess.run(arguments, check=True, env=os.environ)
     return json.loads(output.read_text())
 

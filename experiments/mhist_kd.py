@@ -161,7 +161,7 @@ def standin_label(data_dir: str) -> str | None:
     return json.loads(path.read_text())["label"] if path.is_file() else None
 
 
-def _student(config, role, seed, *, selection, weights=None, **fields) -> RunSpec:
+def _student(config, role, seed, *, selection, **fields) -> RunSpec:
     """A MobileNetV2 student (or a population of them: tuples in ``fields``)."""
     settings = {"num_classes": 2, "trainable": selection.patterns}
     count = max((len(v) for v in fields.values() if isinstance(v, tuple)), default=0)
