@@ -1,20 +1,26 @@
-"""Which layers of a network train: layer selections, optax masks and a frozen optimizer.
+"""Which layers of a network train: one layer selection for the model and the optimizer.
 
-A :class:`LayerSelection` is a set of layer-name patterns (shell-style, ``fnmatch``
-case-sensitive). The same selection serves two places, so they cannot disagree:
+A :class:`LayerSelection` is a set of layer-name patterns (shell-style, ``fnmatch``,
+case-sensitive). One selection drives both sides of freezing, so they cannot disagree:
 
-- the optimizer: :func:`trainable_mask` / :func:`trainable_labels` turn it into a
-  tree over the parameters, and :func:`freeze_optimizer` zeroes the updates of every
-  parameter outside it (``optax.partition`` with ``optax.set_to_zero``; note that
-  ``optax.masked`` would not do: it passes the raw gradient through as the update of
-  masked-out leaves);
-- the model: the backbones (:mod:`kdjax.backbones`) take it as their ``trainable``
-  attribute and run every BatchNorm layer outside it on its running averages, even
-  with ``train=True`` — Keras' behaviour for a layer with ``trainable=False`` — so
-  frozen layers' ``batch_stats`` never change.
+- the model: the backbones (:mod:`kdjax.backbones`) take its patterns as their
+  ``trainable`` setting and run every BatchNorm layer outside it on its running
+  averages, even with ``train=True`` — Keras' behaviour for a layer with
+  ``trainable=False`` — so frozen layers' ``batch_stats`` never change;
+- the optimizer: :func:`frozen_patterns` turns it into the training core's
+  ``frozen`` parameter-path patterns (:func:`kdjax.training.make_optimizer`,
+  ``RunSpec.frozen``), which give every parameter outside the selection no update
+  and no optimizer state.
+
+Both are plain tuples of strings, so a run's identity (JSON) records them::
+
+    selection = trainable_last_blocks("resnet50v2", 2)
+    spec = RunSpec(..., model="resnet50v2",
+                   model_settings={"trainable": selection.patterns},
+                   frozen=frozen_patterns(selection))
 
 A parameter belongs to the layer whose name is the key just above the leaf
-(``params["conv5_block3_2_conv"]["kernel"]`` → ``conv5_block3_2_conv``), so the
+(``params["conv5_block3_2_conv"]["kernel"]`` → ``conv5_block3_2_conv``), so a
 selection also works when a backbone sits inside a larger model.
 """
 
@@ -25,10 +31,10 @@ import fnmatch
 from typing import Any
 
 import jax
-import optax
 
-TRAINABLE = "trainable"
-FROZEN = "frozen"
+# fnmatch.translate wraps a pattern as "(?s:...)\Z"; the end anchor is added back
+# after the parameter's leaf name.
+_END = r"\Z"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,51 +64,59 @@ class LayerSelection:
 ALL_LAYERS = LayerSelection(("*",))
 
 
-def _layer_name(path: tuple[Any, ...]) -> str:
-    if len(path) < 2:
-        raise ValueError(f"parameter {jax.tree_util.keystr(path)} is not inside a named layer.")
-    return str(getattr(path[-2], "key", path[-2]))
-
-
-def trainable_mask(params: Any, trainable: LayerSelection) -> Any:
-    """A tree like ``params`` with ``True`` where the parameter's layer is in ``trainable``.
+def as_selection(value: LayerSelection | tuple[str, ...] | list[str]) -> LayerSelection:
+    """A :class:`LayerSelection` from itself or from its patterns (a model setting read
+    back from JSON is a list).
 
     Example:
-      >>> params = {"conv1_conv": {"kernel": 0.0}, "head": {"kernel": 0.0}}
-      >>> trainable_mask(params, LayerSelection(("head",)))
-      {'conv1_conv': {'kernel': False}, 'head': {'kernel': True}}
+      >>> as_selection(["head"]).contains("head")
+      True
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: trainable.contains(_layer_name(path)), params
-    )
+    return value if isinstance(value, LayerSelection) else LayerSelection(tuple(value))
 
 
-def trainable_labels(params: Any, trainable: LayerSelection) -> Any:
-    """:func:`trainable_mask` as ``"trainable"``/``"frozen"`` labels for ``optax.partition``."""
-    return jax.tree_util.tree_map(
-        lambda keep: TRAINABLE if keep else FROZEN, trainable_mask(params, trainable)
-    )
+def frozen_patterns(selection: LayerSelection | tuple[str, ...]) -> tuple[str, ...]:
+    """The training core's ``frozen`` patterns for "every layer outside ``selection``".
 
+    The core freezes a parameter when a pattern ``re.match``-es its path
+    (``"layer/kernel"``, or ``"outer/layer/kernel"`` when nested). This returns one
+    regular expression, a negative lookahead that matches every path whose layer
+    (the key just above the leaf) is *not* selected::
 
-def freeze_optimizer(
-    optimizer: optax.GradientTransformation, trainable: LayerSelection
-) -> optax.GradientTransformation:
-    """``optimizer`` on the layers in ``trainable``; zero updates everywhere else.
+        ^(?!(?:[^/]*/)*(?=[^/]+/[^/]+\\Z)(?:P₁|P₂|…)/[^/]+\\Z)
 
-    The frozen layers get no optimizer state (no Adam moments), and their parameters
-    stay bit-identical however long training runs.
+    with ``Pᵢ = fnmatch.translate(patternᵢ)``. The lookahead pins the pattern to the
+    layer's own path segment. An empty tuple for :data:`ALL_LAYERS`.
 
     Example:
-      >>> tx = freeze_optimizer(optax.adam(1e-4), LayerSelection(("head",)))
+      >>> import re
+      >>> (pattern,) = frozen_patterns(LayerSelection(("head", "conv5_*")))
+      >>> [bool(re.match(pattern, path)) for path in ("head/kernel", "conv1_conv/kernel")]
+      [False, True]
     """
-    return optax.partition(
-        {TRAINABLE: optimizer, FROZEN: optax.set_to_zero()},
-        lambda params: trainable_labels(params, trainable),
-    )
+    selection = as_selection(selection)
+    if "*" in selection.patterns:
+        return ()
+    alternatives = []
+    for pattern in selection.patterns:
+        translated = fnmatch.translate(pattern)
+        alternatives.append(translated.removesuffix(_END))
+    layer = "(?:" + "|".join(alternatives) + ")"
+    return (rf"^(?!(?:[^/]*/)*(?=[^/]+/[^/]+\Z){layer}/[^/]+\Z)",)
 
 
-def count_trainable(params: Any, trainable: LayerSelection) -> int:
-    """The number of parameters (scalars) in the layers ``trainable`` selects."""
-    mask = trainable_mask(params, trainable)
+def count_trainable(params: Any, selection: LayerSelection | tuple[str, ...]) -> int:
+    """The number of parameters (scalars) in the layers ``selection`` selects, by the
+    core's own mask (:func:`kdjax.training.trainable_mask` of :func:`frozen_patterns`).
+
+    Example:
+      >>> import numpy as np
+      >>> count_trainable({"body": {"kernel": np.ones(3)}, "head": {"bias": np.ones(2)}},
+      ...                 ("head",))
+      2
+    """
+    from kdjax.training import trainable_mask
+
+    mask = trainable_mask(params, frozen_patterns(selection))
     sizes = jax.tree_util.tree_map(lambda leaf, keep: leaf.size if keep else 0, params, mask)
     return int(sum(jax.tree_util.tree_leaves(sizes)))

@@ -1,8 +1,13 @@
 """The Flax backbones (shapes, parameter counts, block lists) and layer freezing
-(optimizer masks, BatchNorm statistics of frozen layers during training).
+(the core's frozen patterns from a selection, BatchNorm statistics of frozen layers
+during training).
 
 Numerical parity with Keras is in tests/test_pretrained.py."""
 
+import re
+
+import chex
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +15,10 @@ import optax
 import pytest
 
 from kdjax import backbones, freezing
+from kdjax.backbones import keras_preprocess
 from kdjax.freezing import LayerSelection
+from kdjax.objectives import get_objective, make_hyperparams
+from kdjax.training import create_state, make_optimizer, make_train_step, trainable_mask
 
 NAMES = sorted(backbones.BACKBONES)
 FEATURES = {"resnet50v2": 2048, "mobilenetv2": 1280}
@@ -77,75 +85,113 @@ def test_trainable_last_blocks():
         backbones.trainable_last_blocks("mobilenetv2", 20)
 
 
-def test_masks_labels_and_counts_follow_the_selection():
+def test_frozen_patterns_freeze_exactly_the_layers_outside_the_selection():
     params = {
         "conv1_conv": {"kernel": jnp.ones((3, 3, 3, 4)), "bias": jnp.ones(4)},
         "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+        "post_bnx": {"scale": jnp.ones(3)},  # "post_bn" must not match a longer name
         "outer": {"post_bn": {"scale": jnp.ones(4)}},  # nested: the key above the leaf counts
+        "head_extra": {"post_bn_ish": {"kernel": jnp.ones(5)}},  # a selected name above it
     }
-    selection = LayerSelection(("head", "post_*"))
-    mask = freezing.trainable_mask(params, selection)
-    assert mask == {
-        "conv1_conv": {"kernel": False, "bias": False},
-        "head": {"kernel": True, "bias": True},
-        "outer": {"post_bn": {"scale": True}},
-    }
-    assert freezing.trainable_labels(params, selection)["head"]["bias"] == "trainable"
+    selection = LayerSelection(("head", "post_bn"))
+    mask = trainable_mask(params, freezing.frozen_patterns(selection))
+    # The reference: the selection's own fnmatch test of the key above each leaf.
+    expected = jax.tree_util.tree_map_with_path(
+        lambda path, _: selection.contains(path[-2].key), params
+    )
+    assert mask == expected
+    assert mask["outer"]["post_bn"]["scale"] and not mask["post_bnx"]["scale"]
     assert freezing.count_trainable(params, selection) == 4 * 2 + 2 + 4
+    assert freezing.count_trainable(params, selection.patterns) == 4 * 2 + 2 + 4
+    assert freezing.frozen_patterns(freezing.ALL_LAYERS) == ()
     with pytest.raises(TypeError, match="tuple of strings"):
         LayerSelection("head")
 
 
-def test_freeze_optimizer_leaves_frozen_parameters_bit_identical():
+def test_wildcards_in_a_pattern_stay_inside_the_layer_name():
+    selection = LayerSelection(("conv5_*", "block_1?_*"))
+    (pattern,) = freezing.frozen_patterns(selection)
+    for path, trainable in [
+        ("conv5_block3_1_conv/kernel", True),
+        ("conv5_/kernel", True),
+        ("conv4_block6_1_conv/kernel", False),
+        ("conv5_block1_1_conv", False),  # a leaf without a layer above it
+        ("backbone/conv5_block1_1_conv/kernel", True),
+        ("conv5_x/inner/kernel", False),  # the layer is "inner"
+        ("block_16_expand/kernel", True),
+        ("block_1_expand/kernel", False),
+    ]:
+        assert (re.match(pattern, path) is None) == trainable, path
+
+
+def test_the_core_optimizer_leaves_frozen_parameters_bit_identical_without_state():
     params = {"body": {"kernel": jnp.ones(3)}, "head": {"kernel": jnp.ones(3)}}
-    optimizer = freezing.freeze_optimizer(
-        optax.adamw(0.1, weight_decay=0.5), LayerSelection(("head",))
-    )
+    optimizer = make_optimizer("adam", frozen=freezing.frozen_patterns(("head",)))
     state = optimizer.init(params)
+    moments = [leaf.shape for leaf in jax.tree_util.tree_leaves(state) if leaf.ndim]
+    assert moments == [(3,), (3,)]  # Adam's mu and nu for the head only
     grads = {"body": {"kernel": jnp.full(3, 2.0)}, "head": {"kernel": jnp.full(3, 2.0)}}
     for _ in range(3):
         updates, state = optimizer.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params = optax.apply_updates(params, jax.tree.map(lambda u: -0.1 * u, updates))
     np.testing.assert_array_equal(params["body"]["kernel"], jnp.ones(3))
     assert float(params["head"]["kernel"][0]) < 0.8
 
 
 @pytest.mark.slow
 def test_a_training_step_leaves_frozen_layers_and_their_batch_statistics_alone():
-    """MobileNetV2 with only its last two blocks and head trainable: one Adam step with
+    """MobileNetV2 with only its last two blocks and head trainable, trained by the
+    core's step (frozen patterns from the same selection): one Adam step with
     train=True moves the trainable layers' parameters and BatchNorm statistics and
-    leaves every frozen layer's parameters and statistics exactly as they were."""
-    trainable = backbones.trainable_last_blocks("mobilenetv2", 2)
-    model = backbones.MobileNetV2(num_classes=2, trainable=trainable)
-    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    labels = jnp.array([0, 1])
-    variables = jax.jit(model.init)(jax.random.key(0), images)
-    optimizer = freezing.freeze_optimizer(optax.adam(1e-2), trainable)
-    opt_state = optimizer.init(variables["params"])
-
-    @jax.jit
-    def step(params, batch_stats, opt_state):
-        def loss(params):
-            outputs, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats},
-                images,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
-                outputs["logits"], labels
-            )
-            return cross_entropy.mean(), updates["batch_stats"]
-
-        grads, new_stats = jax.grad(loss, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats
-
-    params, batch_stats = step(variables["params"], variables["batch_stats"], opt_state)
-    for layer, stats in variables["batch_stats"].items():
-        same = bool(jnp.array_equal(stats["mean"], batch_stats[layer]["mean"]))
-        assert same != trainable.contains(layer), layer
-    for layer, weights in variables["params"].items():
+    leaves every frozen layer's parameters and statistics exactly as they were; the
+    frozen layers get no optimizer state."""
+    selection = backbones.trainable_last_blocks("mobilenetv2", 2)
+    model = backbones.MobileNetV2(num_classes=2, trainable=selection.patterns)
+    frozen = freezing.frozen_patterns(selection)
+    images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), maxval=255.0)
+    batch = {"images": images, "labels": jnp.array([0, 1]), "ids": jnp.arange(2)}
+    optimizer = make_optimizer("adam", frozen=frozen)
+    state = create_state(model, optimizer, keras_preprocess(images), seed=0)
+    step = make_train_step(model, get_objective("ce"), optimizer, keras_preprocess)
+    new, _ = jax.jit(step)(state, batch, make_hyperparams(learning_rate=1e-2), {})
+    old_stats, new_stats = state.model_state["batch_stats"], new.model_state["batch_stats"]
+    for layer, stats in old_stats.items():
+        same = bool(jnp.array_equal(stats["mean"], new_stats[layer]["mean"]))
+        assert same != selection.contains(layer), layer
+    for layer, weights in state.params.items():
         leaf = "kernel" if "kernel" in weights else "scale"
-        same = bool(jnp.array_equal(weights[leaf], params[layer][leaf]))
-        assert same != trainable.contains(layer), layer
+        same = bool(jnp.array_equal(weights[leaf], new.params[layer][leaf]))
+        assert same != selection.contains(layer), layer
+    trainable_size = freezing.count_trainable(state.params, selection)
+    moment_sizes = sum(leaf.size for leaf in jax.tree_util.tree_leaves(new.opt_state))
+    assert moment_sizes == 2 * trainable_size + 1  # mu, nu and Adam's step count
+
+
+@pytest.mark.parametrize(
+    "size, stride, padding", [(8, 1, "SAME"), (9, 2, "VALID"), (10, 2, "VALID")]
+)
+def test_depthwise_conv_is_the_grouped_convolution_with_the_same_kernel(size, stride, padding):
+    """The shifted multiply-adds equal XLA's grouped convolution: same initial kernel,
+    outputs and gradients (odd and even sizes, strides 1 and 2)."""
+    images = jax.random.normal(jax.random.key(0), (2, size, size, 5))
+    layer = backbones.DepthwiseConv3x3(stride, padding)
+    reference = flax.linen.Conv(
+        5, (3, 3), strides=stride, padding=1 if padding == "SAME" else "VALID",
+        use_bias=False, feature_group_count=5,
+        kernel_init=flax.linen.initializers.glorot_uniform(),
+    )  # fmt: skip
+    variables = layer.init(jax.random.key(1), images)
+    np.testing.assert_array_equal(
+        variables["params"]["kernel"], reference.init(jax.random.key(1), images)["params"]["kernel"]
+    )
+
+    def loss(module, variables, images):
+        return jnp.sum(jnp.sin(module.apply(variables, images)))
+
+    for argnums in (1, 2):
+        mine = jax.grad(loss, argnums)(layer, variables, images)
+        theirs = jax.grad(loss, argnums)(reference, variables, images)
+        chex.assert_trees_all_close(mine, theirs, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.apply(variables, images), reference.apply(variables, images), atol=1e-5
+    )

@@ -1,0 +1,336 @@
+"""Seed 003, Task 2: transfer learning and distillation on MHIST (ResNet50V2 → MobileNetV2).
+
+    python -m experiments.mhist_kd --data_dir=MHIST \\
+        --teacher_weights=resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+        --student_weights=mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 \\
+        --seeds=3 --study=all
+
+Runs (every student with each of ``--seeds`` seeds; the teacher once):
+
+- ``teacher``: ResNet50V2 from the ImageNet weights, every layer frozen but the
+  seed's last five Keras layers (``conv5_block3_3_conv``, ``post_bn``; the Add and
+  ReLU layers among them have no weights) and the new head; Adam 1e-4;
+- ``student_scratch``: MobileNetV2 from random weights, everything trained; Adam 1e-3;
+- ``student_transfer``: MobileNetV2 from the ImageNet weights, base frozen, head
+  trained, cross-entropy only (what the seed calls its student "from scratch");
+- ``student_kd``: the same with ``alpha·CE + (1 − alpha)·T²·KL`` (alpha 0.5, T 1);
+- ``--study=temperature`` / ``alpha``: one population per seed over T ∈ {1, 2, 4,
+  16, 32, 64} (alpha 0.5), or over alpha ∈ {0.1, …, 0.9} (T 2, the seed's);
+- ``--study=chain``: ResNet50V2 → assistant (MobileNetV2, last block and head
+  trained) → student (head only), each step with the KD loss.
+
+Augmentation runs inside the compiled step on training batches only (``--augment``);
+an online teacher sees the same augmented image; a stored teacher is allowed only
+without augmentation (``--teacher_mode``). After training, each student is loaded
+back (``load_run``) and scored on the test split from its probabilities: accuracy,
+balanced accuracy, F1 and precision/recall with SSA positive, ROC AUC, confusion
+matrix; mean ± std over seeds. Writes ``results.json``, F1/AUC plots against T and
+alpha, and prints the results beside the seed's protocol.
+
+A folder written by ``experiments.mhist_standin`` (CIFAR-10 classes in MHIST's
+format) carries a ``standin.json``; every table and figure then says "stand-in".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from experiments import report
+from experiments.config import (
+    CommonConfig,
+    at_least_one,
+    each,
+    existing_path,
+    finite,
+    non_negative,
+    option,
+    positive,
+    unit_interval,
+)
+from experiments.mhist_training import (
+    AUGMENTS,
+    INPUT_SCALING,
+    evaluate_run,
+    model_costs,
+    plot_sweep,
+    pretrained_start,
+    seed_protocol_rows,
+    train,
+)
+from kdjax.backbones import trainable_last_blocks
+from kdjax.freezing import LayerSelection, frozen_patterns
+from kdjax.mhist import load_mhist
+from kdjax.objectives import alpha_weights
+from kdjax.pretrained import WeightFileError, load_keras_weights
+from kdjax.spec import RunSpec
+from kdjax.teachers import Teacher
+
+STUDIES = ("kd", "temperature", "alpha", "chain", "all")
+TEACHER_SEED = 42
+# Seed 003: ResNet50V2.layers[-5:] trainable (the weighted ones of them), plus the head.
+SEED_TEACHER_TRAINABLE = ("conv5_block3_3_conv", "post_bn", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(CommonConfig):
+    workdir: str = option("runs/mhist_kd", "Where checkpoints, results and plots go.")
+    data_dir: str | None = option(
+        None,
+        "The MHIST folder (annotations.csv and images/).",
+        check=(existing_path, "must be an existing folder"),
+    )
+    teacher_weights: str | None = option(
+        None,
+        "Keras ResNet50V2 no-top weights (.h5); without it the teacher's frozen layers "
+        "keep their random initialisation.",
+        check=(existing_path, "must be an existing file"),
+    )
+    student_weights: str | None = option(
+        None,
+        "Keras MobileNetV2 1.0 no-top weights (.h5) for the transfer students and the "
+        "assistant; without it their frozen base stays random.",
+        check=(existing_path, "must be an existing file"),
+    )
+    study: str = option("kd", "Which runs: kd, temperature, alpha, chain or all.", choices=STUDIES)
+    seeds: int = option(3, "Students per setting (seeds 0 … N−1).", check=at_least_one)
+    image_size: int = option(224, "Images are resized to this square size.", check=at_least_one)
+    epochs: int = option(25, "Student (and assistant) epochs (seed: 25).", check=at_least_one)
+    teacher_epochs: int = option(25, "Teacher epochs (seed: 25).", check=at_least_one)
+    batch_size: int = option(32, "Training batch size (Keras' default, the seed's).",
+                             check=at_least_one)  # fmt: skip
+    teacher_learning_rate: float = option(1e-4, "Teacher's Adam rate.", check=finite(positive))
+    learning_rate: float = option(1e-3, "Students' Adam rate.", check=finite(positive))
+    temperature: float = option(1.0, "T of student_kd and the chain.", check=finite(positive))
+    alpha: float = option(0.5, "Weight of the hard-label CE (1 − alpha: T²·KL).",
+                          check=unit_interval)  # fmt: skip
+    temperatures: tuple[float, ...] = option(
+        (1.0, 2.0, 4.0, 16.0, 32.0, 64.0), "The temperature sweep.", check=each(positive)
+    )
+    alphas: tuple[float, ...] = option(
+        (0.1, 0.3, 0.5, 0.7, 0.9), "The alpha sweep.", check=each(unit_interval)
+    )
+    alpha_sweep_temperature: float = option(
+        2.0, "T of the alpha sweep (seed: 2).", check=finite(positive)
+    )
+    teacher_trainable: tuple[str, ...] = option(
+        SEED_TEACHER_TRAINABLE, "Layer-name patterns the teacher trains (the rest is frozen)."
+    )
+    student_trainable_blocks: int = option(
+        0, "Last MobileNetV2 blocks the transfer students train besides the head.",
+        check=non_negative,
+    )  # fmt: skip
+    assistant_trainable_blocks: int = option(
+        1, "Last MobileNetV2 blocks the chain's assistant trains besides the head.",
+        check=non_negative,
+    )  # fmt: skip
+    augment: str = option(
+        "seed",
+        "Training augmentation in the step: 'seed' (flips, rotation ±180°, zoom 0.5–1, "
+        "brightness 0.2–1), 'symmetries' (flips and 90° turns) or 'none'.",
+        choices=tuple(AUGMENTS),
+    )
+    teacher_mode: str = option(
+        "online",
+        "'online': the teacher runs in the student's step on the same augmented batch; "
+        "'stored': its logits are computed once (only with --augment=none).",
+        choices=("online", "stored"),
+    )
+    eval_batch_size: int = option(128, "Batch size of test-set inference.", check=at_least_one)
+    costs: bool = option(True, "Measure FLOPs (XLA cost analysis) of every model.")
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.data_dir is None:
+            problems.append("--data_dir must name the MHIST folder")
+        if self.teacher_mode == "stored" and self.augment != "none":
+            problems.append(
+                "--teacher_mode=stored gives the student the teacher's outputs for the "
+                "unaugmented image; use it with --augment=none, or --teacher_mode=online"
+            )
+        if self.image_size < 32:
+            problems.append(f"--image_size must be >= 32, got {self.image_size}")
+        return problems
+
+
+def standin_label(data_dir: str) -> str | None:
+    """The label of a stand-in folder (its ``standin.json``), None for real MHIST."""
+    path = Path(data_dir) / "standin.json"
+    return json.loads(path.read_text())["label"] if path.is_file() else None
+
+
+def _student(config, role, seed, *, selection, **fields) -> RunSpec:
+    """A MobileNetV2 student (or a population of them: tuples in ``fields``)."""
+    settings = {"num_classes": 2, "trainable": selection.patterns}
+    count = max((len(v) for v in fields.values() if isinstance(v, tuple)), default=0)
+    return RunSpec(
+        role=role,
+        model="mobilenetv2",
+        model_settings=settings,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=(seed,) * count if count else seed,
+        teacher_mode=config.teacher_mode,
+        frozen=frozen_patterns(selection),
+        **INPUT_SCALING,
+        **fields,
+    )
+
+
+def _kd(temperature, alpha) -> dict:
+    if isinstance(alpha, tuple):
+        weights = {"hard_weight": alpha, "soft_weight": tuple(1.0 - a for a in alpha)}
+    else:
+        weights = alpha_weights(alpha)
+    return {"objective": "kd", "temperature": temperature, **weights}
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    label = standin_label(config.data_dir)
+    title = f"STAND-IN ({label})" if label else "MHIST"
+    # Weight files first: a wrong file stops the command before any training.
+    weights = {
+        name: None if path is None else (path, load_keras_weights(path, name))
+        for name, path in (
+            ("resnet50v2", config.teacher_weights),
+            ("mobilenetv2", config.student_weights),
+        )
+    }
+    dataset = load_mhist(config.data_dir, image_size=config.image_size, log=report.log)
+    report.log(
+        f"Data: {title}, {len(dataset.train)} train / {len(dataset.test)} test images of "
+        f"{config.image_size}²; SSA share {dataset.train.labels.mean():.2f} (train)."
+    )
+    for name, loaded in weights.items():
+        if loaded is None:
+            report.log(f"NOTE: no weight file for {name}: its frozen layers stay random.")
+    image_shape = dataset.train.images.shape[1:]
+    runs, specs, cells, sweeps = {}, {}, {}, {}
+
+    def record(name, spec, result, cell_names):
+        """Scores every member of a finished run; ``cell_names[i]`` collects member i."""
+        runs[name], specs[name] = report.run_entry(spec, result), spec
+        for member, report_ in enumerate(evaluate_run(result.run_dir, dataset, config)):
+            cells.setdefault(cell_names[member], []).append(report_)
+
+    teacher_selection = LayerSelection(tuple(config.teacher_trainable))
+    teacher_spec = RunSpec(
+        role="teacher",
+        model="resnet50v2",
+        model_settings={"num_classes": 2, "trainable": teacher_selection.patterns},
+        epochs=config.teacher_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.teacher_learning_rate,
+        seed=TEACHER_SEED,
+        frozen=frozen_patterns(teacher_selection),
+        **INPUT_SCALING,
+    )
+    start = pretrained_start(teacher_spec, weights["resnet50v2"], image_shape)
+    result = train(config, teacher_spec, dataset, initial_variables=start)
+    record("teacher", teacher_spec, result, ["teacher"])
+    teacher = Teacher(teacher_spec, result.variables, result.run_dir)
+
+    head_only = trainable_last_blocks("mobilenetv2", config.student_trainable_blocks)
+    assistant_part = trainable_last_blocks("mobilenetv2", config.assistant_trainable_blocks)
+    everything = LayerSelection(("*",))
+
+    def student(seed, role, selection, *, pretrained=True, teacher_=None, names=None, **fields):
+        spec = _student(config, role, seed, selection=selection, **fields)
+        start = pretrained_start(spec, weights["mobilenetv2"], image_shape) if pretrained else None
+        result = train(config, spec, dataset, teacher=teacher_, initial_variables=start)
+        record(f"{role}_seed{seed}", spec, result, names or [role])
+        return result, spec
+
+    kd = _kd(config.temperature, config.alpha)
+    for seed in range(config.seeds):
+        if config.study in ("kd", "all"):
+            student(seed, "student_scratch", everything, pretrained=False)
+            student(seed, "student_transfer", head_only)
+            student(seed, "student_kd", head_only, teacher_=teacher, **kd)
+        if config.study in ("temperature", "all"):
+            names = [f"T={t:g}" for t in config.temperatures]
+            sweeps["temperature"] = (config.temperatures, names)
+            fields = _kd(tuple(config.temperatures), config.alpha)
+            student(seed, "sweep_temperature", head_only, teacher_=teacher, names=names, **fields)
+        if config.study in ("alpha", "all"):
+            names = [f"alpha={a:g}" for a in config.alphas]
+            sweeps["alpha"] = (config.alphas, names)
+            fields = _kd(config.alpha_sweep_temperature, tuple(config.alphas))
+            student(seed, "sweep_alpha", head_only, teacher_=teacher, names=names, **fields)
+        if config.study in ("chain", "all"):
+            assistant, assistant_spec = student(
+                seed, "assistant", assistant_part, teacher_=teacher, **kd
+            )
+            assistant_teacher = Teacher(assistant_spec, assistant.variables, assistant.run_dir)
+            student(seed, "student_chain", head_only, teacher_=assistant_teacher, **kd)
+
+    summary = {
+        name: {
+            metric: report.mean_std([r[metric] for r in reports])
+            for metric in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall")
+        }
+        for name, reports in cells.items()
+    }
+    costs = model_costs(
+        {"teacher": specs["teacher"], **{n: s for n, s in specs.items() if n != "teacher"}},
+        image_shape,
+        flops=config.costs,
+    )
+    plots = [
+        plot_sweep(
+            Path(config.workdir) / f"f1_auc_vs_{kind}.png",
+            values,
+            [summary[name] for name in names],
+            kind,
+            f"{title}: student F1 / ROC AUC vs {kind} (mean ± std, {config.seeds} seeds)",
+        )
+        for kind, (values, names) in sweeps.items()
+    ]
+    study = {
+        "data_label": title,
+        "standin": label,
+        "teacher_mode": config.teacher_mode,
+        "augment": config.augment,
+        "pretrained": {name: None if w is None else w[0] for name, w in weights.items()},
+        "metrics": cells,
+        "summary": summary,
+        "costs": costs,
+        "sweeps": {
+            kind: dict(zip(names, values, strict=True)) for kind, (values, names) in sweeps.items()
+        },  # fmt: skip
+        "plots": [str(path) for path in plots],
+    }
+    document = report.results_document("mhist_kd", config, dataset, runs, study, started)
+    path = report.write_results(config.workdir, document)
+    print(f"\n{title}: the run beside seed 003's protocol")
+    print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
+    rows = [
+        [name, *(report.format_mean_std(summary[name][m]) for m in ("f1", "roc_auc", "accuracy",
+                                                                      "balanced_accuracy"))]
+        for name in summary
+    ]  # fmt: skip
+    cost_rows = [
+        [c["name"], c["model"], f"{c['parameters']:,}", f"{c['trainable_parameters']:,}",
+         "-" if c["flops_per_example"] is None else f"{c['flops_per_example'] / 1e9:.3f}"]
+        for c in costs
+    ]  # fmt: skip
+    print(f"\n{title}: test metrics (%, SSA positive; mean ± std over seeds)")
+    report.print_report(
+        ["run", "F1", "ROC AUC", "accuracy", "balanced acc"],
+        rows,
+        notes=["", report.format_table(
+            ["run", "model", "params", "trainable", "GFLOPs/image"], cost_rows)],
+        footer=f"Results: {path}  Plots: {', '.join(map(str, plots)) or '-'}  "
+        f"Wall time: {document['wall_seconds']} s",
+    )  # fmt: skip
+    return document
+
+
+if __name__ == "__main__":
+    from experiments.config import command
+
+    command(Config, run, user_errors=(WeightFileError,))
