@@ -74,6 +74,9 @@ class Config(CommonConfig):
     pretrain_test_per_class: int = option(
         1000, "Test images per pretraining class (CIFAR has 1,000).", check=at_least_one
     )
+    allow_partial: bool = option(
+        False, "Accept a CIFAR-10 folder or .tar with fewer images per class (a subset)."
+    )
     pretrain_epochs: int = option(10, "Pretraining epochs of each backbone.", check=at_least_one)
     pretrain_batch_size: int = option(128, "Pretraining batch size.", check=at_least_one)
     pretrain_learning_rate: float = option(
@@ -152,7 +155,9 @@ def write_target_folder(cifar: Dataset, config: Config, rng: np.random.Generator
 def run(config: Config) -> dict:
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    cifar = load_cifar10(config.cifar10, download=False, log=report.log)
+    cifar = load_cifar10(
+        config.cifar10, download=False, allow_partial=config.allow_partial, log=report.log
+    )
     pretrain = pretraining_set(cifar, config, rng)
     counts = write_target_folder(cifar, config, rng)
     report.log(f"Wrote the stand-in folder {config.out}: {counts}.")

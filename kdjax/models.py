@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from kdjax.backbones import MobileNetV2, ResNet50V2
 from kdjax.layers import Conv, Dense, max_pool
 
 Outputs = dict[str, jax.Array]
@@ -215,6 +216,9 @@ MODELS: dict[str, type[nn.Module]] = {
     "conv_mlp": ConvMLP,
     "four_conv_net": FourConvNet,
     "two_conv_net": TwoConvNet,
+    # Keras' ImageNet applications, layer for layer (kdjax.backbones).
+    "resnet50v2": ResNet50V2,
+    "mobilenetv2": MobileNetV2,
 }
 
 
