@@ -5,7 +5,7 @@ The training state is replicated over a one-axis :class:`jax.sharding.Mesh` name
 ``"data"``; each batch is split along its first axis over that axis. ``jit``
 partitions the step (GSPMD): every device computes the loss of its rows, the
 gradient mean becomes an all-reduce, and every device applies the same update.
-Nothing in the step changes — :func:`kdjax.train.fit` only places its inputs.
+Nothing in the step changes — :class:`kdjax.training.HostFeed` only places its inputs.
 
 Across processes (``jax.distributed.initialize``), every process computes the same
 global example order (it depends only on the seed and the epoch), then reads and

@@ -7,7 +7,7 @@ alike), and it stores the **example ids** with them, so a row is found by id, ne
 by position in a loader.
 
 One ``.npz`` file per split holds ``logits [N, C]`` (``[N, shifts, C]`` in a
-per-shift store, see :func:`kdjax.distill.teacher_outputs`), ``ids [N]``, ``labels [N]``,
+per-shift store, see :meth:`kdjax.teachers.Teacher.outputs`), ``ids [N]``, ``labels [N]``,
 two fingerprints — of the teacher's parameters and of the split's data — and a
 ``checksum`` of all of these arrays' contents. A store whose fingerprints do not
 match the teacher and data at hand is stale; one whose checksum does not match its
