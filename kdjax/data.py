@@ -278,7 +278,12 @@ def tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
     False
     """
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    # Probing a folder that holds no prepared copy makes TFDS warn ("Variant folder
+    # ... has no dataset_info.json"): the answer here is simply False.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         # tfds.data_source reads array_record only; a TFRecord copy made by
@@ -286,6 +291,8 @@ def tfds_prepared(data_dir: str | None, name: str = "mnist") -> bool:
         return builder.is_prepared() and builder.info.file_format.value == "array_record"
     except Exception:
         return False
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def network_reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
