@@ -276,6 +276,7 @@ def test_standin_writes_an_mhist_folder_and_keras_files_of_its_pretrained_backbo
     config = mhist_standin.Config(
         workdir=str(tmp_path / "pretrain"),
         cifar10=str(cifar),
+        allow_partial=True,  # a tiny CIFAR-shaped folder, not 5,000/1,000 per class
         out=str(out),
         target_classes=("cat", "dog"),
         train_counts=(4, 2),
