@@ -34,15 +34,9 @@ from kdjax.training.feeds import (
     make_feed,
     resolve_feed,
 )
-from kdjax.training.loop import (
-    Execution,
-    FitResult,
-    NonFiniteLossError,
-    Training,
-    check_finite,
-    fit,
-)
+from kdjax.training.loop import Execution, FitResult, Training, fit
 from kdjax.training.members import Members
+from kdjax.training.monitor import NonFiniteLossError, check_finite
 from kdjax.training.precision import COMPUTE_DTYPES, MixedPrecisionModel, with_compute_dtype
 from kdjax.training.state import (
     TrainState,

@@ -9,7 +9,6 @@ step, one log line per epoch and a progress bar on a terminal.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,14 +26,15 @@ from kdjax.objectives import Objective
 from kdjax.training.evaluation import split_accuracy
 from kdjax.training.feeds import epoch_orders, make_feed
 from kdjax.training.members import Members
+from kdjax.training.monitor import (
+    EpochRecord,
+    describe,
+    rounded,
+)
 from kdjax.training.state import trainable_mask
 from kdjax.training.step import OnlineTeacher, head_inputs_of, make_train_step
 from kdjax.training.tensorboard import RunWriter
 from kdjax.types import Augment, Constraint, Hyperparams, Preprocess, Schedule
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +199,7 @@ def fit(
         accuracy = split_accuracy(
             counter, variables, test_split, execution.eval_batch_size, member_masks=member_masks
         )
-        return _rounded(members.per_member(accuracy))
+        return rounded(members.per_member(accuracy))
 
     checkpoints = RunCheckpoints(run_dir, log=log)
     state, start_epoch, history = _resume(checkpoints, state, epochs, name, log)
@@ -224,7 +224,7 @@ def fit(
                 )
                 state, hyperparams, context = feed.place((state, hyperparams, context))
             epoch_start = time.perf_counter()
-            blocks = _EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints, writer)
+            blocks = EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints, writer)
             state = feed.run_epoch(state, order_of(epoch), hyperparams, context, blocks.record)
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
@@ -232,7 +232,7 @@ def fit(
             entry = {
                 "epoch": epoch + 1,
                 **{
-                    f"train_{key}": _rounded(members.per_member(value))
+                    f"train_{key}": rounded(members.per_member(value))
                     for key, value in blocks.means().items()
                 },
                 "test_accuracy": test_accuracy(state),
@@ -244,9 +244,9 @@ def fit(
             if (epoch + 1) % execution.checkpoint_every == 0 or epoch + 1 == epochs:
                 checkpoints.save(epoch + 1, state, {"history": history})
             log(
-                f"{name} epoch {epoch + 1}/{epochs}: loss {_describe(entry['train_loss'])} "
-                f"train acc {_describe(entry['train_accuracy'])} "
-                f"test acc {_describe(entry['test_accuracy'])} | "
+                f"{name} epoch {epoch + 1}/{epochs}: loss {describe(entry['train_loss'])} "
+                f"train acc {describe(entry['train_accuracy'])} "
+                f"test acc {describe(entry['test_accuracy'])} | "
                 f"{entry['examples_per_second']:,.0f} examples/s, {seconds:.1f} s"
             )
             if on_epoch_end is not None:
@@ -356,40 +356,6 @@ def _check_arguments(train_split, test_split, train_extras, batch_size, executio
         raise ValueError(f"checkpoint_every must be >= 1, got {execution.checkpoint_every}.")
 
 
-class _EpochRecord:
-    """Collects one epoch's metric blocks, checks their losses and draws progress."""
-
-    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints, writer):
-        self.name, self.epoch, self.steps = name, epoch, steps_per_epoch
-        self.checkpoints, self.writer = checkpoints, writer
-        self.blocks: list[dict] = []
-        self.progress = _Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
-
-    def record(self, done: int, block: dict) -> None:
-        """Checks a block of steps' losses (host copies), ending at step ``done``."""
-        losses = parallel.to_host(block["loss"])
-        first_step = self.epoch * self.steps + done - len(losses) + 1
-        self.writer.steps("train/loss", first_step, losses)
-        check_finite(
-            losses,
-            first_step=first_step,
-            name=self.name,
-            epoch=self.epoch,
-            last_saved=self.checkpoints.latest_epoch(),
-        )
-        self.blocks.append(block)
-        self.progress.update(done, float(np.mean(losses[-1])))
-
-    def means(self) -> dict[str, np.ndarray]:
-        return {
-            key: np.mean(np.concatenate([parallel.to_host(b[key]) for b in self.blocks]), 0)
-            for key in self.blocks[0]
-        }
-
-    def close(self) -> None:
-        self.progress.close()
-
-
 def _learning_rate(training: Training, hyperparams, state) -> np.ndarray:
     """The learning rate the last step used (per student), schedule included."""
     rate = np.asarray(parallel.to_host(hyperparams["learning_rate"]), np.float64)
@@ -397,55 +363,3 @@ def _learning_rate(training: Training, hyperparams, state) -> np.ndarray:
         step = np.asarray(parallel.to_host(state.step)) - 1
         rate = rate * np.asarray(jax.vmap(training.schedule)(np.atleast_1d(step)))
     return rate
-
-
-def _rounded(values: np.ndarray) -> list[float]:
-    return [round(float(value), 6) for value in np.asarray(values).reshape(-1)]
-
-
-def _describe(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f}±{np.std(values):.4f} (n={len(values)})"
-
-
-def check_finite(
-    losses: np.ndarray, *, first_step: int, name: str, epoch: int, last_saved: int | None
-) -> None:
-    """Raises :class:`NonFiniteLossError` naming the first step (and students) whose
-    loss is not finite; ``losses`` is ``[steps]`` or ``[steps, members]``."""
-    finite = np.isfinite(losses)
-    if finite.all():
-        return
-    row = int(np.flatnonzero(~finite.reshape(len(losses), -1).all(axis=1))[0])
-    values, which = losses[row], ""
-    if np.ndim(values):
-        bad_members = np.flatnonzero(~np.isfinite(values)).tolist()
-        which = f" for student(s) {bad_members}"
-        values = values[bad_members[0]]
-    saved = f"epoch {last_saved}" if last_saved else "none"
-    raise NonFiniteLossError(
-        f"{name}: loss became {values} at step {first_step + row} (epoch {epoch + 1}){which}; "
-        f"stopped. Last checkpoint: {saved}. Lower the learning rate or check the inputs."
-    )
-
-
-class _Progress:
-    """A one-line progress bar, drawn only when stderr is a terminal."""
-
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
-        self.enabled = sys.stderr.isatty()
-
-    def update(self, done: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        filled = int(30 * done / self.total)
-        bar = "#" * filled + "-" * (30 - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * (len(self.label) + 70) + "\r")
-            sys.stderr.flush()
