@@ -174,6 +174,7 @@ def _student(config, role, seed, *, selection, **fields) -> RunSpec:
         learning_rate=config.learning_rate,
         seed=(seed,) * count if count else seed,
         teacher_mode=config.teacher_mode,
+        image_augment=AUGMENTS[config.augment],
         frozen=frozen_patterns(selection),
         **INPUT_SCALING,
         **fields,
@@ -226,10 +227,11 @@ def run(config: Config) -> dict:
         batch_size=config.batch_size,
         learning_rate=config.teacher_learning_rate,
         seed=TEACHER_SEED,
+        image_augment=AUGMENTS[config.augment],
         frozen=frozen_patterns(teacher_selection),
         **INPUT_SCALING,
     )
-    start = pretrained_start(teacher_spec, weights["resnet50v2"], image_shape)
+    start = pretrained_start(weights["resnet50v2"])
     result = train(config, teacher_spec, dataset, initial_variables=start)
     record("teacher", teacher_spec, result, ["teacher"])
     teacher = Teacher(teacher_spec, result.variables, result.run_dir)
@@ -240,7 +242,7 @@ def run(config: Config) -> dict:
 
     def student(seed, role, selection, *, pretrained=True, teacher_=None, names=None, **fields):
         spec = _student(config, role, seed, selection=selection, **fields)
-        start = pretrained_start(spec, weights["mobilenetv2"], image_shape) if pretrained else None
+        start = pretrained_start(weights["mobilenetv2"]) if pretrained else None
         result = train(config, spec, dataset, teacher=teacher_, initial_variables=start)
         record(f"{role}_seed{seed}", spec, result, names or [role])
         return result, spec

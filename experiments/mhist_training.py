@@ -6,22 +6,19 @@ seed-protocol table.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from experiments import report
-from kdjax import soft_targets
 from kdjax.costs import forward_flops
 from kdjax.freezing import count_trainable
-from kdjax.image_augment import brightness, compose, flip, random_affine, rotate90
 from kdjax.metrics import classification_report
 from kdjax.models import count_params, get_model
-from kdjax.objectives import get_objective, make_hyperparams
-from kdjax.pretrained import merge_pretrained
-from kdjax.runs import load_run, run_directory, run_identity, train_run
-from kdjax.training import Execution, FitResult, Training, fit, make_optimizer
+from kdjax.runs import load_run, train_run
+from kdjax.training import Execution, FitResult
 
 # Until kdjax.models.MODELS lists the backbones itself (two lines for the lead to add
 # there), the MHIST command registers them here.
@@ -30,102 +27,34 @@ from kdjax.training import Execution, FitResult, Training, fit, make_optimizer
 # (x/255 − mean)/std.
 INPUT_SCALING = {"input_mean": 0.5, "input_std": 0.5}
 
-AUGMENTS = {
-    # Seed 003's ImageDataGenerator (rotation 180°, zoom 0.5–1, brightness 0.2–1),
-    # plus flips; drawn per image and per step, training batches only.
-    "seed": lambda: compose(
-        flip(horizontal=True, vertical=True),
-        random_affine(max_degrees=180.0, zoom_range=(0.5, 1.0)),
-        brightness(0.2, 1.0),
-    ),
-    # The 8 exact symmetries of the square: no interpolation.
-    "symmetries": lambda: compose(flip(horizontal=True, vertical=True), rotate90()),
-    "none": lambda: None,
-}
+# --augment → RunSpec.image_augment (kdjax.image_augment.PRESETS; "" for none).
+AUGMENTS = {"seed": "seed003", "symmetries": "symmetries", "none": ""}
 
 
 def execution(config) -> Execution:
-    return Execution(
-        feed=config.feed,
-        checkpoint_every=config.checkpoint_every,
-        eval_batch_size=config.eval_batch_size,
-    )
+    """The common execution flags (devices, feed, TensorBoard, ...) and the config's
+    inference batch size."""
+    return dataclasses.replace(report.execution(config), eval_batch_size=config.eval_batch_size)
 
 
 def train(config, spec, dataset, *, teacher=None, initial_variables=None) -> FitResult:
-    """Trains (or resumes, or reuses) ``spec`` with the config's augmentation.
-
-    Without augmentation this is :func:`kdjax.runs.train_run`. ``RunSpec`` has no
-    field for image augmentation, so with it this mirrors ``train_run`` for the
-    online teacher (the only mode an augmented student may use) and adds the
-    augmentation's name to the run's identity.
-    """
-    augment = AUGMENTS[config.augment]()
-    if augment is None:
-        return train_run(
-            spec,
-            dataset,
-            config.workdir,
-            teacher=teacher,
-            initial_variables=initial_variables,
-            execution=execution(config),
-            log=report.log,
-        )
-    objective = get_objective(spec.objective)
-    if objective.teacher_outputs and (teacher is None or spec.teacher_mode != "online"):
-        raise ValueError(f"run {spec.role!r}: an augmented student needs an online teacher.")
-    identity = run_identity(spec, dataset, teacher if objective.teacher_outputs else None)
-    identity["augment"] = config.augment
-    if initial_variables is not None:
-        identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
-    training = Training(
-        model=get_model(spec.model, **spec.model_settings),
-        objective=objective,
-        optimizer=make_optimizer(spec.optimizer, frozen=spec.frozen),
-        preprocess=spec.preprocess(),
-        augment=augment,
-        schedule=spec.schedule(len(dataset.train)),
-        teacher=teacher.online() if objective.teacher_outputs else None,
-        frozen=spec.frozen,
+    """Trains (or resumes, or reuses) ``spec`` in the config's workdir."""
+    return train_run(
+        spec,
+        dataset,
+        config.workdir,
+        teacher=teacher,
         initial_variables=initial_variables,
-    )
-    return fit(
-        training,
-        name=spec.role,
-        run_dir=run_directory(config.workdir, spec, identity),
-        run_config=identity,
-        hyperparams=make_hyperparams(
-            learning_rate=spec.learning_rate,
-            temperature=spec.temperature,
-            hard_weight=spec.hard_weight,
-            soft_weight=spec.soft_weight,
-        ),
-        train_split=dataset.train,
-        test_split=dataset.test,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        seed=list(spec.seed) if spec.population else spec.seed,
         execution=execution(config),
         log=report.log,
     )
 
 
-def pretrained_start(spec, weights, image_shape) -> dict | None:
-    """The variables a run starts from: what :func:`kdjax.training.create_state` draws
-    for the spec's (first) seed, with the backbone replaced by the loaded weights
-    (``weights`` = ``(path, load_keras_weights(...))``, or None: no pretrained start).
-
-    The core replaces whole variable collections with ``initial_variables``, so the
-    head is drawn here with the seed's own key; every member of a population shares
-    the seed (and so the start)."""
-    if weights is None:
-        return None
-    seed = spec.seed[0] if spec.population else spec.seed
-    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
-    model = get_model(spec.model, **spec.model_settings)
-    sample = spec.preprocess()(np.zeros((1, *image_shape), np.uint8))
-    variables = jax.jit(lambda: model.init(init_key, sample, train=False))()
-    return merge_pretrained(variables, weights[1])
+def pretrained_start(weights) -> dict | None:
+    """The variables a run starts from: the loaded backbone (``weights`` = ``(path,
+    load_keras_weights(...))``, or None: no pretrained start). The core replaces the
+    freshly drawn layers these name and keeps the new head's own draw, per seed."""
+    return None if weights is None else weights[1]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

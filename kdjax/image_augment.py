@@ -240,3 +240,25 @@ def compose(*augments: Augment) -> Augment:
         return batch
 
     return augment
+
+
+# Named augmentations (the name a run records, RunSpec.image_augment), built lazily.
+PRESETS = {
+    # Seed 003's ImageDataGenerator (rotation 180°, zoom 0.5–1, brightness 0.2–1),
+    # plus flips; drawn per image and per step, training batches only.
+    "seed003": lambda: compose(
+        flip(horizontal=True, vertical=True),
+        random_affine(max_degrees=180.0, zoom_range=(0.5, 1.0)),
+        brightness(0.2, 1.0),
+    ),
+    # The 8 exact symmetries of the square: no interpolation.
+    "symmetries": lambda: compose(flip(horizontal=True, vertical=True), rotate90()),
+}
+
+
+def preset(name: str) -> Augment:
+    """The augmentation registered as ``name`` in :data:`PRESETS`."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown image augmentation {name!r}; known: {sorted(PRESETS)}") from None

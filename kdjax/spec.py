@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from kdjax import image_augment
 from kdjax.augment import shift_count, translate_batch
 from kdjax.data import normalize
+from kdjax.image_augment import PRESETS as IMAGE_AUGMENTS
 from kdjax.objectives import get_objective
 from kdjax.training.precision import COMPUTE_DTYPES
 from kdjax.training.state import cosine_decay, max_norm_constraint
@@ -75,6 +77,10 @@ class RunSpec:
     # "stored": teacher outputs computed once and read by example id; "online": the
     # frozen teacher runs inside the step on the (augmented) batch.
     teacher_mode: str = "stored"
+    # A named image augmentation (kdjax.image_augment.PRESETS) run in the step on
+    # training batches; "" for none. Stored teacher outputs would not match the
+    # augmented image, so it needs teacher_mode="online" when a teacher is read.
+    image_augment: str = ""
     # Parameter-path patterns that are not trained (see kdjax.training.trainable_mask).
     frozen: tuple[str, ...] = ()
     # "bfloat16": activations and matmuls in bfloat16, parameters, optimizer state and
@@ -110,6 +116,15 @@ class RunSpec:
             )
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.image_augment and self.image_augment not in IMAGE_AUGMENTS:
+            problems.append(
+                f"image_augment must be one of {sorted(IMAGE_AUGMENTS)}, got {self.image_augment!r}"
+            )
+        if self.image_augment and objective.teacher_outputs and self.teacher_mode != "online":
+            problems.append(
+                "an augmented student needs teacher_mode='online' (stored teacher outputs "
+                "belong to the unaugmented images)"
+            )
         if self.compute_dtype not in COMPUTE_DTYPES:
             problems.append(
                 f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"
@@ -143,11 +158,21 @@ class RunSpec:
         return tuple(f"teacher_{name}" for name in get_objective(self.objective).teacher_outputs)
 
     def augment(self):
-        if not self.translate_pixels:
-            return None
-        return partial(
-            translate_batch, max_shift=self.translate_pixels, per_shift=self.per_shift_extras()
-        )
+        """The step's augmentation: translations and/or a named image augmentation."""
+        augments = []
+        if self.translate_pixels:
+            augments.append(
+                partial(
+                    translate_batch,
+                    max_shift=self.translate_pixels,
+                    per_shift=self.per_shift_extras(),
+                )
+            )
+        if self.image_augment:
+            augments.append(image_augment.preset(self.image_augment))
+        if len(augments) > 1:
+            return image_augment.compose(*augments)
+        return augments[0] if augments else None
 
     def shift_count(self) -> int:
         return shift_count(self.translate_pixels)

@@ -84,6 +84,8 @@ def test_identity_is_role_model_and_every_field_off_its_default():
         ({"seed": -5}, "seeds must be >= 0"),
         ({"teacher_mode": "cached"}, "teacher_mode must be one of"),
         ({"objective": "kld"}, "unknown objective"),
+        ({"image_augment": "jitter"}, "image_augment must be one of"),
+        ({"image_augment": "symmetries", "objective": "kd"}, "needs teacher_mode='online'"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(settings, message):
