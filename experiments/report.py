@@ -115,14 +115,39 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     devices = jax.devices()
+    installed = {
+        dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()
+    }
     return {
         "python": platform.python_version(),
         "packages": versions,
+        "installed": dict(sorted(installed.items())),
+        "differs_from_lock": lock_differences(installed),
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "process_count": jax.process_count(),
     }
+
+
+def lock_differences(installed: dict[str, str]) -> dict | None:
+    """``{package: [locked, installed]}`` for every package of ``requirements.lock``
+    installed at another version (or missing); ``None`` when the lock file is not
+    beside the package (an install from a wheel)."""
+    lock = Path(__file__).resolve().parents[1] / "requirements.lock"
+    if not lock.is_file():
+        return None
+    differences = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, version = (part.strip() for part in line.split("==", 1))
+        key = name.lower().replace("_", "-")
+        found = installed.get(key) or installed.get(name.lower())
+        if found != version:
+            differences[name] = [version, found]
+    return differences
 
 
 def run_entry(spec, result, parameters: int | None = None) -> dict:

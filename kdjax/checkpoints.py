@@ -309,7 +309,7 @@ def _read_json(path: Path) -> dict:
         reason = "the file is empty" if path.stat().st_size == 0 else f"not valid JSON: {error}"
         raise DamagedFileError(
             f"{path} is damaged ({reason}); if this folder trained the same settings, delete "
-            "that file to write it again, else use another --workdir."
+            "that file to write it again, else use another run folder (--workdir)."
         ) from None
     if not isinstance(value, dict):
         raise DamagedFileError(f"{path} holds a JSON {type(value).__name__}, not an object.")
@@ -335,7 +335,7 @@ def write_config(run_dir: str | Path, config: dict) -> None:
             )
             raise ValueError(
                 f"{run_dir} holds a run with different settings ({', '.join(changed)}); "
-                "use another --workdir or delete that folder."
+                "use another run folder (--workdir) or delete that folder."
             )
         return
     temporary = path.with_name(CONFIG_FILE + ".tmp")

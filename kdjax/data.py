@@ -36,8 +36,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FULL_MNIST_HINT = (
-    "For full MNIST pass --data_dir=DIR holding train-images-idx3-ubyte.gz, "
-    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+    "For full MNIST pass data_dir=DIR (the commands' --data_dir flag) holding "
+    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
     "(or a prepared TFDS data dir), or run once with network access so TFDS can download mnist."
 )
 
@@ -379,13 +379,13 @@ def load_mnist(
     if data_dir is not None:
         directory = Path(data_dir)
         if not directory.is_dir():
-            raise DataError(f"--data_dir {data_dir} does not exist or is not a folder.")
+            raise DataError(f"data_dir {data_dir} does not exist or is not a folder.")
         if has_idx_files(directory):
             return load_mnist_idx(directory)
         if (directory / "mnist").is_dir() and tfds_prepared(str(directory)):
             return load_mnist_tfds(str(directory))
         raise DataError(
-            f"--data_dir {data_dir} holds no MNIST: expected the IDX files "
+            f"data_dir {data_dir} holds no MNIST: expected the IDX files "
             "(train-images-idx3-ubyte[.gz], ...) or a TFDS data dir with mnist prepared "
             "in array_record format."
         )

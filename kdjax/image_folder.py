@@ -61,8 +61,8 @@ CIFAR10_CLASSES = (
     "truck",
 )
 CIFAR10_HINT = (
-    "Provide CIFAR-10 with --data_dir=DIR where DIR is an image folder "
-    "(DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of one, or a "
+    "Provide CIFAR-10 with data_dir=DIR (the commands' --data_dir flag) where DIR is an "
+    "image folder (DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of one, or a "
     "TFDS data dir with cifar10 prepared in array_record format; or run once with network "
     "access so TFDS can download cifar10."
 )
@@ -313,7 +313,7 @@ def load_cifar10(
     if data_dir is not None:
         location = Path(data_dir)
         if not location.exists():
-            raise DataError(f"--data_dir {data_dir} does not exist. " + CIFAR10_HINT)
+            raise DataError(f"data_dir {data_dir} does not exist. " + CIFAR10_HINT)
         if location.is_dir() and _data.tfds_prepared(str(location), "cifar10"):
             return _data.load_tfds("cifar10", str(location))
         if is_image_folder(location):
@@ -331,7 +331,7 @@ def load_cifar10(
             if shape != (32, 32, 3):
                 raise DataError(f"{data_dir}: CIFAR-10 images are 32×32 RGB, found {shape}.")
             return dataset
-        raise DataError(f"--data_dir {data_dir} holds no CIFAR-10. " + CIFAR10_HINT)
+        raise DataError(f"data_dir {data_dir} holds no CIFAR-10. " + CIFAR10_HINT)
     if _data.tfds_prepared(None, "cifar10"):
         return _data.load_tfds("cifar10", None)
     if download and _data.network_reachable(_data.TFDS_PROBE_HOST):

@@ -106,7 +106,7 @@ def run_lock(
             if timeout is not None and timeout <= 0:
                 raise RunLockedError(
                     f"{directory} is in use by {holder} (lock {lock_path}); wait for it to "
-                    "finish, stop it, or use another --workdir."
+                    "finish, stop it, or use another run folder (--workdir)."
                 )
             log(f"{directory} is in use by {holder}: waiting for it to finish ...")
             deadline = None if timeout is None else time.monotonic() + timeout

@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from experiments import (
     mnist_sweep,
     mnist_takd,
     model_costs,
+    report,
 )
 from kdjax.data import DataError
 
@@ -195,6 +197,11 @@ def test_mnist_kd_end_to_end_then_reuse_in_process(tmp_path, mnist_dir, capsys):
     assert results["runs"]["student_kd"]["spec"]["model"] == "small_conv_net"
     assert results["data"]["source"] == "idx" and results["data"]["train_examples"] == 192
     assert results["config"]["temperature"] == 3.0 and results["config"]["alpha"] == 0.7
+    # Each arm: three students (one population), reported seed by seed.
+    assert results["study"]["student_seeds"] == [42, 43, 44]
+    assert len(results["runs"]["student_kd"]["test_accuracy"]) == 3
+    assert results["study"]["kd_minus_scratch"]["seeds"] == 3
+    assert "KD minus scratch, seed by seed" in first.stdout
     assert (workdir / "learning_curves.png").stat().st_size > 0
     assert (Path(results["runs"]["teacher"]["run_dir"]) / "soft_targets/train.npz").is_file()
 
@@ -449,3 +456,37 @@ def test_the_main_command_trains_over_every_device_like_on_one(tmp_path):
         )
     bad = run_command(*tiny, f"--workdir={tmp_path / 'bad'}", "--batch_size=30", devices=8)
     assert bad.returncode == 1 and "does not divide over 8 devices" in bad.stderr
+
+
+def test_mnist_kd_student_epochs_default_by_data_and_flag_wins():
+    sample, full = (types.SimpleNamespace(source=s) for s in ("embedded-sample", "idx"))
+    assert mnist_kd.student_epochs(mnist_kd.Config(), sample) == mnist_kd.SAMPLE_EPOCHS == 15
+    assert mnist_kd.student_epochs(mnist_kd.Config(), full) == mnist_kd.FULL_DATA_EPOCHS == 3
+    for data in (sample, full):  # a given --epochs means what it says
+        assert mnist_kd.student_epochs(mnist_kd.Config(epochs=3), data) == 3
+
+
+def test_mnist_kd_gain_is_paired_by_seed():
+    kd = report.mean_std([0.95, 0.96, 0.94])
+    scratch = report.mean_std([0.94, 0.955, 0.945])
+    gain = mnist_kd.kd_gain(kd, scratch)
+    assert gain["points_per_seed"] == pytest.approx([1.0, 0.5, -0.5])
+    assert gain["kd_ahead"] == 2 and gain["seeds"] == 3
+    assert gain["mean_points"] == pytest.approx(1 / 3, abs=1e-4)
+    assert "2 of 3 seeds" in mnist_kd.describe_gain(gain)
+
+
+def test_results_record_installed_versions_and_lock_differences():
+    environment = report.environment()
+    assert environment["installed"]["jax"] == environment["packages"]["jax"]
+    lock = Path(report.__file__).resolve().parents[1] / "requirements.lock"
+    pinned = dict(line.split("==", 1) for line in lock.read_text().splitlines() if "==" in line)
+    assert {"jax", "jaxlib", "flax", "optax", "numpy"} <= set(pinned)
+    installed = {name.lower(): version for name, version in pinned.items()}
+    assert report.lock_differences(installed) == {}
+    installed["jax"] = "0.0.1"
+    del installed["numpy"]
+    assert report.lock_differences(installed) == {
+        "jax": [pinned["jax"], "0.0.1"],
+        "numpy": [pinned["numpy"], None],
+    }

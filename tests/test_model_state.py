@@ -192,14 +192,14 @@ def test_an_optimizer_for_frozen_paths_is_an_optax_transformation():
         make_optimizer("lamb")
 
 
-def _events(run_dir):
-    """Every (tag, step, value) scalar of a run's TensorBoard event files."""
+def _events(folder):
+    """Every (tag, step, value) scalar of the TensorBoard event files in ``folder``."""
     import struct
 
     from tensorboardX.proto import event_pb2
 
     scalars = []
-    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+    for path in sorted(folder.glob("events.out.tfevents.*")):
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
@@ -213,7 +213,7 @@ def _events(run_dir):
 
 def test_tensorboard_records_every_step_loss_and_each_epoch(tmp_path):
     result = _fit(tmp_path, "board", seed=[0, 1], execution=Execution(tensorboard=True))
-    scalars = _events(result.run_dir)
+    scalars = _events(result.run_dir / "tensorboard")
     steps = sorted(step for tag, step, _ in scalars if tag == "train/loss")
     assert steps == list(range(1, 2 * 4 + 1))  # 2 epochs × 4 steps of 32 out of 128
     epochs = {(tag, step): value for tag, step, value in scalars if tag.startswith("epoch/")}
@@ -221,5 +221,9 @@ def test_tensorboard_records_every_step_loss_and_each_epoch(tmp_path):
         result.test_accuracy[1], abs=1e-6
     )
     assert epochs[("epoch/learning_rate", 1)] == pytest.approx(1e-2)
+    # The HPARAMS tab: the run's config beside its final accuracy (mean of students).
+    hparams = _events(result.run_dir / "tensorboard" / "hparams")
+    final = [value for tag, _, value in hparams if tag == "hparam/test_accuracy"]
+    assert final == [pytest.approx(float(np.mean(result.test_accuracy)), abs=1e-6)]
     quiet = _fit(tmp_path, "quiet")
     assert not (quiet.run_dir / "tensorboard").exists()

@@ -33,6 +33,8 @@ FEEDS = ("auto", "host", "device")
 # progress line: rare enough not to stall the device, often enough to stop a
 # diverged run quickly. Also the device feed's block length on the CPU.
 CHECK_EVERY_STEPS = 50
+# The progress bar advances at least this many times per epoch on the CPU.
+PROGRESS_UPDATES = 4
 # The device feed keeps the training set resident only if it takes at most this
 # share of the device's memory; the rest is for the model, optimizer and activations.
 DEVICE_DATA_FRACTION = 0.5
@@ -110,6 +112,15 @@ def fits_on_device(arrays: Mapping[str, np.ndarray], *, explicit: bool, log, nam
         raise ValueError(f"feed='device': {message}; use feed='host'.")
     log(f"{name}: {message}; feeding from the host.")
     return False
+
+
+def default_block(steps: int) -> int:
+    """The device feed's block length: on the CPU at most :data:`CHECK_EVERY_STEPS`
+    and at most a quarter epoch (so the progress bar moves during short epochs);
+    elsewhere the whole epoch (one dispatch, the device never waits)."""
+    if jax.default_backend() != "cpu":
+        return steps
+    return max(1, min(CHECK_EVERY_STEPS, -(-steps // PROGRESS_UPDATES)))
 
 
 def step_blocks(steps: int, block: int) -> list[tuple[int, int]]:
@@ -212,7 +223,7 @@ class DeviceFeed:
         steps = order.shape[-1] // self.batch_size
         block = self.steps_per_call
         if block is None:
-            block = CHECK_EVERY_STEPS if jax.default_backend() == "cpu" else steps
+            block = default_block(steps)
         rows_of_epoch = order[..., : steps * self.batch_size].astype(np.int32)
         # [steps, batch], or [steps, students, batch] when each student has its own rows.
         rows_of_epoch = np.moveaxis(

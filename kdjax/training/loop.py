@@ -224,7 +224,7 @@ def fit(
                 )
                 state, hyperparams, context = feed.place((state, hyperparams, context))
             epoch_start = time.perf_counter()
-            blocks = EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints, writer)
+            blocks = EpochRecord(name, epoch, epochs, steps_per_epoch, checkpoints, writer, log=log)
             state = feed.run_epoch(state, order_of(epoch), hyperparams, context, blocks.record)
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds

@@ -5,8 +5,11 @@ the per-student summaries of the log lines."""
 from __future__ import annotations
 
 import sys
+import time
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from kdjax import parallel
 
@@ -18,11 +21,11 @@ class NonFiniteLossError(RuntimeError):
 class EpochRecord:
     """Collects one epoch's metric blocks, checks their losses and draws progress."""
 
-    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints, writer):
+    def __init__(self, name, epoch, epochs, steps_per_epoch, checkpoints, writer, log=print):
         self.name, self.epoch, self.steps = name, epoch, steps_per_epoch
         self.checkpoints, self.writer = checkpoints, writer
         self.blocks: list[dict] = []
-        self.progress = Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch)
+        self.progress = Progress(f"{name} epoch {epoch + 1}/{epochs}", steps_per_epoch, log=log)
 
     def record(self, done: int, block: dict) -> None:
         """Checks a block of steps' losses (host copies), ending at step ``done``."""
@@ -81,21 +84,39 @@ def check_finite(
 
 
 class Progress:
-    """A one-line progress bar, drawn only when stderr is a terminal."""
+    """Progress through one epoch: a ``tqdm`` bar on a terminal (process 0 only);
+    off a terminal (a log file, CI) a log line at most every ``every_seconds``, so a
+    long epoch shows it is alive without flooding short runs' logs."""
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
-        self.enabled = sys.stderr.isatty()
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        log=print,
+        interactive: bool | None = None,
+        every_seconds: float = 60.0,
+    ):
+        self.label, self.total, self.log, self.every = label, total, log, every_seconds
+        if interactive is None:
+            interactive = sys.stderr.isatty()
+        main = jax.process_index() == 0
+        self.bar = None
+        if interactive and main:
+            self.bar = tqdm(total=total, desc=label, unit="step", leave=False, file=sys.stderr)
+        self.quiet = not main
+        self.last = time.monotonic()
 
     def update(self, done: int, loss: float) -> None:
-        if not self.enabled:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(done - self.bar.n)
             return
-        filled = int(30 * done / self.total)
-        bar = "#" * filled + "-" * (30 - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
-        sys.stderr.flush()
+        now = time.monotonic()
+        if not self.quiet and done < self.total and now - self.last >= self.every:
+            self.log(f"{self.label}: step {done}/{self.total}, loss {loss:.4f}")
+            self.last = now
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * (len(self.label) + 70) + "\r")
-            sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.close()

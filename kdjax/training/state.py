@@ -74,6 +74,13 @@ def make_optimizer(
     return optax.multi_transform({"train": base, "frozen": optax.set_to_zero()}, labels)
 
 
+def _compiled_init(model: nn.Module) -> Callable:
+    def initialise(key, images, inputs):
+        return model.init(key, images, train=False, **inputs)
+
+    return jax.jit(initialise)
+
+
 def create_state(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -92,7 +99,9 @@ def create_state(
     head needs the teacher's outputs, see kdjax.heads).
     """
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-    variables = dict(model.init(init_key, sample_images, train=False, **(init_inputs or {})))
+    # One compiled program: run eagerly, every initializer is compiled op by op
+    # (measured: 7 s of silence before a small CNN's first step on the CPU).
+    variables = dict(_compiled_init(model)(init_key, sample_images, dict(init_inputs or {})))
     for collection, tree in (initial_variables or {}).items():  # replace what is given
         variables[collection] = {**variables.get(collection, {}), **tree}
     params = variables.pop("params")

@@ -2,9 +2,10 @@
 
 Each run writes ``<run_dir>/tensorboard/``: the per-step training loss, the
 per-epoch training metrics and test accuracy, the learning rate, epoch time, and
-the run's configuration as text; for a population, each student's curve under
-``student_<i>`` beside their mean. ``tensorboard --logdir runs/`` then shows every
-run of a study side by side.
+the run's configuration as text and as hyperparameters (the HPARAMS tab, from
+``tensorboard/hparams/``, beside the final test accuracy); for a population, each
+student's curve under ``student_<i>`` beside their mean. ``tensorboard --logdir
+runs/`` then shows every run of a study side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class RunWriter:
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], *, enabled: bool):
         self._writer = None
+        self._hparams = {name: _hparam(value) for name, value in config.items()}
+        self._final: dict[str, float] = {}
         if not enabled:
             return
         from tensorboardX import SummaryWriter
@@ -48,6 +51,8 @@ class RunWriter:
         metrics.update(seconds=entry["seconds"], learning_rate=learning_rate)
         for name, value in metrics.items():
             self._scalar(f"epoch/{name}", np.asarray(value, np.float64), epoch)
+        if "test_accuracy" in entry:
+            self._final = {"hparam/test_accuracy": float(np.mean(entry["test_accuracy"]))}
         self._writer.flush()
 
     def _scalar(self, name: str, value: np.ndarray, step: int) -> None:
@@ -58,5 +63,15 @@ class RunWriter:
                 self._writer.add_scalar(f"{name}/student_{index}", float(member), step)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._writer is None:
+            return
+        if self._final:  # the run's settings beside its result, one row per run
+            self._writer.add_hparams(self._hparams, self._final, name="hparams")
+        self._writer.close()
+
+
+def _hparam(value: Any) -> bool | int | float | str:
+    """A config value as TensorBoard takes it (numbers and strings; the rest as JSON)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, default=str)
