@@ -37,7 +37,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FULL_MNIST_HINT = (
     "For full MNIST pass data_dir=DIR (the commands' --data_dir flag) holding "
-    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz "
     "(or a prepared TFDS data dir), or run once with network access so TFDS can download mnist."
 )
 

@@ -62,7 +62,8 @@ CIFAR10_CLASSES = (
 )
 CIFAR10_HINT = (
     "Provide CIFAR-10 with data_dir=DIR (the commands' --data_dir flag) where DIR is an "
-    "image folder (DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of one, or a "
+    "image folder (DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of "
+    "one, or a "
     "TFDS data dir with cifar10 prepared in array_record format; or run once with network "
     "access so TFDS can download cifar10."
 )
