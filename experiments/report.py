@@ -115,9 +115,7 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     devices = jax.devices()
-    installed = {
-        dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()
-    }
+    installed = {dist.metadata["Name"].lower(): dist.version for dist in metadata.distributions()}
     return {
         "python": platform.python_version(),
         "packages": versions,
