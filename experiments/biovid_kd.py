@@ -61,7 +61,7 @@ from kdjax.objectives import get_objective, make_hyperparams
 from kdjax.signal_models import get_signal_model
 from kdjax.signals import CHANNELS, binary_task, level_errors, load_biovid
 from kdjax.spec import config_hash
-from kdjax.training import Execution, Training, fit, make_optimizer, predict, with_compute_dtype
+from kdjax.training import Training, fit, make_optimizer, predict, with_compute_dtype
 
 # Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
 PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
@@ -141,8 +141,6 @@ class Config(CommonConfig):
         unknown = [channel for channel in self.channels if channel not in CHANNELS]
         if unknown:
             problems.append(f"--channels must be among {', '.join(CHANNELS)}, got {unknown}")
-        if self.devices > 1 or self.multihost:
-            problems.append("folds trained together run on one device: use --devices=1")
         return problems
 
     def hyper(self) -> dict:
@@ -183,13 +181,14 @@ def load_data(config: Config, channels: tuple[str, ...]) -> SignalData:
             cache / f"synthetic-biovid-seed0-{size}-gsr")  # fmt: skip
         notice, source = SYNTHETIC_NOTICE, "kdjax.biovid_synthetic"
         log("NOTE: " + notice)
-        write_dataset(
-            data_dir,
-            num_subjects=config.synthetic_subjects,
-            samples_per_class=config.synthetic_samples_per_class,
-            channels=tuple(CHANNELS) if needs_all or data_dir == full else ("gsr",),
-            log=log,
-        )
+        with run_lock(data_dir, log=log):  # the other processes of a job wait, then reuse it
+            write_dataset(
+                data_dir,
+                num_subjects=config.synthetic_subjects,
+                samples_per_class=config.synthetic_samples_per_class,
+                channels=tuple(CHANNELS) if needs_all or data_dir == full else ("gsr",),
+                log=log,
+            )
     signals = load_biovid(data_dir, channels=channels, cache_dir=cache, log=log)
     if config.task != "5class":
         signals = binary_task(signals, config.task)
@@ -229,6 +228,8 @@ class Study:
 
     def __init__(self, config: Config, data: SignalData):
         self.config, self.data, self.hyper = config, data, config.hyper()
+        # Every arm trains over the same devices (the folds split each batch over them).
+        self.execution = report.execution(config, batch_size=self.hyper["batch_size"])
         self.num_classes = data.signals.num_classes
         self.arms: dict[str, dict] = {}  # name -> {"result", "identity", "folds", "model"}
 
@@ -266,7 +267,7 @@ class Study:
             make_optimizer(hyper["optimizer"], momentum=0.9),
             PREPROCESS,
         )
-        with run_lock(run_dir, log=log):
+        with run_lock(run_dir, log=log, per_process=True):
             result = fit(
                 training, name=name, run_dir=run_dir, run_config=identity,
                 hyperparams=make_hyperparams(learning_rate=hyper["learning_rate"],
@@ -274,7 +275,7 @@ class Study:
                 train_split=train_split, test_split=split, epochs=hyper["epochs"],
                 batch_size=hyper["batch_size"], seed=identity["seeds"],
                 train_extras=extras, member_rows=member_rows, member_test_rows=test_rows,
-                execution=Execution(feed=config.feed, checkpoint_every=config.checkpoint_every),
+                execution=self.execution,
                 log=log,
             )  # fmt: skip
         arm = {"result": result, "model": model, "split": split, "folds": fold_list,

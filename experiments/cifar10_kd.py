@@ -345,6 +345,8 @@ def gains_over_ce(rows: list[dict]) -> dict:
 
 
 def plot_comparison(path, rows: list[dict], published: dict, title: str):
+    if not report.is_main_process():
+        return path
     import matplotlib
 
     matplotlib.use("Agg")

@@ -97,9 +97,26 @@ class CommonConfig:
     )
     multihost: bool = option(
         False,
-        "Start JAX's distributed runtime (jax.distributed.initialize: arguments detected "
-        "on Slurm, Open MPI and TPU pods, else from JAX_COORDINATOR_ADDRESS, "
-        "JAX_NUM_PROCESSES, JAX_PROCESS_ID); only process 0 writes results and logs.",
+        "Start JAX's distributed runtime (jax.distributed.initialize) and train over the "
+        "devices of every process: the process layout is detected on Slurm, Open MPI and "
+        "TPU pods, else taken from --coordinator_address, --num_processes and --process_id "
+        "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Only process 0 "
+        "writes results, plots and logs.",
+    )
+    coordinator_address: str | None = option(
+        None,
+        "With --multihost where no cluster is detected (e.g. several processes on one "
+        "machine): HOST:PORT where process 0 serves the coordinator, the same in every "
+        "process; with --num_processes and --process_id.",
+    )
+    num_processes: int | None = option(
+        None, "With --coordinator_address: how many processes take part.", check=at_least_one
+    )
+    process_id: int | None = option(
+        None,
+        "With --coordinator_address: this process's index, 0 to --num_processes - 1 "
+        "(process 0 hosts the coordinator).",
+        check=non_negative,
     )
     tensorboard: bool = option(
         True, "Write TensorBoard event files in each run directory (tensorboard/)."
@@ -122,6 +139,7 @@ class CommonConfig:
                 problems.append(f"--{field.name} {check[1]}, got {_show(value)}")
         if not str(self.workdir).strip():
             problems.append("--workdir must name a folder (it is empty)")
+        problems += self._process_layout_problems()
         problems += self.problems()
         if problems:
             raise ValueError("; ".join(problems) + ".")
@@ -129,6 +147,41 @@ class CommonConfig:
     def problems(self) -> list[str]:
         """Checks across fields, for subclasses; each a sentence naming the flags."""
         return []
+
+    def _process_layout_problems(self) -> list[str]:
+        given = [name for name in PROCESS_FLAGS if getattr(self, name) is not None]
+        if not given:
+            return []
+        if not self.multihost:
+            return [f"--{given[0]} needs --multihost"]
+        if len(given) < len(PROCESS_FLAGS):
+            missing = ", ".join(f"--{name}" for name in PROCESS_FLAGS if name not in given)
+            return [f"--{given[0]} needs {missing} too (all three, or none)"]
+        if self.num_processes < 1 or self.process_id < 0:
+            return []  # said by the fields' own checks
+        return process_layout_problems(
+            self.coordinator_address, self.num_processes, self.process_id, FLAG_NAMES
+        )
+
+
+# The explicit process layout of --multihost, as flags and as environment variables.
+PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
+FLAG_NAMES = tuple(f"--{name}" for name in PROCESS_FLAGS)
+PROCESS_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def process_layout_problems(address: str, count: int, index: int, names=FLAG_NAMES) -> list[str]:
+    """What is wrong with a coordinator address, process count and process index (each
+    problem naming the flag or variable ``names`` gives it)."""
+    problems = []
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        problems.append(f"{names[0]} must be HOST:PORT (e.g. localhost:12355), got {address!r}")
+    if count < 1:
+        problems.append(f"{names[1]} must be >= 1, got {count}")
+    elif not 0 <= index < count:
+        problems.append(f"{names[2]} must be in 0..{count - 1} ({names[1]}={count}), got {index}")
+    return problems
 
 
 def _show(value) -> str:
@@ -186,22 +239,56 @@ def config_from_flags(config_class: type):
     return config_class(**values)
 
 
-def start_distributed() -> None:
-    """``jax.distributed.initialize()``, from the cluster's own variables (Slurm, Open
-    MPI, TPU pods) or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-    JAX_PROCESS_ID; on the CPU, collectives go over gloo."""
+def process_layout(config, environ=os.environ) -> dict:
+    """The arguments of ``jax.distributed.initialize`` for ``config``: its
+    --coordinator_address, --num_processes and --process_id, else the variables
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, else none (JAX then
+    detects Slurm, Open MPI or a TPU pod, and reads JAX_COORDINATOR_ADDRESS alone).
+
+    Raises ``ValueError`` naming the variable when only some are set or one is malformed.
+    """
+    if getattr(config, "coordinator_address", None) is not None:
+        return {name: getattr(config, name) for name in PROCESS_FLAGS}
+    address, count, index = (environ.get(name, "").strip() for name in PROCESS_VARIABLES)
+    if not count and not index:
+        return {}  # JAX reads JAX_COORDINATOR_ADDRESS itself, beside a detected cluster
+    given = [name for name in PROCESS_VARIABLES if environ.get(name, "").strip()]
+    if len(given) < len(PROCESS_VARIABLES):
+        raise ValueError(
+            f"--multihost: {', '.join(given)} is set but not "
+            f"{', '.join(name for name in PROCESS_VARIABLES if name not in given)}; set all "
+            "three, or use --coordinator_address, --num_processes and --process_id."
+        )
+    numbers = []
+    for name, value in zip(PROCESS_VARIABLES[1:], (count, index), strict=True):
+        if not value.isdigit():
+            raise ValueError(f"--multihost: {name} must be a whole number, got {value!r}.")
+        numbers.append(int(value))
+    problems = process_layout_problems(address, *numbers, names=PROCESS_VARIABLES)
+    if problems:
+        raise ValueError("--multihost: " + "; ".join(problems) + ".")
+    return dict(zip(PROCESS_FLAGS, (address, *numbers), strict=True))
+
+
+def start_distributed(config=None) -> None:
+    """``jax.distributed.initialize`` with :func:`process_layout`; on the CPU,
+    collectives between processes go over gloo (unless
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION says otherwise)."""
     import jax
 
-    arguments = {}
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        arguments = {
-            "coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"],
-            "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
-            "process_id": int(os.environ["JAX_PROCESS_ID"]),
-        }
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    arguments = process_layout(config)
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**arguments)
+    try:
+        jax.distributed.initialize(**arguments)
+    except ValueError as error:
+        if arguments:
+            raise
+        raise ValueError(
+            f"--multihost found no process layout ({error}): no Slurm, Open MPI or TPU pod "
+            "was detected; give --coordinator_address=HOST:PORT, --num_processes=N and "
+            "--process_id=I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."
+        ) from None
 
 
 def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
@@ -223,7 +310,7 @@ def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
         try:
             config = config_from_flags(config_class)
             if getattr(config, "multihost", False):
-                start_distributed()
+                start_distributed(config)
             run(config)
         except errors as error:
             sys.exit(f"error: {error}")

@@ -308,8 +308,9 @@ def run(config: Config) -> dict:
     }
     document = report.results_document("mhist_kd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
-    print(f"\n{title}: the run beside seed 003's protocol")
-    print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
+    if report.is_main_process():
+        print(f"\n{title}: the run beside seed 003's protocol")
+        print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
     rows = [
         [name, *(report.format_mean_std(summary[name][m]) for m in ("f1", "roc_auc", "accuracy",
                                                                       "balanced_accuracy"))]
@@ -320,7 +321,8 @@ def run(config: Config) -> dict:
          "-" if c["flops_per_example"] is None else f"{c['flops_per_example'] / 1e9:.3f}"]
         for c in costs
     ]  # fmt: skip
-    print(f"\n{title}: test metrics (%, SSA positive; mean ± std over seeds)")
+    if report.is_main_process():
+        print(f"\n{title}: test metrics (%, SSA positive; mean ± std over seeds)")
     report.print_report(
         ["run", "F1", "ROC AUC", "accuracy", "balanced acc"],
         rows,

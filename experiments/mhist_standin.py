@@ -192,13 +192,14 @@ def run(config: Config) -> dict:
         "mhist_standin", config, pretrain, runs, description, started
     )
     path = report.write_results(config.workdir, document)
-    print(f"\nStand-in written to {out} ({label}). Results: {path}. Next:")
-    size = cifar.train.images.shape[1]
-    print(
-        f"  python -m experiments.mhist_kd --data_dir={out} --image_size={size}"
-        f" --teacher_weights={out / 'resnet50v2_standin_notop.h5'}"
-        f" --student_weights={out / 'mobilenetv2_standin_notop.h5'}"
-    )
+    if report.is_main_process():
+        print(f"\nStand-in written to {out} ({label}). Results: {path}. Next:")
+        size = cifar.train.images.shape[1]
+        print(
+            f"  python -m experiments.mhist_kd --data_dir={out} --image_size={size}"
+            f" --teacher_weights={out / 'resnet50v2_standin_notop.h5'}"
+            f" --student_weights={out / 'mobilenetv2_standin_notop.h5'}"
+        )
     return document
 
 

@@ -103,7 +103,9 @@ def model_costs(specs: dict, image_shape, *, flops: bool = True) -> list[dict]:
 
 
 def plot_sweep(path: Path, values, summaries: list[dict], kind: str, title: str) -> Path:
-    """F1 and ROC AUC (mean ± std over seeds) against the swept value."""
+    """F1 and ROC AUC (mean ± std over seeds) against the swept value (process 0 only)."""
+    if not report.is_main_process():
+        return path
     import matplotlib
 
     matplotlib.use("Agg")

@@ -77,6 +77,10 @@ def _summary(accuracies: list[float]) -> dict:
 
 
 def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict | None, title: str):
+    """Mean ± std test accuracy against ``x_key``, one line per ``line_key`` (process 0
+    only)."""
+    if not report.is_main_process():
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,6 +193,8 @@ def run(config: Config) -> dict:
 
 
 def write_csv(path: Path, cells: list[dict]) -> None:
+    if not report.is_main_process():
+        return
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["temperature", "alpha", "mean_accuracy", "std_accuracy", "n"])

@@ -61,9 +61,18 @@ def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def execution(config) -> Execution:
+# How each feed brings a data-parallel run its batches (for the log).
+MESH_FEEDS = {
+    "device": "every device holds the training set and gathers its share of each batch",
+    "host": "each process gathers its devices' rows of each batch on the host and sends them",
+}
+
+
+def execution(config, batch_size: int | None = None) -> Execution:
     """How a command trains: its feed and checkpoint flags, and a data-parallel mesh
-    over ``--devices`` devices (all by default) when there is more than one."""
+    over ``--devices`` devices (all by default, those of every process with
+    --multihost) when there is more than one. ``batch_size``: the batch size, when
+    it is not the config's ``batch_size``; one the devices do not divide is refused."""
     import jax
 
     from kdjax.parallel import data_mesh
@@ -72,19 +81,25 @@ def execution(config) -> Execution:
     count = config.devices or len(devices)
     if count > len(devices):
         raise ValueError(f"--devices={count}, but JAX sees {len(devices)} device(s).")
+    if count < len(devices) and jax.process_count() > 1:
+        raise ValueError(
+            f"--devices={count} with --multihost: a multi-process run trains over every "
+            f"device of every process ({len(devices)}); leave --devices at 0."
+        )
     mesh = None
     if count > 1:
-        batch_size = getattr(config, "batch_size", None)
+        batch_size = batch_size or getattr(config, "batch_size", None)
         if batch_size is not None and batch_size % count:
             raise ValueError(
                 f"--batch_size={batch_size} does not divide over {count} devices; use a "
                 f"multiple of {count} or --devices=N with N dividing it."
             )
         mesh = data_mesh(devices[:count])
+        feed = "host" if config.feed == "host" else "device"
         log(
             f"Training data-parallel over {count} {devices[0].platform} devices in "
-            f"{jax.process_count()} process(es) (mesh axis 'data'); each batch is split "
-            "over them and batches come from the host."
+            f"{jax.process_count()} process(es) (mesh axis 'data'): each batch is split "
+            f"over them; feed '{feed}' ({MESH_FEEDS[feed]})."
         )
     return Execution(
         feed=config.feed,
@@ -210,7 +225,10 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def print_report(
     header: list[str], rows: list[list[str]], *, notes: list[str], footer: str
 ) -> None:
-    """The closing table of a command, then its notes and where the results went."""
+    """The closing table of a command, then its notes and where the results went
+    (process 0 only)."""
+    if not is_main_process():
+        return
     print()
     print(format_table(header, rows))
     for note in notes:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,7 @@ class RunCheckpoints:
         self._guard(self._manager.close)
 
     def _probe_writable(self) -> None:
-        probe = self.directory / f".write-probe-{os.getpid()}"
+        probe = self.directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
         probe.mkdir()
         probe.rmdir()
 
@@ -338,7 +339,8 @@ def write_config(run_dir: str | Path, config: dict) -> None:
                 "use another run folder (--workdir) or delete that folder."
             )
         return
-    temporary = path.with_name(CONFIG_FILE + ".tmp")
+    # Every process of a multi-process job writes the same file: each its own temporary.
+    temporary = path.with_name(f"{CONFIG_FILE}.{uuid.uuid4().hex}.tmp")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

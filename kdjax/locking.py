@@ -57,6 +57,15 @@ def _try_lock(descriptor: int) -> bool:
         return False
 
 
+def _lock_name(per_process: bool) -> str:
+    if not per_process:
+        return LOCK_FILE
+    import jax
+
+    index = jax.process_index()
+    return LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}"
+
+
 @contextlib.contextmanager
 def run_lock(
     directory: str | os.PathLike,
@@ -64,6 +73,7 @@ def run_lock(
     timeout: float | None = None,
     log: Callable[[str], None] = print,
     poll_seconds: float = 0.2,
+    per_process: bool = False,
 ) -> Iterator[Path]:
     """Holds ``directory``'s lock for the ``with`` block (creating the folder if needed).
 
@@ -73,13 +83,18 @@ def run_lock(
         takes (saying once which pid it waits for); ``0`` fails at once.
       log: where the waiting message goes.
       poll_seconds: how often a waiting process retries.
+      per_process: the processes of one multi-process JAX job use the directory
+        together (they train one run, each its share of every batch): each takes its
+        own lock, ``.kdjax.lock`` for process 0 and ``.kdjax.lock.<i>`` for process
+        *i*, so they never wait for each other, while process *i* of a second job
+        still waits for process *i* of the first.
 
     Yields the lock file's path. Raises :class:`RunLockedError` (naming the holder's
     pid and host) when the lock is not free within ``timeout``, and
     :class:`~kdjax.integrity.WorkdirError` when the folder cannot be written.
     """
     directory = Path(directory)
-    lock_path = (directory / LOCK_FILE).absolute()
+    lock_path = (directory / _lock_name(per_process)).absolute()
     with _held_guard:
         depth = _held.get(lock_path, 0)
         if depth:

@@ -114,9 +114,10 @@ def train_run(
         f"{key}={value}" for key, value in spec.identity().items() if key not in ("role",)
     )
     log(f"{spec.role}: {settings}; {spec.epochs} epoch(s) → {run_dir}")
-    # A second process on the same run waits here (naming the holder), then reuses
-    # or resumes what the first one trained.
-    with run_lock(run_dir, log=log):
+    # A second command on the same run waits here (naming the holder), then reuses
+    # or resumes what the first one trained; the processes of one multi-process job
+    # train it together.
+    with run_lock(run_dir, log=log, per_process=True):
         return fit(
             training,
             name=spec.role,

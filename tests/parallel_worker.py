@@ -3,9 +3,12 @@
     python tests/parallel_worker.py OUT_DIR MODE [PROCESS_ID NUM_PROCESSES PORT]
 
 MODE ``single``: one process, 8 simulated CPU devices; trains once on one device and
-once over a mesh of all 8, and saves both parameter sets. MODE ``multi``: one of
-several processes (2 simulated devices each, gloo collectives) training over the
-global mesh; saves its parameters and the training rows it read.
+over a mesh of all 8 with each feed, and saves the parameter sets. MODE
+``populations``: the same for a population of three students sharing batches and
+for two students with their own rows (folds). MODE ``multi``: one of several
+processes (2 simulated devices each, gloo collectives) training over the global mesh
+(one student with the host feed, and the two-fold population with each feed); saves
+its parameters and the training rows it read.
 """
 
 import json
@@ -14,7 +17,7 @@ import sys
 from pathlib import Path
 
 mode = sys.argv[2]
-devices_per_process = 8 if mode == "single" else 2
+devices_per_process = 2 if mode == "multi" else 8
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -59,8 +62,15 @@ def tiny_split(count: int, seed: int) -> Split:
     return Split(images, labels, np.arange(count, dtype=np.int64))
 
 
-def train(run_dir: Path, train_split: Split, mesh) -> dict:
+# Two students with their own rows (overlapping folds of 64 rows: two steps per epoch).
+FOLD_ROWS = [np.arange(0, 64), np.arange(32, 96)]
+
+
+def train(run_dir: Path, train_split: Split, mesh, feed="auto", seed=0, **fields) -> dict:
+    """Two epochs of KD; ``seed`` a list trains a population (with one temperature per
+    student), ``fields`` are further arguments of ``fit`` (``member_rows``)."""
     teacher_logits = np.random.default_rng(7).normal(size=(COUNT, 10)).astype(np.float32)
+    temperature = 3.0 if isinstance(seed, int) else np.linspace(2.0, 4.0, len(seed))
     training = Training(
         model=SmallConvNet(),
         objective=OBJECTIVES["kd"],
@@ -73,16 +83,17 @@ def train(run_dir: Path, train_split: Split, mesh) -> dict:
         run_dir=run_dir,
         run_config={"test": "parallel"},
         hyperparams=make_hyperparams(
-            learning_rate=1e-3, temperature=3.0, hard_weight=0.7, soft_weight=0.3
+            learning_rate=1e-3, temperature=temperature, hard_weight=0.7, soft_weight=0.3
         ),
         train_split=train_split,
         test_split=tiny_split(32, 1),
         epochs=2,
         batch_size=BATCH,
-        seed=0,
+        seed=seed,
         train_extras={"teacher_logits": teacher_logits},
-        execution=Execution(mesh=mesh),
+        execution=Execution(mesh=mesh, feed=feed),
         log=lambda message: None,
+        **fields,
     )
     leaves = jax.tree_util.tree_leaves_with_path(result.params)
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
@@ -95,14 +106,28 @@ def main() -> None:
     if mode == "single":
         assert jax.device_count() == 8, jax.devices()
         np.savez(out / "one_device.npz", **train(out / "run_one", split, None))
-        np.savez(out / "eight_devices.npz", **train(out / "run_eight", split, data_mesh()))
+        for feed in ("host", "device"):
+            params = train(out / f"run_eight_{feed}", split, data_mesh(), feed)
+            np.savez(out / f"eight_devices_{feed}.npz", **params)
+        return
+    folds = {"seed": [0, 1], "member_rows": FOLD_ROWS}
+    if mode == "populations":
+        assert jax.device_count() == 8, jax.devices()
+        for name, fields in (("population", {"seed": [0, 1, 2]}), ("folds", folds)):
+            np.savez(out / f"{name}_one_device.npz", **train(out / name, split, None, **fields))
+            for feed in ("host", "device"):
+                params = train(out / f"{name}_{feed}", split, data_mesh(), feed, **fields)
+                np.savez(out / f"{name}_eight_devices_{feed}.npz", **params)
         return
     assert jax.device_count() == 2 * num_processes and jax.local_device_count() == 2
     RecordingImages.reads = []
     recording = Split(split.images.view(RecordingImages), split.labels, split.ids)
-    params = train(out / "run_multi", recording, data_mesh())
+    params = train(out / "run_multi", recording, data_mesh(), "host")
     np.savez(out / f"process{process_id}.npz", **params)
     (out / f"process{process_id}_rows.json").write_text(json.dumps(RecordingImages.reads))
+    for feed in ("host", "device"):
+        params = train(out / f"folds_multi_{feed}", split, data_mesh(), feed, **folds)
+        np.savez(out / f"process{process_id}_folds_{feed}.npz", **params)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """How batches reach the training step: two feeds with one method, ``run_epoch``.
 
 * :class:`HostFeed` gathers every batch from host arrays and sends it with its own
-  step (one dispatch per step). It is the feed for data-parallel runs: with a
-  ``mesh`` it places the state replicated, and each process reads and sends only its
-  own rows of every batch (see :mod:`kdjax.parallel`).
+  step (one dispatch per step). With a ``mesh`` it places the state replicated, and
+  each process reads and sends only its own rows of every batch (see
+  :mod:`kdjax.parallel`).
 * :class:`DeviceFeed` puts the training arrays on the device once and runs a block
   of steps as one compiled ``lax.scan`` that gathers its own batches, so the device
-  never waits for Python.
+  never waits for Python. With a ``mesh`` every device holds the training arrays and
+  gathers only its share of each batch.
 
 Both see the same batches in the same order (:func:`epoch_permutation`), so they
 train identically; ``record(done, metrics)`` receives each block's metrics (with a
@@ -67,21 +68,14 @@ def epoch_orders(data_seed: int, count: int, member_rows=None):
     return order
 
 
-def resolve_feed(feed: str, mesh: jax.sharding.Mesh | None = None) -> str:
-    """``"device"`` or ``"host"`` for a requested feed (``"auto"``: device, or host
-    with a mesh — each process then holds only its rows). Measured (BUILD_NOTES.md):
+def resolve_feed(feed: str) -> str:
+    """``"device"`` or ``"host"`` for a requested feed (``"auto"``: device; see
+    :func:`make_feed` for when it falls back to the host). Measured (BUILD_NOTES.md):
     for single students the device feed took 0.43–0.56× the host feed's epoch time
     on a 2-core CPU and 0.08–0.17× on an H200 GPU."""
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
-    if feed == "device" and mesh is not None:
-        raise ValueError(
-            "feed='device' holds the whole training set on one device; "
-            "data-parallel runs (mesh=...) use feed='host'."
-        )
-    if feed == "auto":
-        return "host" if mesh is not None else "device"
-    return feed
+    return "device" if feed == "auto" else feed
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
@@ -162,10 +156,12 @@ class HostFeed:
                 ..., batch_index * self.batch_size : (batch_index + 1) * self.batch_size
             ]
             if self.mesh is not None:
-                indices = indices[self.rows]  # this process's rows only
+                indices = indices[..., self.rows]  # this process's rows only
             batch = {key: array[indices] for key, array in self.arrays.items()}
-            if self.mesh is not None:
-                batch = parallel.global_batch(batch, self.batch_size, self.mesh)
+            if self.mesh is not None:  # rows lie along the last axis of the indices
+                batch = parallel.global_batch(
+                    batch, self.batch_size, self.mesh, axis=indices.ndim - 1
+                )
             if self.compile_seconds is None:
                 self.announce()
                 started = time.perf_counter()
@@ -184,7 +180,11 @@ class HostFeed:
 
 class DeviceFeed:
     """The training arrays on the device; blocks of ``steps_per_call`` steps as one
-    compiled scan (default: 50 steps on the CPU, the whole epoch elsewhere)."""
+    compiled scan (default: 50 steps on the CPU, the whole epoch elsewhere).
+
+    With a ``mesh``, every device holds the training arrays and the state; each
+    block's example indices are split over the mesh, so every device gathers and
+    trains on its share of each batch (the batch mean becomes an all-reduce)."""
 
     name = "device"
 
@@ -195,17 +195,25 @@ class DeviceFeed:
         batch_size: int,
         steps_per_call: int | None = None,
         announce=lambda: None,
+        mesh=None,
     ):
-        self.batch_size = batch_size
+        self.batch_size, self.mesh = batch_size, mesh
         self.announce = announce
         self.steps_per_call = steps_per_call
-        self.data = jax.device_put(dict(arrays))
-        self.scanned = jax.jit(scan_steps(step))
+        if mesh is None:
+            self.data = jax.device_put(dict(arrays))
+            self.scanned = jax.jit(scan_steps(step))
+        else:
+            parallel.check_divides(batch_size, mesh)
+            self.data = parallel.replicate(dict(arrays), mesh)
+            self.scanned = jax.jit(
+                scan_steps(step, mesh=mesh), out_shardings=parallel.replicated(mesh)
+            )
         self.programs: dict[int, Callable] = {}  # block length -> compiled program
         self.compile_seconds: float | None = None
 
     def place(self, tree: Any) -> Any:
-        return tree
+        return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
 
     def _program(self, length: int, *args) -> Callable:
         program = self.programs.get(length)
@@ -231,7 +239,10 @@ class DeviceFeed:
         )
         previous = None
         for first, last in step_blocks(steps, block):
-            args = (state, self.data, rows_of_epoch[first:last], hyperparams, context)
+            rows = rows_of_epoch[first:last]
+            if self.mesh is not None:
+                rows = parallel.split_rows(rows, self.mesh)
+            args = (state, self.data, rows, hyperparams, context)
             state, metrics = self._program(last - first, *args)(*args)
             if previous is not None:  # check the last block while this one runs
                 record(*previous)
@@ -252,10 +263,11 @@ def make_feed(
     name: str = "run",
 ) -> HostFeed | DeviceFeed:
     """The feed ``feed`` asks for (see :func:`resolve_feed`); ``"auto"`` falls back
-    to the host when the arrays would crowd the accelerator."""
+    to the host, and says so, when the arrays would crowd the accelerator (with a
+    mesh, every device holds them)."""
     if steps_per_call is not None and steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}.")
-    resolved = resolve_feed(feed, mesh)
+    resolved = resolve_feed(feed)
 
     def announce():
         log(f"{name}: compiling the training step (once per run) ...")
@@ -263,5 +275,5 @@ def make_feed(
     if resolved == "device" and fits_on_device(
         arrays, explicit=feed == "device", log=log, name=name
     ):
-        return DeviceFeed(step, arrays, batch_size, steps_per_call, announce)
+        return DeviceFeed(step, arrays, batch_size, steps_per_call, announce, mesh)
     return HostFeed(step, arrays, batch_size, mesh, announce)

@@ -165,8 +165,6 @@ def fit(
     _check_arguments(train_split, test_split, train_extras or {}, batch_size, execution)
     members = Members.of(seed, execution.population_strategy, own_batches=member_rows is not None)
     member_masks = _member_masks(members, member_rows, member_test_rows, train_split, test_split)
-    if member_rows is not None and execution.mesh is not None:
-        raise ValueError("students with their own training rows train on one device (no mesh).")
     data_seed = members.seeds[0] if data_seed is None else data_seed
     run_dir = Path(run_dir)
     write_config(run_dir, dict(run_config))

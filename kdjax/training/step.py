@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from kdjax import parallel
 from kdjax.augment import AUGMENT_STREAM
 from kdjax.objectives import Objective
 from kdjax.training.state import TrainState
@@ -177,15 +178,20 @@ def population_step(train_step: Step, strategy: str = "auto", *, own_batches: bo
     return mapped
 
 
-def scan_steps(step: Step) -> Callable:
+def scan_steps(step: Step, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """Lifts ``step`` to ``(state, data, indices, hyperparams, context)``: a
     ``lax.scan`` over the rows of ``indices`` (steps × batch size), each batch gathered
     on the device from the arrays in ``data``. Metrics gain a leading step axis.
-    Step ``i`` sees exactly the batch the host feed would send."""
+    Step ``i`` sees exactly the batch the host feed would send. With a ``mesh``, each
+    gathered batch stays split over it along its batch (last index) axis."""
 
     def run(state, data, indices, hyperparams, context):
         def body(carry, rows):
             batch = jax.tree.map(lambda array: array[rows], data)
+            if mesh is not None:
+                batch = jax.lax.with_sharding_constraint(
+                    batch, parallel.batch_sharding(mesh, rows.ndim - 1)
+                )
             return step(carry, batch, hyperparams, context)
 
         return jax.lax.scan(body, state, indices)
