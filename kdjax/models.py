@@ -15,12 +15,13 @@ count and no function the network can express.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 
 from kdjax.backbones import MobileNetV2, ResNet50V2
+from kdjax.cifar_resnets import CIFAR_RESNETS
 from kdjax.layers import Conv, Dense, max_pool
 
 Outputs = dict[str, jax.Array]
@@ -208,7 +209,7 @@ class TwoConvNet(nn.Module):
 
 # Architectures by name; their settings (widths, dropout) are keyword arguments, given
 # by each experiment's config and recorded with every run (RunSpec.model_settings).
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_conv_net": SmallConvNet,
     "conv_net": ConvNet,
@@ -219,6 +220,8 @@ MODELS: dict[str, type[nn.Module]] = {
     # Keras' ImageNet applications, layer for layer (kdjax.backbones).
     "resnet50v2": ResNet50V2,
     "mobilenetv2": MobileNetV2,
+    # RepDistiller's CIFAR ResNets with BatchNorm, resnet8 … resnet110 (kdjax.cifar_resnets).
+    **CIFAR_RESNETS,
 }
 
 
