@@ -141,7 +141,7 @@ def test_an_independent_pytorch_implementation_has_as_many_parameters(depth, cla
 def test_resnet8_computes_what_pytorch_computes_in_training_and_evaluation():
     torch = pytest.importorskip("torch")
     model = get_model("resnet8")
-    variables = model.init(jax.random.PRNGKey(1), IMAGES[:1])
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), IMAGES[:1])
     # Running statistics away from their initial values, so evaluation has to use them.
     rng = np.random.default_rng(2)
     variables["batch_stats"] = jax.tree.map(
@@ -155,12 +155,14 @@ def test_resnet8_computes_what_pytorch_computes_in_training_and_evaluation():
     net.eval()
     with torch.no_grad():
         expected = net(images_nchw).numpy()
-    np.testing.assert_allclose(model.apply(variables, IMAGES)["logits"], expected, atol=2e-4)
+    evaluate = jax.jit(model.apply)
+    np.testing.assert_allclose(evaluate(variables, IMAGES)["logits"], expected, atol=2e-4)
 
     net.train()  # batch statistics in the forward pass, running averages updated
     with torch.no_grad():
         expected = net(images_nchw).numpy()
-    outputs, updated = model.apply(variables, IMAGES, train=True, mutable=["batch_stats"])
+    train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    outputs, updated = train(variables, IMAGES)
     np.testing.assert_allclose(outputs["logits"], expected, atol=2e-4)
     np.testing.assert_allclose(
         updated["batch_stats"]["stem_bn"]["mean"], net.bn.running_mean.numpy(), atol=1e-5
@@ -169,7 +171,7 @@ def test_resnet8_computes_what_pytorch_computes_in_training_and_evaluation():
 
 def test_batch_statistics_are_updated_in_training_and_used_in_evaluation():
     model, optimizer = get_model("resnet8"), make_optimizer("sgd")
-    state = create_state(model, optimizer, IMAGES[:1], seed=0)
+    state = jax.jit(lambda x: create_state(model, optimizer, x, seed=0))(IMAGES[:1])
     batch = {"images": IMAGES * 40 + 128, "labels": np.arange(4, dtype=np.int32)}
     step = jax.jit(make_train_step(model, OBJECTIVES["ce"], optimizer, lambda x: x / 255.0))
     hyper = make_hyperparams(learning_rate=0.05)
@@ -186,7 +188,9 @@ def test_batch_statistics_are_updated_in_training_and_used_in_evaluation():
     images = batch["images"] / 255.0
     # Evaluation normalises with the running averages: an image's logits do not depend
     # on the batch it comes in; in training they do (the batch's own statistics).
-    alone = model.apply(variables, images[:1])["logits"]
-    np.testing.assert_allclose(model.apply(variables, images)["logits"][:1], alone, atol=1e-5)
-    in_training, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    evaluate = jax.jit(model.apply)
+    alone = evaluate(variables, images[:1])["logits"]
+    np.testing.assert_allclose(evaluate(variables, images)["logits"][:1], alone, atol=1e-5)
+    train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    in_training, _ = train(variables, images)
     assert not np.allclose(in_training["logits"][:1], alone, atol=1e-3)

@@ -401,7 +401,7 @@ def test_cifar10_kd_compares_methods_with_heads_and_deploys_the_student_alone(tm
     deployed = load_run(results["runs"]["student_crd"]["run_dir"], log=lambda m: None)
     assert set(deployed.variables["params"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert deployed.accuracy(
-        cifar10_kd.load_cifar10(str(data_dir), allow_partial=True, log=lambda m: None).test
+        cifar10_kd.load_cifar("cifar10", str(data_dir), allow_partial=True, log=lambda m: None).test
     ) == pytest.approx(results["runs"]["student_crd"]["test_accuracy"][0], abs=1e-9)
     assert set(cifar10_kd.Config(method=("compare",)).methods()) == set(cifar10_kd.METHODS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdjax.layers import Conv, conv2d, max_pool
+from kdjax.layers import Conv, conv2d, max_pool, strided_conv2d
 from kdjax.models import MLP, ConvNet, SmallConvNet, count_params, get_model
 
 
@@ -97,6 +97,31 @@ def test_conv2d_custom_gradient_against_finite_differences(channels):
         atol=2e-2,
         rtol=2e-2,
     )
+
+
+@pytest.mark.parametrize(("size", "pad"), [(3, 1), (1, 0)])
+@pytest.mark.parametrize("height", [8, 7])
+def test_strided_conv2d_matches_xla_values_and_gradients(size, pad, height):
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, height, 8, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, 3, 4))
+    padding = ((pad, pad), (pad, pad))
+
+    def reference(x, k):
+        return lax.conv_general_dilated(
+            x, k, (2, 2), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+
+    np.testing.assert_allclose(
+        strided_conv2d(images, kernel, padding, 2), reference(images, kernel), rtol=1e-5, atol=1e-5
+    )
+    ours = jax.grad(loss(lambda x, k: strided_conv2d(x, k, padding, 2)), argnums=(0, 1))
+    chex.assert_trees_all_close(
+        ours(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
 
 
 def test_max_pool_matches_reduce_window_pooling():
