@@ -317,7 +317,8 @@ def _report(config, dataset, specs, results, weights, started) -> dict:
         for method, run_name in [("teacher", "teacher")] + [(m, f"student_{m}") for m in methods]
     ]
     steps_per_epoch = len(dataset.train) // protocol.batch_size
-    costs = method_table.step_costs(runs, {m: f"student_{m}" for m in methods}, steps_per_epoch)
+    names = {"teacher": "teacher", **{method: f"student_{method}" for method in methods}}
+    costs = method_table.step_costs(runs, names, steps_per_epoch)
     study = {
         "preset": config.preset,
         "dataset": config.dataset,

@@ -61,7 +61,8 @@ def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int) -> dict:
     """``{method: {"train_seconds", "seconds_per_step", "with_compile", "extra_over_ce"}}``
     for the runs ``names`` maps methods to: training wall time (every epoch, evaluation
     excluded), seconds per step (of all the method's students together) and the extra
-    cost per step over the CE students (``0.25``: a quarter more; None without CE)."""
+    cost per step over the CE students (``0.25``: a quarter more; None without CE, and
+    for the teacher)."""
     costs = {}
     for method, run_name in names.items():
         entry = runs[run_name]
@@ -72,9 +73,10 @@ def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int) -> dict:
             "with_compile": step["with_compile"],
         }
     base = costs.get("ce")
-    for cost in costs.values():
+    for method, cost in costs.items():
+        compared = base is not None and method != "teacher"
         cost["extra_over_ce"] = (
-            None if base is None else cost["seconds_per_step"] / base["seconds_per_step"] - 1
+            cost["seconds_per_step"] / base["seconds_per_step"] - 1 if compared else None
         )
     return costs
 
@@ -98,7 +100,7 @@ def table(rows: list[dict], runs: dict, over_kd: dict, costs: dict, labels: dict
                 "—" if row["published"] is None else f"{row['published']:.2f}",
                 "—" if verdict is None else f"{100 * verdict['gain']:+.2f}",
                 "—" if verdict is None else ("yes" if verdict["exceeds_spread"] else "no"),
-                str(cost.get("train_seconds", entry.get("train_seconds_this_invocation"))),
+                str(cost.get("train_seconds", "—")),
                 "—"
                 if step is None
                 else f"{1000 * step:.1f}" + ("*" if cost["with_compile"] else ""),
