@@ -89,14 +89,16 @@ def strided_conv2d(
     images: jax.Array, kernel: jax.Array, padding: Padding, stride: int
 ) -> jax.Array:
     """2-D convolution with a ``stride`` (NHWC images, HWIO kernel, explicit padding):
-    PyTorch's ``Conv2d(stride=stride, padding=...)``.
+    PyTorch's ``Conv2d(stride=stride, padding=...)``, or TensorFlow's with its "SAME"
+    padding written out (``lax.padtype_to_pads``).
 
-    On the CPU it is built from the stride-1 :func:`conv2d` (whose gradients stay fast
-    inside ``lax.map``, where XLA's own convolution gradient measured 30–80× slower):
-    a 1×1 kernel without padding reads every ``stride``-th row and column first (no
-    extra work); a larger kernel computes the stride-1 output and keeps every
-    ``stride``-th row and column (``stride²`` times this layer's arithmetic). Elsewhere
-    it is XLA's strided convolution.
+    On the CPU it is a stride-1 :func:`conv2d` (whose gradients stay fast inside
+    ``lax.map``, where XLA's own convolution gradient measured 30–80× slower per
+    layer): a 1×1 kernel without padding reads every ``stride``-th row and column;
+    a larger kernel runs on the space-to-depth rearranged input (``stride × stride``
+    blocks as channels) with the kernel rearranged to match, zero-padded to a
+    multiple of the stride (a 3×3 kernel at stride 2 does 16/9 of the strided
+    arithmetic). Elsewhere it is XLA's strided convolution.
     """
     if stride == 1:
         return conv2d(images, kernel, padding)
@@ -106,7 +108,39 @@ def strided_conv2d(
         )
     if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
         return conv2d(images[:, ::stride, ::stride], kernel, padding)
-    return conv2d(images, kernel, padding)[:, ::stride, ::stride]
+    return _space_to_depth_conv(images, kernel, padding, stride)
+
+
+def _space_to_depth_conv(images, kernel, padding, stride):
+    """The strided convolution as a stride-1 one: output ``[i, j]`` reads padded rows
+    ``stride·i + a`` (``a < k``); writing ``a = stride·b + r`` makes it a ``⌈k/s⌉``-tap
+    convolution over blocks ``b`` whose channels are the offsets ``r`` in the block."""
+    (top, bottom), (left, right) = padding
+    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
+    padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out_h = (padded.shape[1] - kernel_h) // stride + 1
+    out_w = (padded.shape[2] - kernel_w) // stride + 1
+    blocks_h, blocks_w = -(-kernel_h // stride), -(-kernel_w // stride)
+    rows, cols = (out_h + blocks_h - 1) * stride, (out_w + blocks_w - 1) * stride
+    # Exactly the rows and columns the output reads, zeros where the padding ran out.
+    padded = padded[:, :rows, :cols]
+    padded = jnp.pad(
+        padded, ((0, 0), (0, rows - padded.shape[1]), (0, cols - padded.shape[2]), (0, 0))
+    )
+    batch = padded.shape[0]
+    blocks = padded.reshape(batch, rows // stride, stride, cols // stride, stride, in_channels)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(
+        batch, rows // stride, cols // stride, stride * stride * in_channels
+    )
+    kernel = jnp.pad(
+        kernel,
+        ((0, blocks_h * stride - kernel_h), (0, blocks_w * stride - kernel_w), (0, 0), (0, 0)),
+    )
+    kernel = kernel.reshape(blocks_h, stride, blocks_w, stride, in_channels, out_channels)
+    kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(
+        blocks_h, blocks_w, stride * stride * in_channels, out_channels
+    )
+    return conv2d(blocks, kernel, ((0, 0), (0, 0)))
 
 
 def _explicit_padding(padding: int | str, kernel_size: Sequence[int]) -> Padding:
