@@ -88,27 +88,49 @@ def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
 def strided_conv2d(
     images: jax.Array, kernel: jax.Array, padding: Padding, stride: int
 ) -> jax.Array:
-    """2-D convolution with a ``stride`` (NHWC images, HWIO kernel, explicit padding):
-    PyTorch's ``Conv2d(stride=stride, padding=...)``, or TensorFlow's with its "SAME"
-    padding written out (``lax.padtype_to_pads``).
+    """2-D convolution with a ``stride`` (NHWC images, HWIO kernel, explicit padding as
+    a tuple of pairs): PyTorch's ``Conv2d(stride=stride, padding=...)``, or
+    TensorFlow's with its "SAME" padding written out (``lax.padtype_to_pads``).
 
-    On the CPU it is a stride-1 :func:`conv2d` (whose gradients stay fast inside
-    ``lax.map``, where XLA's own convolution gradient measured 30–80× slower per
-    layer): a 1×1 kernel without padding reads every ``stride``-th row and column;
-    a larger kernel runs on the space-to-depth rearranged input (``stride × stride``
-    blocks as channels) with the kernel rearranged to match, zero-padded to a
-    multiple of the stride (a 3×3 kernel at stride 2 does 16/9 of the strided
-    arithmetic). Elsewhere it is XLA's strided convolution.
+    The forward pass is XLA's strided convolution. On the CPU the gradients are those
+    of an equal stride-1 :func:`conv2d` (which stay fast inside ``lax.map``, where
+    XLA's own convolution gradient measured 30–80× slower per layer): a 1×1 kernel
+    without padding reads every ``stride``-th row and column; a larger kernel runs on
+    the space-to-depth rearranged input (``stride × stride`` blocks as channels) with
+    the kernel rearranged to match and zero-padded to a multiple of the stride (for a
+    3×3 kernel at stride 2, 16/9 of the strided arithmetic).
     """
     if stride == 1:
         return conv2d(images, kernel, padding)
     if jax.default_backend() != "cpu":
-        return lax.conv_general_dilated(
-            images, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
-        )
+        return xla_strided_conv(images, kernel, padding, stride)
     if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
         return conv2d(images[:, ::stride, ::stride], kernel, padding)
-    return _space_to_depth_conv(images, kernel, padding, stride)
+    return _strided_conv_matmul_grad(images, kernel, padding, stride)
+
+
+def xla_strided_conv(images, kernel, padding, stride) -> jax.Array:
+    return lax.conv_general_dilated(
+        images, kernel, (stride, stride), padding, dimension_numbers=_DIMENSIONS
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _strided_conv_matmul_grad(images, kernel, padding, stride):
+    return xla_strided_conv(images, kernel, padding, stride)
+
+
+def _strided_forward(images, kernel, padding, stride):
+    return xla_strided_conv(images, kernel, padding, stride), (images, kernel)
+
+
+def _strided_backward(padding, stride, residuals, output_grad):
+    images, kernel = residuals
+    _, pullback = jax.vjp(lambda x, k: _space_to_depth_conv(x, k, padding, stride), images, kernel)
+    return pullback(output_grad)
+
+
+_strided_conv_matmul_grad.defvjp(_strided_forward, _strided_backward)
 
 
 def _space_to_depth_conv(images, kernel, padding, stride):
