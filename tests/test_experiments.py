@@ -18,6 +18,7 @@ import pytest
 from experiments import (
     cifar10_kd,
     hinton_mnist,
+    keras_mnist_kd,
     mnist_kd,
     mnist_mlp_kd,
     mnist_sweep,
@@ -27,7 +28,16 @@ from experiments import (
 from kdjax.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = (cifar10_kd, hinton_mnist, mnist_kd, mnist_mlp_kd, mnist_sweep, mnist_takd, model_costs)
+COMMANDS = (
+    cifar10_kd,
+    hinton_mnist,
+    keras_mnist_kd,
+    mnist_kd,
+    mnist_mlp_kd,
+    mnist_sweep,
+    mnist_takd,
+    model_costs,
+)
 TINY = {"epochs": 1, "teacher_epochs": 1, "batch_size": 32}  # 192 examples: 6 steps
 
 
@@ -149,6 +159,9 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     assert mnist_takd.Config().chain == ("seed003_teacher", "seed003_assistant", "mlp_784")
     assert hinton_mnist.Config().teacher_epochs == 300 and hinton_mnist.Config().temperature == 20
     assert mnist_sweep.Config().workdir == mnist_kd.Config().workdir  # they share a teacher
+    keras = keras_mnist_kd.Config()  # the Keras example's settings
+    assert (keras.teacher_epochs, keras.epochs, keras.batch_size) == (5, 3, 32)
+    assert (keras.alpha, keras.temperature, keras.seeds) == (0.1, 10.0, 3)
 
 
 def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
