@@ -17,7 +17,8 @@ together in one compiled program.
 ``--preset`` picks the pair, its protocol and its loss weights
 (:mod:`experiments.cifar_pairs`): ``seed002`` (default), ``seed001`` or
 ``resnet56_resnet20`` (RepDistiller's networks and 240-epoch SGD protocol with
-crop-and-flip augmentation and the teacher online). ``--epochs``,
+crop-and-flip augmentation and the teacher online); ``--protocol=seed|repdistiller``
+trains a pair under the other protocol. ``--epochs``,
 ``--teacher_epochs``, ``--batch_size`` and ``--learning_rate`` override the
 protocol (a shorter run keeps the learning-rate drops at the same fractions of
 training), ``--temperature``, ``--hard_weight`` and ``--soft_weight`` the KD
@@ -52,6 +53,7 @@ from experiments.cifar_pairs import (
     LABELS,
     METHODS,
     PRESETS,
+    PROTOCOLS,
     SEED_METHODS,
     SHORT_LABELS,
     input_normalisation,
@@ -96,6 +98,12 @@ class Config(CommonConfig):
         "Teacher-student pair, its protocol and loss weights: seed002, seed001 or "
         "resnet56_resnet20 (experiments.cifar_pairs).",
         choices=tuple(PRESETS),
+    )
+    protocol: str | None = option(
+        None,
+        "Training protocol: seed (Adam 1e-3, batch 128, 10 epochs) or repdistiller (SGD "
+        "0.05, batch 64, 240 epochs, crops and flips, teacher online); default: the preset's.",
+        choices=tuple(PROTOCOLS),
     )
     dataset: str = option("cifar10", "cifar10 or cifar100.", choices=tuple(CIFAR_SETS))
     temperature: float | None = option(
@@ -156,10 +164,16 @@ class Config(CommonConfig):
             names |= set(METHODS)
         return [method for method in METHODS if method in names]
 
-    def protocol(self):
-        """The preset's protocol with this config's batch size and learning rate (its
-        ``epochs`` stay the length its learning-rate drops are given for)."""
-        protocol = PRESETS[self.preset]["protocol"]
+    def base_protocol(self):
+        """The protocol asked for, or the preset's."""
+        if self.protocol is not None:
+            return PROTOCOLS[self.protocol]
+        return PRESETS[self.preset]["protocol"]
+
+    def training_protocol(self):
+        """The protocol with this config's batch size and learning rate (its ``epochs``
+        stay the length its learning-rate drops are given for)."""
+        protocol = self.base_protocol()
         overrides = {
             name: getattr(self, name)
             for name in ("batch_size", "learning_rate")
@@ -168,8 +182,8 @@ class Config(CommonConfig):
         return dataclasses.replace(protocol, **overrides)
 
     def run_epochs(self) -> dict[str, int]:
-        """Epochs of the teacher and of the students: the flags', else the preset's."""
-        default = PRESETS[self.preset]["protocol"].epochs
+        """Epochs of the teacher and of the students: the flags', else the protocol's."""
+        default = self.base_protocol().epochs
         return {"teacher": self.teacher_epochs or default, "student": self.epochs or default}
 
 
@@ -209,7 +223,7 @@ def training_subset(dataset: Dataset, count: int | None) -> Dataset:
 def spec_fields(config: Config, dataset: Dataset, epochs: int) -> tuple[dict, dict]:
     """RunSpec fields every run of this config shares (``epochs``: the run's own, which
     places the learning-rate drops), and the model settings the data set adds."""
-    protocol = config.protocol()
+    protocol = config.training_protocol()
     schedule = {}
     if protocol.lr_decay_epochs:
         schedule = {
@@ -233,7 +247,7 @@ def spec_fields(config: Config, dataset: Dataset, epochs: int) -> tuple[dict, di
 
 def run(config: Config) -> dict:
     started = time.perf_counter()
-    preset, methods, protocol = PRESETS[config.preset], config.methods(), config.protocol()
+    preset, methods, protocol = PRESETS[config.preset], config.methods(), config.training_protocol()
     dataset = load_cifar(
         config.dataset,
         config.data_dir,
@@ -302,7 +316,7 @@ def run(config: Config) -> dict:
 
 def _report(config, dataset, specs, results, weights, started) -> dict:
     """The study (comparison, gains, costs), results.json, plots and the printed table."""
-    preset, protocol = PRESETS[config.preset], config.protocol()
+    preset, protocol = PRESETS[config.preset], config.training_protocol()
     published = preset["published"].get(config.dataset, {})
     methods = [name.removeprefix("student_") for name in specs if name != "teacher"]
     runs = report.run_entries(specs, results, dataset.train.images.shape[1:])

@@ -16,7 +16,8 @@ published for it.
   ``-b 100``).
 
 Every other method uses RepDistiller's CIFAR weights (:data:`COMPARED_METHODS`) on
-every pair.
+every pair. A pair may also train under the other protocol (:data:`PROTOCOLS`:
+``seed`` or ``repdistiller``), e.g. the seed nets for RepDistiller's 240 epochs.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ REPDISTILLER_PROTOCOL = Protocol(
     teacher_mode="online",
     normalisation="dataset",
 )
+PROTOCOLS = {"seed": SEED_PROTOCOL, "repdistiller": REPDISTILLER_PROTOCOL}
 # Per-channel mean and std of each training set (RepDistiller's CIFAR-100 values).
 DATASET_NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

@@ -64,15 +64,22 @@ def test_a_shorter_run_keeps_the_learning_rate_drops_at_the_same_fractions():
 def test_the_resnet_pair_uses_repdistillers_protocol_and_weights():
     config = cifar10_kd.Config(preset="resnet56_resnet20", epochs=3)
     assert config.run_epochs() == {"teacher": 240, "student": 3}
-    protocol = config.protocol()
+    protocol = config.training_protocol()
     assert (protocol.optimizer, protocol.learning_rate, protocol.batch_size) == ("sgd", 0.05, 64)
     assert (protocol.weight_decay, protocol.image_augment) == (5e-4, "crop_flip")
     assert cifar10_kd.method_weights(config, "kd") == {
         "temperature": 4.0, "hard_weight": 0.1, "soft_weight": 0.9,
     }  # fmt: skip
     assert cifar10_kd.method_weights(config, "hint")["soft_weight"] == 100.0
-    seed = cifar10_kd.Config(learning_rate=5e-4).protocol()
+    seed = cifar10_kd.Config(learning_rate=5e-4).training_protocol()
     assert (seed.optimizer, seed.learning_rate, seed.epochs) == ("adam", 5e-4, 10)
+    # The seed nets under RepDistiller's protocol keep their own loss weights.
+    long_seed = cifar10_kd.Config(preset="seed002", protocol="repdistiller")
+    assert long_seed.training_protocol() == cifar_pairs.REPDISTILLER_PROTOCOL
+    assert long_seed.run_epochs() == {"teacher": 240, "student": 240}
+    assert cifar10_kd.method_weights(long_seed, "kd")["temperature"] == 2.0
+    with pytest.raises(ValueError, match="--protocol must be one of"):
+        cifar10_kd.Config(protocol="adamw")
 
 
 def test_the_training_subset_is_a_fixed_random_draw_and_says_so():
