@@ -344,6 +344,7 @@ def _report(config, dataset, specs, results, weights, started) -> dict:
         "gains_over_ce": method_table.gains_over(rows, "ce"),
         "gains_over_kd": method_table.gains_over(rows, "kd"),
         "costs": costs,
+        "cost_baseline": "ce",
         "published_source": preset["published_source"] if published else None,
     }
     document = report.results_document("cifar10_kd", config, dataset, runs, study, started)

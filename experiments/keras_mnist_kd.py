@@ -140,13 +140,16 @@ def run(config: Config) -> dict:
         for name, result in results.items()
     ]
     steps_per_epoch = len(dataset.train) // config.batch_size
-    costs = method_table.step_costs(runs, {name: name for name in arms}, steps_per_epoch)
+    costs = method_table.step_costs(
+        runs, {name: name for name in arms}, steps_per_epoch, baseline="student_scratch"
+    )
     study = {
         "comparison": rows,
         "keras_reported": KERAS_REPORTED,
         "gains_over_scratch": method_table.gains_over(rows, "student_scratch"),
         "spread_rule": method_table.SPREAD_RULE,
         "costs": costs,
+        "cost_baseline": "student_scratch",
         "loss": {
             "objective": "kd",
             "temperature": config.temperature,
@@ -175,6 +178,7 @@ def run(config: Config) -> dict:
             report.format_mean_std(row["accuracy"]),
             f"{row['published']:.1f}",
             str(costs[row["method"]]["train_seconds"]),
+            f"{1000 * costs[row['method']]['seconds_per_step']:.1f}",
         ]
         for row in rows
     ]
@@ -185,7 +189,7 @@ def run(config: Config) -> dict:
         for verdict in study["gains_over_scratch"].values()
     ]
     report.print_report(
-        ["run", "params", "test acc %", "Keras example %", "train s"],
+        ["run", "params", "test acc %", "Keras example %", "train s", "ms/step"],
         table,
         notes=["", *notes, *report.data_notes(dataset)],
         footer=f"Results: {path}  Plots: {plot}, {curves}  Wall time: {document['wall_seconds']} s",

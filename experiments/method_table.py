@@ -57,12 +57,12 @@ def seconds_per_step(entry: dict, steps_per_epoch: int) -> dict:
     return {"seconds": first / steps_per_epoch, "with_compile": compile_seconds is None}
 
 
-def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int) -> dict:
-    """``{method: {"train_seconds", "seconds_per_step", "with_compile", "extra_over_ce"}}``
-    for the runs ``names`` maps methods to: training wall time (every epoch, evaluation
-    excluded), seconds per step (of all the method's students together) and the extra
-    cost per step over the CE students (``0.25``: a quarter more; None without CE, and
-    for the teacher)."""
+def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int, baseline: str = "ce"):
+    """``{method: {"train_seconds", "seconds_per_step", "with_compile",
+    "extra_over_baseline"}}`` for the runs ``names`` maps methods to: training wall
+    time (every epoch, evaluation excluded), seconds per step (of all the method's
+    students together) and the extra cost per step over the ``baseline`` method's
+    students (``0.25``: a quarter more; None without a baseline, and for the teacher)."""
     costs = {}
     for method, run_name in names.items():
         entry = runs[run_name]
@@ -72,10 +72,10 @@ def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int) -> dict:
             "seconds_per_step": step["seconds"],
             "with_compile": step["with_compile"],
         }
-    base = costs.get("ce")
+    base = costs.get(baseline)
     for method, cost in costs.items():
         compared = base is not None and method != "teacher"
-        cost["extra_over_ce"] = (
+        cost["extra_over_baseline"] = (
             cost["seconds_per_step"] / base["seconds_per_step"] - 1 if compared else None
         )
     return costs
@@ -83,14 +83,14 @@ def step_costs(runs: dict, names: dict[str, str], steps_per_epoch: int) -> dict:
 
 def table(rows: list[dict], runs: dict, over_kd: dict, costs: dict, labels: dict) -> list:
     """The report's rows: method, parameters, accuracy, published, gain over KD and
-    verdict, training time, time per step and extra cost over CE."""
+    verdict, training time, time per step and extra cost over the baseline (CE)."""
     from experiments.report import format_mean_std
 
     lines = []
     for row in rows:
         method, entry = row["method"], runs[row["run"]]
         verdict, cost = over_kd.get(method), costs.get(method, {})
-        extra = cost.get("extra_over_ce")
+        extra = cost.get("extra_over_baseline")
         step = cost.get("seconds_per_step")
         lines.append(
             [
@@ -104,7 +104,7 @@ def table(rows: list[dict], runs: dict, over_kd: dict, costs: dict, labels: dict
                 "—"
                 if step is None
                 else f"{1000 * step:.1f}" + ("*" if cost["with_compile"] else ""),
-                "—" if extra is None or method == "ce" else f"{100 * extra:+.0f}%",
+                "—" if extra is None or extra == 0 else f"{100 * extra:+.0f}%",
             ]
         )
     return lines

@@ -48,9 +48,13 @@ def test_the_cost_per_step_leaves_out_the_compiling_epoch_and_compares_with_ce()
     assert costs["ce"]["seconds_per_step"] == pytest.approx(1.0)
     assert costs["ce"]["train_seconds"] == 62.0
     assert costs["kd"]["seconds_per_step"] == pytest.approx(1.5)
-    assert costs["kd"]["extra_over_ce"] == pytest.approx(0.5)
+    assert costs["kd"]["extra_over_baseline"] == pytest.approx(0.5)
     assert costs["at"]["with_compile"] and costs["at"]["seconds_per_step"] == pytest.approx(4.0)
-    assert costs["ce"]["extra_over_ce"] == 0.0 and costs["teacher"]["extra_over_ce"] is None
+    assert costs["ce"]["extra_over_baseline"] == 0.0
+    assert costs["teacher"]["extra_over_baseline"] is None
+    assert method_table.step_costs(runs, names, 10, baseline="kd")["ce"][
+        "extra_over_baseline"
+    ] == pytest.approx(1 / 1.5 - 1)
 
 
 def test_a_shorter_run_keeps_the_learning_rate_drops_at_the_same_fractions():
@@ -136,7 +140,7 @@ def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     assert study["spread_rule"] == method_table.SPREAD_RULE
     assert set(study["costs"]) == {"teacher", "ce", "kd"}
     assert study["costs"]["kd"]["seconds_per_step"] > 0
-    assert study["costs"]["kd"]["extra_over_ce"] is not None
+    assert study["costs"]["kd"]["extra_over_baseline"] is not None
     assert [row["published"] for row in study["comparison"]] == [75.60, 70.41, 70.19]
     assert results["runs"]["student_kd"]["spec"]["temperature"] == 2.0  # seed 002's KD
 
