@@ -44,6 +44,14 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 session=$out/session.log
 stamp() { echo "[$(date +%T)] $*" | tee -a "$session"; }
 wants() { [[ " $steps " == *" $1 "* ]]; }
+# A command's closing table and what follows it, else (it failed) its last lines.
+report() {
+  if grep -q '^run  ' "$1"; then
+    grep -v '^[IW][0-9]' "$1" | sed -n '/^run  /,$p' | tee -a "$session"
+  else
+    tail -n 5 "$1" | tee -a "$session"
+  fi
+}
 
 stamp "environment"
 {
@@ -113,8 +121,7 @@ if wants 5; then
         --checkpoint_every=10 --tensorboard=false \
         --workdir=runs/gpu_cifar_${name}_${preset}_${protocol} >"$log" 2>&1
       echo "cifar $name $preset $protocol exit $?" >>"$log"
-      grep -v '^[IW][0-9]' "$log" | grep -A40 '^run  ' | tee -a "$session"
-      tail -n 1 "$log" | tee -a "$session"
+      report "$log"
     done
   done
 fi
@@ -124,7 +131,6 @@ if wants 6; then
   timeout 300 "$py" -m experiments.keras_mnist_kd --data_dir="$mnist" --seeds=3 $keras_args \
     --tensorboard=false --workdir=runs/gpu_keras >"$out/keras.log" 2>&1
   echo "keras exit $?" >>"$out/keras.log"
-  grep -v '^[IW][0-9]' "$out/keras.log" | grep -A12 '^run  ' | tee -a "$session"
-  tail -n 1 "$out/keras.log" | tee -a "$session"
+  report "$out/keras.log"
 fi
 stamp "done"

@@ -317,7 +317,9 @@ def run(config: Config) -> dict:
 def _report(config, dataset, specs, results, weights, started) -> dict:
     """The study (comparison, gains, costs), results.json, plots and the printed table."""
     preset, protocol = PRESETS[config.preset], config.training_protocol()
-    published = preset["published"].get(config.dataset, {})
+    # Published accuracies belong to the pair's own protocol and data set.
+    own_protocol = config.base_protocol() == preset["protocol"]
+    published = preset["published"].get(config.dataset, {}) if own_protocol else {}
     methods = [name.removeprefix("student_") for name in specs if name != "teacher"]
     runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
     rows = [
