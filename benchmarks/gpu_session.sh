@@ -8,18 +8,32 @@
 #   3. the main command on full MNIST in float32 and in bfloat16 (accuracy and
 #      epoch time of mixed precision);
 #   4. the long MNIST studies a CPU cannot afford (Hinton et al. 2015 with a
-#      long-trained teacher; seed 003's teacher-assistant chain at full length).
+#      long-trained teacher; seed 003's teacher-assistant chain at full length);
+#   5. (hours; only when asked for, STEPS="5") the full-length CIFAR comparison of every
+#      distillation method, 3 seeds each, under RepDistiller's protocol (240 epochs, SGD
+#      0.05, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210, batch 64,
+#      crops and flips, teacher online): the seed-002 pair (also at its own 10-epoch
+#      Adam protocol) and resnet56 -> resnet20, on CIFAR-10 (CIFAR10_DIR) and on CIFAR-100
+#      when CIFAR100_DIR names a copy; each run resumes where it stopped when re-run;
+#   6. the Keras knowledge-distillation example on full MNIST, 3 students per arm.
 #
 #   benchmarks/gpu_session.sh MNIST_DIR OUT_DIR [PYTHON]
+#   CIFAR10_DIR=... [CIFAR100_DIR=...] STEPS="5" benchmarks/gpu_session.sh MNIST_DIR OUT_DIR
 #
-# SPEED_ARGS, MAIN_ARGS, HINTON_ARGS and TAKD_ARGS replace each step's length flags (a dry run
-# on a CPU: tiny values); STEPS lists the steps to run (default "1 2 3 4").
+# SPEED_ARGS, MAIN_ARGS, HINTON_ARGS, TAKD_ARGS, CIFAR_ARGS and KERAS_ARGS replace each step's
+# length flags (a dry run on a CPU: tiny values); CIFAR_TIMEOUT limits each CIFAR run (seconds,
+# default 0: none); STEPS lists the steps to run (default "1 2 3 4 6").
 set -u
 speed_args=${SPEED_ARGS:---epochs=2}
 main_args=${MAIN_ARGS:-}
 hinton_args=${HINTON_ARGS:---teacher_epochs=300 --epochs=60}
 takd_args=${TAKD_ARGS:---teacher_epochs=20 --epochs=20}
-steps=${STEPS:-1 2 3 4}
+cifar_args=${CIFAR_ARGS:---seeds=3}
+cifar_timeout=${CIFAR_TIMEOUT:-0}
+keras_args=${KERAS_ARGS:-}
+cifar10=${CIFAR10_DIR:-}
+cifar100=${CIFAR100_DIR:-}
+steps=${STEPS:-1 2 3 4 6}
 mnist=${1:?usage: gpu_session.sh MNIST_DIR OUT_DIR [PYTHON]}
 out=${2:?usage: gpu_session.sh MNIST_DIR OUT_DIR [PYTHON]}
 py=${3:-python3}
@@ -30,6 +44,14 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 session=$out/session.log
 stamp() { echo "[$(date +%T)] $*" | tee -a "$session"; }
 wants() { [[ " $steps " == *" $1 "* ]]; }
+# A command's closing table and what follows it, else (it failed) its last lines.
+report() {
+  if grep -q '^run  ' "$1"; then
+    grep -v '^[IW][0-9]' "$1" | sed -n '/^run  /,$p' | tee -a "$session"
+  else
+    tail -n 5 "$1" | tee -a "$session"
+  fi
+}
 
 stamp "environment"
 {
@@ -81,5 +103,34 @@ if wants 4; then
   wait
   grep -v '^[IW][0-9]' "$out/hinton.log" | tail -n 12 | tee -a "$session"
   grep -v '^[IW][0-9]' "$out/takd.log" | tail -n 12 | tee -a "$session"
+fi
+
+if wants 5; then
+  stamp "5. full-length CIFAR method comparisons (every method, RepDistiller's protocol)"
+  sets=""
+  [[ -n "$cifar10" ]] && sets="cifar10=$cifar10"
+  [[ -n "$cifar100" ]] && sets="$sets cifar100=$cifar100"
+  [[ -z "$sets" ]] && stamp "   skipped: set CIFAR10_DIR (and CIFAR100_DIR) to an image folder, .tar or TFDS dir"
+  for set in $sets; do
+    name=${set%%=*}
+    for run in seed002:seed seed002:repdistiller resnet56_resnet20:repdistiller; do
+      preset=${run%%:*} protocol=${run#*:}
+      log="$out/cifar_${name}_${preset}_${protocol}.log"
+      timeout "$cifar_timeout" "$py" -m experiments.cifar10_kd --data_dir="${set#*=}" \
+        --dataset=$name --preset=$preset --protocol=$protocol --method=compare $cifar_args \
+        --checkpoint_every=10 --tensorboard=false \
+        --workdir=runs/gpu_cifar_${name}_${preset}_${protocol} >"$log" 2>&1
+      echo "cifar $name $preset $protocol exit $?" >>"$log"
+      report "$log"
+    done
+  done
+fi
+
+if wants 6; then
+  stamp "6. the Keras KD example on full MNIST (teacher online, 3 students per arm)"
+  timeout 300 "$py" -m experiments.keras_mnist_kd --data_dir="$mnist" --seeds=3 $keras_args \
+    --tensorboard=false --workdir=runs/gpu_keras >"$out/keras.log" 2>&1
+  echo "keras exit $?" >>"$out/keras.log"
+  report "$out/keras.log"
 fi
 stamp "done"

@@ -1,30 +1,40 @@
-"""Seeds 001 and 002: distil a 4-conv CIFAR-10 teacher into a 2-conv student with
-logits (KD), hidden representations (cosine) or feature-map hints (FitNets).
+"""Distillation methods compared on CIFAR: seeds 001/002's 4-conv teacher and 2-conv
+student, or RepDistiller's resnet56 → resnet20, every method over several seeds.
 
     python -m experiments.cifar10_kd --data_dir=path/to/cifar10 --method=all --seeds=3
+    python -m experiments.cifar10_kd --data_dir=path/to/cifar10 --method=compare --seeds=3 \
+        --preset=resnet56_resnet20
 
 ``--method`` lists the student runs: ``ce`` (labels only), ``kd`` (CE + T²·KL on
-logits), ``cosine`` (CE + cosine loss between the student's 1024 flattened conv
-features and the teacher's 2048, average-pooled to 1024) and ``hint`` (CE + MSE
-between the student's trainable regressor output and the teacher's 8×8×32 conv
-map); ``all`` is the four of them: with the teacher, seed 002's five-run
-comparison. The teacher is trained once per workdir; its logits, features and
-feature maps are computed once and stored by example id; every method trains
-``--seeds`` students together in one compiled program.
+logits), ``cosine`` (CE + cosine loss between the student's flattened features and
+the teacher's, average-pooled to the student's width), ``hint`` (CE + MSE between
+the student's trainable regressor output and the teacher's last conv map) and the
+methods of :data:`experiments.cifar_pairs.COMPARED_METHODS`; ``all`` is the first
+four (with the teacher, seed 002's five-run comparison), ``compare`` every method.
+The teacher is trained once per workdir; every method trains ``--seeds`` students
+together in one compiled program.
 
-``--preset=seed002`` (default) uses the nets with dropout 0.1 (``four_conv_net``
-and ``two_conv_net``: the seed's "DeepNN" and "LightNN"), KD at T=2 with weights
-0.75 CE / 0.25 soft, and 0.75 / 0.25 for cosine and hint. ``--preset=seed001``
-uses the nets without dropout and KD at T=10 with weights 1 / 1.
-``--temperature``, ``--hard_weight`` and ``--soft_weight`` override the preset.
-Inputs are normalised with ImageNet mean/std, as in both seeds.
+``--preset`` picks the pair, its protocol and its loss weights
+(:mod:`experiments.cifar_pairs`): ``seed002`` (default), ``seed001`` or
+``resnet56_resnet20`` (RepDistiller's networks and 240-epoch SGD protocol with
+crop-and-flip augmentation and the teacher online); ``--protocol=seed|repdistiller``
+trains a pair under the other protocol. ``--epochs``,
+``--teacher_epochs``, ``--batch_size`` and ``--learning_rate`` override the
+protocol (a shorter run keeps the learning-rate drops at the same fractions of
+training), ``--temperature``, ``--hard_weight`` and ``--soft_weight`` the KD
+weights, and ``--train_examples=N`` trains on a fixed random subset of N training
+images (what a CPU affords; the results record it).
 
-Data: ``--data_dir`` names an image folder (``train/<class>/*.jpg``,
-``test/<class>/*.jpg``), a ``.tar`` of one, or a TFDS data dir with cifar10;
-without it, a prepared or downloadable TFDS ``cifar10``. Decoded images are cached
-(``--cache_dir``). Writes ``results.json``, ``comparison.png`` and
-``learning_curves.png`` in the workdir; re-running resumes unfinished runs.
-From Python::
+The report gives each method's test accuracy as mean ± std over its seeds, its gain
+over KD and whether that exceeds the spread (:data:`experiments.method_table.SPREAD_RULE`),
+its training time and its time per step beside CE's.
+
+Data: ``--dataset=cifar10`` (default) or ``cifar100``; ``--data_dir`` names an
+image folder (``train/<class>/*.png``, ``test/<class>/*.png``), a ``.tar`` of one,
+or a TFDS data dir; without it, a prepared or downloadable TFDS copy. Decoded images
+are cached (``--cache_dir``). Writes ``results.json``, ``comparison.png`` and
+``learning_curves.png`` in the workdir; re-running resumes unfinished runs. From
+Python::
 
     from experiments import cifar10_kd
     results = cifar10_kd.run(cifar10_kd.Config(method=("ce", "kd"), seeds=3))
@@ -37,7 +47,17 @@ import time
 
 import numpy as np
 
-from experiments import report
+from experiments import method_table, report
+from experiments.cifar_pairs import (
+    COMPARED_METHODS,
+    LABELS,
+    METHODS,
+    PRESETS,
+    PROTOCOLS,
+    SEED_METHODS,
+    SHORT_LABELS,
+    input_normalisation,
+)
 from experiments.config import (
     CommonConfig,
     at_least_one,
@@ -48,76 +68,17 @@ from experiments.config import (
     option,
     positive,
 )
-from kdjax.data import IMAGENET_MEAN, IMAGENET_STD
-from kdjax.image_folder import load_cifar10
+from kdjax.data import Dataset, Split
+from kdjax.image_folder import CIFAR_SETS, load_cifar
 from kdjax.objectives import get_objective
 from kdjax.runs import train_run
 from kdjax.spec import RunSpec
 from kdjax.teachers import Teacher
 
-SEED_METHODS = ("ce", "kd", "cosine", "hint")
-# The methods researchers compare against (kdjax.objectives), with the loss weights
-# RepDistiller uses on CIFAR (CE weight 1, the method's term beta; AT's 1000 is its
-# ×1000), DKD's T=4 and DIST's T=4 (their CIFAR settings); KD's T is the preset's.
-COMPARED_METHODS = {
-    "kd_standardized": {"hard_weight": 1.0, "soft_weight": 1.0},
-    "dkd": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
-    "dist": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
-    "at": {"hard_weight": 1.0, "soft_weight": 1000.0},
-    "nst": {"hard_weight": 1.0, "soft_weight": 50.0},
-    "sp": {"hard_weight": 1.0, "soft_weight": 3000.0},
-    "pkt": {"hard_weight": 1.0, "soft_weight": 30000.0},
-    "rkd": {"hard_weight": 1.0, "soft_weight": 1.0},
-    "cc": {"hard_weight": 1.0, "soft_weight": 0.02},
-    "vid": {"hard_weight": 1.0, "soft_weight": 1.0},
-    "crd": {"hard_weight": 1.0, "soft_weight": 0.8},
-}
-METHODS = (*SEED_METHODS, *COMPARED_METHODS)
-# Each seed's networks (registry model and settings) and loss weights.
-PRESETS = {
-    "seed002": {
-        "teacher": ("four_conv_net", {"dropout": 0.1}),
-        "student": ("two_conv_net", {"dropout": 0.1}),
-        "kd": {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25},
-        "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
-        "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
-        # The tutorial's one published docs build (percent).
-        "published": {
-            "teacher": 75.60,
-            "ce": 70.41,
-            "kd": 70.19,
-            "cosine": 70.87,
-            "hint": 71.40,
-        },
-    },
-    "seed001": {
-        "teacher": ("four_conv_net", {}),
-        "student": ("two_conv_net", {}),
-        "kd": {"temperature": 10.0, "hard_weight": 1.0, "soft_weight": 1.0},
-        # Seed 001 has no cosine or hint run; seed 002's weights are used.
-        "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
-        "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
-        "published": {"teacher": 74.43, "ce": 69.51, "kd": 71.38},
-    },
-}
-LABELS = {
-    "teacher": "teacher",
-    "ce": "student CE",
-    "kd": "student CE + KD",
-    "cosine": "student CE + cosine",
-    "hint": "student CE + hint (regressor MSE)",
-    **{method: f"student CE + {method}" for method in COMPARED_METHODS},
-}
-SHORT_LABELS = {
-    "teacher": "teacher",
-    "ce": "CE",
-    "kd": "CE + KD",
-    "cosine": "CE + cosine",
-    "hint": "CE + hint",
-    **{method: f"CE + {method}" for method in COMPARED_METHODS},
-}
-INPUT_NORMALISATION = {"input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD}
+__all__ = ["COMPARED_METHODS", "METHODS", "PRESETS", "Config", "run"]
 TEACHER_SEED = 42
+# The fixed random subset of --train_examples is drawn with this seed.
+SUBSET_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +94,20 @@ class Config(CommonConfig):
         ),
     )
     preset: str = option(
-        "seed002", "Nets and loss weights of which seed.", choices=tuple(sorted(PRESETS))
+        "seed002",
+        "Teacher-student pair, its protocol and loss weights: seed002, seed001 or "
+        "resnet56_resnet20 (experiments.cifar_pairs).",
+        choices=tuple(PRESETS),
     )
+    protocol: str | None = option(
+        None,
+        "Training protocol: seed (Adam 1e-3, batch 128, 10 epochs) or repdistiller (SGD "
+        "0.05, batch 64, 240 epochs, crops and flips, teacher online); default: the preset's.",
+        choices=tuple(PROTOCOLS),
+    )
+    dataset: str = option("cifar10", "cifar10 or cifar100.", choices=tuple(CIFAR_SETS))
     temperature: float | None = option(
-        None, "KD temperature (default: the preset's, 2 or 10).", check=finite(positive)
+        None, "KD temperature (default: the preset's, 2, 10 or 4).", check=finite(positive)
     )
     hard_weight: float | None = option(
         None, "Weight of the label CE (default: the preset's).", check=finite(non_negative)
@@ -150,23 +121,38 @@ class Config(CommonConfig):
     first_seed: int = option(
         42, "Seed of the first student; the rest count up.", check=non_negative
     )
-    epochs: int = option(10, "Student training epochs (seeds: 10).", check=at_least_one)
-    teacher_epochs: int = option(
-        10, "Teacher epochs, when it is not in the workdir.", check=at_least_one
+    epochs: int | None = option(
+        None, "Student epochs (default: the preset's, 10 or 240).", check=at_least_one
     )
-    batch_size: int = option(128, "Training batch size (seeds: 128).", check=at_least_one)
-    learning_rate: float = option(1e-3, "Adam learning rate (seeds: 1e-3).", check=finite(positive))
+    teacher_epochs: int | None = option(
+        None,
+        "Teacher epochs, when it is not in the workdir (default: the preset's).",
+        check=at_least_one,
+    )
+    batch_size: int | None = option(
+        None, "Training batch size (default: the preset's, 128 or 64).", check=at_least_one
+    )
+    learning_rate: float | None = option(
+        None,
+        "Learning rate (default: the preset's, Adam 1e-3 or SGD 0.05).",
+        check=finite(positive),
+    )
+    train_examples: int | None = option(
+        None,
+        "Train on a fixed random subset of this many training images (default: all).",
+        check=at_least_one,
+    )
     data_dir: str | None = option(
         None,
-        "CIFAR-10 image folder, its .tar, or a TFDS data dir.",
+        "CIFAR-10/100 image folder, its .tar, or a TFDS data dir.",
         check=(existing_path, "must be an existing folder or archive"),
     )
-    download: bool = option(True, "Let TFDS download cifar10 when no copy is found.")
+    download: bool = option(True, "Let TFDS download the data set when no copy is found.")
     cache_dir: str | None = option(None, "Decoded-image cache (default: <workdir>/data_cache).")
     allow_partial: bool = option(
         False,
         "Accept an image folder with missing classes or other counts than 5,000/1,000 "
-        "per class (the results then say PARTIAL DATA SET).",
+        "(CIFAR-100: 500/100) per class (the results then say PARTIAL DATA SET).",
     )
 
     def methods(self) -> list[str]:
@@ -177,6 +163,28 @@ class Config(CommonConfig):
         if "compare" in names:
             names |= set(METHODS)
         return [method for method in METHODS if method in names]
+
+    def base_protocol(self):
+        """The protocol asked for, or the preset's."""
+        if self.protocol is not None:
+            return PROTOCOLS[self.protocol]
+        return PRESETS[self.preset]["protocol"]
+
+    def training_protocol(self):
+        """The protocol with this config's batch size and learning rate (its ``epochs``
+        stay the length its learning-rate drops are given for)."""
+        protocol = self.base_protocol()
+        overrides = {
+            name: getattr(self, name)
+            for name in ("batch_size", "learning_rate")
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(protocol, **overrides)
+
+    def run_epochs(self) -> dict[str, int]:
+        """Epochs of the teacher and of the students: the flags', else the protocol's."""
+        default = self.base_protocol().epochs
+        return {"teacher": self.teacher_epochs or default, "student": self.epochs or default}
 
 
 def method_weights(config: Config, method: str) -> dict:
@@ -194,79 +202,125 @@ def method_weights(config: Config, method: str) -> dict:
     return weights
 
 
+def training_subset(dataset: Dataset, count: int | None) -> Dataset:
+    """``dataset`` with ``count`` training examples drawn without replacement by a fixed
+    seed (kept in their original order; test split unchanged), or as it is."""
+    if count is None:
+        return dataset
+    total = len(dataset.train)
+    if count > total:
+        raise ValueError(f"--train_examples={count} exceeds the {total} training images.")
+    rows = np.sort(np.random.default_rng(SUBSET_SEED).permutation(total)[:count])
+    train = dataset.train
+    notice = f"TRAINING SUBSET: {count:,} of the {total:,} training images."
+    return dataclasses.replace(
+        dataset,
+        train=Split(train.images[rows], train.labels[rows], train.ids[rows]),
+        notice=" ".join(filter(None, (dataset.notice, notice))),
+    )
+
+
+def spec_fields(config: Config, dataset: Dataset, epochs: int) -> tuple[dict, dict]:
+    """RunSpec fields every run of this config shares (``epochs``: the run's own, which
+    places the learning-rate drops), and the model settings the data set adds."""
+    protocol = config.training_protocol()
+    schedule = {}
+    if protocol.lr_decay_epochs:
+        schedule = {
+            "lr_schedule": "step",
+            "lr_decay_epochs": protocol.decay_epochs(epochs),
+            "lr_decay_rate": protocol.lr_decay_rate,
+        }
+    settings = {} if dataset.num_classes == 10 else {"num_classes": dataset.num_classes}
+    return dict(
+        epochs=epochs,
+        batch_size=protocol.batch_size,
+        learning_rate=protocol.learning_rate,
+        optimizer=protocol.optimizer,
+        weight_decay=protocol.weight_decay,
+        image_augment=protocol.image_augment,
+        compute_dtype=config.compute_dtype,
+        **schedule,
+        **input_normalisation(protocol, config.dataset),
+    ), settings
+
+
 def run(config: Config) -> dict:
     started = time.perf_counter()
-    preset, methods = PRESETS[config.preset], config.methods()
-    dataset = load_cifar10(
+    preset, methods, protocol = PRESETS[config.preset], config.methods(), config.training_protocol()
+    dataset = load_cifar(
+        config.dataset,
         config.data_dir,
         download=config.download,
         allow_partial=config.allow_partial,
         cache_dir=config.cache_dir or f"{config.workdir}/data_cache",
         log=report.log,
     )
+    full_size = len(dataset.train)
+    dataset = training_subset(dataset, config.train_examples)
     report.log(
         f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
-        f"{len(dataset.train)} train / {len(dataset.test)} test examples."
+        f"{len(dataset.train)} train (of {full_size}) / {len(dataset.test)} test examples."
     )
     report.log(
-        f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each."
+        f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each; "
+        f"epochs {config.run_epochs()}; {protocol}."
     )
-
     execution = report.execution(config)
 
     def train(spec, teacher=None):
         return train_run(
-            spec,
-            dataset,
-            config.workdir,
-            teacher=teacher,
-            execution=execution,
-            log=report.log,
+            spec, dataset, config.workdir, teacher=teacher, execution=execution, log=report.log
         )
 
-    shared = dict(
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        compute_dtype=config.compute_dtype,
-        **INPUT_NORMALISATION,
-    )
-    model, settings = preset["teacher"]
+    fields, settings = spec_fields(config, dataset, config.run_epochs()["teacher"])
+    model, model_settings = preset["teacher"]
     specs = {
         "teacher": RunSpec(
             role="teacher",
             model=model,
-            model_settings=settings,
-            epochs=config.teacher_epochs,
+            model_settings={**model_settings, **settings},
             seed=TEACHER_SEED,
-            **shared,
+            **fields,
         )
     }
     results = {"teacher": train(specs["teacher"])}
     teacher = Teacher(specs["teacher"], results["teacher"].variables, results["teacher"].run_dir)
     # Every output the methods read, computed in one pass over the training set.
     needed = tuple(dict.fromkeys(n for m in methods for n in get_objective(m).teacher_outputs))
-    if needed:
+    if needed and protocol.teacher_mode == "stored":
         teacher.outputs(dataset, needed, splits=("train",), log=report.log)
 
     seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
+    fields, settings = spec_fields(config, dataset, config.run_epochs()["student"])
+    model, model_settings = preset["student"]
     weights = {"teacher": {}}
     for method in methods:
         weights[method] = method_weights(config, method)
-        model, settings = preset["student"]
+        reads_teacher = bool(get_objective(method).teacher_outputs)
         name = f"student_{method}"
         specs[name] = RunSpec(
             role=name,
             model=model,
-            model_settings=settings,
+            model_settings={**model_settings, **settings},
             objective=method,
-            epochs=config.epochs,
             seed=seeds if len(seeds) > 1 else seeds[0],
+            teacher_mode=protocol.teacher_mode if reads_teacher else "stored",
             **weights[method],
-            **shared,
+            **fields,
         )
         report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
-        results[name] = train(specs[name], teacher if method != "ce" else None)
+        results[name] = train(specs[name], teacher if reads_teacher else None)
+    return _report(config, dataset, specs, results, weights, started)
 
+
+def _report(config, dataset, specs, results, weights, started) -> dict:
+    """The study (comparison, gains, costs), results.json, plots and the printed table."""
+    preset, protocol = PRESETS[config.preset], config.training_protocol()
+    # Published accuracies belong to the pair's own protocol and data set.
+    own_protocol = config.base_protocol() == preset["protocol"]
+    published = preset["published"].get(config.dataset, {}) if own_protocol else {}
+    methods = [name.removeprefix("student_") for name in specs if name != "teacher"]
     runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
     rows = [
         {
@@ -274,109 +328,67 @@ def run(config: Config) -> dict:
             "run": run_name,
             "weights": weights[method],
             "accuracy": report.mean_std(results[run_name].test_accuracy),
-            "published": preset["published"].get(method),
+            "published": published.get(method),
         }
         for method, run_name in [("teacher", "teacher")] + [(m, f"student_{m}") for m in methods]
     ]
-    verdicts = gains_over_ce(rows) if len(seeds) > 1 else {}
-    study = {"preset": config.preset, "comparison": rows, "gains_over_ce": verdicts}
+    steps_per_epoch = len(dataset.train) // protocol.batch_size
+    names = {"teacher": "teacher", **{method: f"student_{method}" for method in methods}}
+    costs = method_table.step_costs(runs, names, steps_per_epoch)
+    study = {
+        "preset": config.preset,
+        "dataset": config.dataset,
+        "train_examples": len(dataset.train),
+        "protocol": dataclasses.asdict(protocol),
+        "epochs": config.run_epochs(),
+        "comparison": rows,
+        "spread_rule": method_table.SPREAD_RULE,
+        "gains_over_ce": method_table.gains_over(rows, "ce"),
+        "gains_over_kd": method_table.gains_over(rows, "kd"),
+        "costs": costs,
+        "cost_baseline": "ce",
+        "published_source": preset["published_source"] if published else None,
+    }
     document = report.results_document("cifar10_kd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
     title = (
-        f"CIFAR-10 ({config.preset}): students {config.epochs} epochs × {len(seeds)} seed(s), "
-        f"teacher {len(results['teacher'].history)} epochs"
+        f"{CIFAR_SETS[config.dataset][0]} ({config.preset}, {len(dataset.train):,} train): "
+        f"students {config.run_epochs()['student']} epochs × {config.seeds} seed(s)"
     )
-    comparison = plot_comparison(
-        f"{config.workdir}/comparison.png", rows, preset["published"], title
+    comparison = method_table.plot_comparison(
+        f"{config.workdir}/comparison.png",
+        rows,
+        SHORT_LABELS,
+        title,
+        f"published ({preset['published_source']})",
     )
     curves = report.plot_learning_curves(
         f"{config.workdir}/learning_curves.png",
         {LABELS[row["method"]]: report.mean_history(runs[row["run"]]["history"]) for row in rows},
         title + " (mean over seeds)",
     )
-    table = [
-        [
-            LABELS[row["method"]],
-            runs[row["run"]]["spec"]["model"],
-            f"{runs[row['run']]['parameters']:,}",
-            report.format_mean_std(row["accuracy"]),
-            "—" if row["published"] is None else f"{row['published']:.2f}",
-            str(runs[row["run"]]["epochs"]),
-            str(runs[row["run"]]["mean_epoch_seconds"]),
-        ]
-        for row in rows
+    notes = [f"Gain over KD counts as beyond the spread when {method_table.SPREAD_RULE}."]
+    notes += [
+        f"{LABELS[name]}: {100 * v['gain']:+.2f} points over CE; "
+        + ("exceeds" if v["exceeds_spread"] else "within")
+        + f" the spread ({100 * v['spread']:.2f})."
+        for name, v in study["gains_over_ce"].items()
     ]
-    notes = [
-        f"{LABELS[name]}: {100 * v['gain_over_ce']:+.2f} points over CE; "
-        + ("exceeds" if v["gain_exceeds_spread"] else "within")
-        + f" the seed-to-seed spread ({100 * v['largest_seed_std']:.2f})."
-        for name, v in verdicts.items()
-    ]
+    notes.append(
+        f"ms/step: one step of the {config.seeds} student(s) of a method together, batch "
+        f"{protocol.batch_size} (* includes compilation); extra vs CE includes the "
+        + ("teacher's forward pass (online)." if protocol.teacher_mode == "online" else "method.")
+    )
     report.print_report(
-        ["run", "model", "params", "test acc %", "published %", "epochs", "s/epoch"],
-        table,
-        notes=["", *notes] if notes else [],
+        method_table.TABLE_HEADER,
+        method_table.table(rows, runs, study["gains_over_kd"], costs, LABELS),
+        notes=["", *notes, *report.data_notes(dataset)],
         footer=(
             f"Results: {path}  Plots: {comparison}, {curves}  "
             f"Wall time: {document['wall_seconds']} s"
         ),
     )
     return document
-
-
-def gains_over_ce(rows: list[dict]) -> dict:
-    """Each distillation method's mean gain over the CE students, beside the larger of
-    the two seed-to-seed standard deviations."""
-    baseline = next((row for row in rows if row["method"] == "ce"), None)
-    if baseline is None:
-        return {}
-    verdicts = {}
-    for row in rows:
-        if row["method"] in ("teacher", "ce"):
-            continue
-        gain = row["accuracy"]["mean"] - baseline["accuracy"]["mean"]
-        spread = max(row["accuracy"]["std"], baseline["accuracy"]["std"])
-        verdicts[row["method"]] = {
-            "gain_over_ce": gain,
-            "largest_seed_std": spread,
-            "gain_exceeds_spread": bool(abs(gain) > spread),
-        }
-    return verdicts
-
-
-def plot_comparison(path, rows: list[dict], published: dict, title: str):
-    if not report.is_main_process():
-        return path
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    positions = np.arange(len(rows))
-    means = [100 * row["accuracy"]["mean"] for row in rows]
-    stds = [100 * row["accuracy"]["std"] for row in rows]
-    axes.bar(positions, means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8, label="kdjax")
-    for position, row in zip(positions, rows, strict=True):
-        for value in row["accuracy"]["each"]:
-            axes.plot(position, 100 * value, "k.", markersize=4)
-        if row["method"] in published:
-            axes.plot(position, published[row["method"]], "r_", markersize=22, markeredgewidth=2)
-    axes.plot([], [], "r_", markersize=12, markeredgewidth=2, label="published (one run)")
-    axes.set_xticks(positions, [SHORT_LABELS[row["method"]] for row in rows])
-    shown = [published[row["method"]] for row in rows if row["method"] in published]
-    spread = max(stds + [0])
-    low = min(min(means) - spread, *shown) - 3
-    high = max(max(means) + spread, *shown) + 2
-    axes.set_ylim(max(0, low), min(100, high))
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
-    axes.grid(axis="y", alpha=0.3)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ class CommonConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             check, choices = field.metadata.get("check"), field.metadata.get("choices")
-            if choices and value not in choices:
+            if choices and value is not None and value not in choices:
                 problems.append(f"--{field.name} must be one of {', '.join(choices)}")
             elif check and value is not None and not check[0](value):
                 problems.append(f"--{field.name} {check[1]}, got {_show(value)}")

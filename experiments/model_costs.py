@@ -35,6 +35,13 @@ PRESETS = {
     },
     "four_conv_net": (*cifar10_kd.PRESETS["seed001"]["teacher"], CIFAR_IMAGE),
     "two_conv_net": (*cifar10_kd.PRESETS["seed001"]["student"], CIFAR_IMAGE),
+    **{
+        model: (model, settings, CIFAR_IMAGE)
+        for model, settings in (
+            cifar10_kd.PRESETS["resnet56_resnet20"]["teacher"],
+            cifar10_kd.PRESETS["resnet56_resnet20"]["student"],
+        )
+    },
 }
 
 

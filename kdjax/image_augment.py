@@ -11,6 +11,7 @@ images too. Apply augmentations to training batches only.
 Factories (each returns an augmentation):
 
 - :func:`flip` — horizontal and/or vertical flips, each with probability ½;
+- :func:`pad_crop` — a random crop of the zero-padded image (a shift, zeros filled in);
 - :func:`rotate90` — a random multiple of 90° (square images);
 - :func:`random_affine` — rotation by a uniform angle and Keras-style zoom in one
   bilinear resampling (:func:`rotate` and :func:`zoom` are its special cases);
@@ -31,6 +32,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
+
+from kdjax.augment import draw_offsets, translate
 
 Batch = dict[str, jax.Array]
 Augment = Callable[[jax.Array, Batch], Batch]
@@ -145,6 +148,26 @@ def flip(*, horizontal: bool = True, vertical: bool = False, probability: float 
     return augment
 
 
+def pad_crop(padding: int = 4) -> Augment:
+    """A random crop of each image, at its own size, out of the image padded with
+    ``padding`` zeros on every side: torchvision's ``RandomCrop(size, padding=padding)``,
+    i.e. a shift by up to ``padding`` pixels each way, uncovered pixels black.
+
+    Example:
+      >>> images = jnp.ones((2, 8, 8, 3), jnp.uint8)
+      >>> pad_crop(2)(jax.random.key(0), {"images": images})["images"].dtype
+      dtype('uint8')
+    """
+
+    def augment(key: jax.Array, batch: Batch) -> Batch:
+        images = batch["images"]
+        _check_images(images)
+        offsets = draw_offsets(key, images.shape[0], padding)
+        return _with_images(batch, _like(translate(images, offsets, padding), images))
+
+    return augment
+
+
 def rotate90() -> Augment:
     """Rotates each (square) image by 0°, 90°, 180° or 270°, each with probability ¼.
 
@@ -251,6 +274,9 @@ PRESETS = {
         random_affine(max_degrees=180.0, zoom_range=(0.5, 1.0)),
         brightness(0.2, 1.0),
     ),
+    # CIFAR's standard augmentation (RepDistiller's, and most CIFAR ResNet papers'):
+    # RandomCrop(32, padding=4) and RandomHorizontalFlip.
+    "crop_flip": lambda: compose(pad_crop(4), flip(horizontal=True)),
     # The 8 exact symmetries of the square: no interpolation.
     "symmetries": lambda: compose(flip(horizontal=True, vertical=True), rotate90()),
 }

@@ -1,4 +1,5 @@
-"""Image-folder data sets (``<root>/{train,test}/<class_name>/*.jpg|png``) and CIFAR-10.
+"""Image-folder data sets (``<root>/{train,test}/<class_name>/*.jpg|png``), CIFAR-10 and
+CIFAR-100.
 
 An image folder is read from a directory or straight from a ``.tar`` archive of
 one (no extraction needed). Class ids follow the sorted class-folder names unless
@@ -13,12 +14,13 @@ and the cache is rebuilt; an unchanged source is loaded in about a second.
 
 Incomplete data stops the load with one line naming the source and what is
 missing: a tar archive without its end-of-archive marker (cut short), a class with
-images in one split and none in the other, and — for CIFAR-10 — any class without
-exactly 5,000 training and 1,000 test images. ``allow_partial=True`` loads such a
-set anyway, and the Dataset's ``notice`` (recorded in results) says what is missing.
+images in one split and none in the other, and — for CIFAR-10 (CIFAR-100) — any class
+without exactly 5,000 (500) training and 1,000 (100) test images.
+``allow_partial=True`` loads such a set anyway, and the Dataset's ``notice``
+(recorded in results) says what is missing.
 
-CIFAR-10 is found in this order (see :func:`load_cifar10`): ``data_dir`` (an image
-folder, its ``.tar``, or a prepared TFDS data dir) → a prepared TFDS ``cifar10``
+CIFAR-10 and CIFAR-100 are found in this order (see :func:`load_cifar`): ``data_dir``
+(an image folder, its ``.tar``, or a prepared TFDS data dir) → a prepared TFDS copy
 → a TFDS download when the network is reachable. There is no embedded fallback:
 without data the command stops and says how to provide it.
 """
@@ -60,14 +62,39 @@ CIFAR10_CLASSES = (
     "ship",
     "truck",
 )
-CIFAR10_HINT = (
-    "Provide CIFAR-10 with data_dir=DIR (the commands' --data_dir flag) where DIR is an "
-    "image folder (DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of "
-    "one, or a "
-    "TFDS data dir with cifar10 prepared in array_record format; or run once with network "
-    "access so TFDS can download cifar10."
+# CIFAR-100's fine labels in their canonical order (the data set's meta file and TFDS),
+# which is also the sorted order.
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+    crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+    keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse
+    mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy
+    porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper
+    snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television
+    tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
 )
 CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}
+# Each CIFAR data set's TFDS name, display name, classes and images per class.
+CIFAR_SETS = {
+    "cifar10": ("CIFAR-10", CIFAR10_CLASSES, CIFAR10_PER_CLASS),
+    "cifar100": ("CIFAR-100", CIFAR100_CLASSES, {"train": 500, "test": 100}),
+}
+
+
+def cifar_hint(name: str = "cifar10") -> str:
+    """How to provide a CIFAR data set (``"cifar10"`` or ``"cifar100"``)."""
+    title = CIFAR_SETS[name][0]
+    return (
+        f"Provide {title} with data_dir=DIR (the commands' --data_dir flag) where DIR is an "
+        "image folder "
+        "(DIR/train/<class>/*.jpg|png and DIR/test/<class>/*.jpg|png), a .tar of one, or a "
+        f"TFDS data dir with {name} prepared in array_record format; or run once with network "
+        f"access so TFDS can download {name}."
+    )
+
+
+CIFAR10_HINT = cifar_hint("cifar10")
 _CACHE_VERSION = 1
 
 
@@ -295,7 +322,8 @@ def load_image_folder(
     )
 
 
-def load_cifar10(
+def load_cifar(
+    name: str = "cifar10",
     data_dir: str | None = None,
     *,
     download: bool = True,
@@ -304,38 +332,49 @@ def load_cifar10(
     allow_partial: bool = False,
     log: Callable[[str], None] = print,
 ) -> Dataset:
-    """CIFAR-10 from the first source that has it (see the module docstring).
+    """CIFAR-10 (``name="cifar10"``) or CIFAR-100 (``"cifar100"``, fine labels) from the
+    first source that has it (see the module docstring).
 
-    Image folders must hold exactly CIFAR-10's ten classes with 5,000 training and
-    1,000 test images each (``allow_partial=True`` accepts fewer, and says so in the
-    Dataset's ``notice``); labels follow the canonical order (airplane 0 … truck 9),
-    which is also the sorted order.
+    Image folders must hold exactly the data set's classes (named as in
+    :data:`CIFAR10_CLASSES` / :data:`CIFAR100_CLASSES`) with 5,000 training and 1,000
+    test images each for CIFAR-10, 500 and 100 for CIFAR-100 (``allow_partial=True``
+    accepts fewer, and says so in the Dataset's ``notice``); labels follow the
+    canonical order, which is also the sorted order.
     """
+    if name not in CIFAR_SETS:
+        raise ValueError(f"unknown CIFAR data set {name!r}; known: {sorted(CIFAR_SETS)}")
+    title, classes, per_class = CIFAR_SETS[name]
+    hint = cifar_hint(name)
     if data_dir is not None:
         location = Path(data_dir)
         if not location.exists():
-            raise DataError(f"data_dir {data_dir} does not exist. " + CIFAR10_HINT)
-        if location.is_dir() and _data.tfds_prepared(str(location), "cifar10"):
-            return _data.load_tfds("cifar10", str(location))
+            raise DataError(f"data_dir {data_dir} does not exist. " + hint)
+        if location.is_dir() and _data.tfds_prepared(str(location), name):
+            return _data.load_tfds(name, str(location))
         if is_image_folder(location):
             dataset = load_image_folder(
                 location,
-                name="cifar10",
-                classes=CIFAR10_CLASSES,
+                name=name,
+                classes=classes,
                 cache_dir=cache_dir,
                 use_cache=use_cache,
-                per_class=CIFAR10_PER_CLASS,
+                per_class=per_class,
                 allow_partial=allow_partial,
                 log=log,
             )
             shape = dataset.train.images.shape[1:]
             if shape != (32, 32, 3):
-                raise DataError(f"{data_dir}: CIFAR-10 images are 32×32 RGB, found {shape}.")
+                raise DataError(f"{data_dir}: {title} images are 32×32 RGB, found {shape}.")
             return dataset
-        raise DataError(f"data_dir {data_dir} holds no CIFAR-10. " + CIFAR10_HINT)
-    if _data.tfds_prepared(None, "cifar10"):
-        return _data.load_tfds("cifar10", None)
+        raise DataError(f"data_dir {data_dir} holds no {title}. " + hint)
+    if _data.tfds_prepared(None, name):
+        return _data.load_tfds(name, None)
     if download and _data.network_reachable(_data.TFDS_PROBE_HOST):
-        log("Downloading CIFAR-10 with TFDS ...")
-        return _data.load_tfds("cifar10", None, download=True)
-    raise DataError("no CIFAR-10 found and no network to download it. " + CIFAR10_HINT)
+        log(f"Downloading {title} with TFDS ...")
+        return _data.load_tfds(name, None, download=True)
+    raise DataError(f"no {title} found and no network to download it. " + hint)
+
+
+def load_cifar10(data_dir: str | None = None, **options) -> Dataset:
+    """CIFAR-10: :func:`load_cifar` with ``name="cifar10"`` (same keyword options)."""
+    return load_cifar("cifar10", data_dir, **options)

@@ -15,13 +15,14 @@ count and no function the network can express.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 
 from kdjax.backbones import MobileNetV2, ResNet50V2
-from kdjax.layers import Conv, Dense, max_pool
+from kdjax.cifar_resnets import CIFAR_RESNETS
+from kdjax.layers import Conv, Dense, max_pool, strided_conv2d
 
 Outputs = dict[str, jax.Array]
 
@@ -206,9 +207,59 @@ class TwoConvNet(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
+class StridedConv(nn.Module):
+    """A strided convolution with bias and TensorFlow's "SAME" padding (Keras'
+    ``Conv2D(features, kernel_size, strides, padding="same")``): glorot-uniform kernel,
+    zero bias, Keras' defaults; parameters named as ``nn.Conv``'s."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 2
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        size, channels = self.kernel_size, images.shape[-1]
+        kernel = self.param(
+            "kernel", nn.initializers.glorot_uniform(), (size, size, channels, self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        padding = jax.lax.padtype_to_pads(
+            images.shape[1:3], (size, size), (self.strides, self.strides), "SAME"
+        )
+        kernel = kernel.astype(images.dtype)
+        outputs = strided_conv2d(images, kernel, tuple(map(tuple, padding)), self.strides)
+        return outputs + bias.astype(images.dtype)
+
+
+class StridedConvNet(nn.Module):
+    """Conv 3×3 stride 2 (same), LeakyReLU 0.2, max-pool 2×2 stride 1 (same), conv 3×3
+    stride 2 (same), flatten, dense ``num_classes``: the networks of the Keras example
+    "Knowledge distillation" — ``channels=(256, 512)`` its teacher (1,433,610
+    parameters on MNIST), ``(16, 32)`` its student (20,490). As in the example, no
+    activation follows the second convolution; weights start as Keras' (glorot-uniform
+    kernels, zero biases)."""
+
+    channels: tuple[int, int] = (256, 512)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
+        del train  # no dropout
+        x = StridedConv(self.channels[0], name="conv1")(images)
+        x = nn.leaky_relu(x, negative_slope=0.2)
+        x = nn.max_pool(x, (2, 2), strides=(1, 1), padding="SAME")
+        feature_map = StridedConv(self.channels[1], name="conv2")(x)
+        features = _flatten(feature_map)
+        dense = nn.Dense(
+            self.num_classes, kernel_init=nn.initializers.glorot_uniform(), name="dense"
+        )
+        logits = dense(features)
+        return {"logits": logits, "features": features, "feature_map": feature_map}
+
+
 # Architectures by name; their settings (widths, dropout) are keyword arguments, given
 # by each experiment's config and recorded with every run (RunSpec.model_settings).
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_conv_net": SmallConvNet,
     "conv_net": ConvNet,
@@ -216,9 +267,12 @@ MODELS: dict[str, type[nn.Module]] = {
     "conv_mlp": ConvMLP,
     "four_conv_net": FourConvNet,
     "two_conv_net": TwoConvNet,
+    "strided_conv_net": StridedConvNet,
     # Keras' ImageNet applications, layer for layer (kdjax.backbones).
     "resnet50v2": ResNet50V2,
     "mobilenetv2": MobileNetV2,
+    # RepDistiller's CIFAR ResNets with BatchNorm, resnet8 … resnet110 (kdjax.cifar_resnets).
+    **CIFAR_RESNETS,
 }
 
 

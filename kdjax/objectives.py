@@ -10,8 +10,8 @@ convention of seeds 001/002; seed 000's ``alpha`` is ``hard_weight = alpha,
 soft_weight = 1 − alpha`` (:func:`alpha_weights`).
 
 Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``;
-feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``; feature methods
-``cosine``, ``sp``, ``pkt``, ``rkd``, ``cc``, ``crd`` (see :mod:`kdjax.losses` for
+feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``, ``sp``; feature
+methods ``cosine``, ``pkt``, ``rkd``, ``cc``, ``crd`` (see :mod:`kdjax.losses` for
 each loss and its reference). ``hint``, ``vid`` and ``crd`` train a head beside
 the student (:mod:`kdjax.heads`). Adding a method is one
 :class:`Objective` in :data:`OBJECTIVES`::
@@ -149,7 +149,11 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("dist", ("logits",), _dist_term),
         Objective("at", ("feature_map",), _between("feature_map", losses.attention_transfer_loss)),
         Objective("nst", ("feature_map",), _between("feature_map", losses.nst_loss)),
-        Objective("sp", ("features",), _between("features", losses.similarity_preserving_loss)),
+        # SP relates the last conv maps (RepDistiller's feat[-2]); the other relational
+        # methods the classifier's input (feat[-1]), as RepDistiller pairs them.
+        Objective(
+            "sp", ("feature_map",), _between("feature_map", losses.similarity_preserving_loss)
+        ),
         Objective("pkt", ("features",), _between("features", losses.pkt_loss)),
         Objective("rkd", ("features",), _between("features", losses.rkd_loss)),
         Objective("cc", ("features",), _between("features", losses.correlation_congruence_loss)),

@@ -100,7 +100,7 @@ def train_run(
     training = Training(
         model=with_compute_dtype(model, spec.compute_dtype),
         objective=objective,
-        optimizer=make_optimizer(spec.optimizer, frozen=frozen),
+        optimizer=make_optimizer(spec.optimizer, weight_decay=spec.weight_decay, frozen=frozen),
         preprocess=spec.preprocess(),
         augment=spec.augment(),
         constraint=spec.constraint(),

@@ -4,7 +4,8 @@ directory.
 A run's identity is its role, its model and every field that differs from the
 default (so adding a field with a default never renames existing runs), minus the
 epoch count: asking for more epochs continues a run instead of starting a new one —
-except with a decaying learning rate, where the epoch count shapes the schedule.
+except with a cosine learning rate, where the epoch count shapes the schedule (a
+step schedule's boundaries are epochs of their own, named in the identity).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from kdjax.data import normalize
 from kdjax.image_augment import PRESETS as IMAGE_AUGMENTS
 from kdjax.objectives import get_objective
 from kdjax.training.precision import COMPUTE_DTYPES
-from kdjax.training.state import cosine_decay, max_norm_constraint
+from kdjax.training.state import cosine_decay, max_norm_constraint, step_decay
 
 TEACHER_MODES = ("stored", "online")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -56,6 +57,8 @@ class RunSpec:
     batch_size: int = 128
     learning_rate: float = 1e-3
     optimizer: str = "adam"
+    # L2 regularisation added to the gradient (PyTorch's weight_decay; see make_optimizer).
+    weight_decay: float = 0.0
     seed: int | tuple[int, ...] = 0
     temperature: float | tuple[float, ...] = 1.0
     hard_weight: float | tuple[float, ...] = 1.0
@@ -72,8 +75,12 @@ class RunSpec:
     # With translate_pixels and a stored teacher, the stored outputs cover every shift
     # and the student learns the teacher's output for the shifted image it sees.
     consistent_jitter: bool = False
-    # "constant", or "cosine": the learning rate decays to 0 over ``epochs``.
+    # "constant"; "cosine": the learning rate decays to 0 over ``epochs``; "step": it
+    # is multiplied by ``lr_decay_rate`` at the start of each epoch in
+    # ``lr_decay_epochs`` (0-based: 150 is the 151st epoch, as in RepDistiller).
     lr_schedule: str = "constant"
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
     # "stored": teacher outputs computed once and read by example id; "online": the
     # frozen teacher runs inside the step on the (augmented) batch.
     teacher_mode: str = "stored"
@@ -116,6 +123,9 @@ class RunSpec:
             )
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        problems += self._step_schedule_problems()
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         if self.image_augment and self.image_augment not in IMAGE_AUGMENTS:
             problems.append(
                 f"image_augment must be one of {sorted(IMAGE_AUGMENTS)}, got {self.image_augment!r}"
@@ -142,6 +152,19 @@ class RunSpec:
                     )
         if problems:
             raise ValueError(f"run {self.role!r}: " + "; ".join(problems) + ".")
+
+    def _step_schedule_problems(self) -> list[str]:
+        epochs, rate = tuple(self.lr_decay_epochs), self.lr_decay_rate
+        if self.lr_schedule != "step":
+            if epochs:
+                return [f"lr_decay_epochs {epochs} need lr_schedule='step'"]
+            return []
+        problems = []
+        if not epochs or list(epochs) != sorted(set(epochs)) or epochs[0] < 1:
+            problems.append(f"lr_decay_epochs must be increasing epochs >= 1, got {epochs}")
+        if not (math.isfinite(rate) and 0 < rate <= 1):
+            problems.append(f"lr_decay_rate must be in (0, 1], got {rate}")
+        return problems
 
     @property
     def population(self) -> int | None:
@@ -183,14 +206,20 @@ class RunSpec:
         return partial(max_norm_constraint, max_norm=self.max_norm)
 
     def schedule(self, train_examples: int):
-        if self.lr_schedule == "constant":
-            return None
-        return cosine_decay(self.epochs * (train_examples // self.batch_size))
+        """The learning-rate factor per step, for a training set of this size (None for
+        a constant rate)."""
+        steps_per_epoch = train_examples // self.batch_size
+        if self.lr_schedule == "step":
+            boundaries = [epoch * steps_per_epoch for epoch in self.lr_decay_epochs]
+            return step_decay(boundaries, self.lr_decay_rate)
+        if self.lr_schedule == "cosine":
+            return cosine_decay(self.epochs * steps_per_epoch)
+        return None
 
     def identity(self) -> dict:
         """The settings that name the run directory: role, model and every field that
         differs from its default, in JSON form; the epoch count only when the
-        learning rate decays over it."""
+        learning rate decays over it (cosine)."""
         defaults = {
             field.name: field.default_factory()
             if callable(field.default_factory)
@@ -202,7 +231,7 @@ class RunSpec:
         for name, default in defaults.items():
             value = getattr(self, name)
             if name == "epochs":
-                if self.lr_schedule != "constant":
+                if self.lr_schedule == "cosine":
                     identity[name] = value
             elif _json(value) != _json(default):
                 identity[name] = _json(value)

@@ -19,6 +19,7 @@ import pytest
 from experiments import (
     cifar10_kd,
     hinton_mnist,
+    keras_mnist_kd,
     mnist_kd,
     mnist_mlp_kd,
     mnist_sweep,
@@ -29,7 +30,16 @@ from experiments import (
 from kdjax.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = (cifar10_kd, hinton_mnist, mnist_kd, mnist_mlp_kd, mnist_sweep, mnist_takd, model_costs)
+COMMANDS = (
+    cifar10_kd,
+    hinton_mnist,
+    keras_mnist_kd,
+    mnist_kd,
+    mnist_mlp_kd,
+    mnist_sweep,
+    mnist_takd,
+    model_costs,
+)
 TINY = {"epochs": 1, "teacher_epochs": 1, "batch_size": 32}  # 192 examples: 6 steps
 
 
@@ -151,6 +161,9 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     assert mnist_takd.Config().chain == ("seed003_teacher", "seed003_assistant", "mlp_784")
     assert hinton_mnist.Config().teacher_epochs == 300 and hinton_mnist.Config().temperature == 20
     assert mnist_sweep.Config().workdir == mnist_kd.Config().workdir  # they share a teacher
+    keras = keras_mnist_kd.Config()  # the Keras example's settings
+    assert (keras.teacher_epochs, keras.epochs, keras.batch_size) == (5, 3, 32)
+    assert (keras.alpha, keras.temperature, keras.seeds) == (0.1, 10.0, 3)
 
 
 def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
@@ -408,7 +421,7 @@ def test_cifar10_kd_compares_methods_with_heads_and_deploys_the_student_alone(tm
     deployed = load_run(results["runs"]["student_crd"]["run_dir"], log=lambda m: None)
     assert set(deployed.variables["params"]) == {"conv1", "conv2", "fc1", "fc2"}
     assert deployed.accuracy(
-        cifar10_kd.load_cifar10(str(data_dir), allow_partial=True, log=lambda m: None).test
+        cifar10_kd.load_cifar("cifar10", str(data_dir), allow_partial=True, log=lambda m: None).test
     ) == pytest.approx(results["runs"]["student_crd"]["test_accuracy"][0], abs=1e-9)
     assert set(cifar10_kd.Config(method=("compare",)).methods()) == set(cifar10_kd.METHODS)
 

@@ -27,6 +27,8 @@ ALL = {
     "rotate90": aug.rotate90(),
     "affine": aug.random_affine(max_degrees=180, zoom_range=(0.5, 1.0)),
     "brightness": aug.brightness(0.2, 1.0),
+    "pad_crop": aug.pad_crop(4),
+    "crop_flip": aug.preset("crop_flip"),
     "seed003": aug.compose(
         aug.random_affine(max_degrees=180, zoom_range=(0.5, 1.0)), aug.brightness(0.2, 1.0)
     ),
@@ -71,6 +73,24 @@ def test_a_flip_is_its_own_inverse():
     np.testing.assert_array_equal(flipped[1], images[1])
     np.testing.assert_array_equal(flipped[2], images[2, ::-1, ::-1])
     np.testing.assert_array_equal(flipped[3], images[3, ::-1])
+
+
+def test_crop_flip_shifts_by_up_to_four_pixels_fills_zeros_and_flips_half():
+    batch = _batch(count=64)
+    out = np.asarray(aug.preset("crop_flip")(jax.random.key(5), batch)["images"])
+    images = np.asarray(batch["images"])
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    flipped = 0
+    for index in range(len(images)):
+        crops = [
+            padded[index, dy : dy + SIZE, dx : dx + SIZE] for dy in range(9) for dx in range(9)
+        ]
+        plain = any(np.array_equal(out[index], crop) for crop in crops)
+        mirrored = any(np.array_equal(out[index], crop[:, ::-1]) for crop in crops)
+        assert plain or mirrored  # a crop of the zero-padded image, maybe mirrored
+        flipped += mirrored and not plain
+    assert 16 < flipped < 48
+    np.testing.assert_array_equal(aug.pad_crop(0)(jax.random.key(5), batch)["images"], images)
 
 
 def test_rotations_by_multiples_of_90_degrees_are_exact():

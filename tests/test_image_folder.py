@@ -12,7 +12,9 @@ from kdjax import data, image_folder
 from kdjax.data import DataError
 from kdjax.image_folder import (
     CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
     is_image_folder,
+    load_cifar,
     load_cifar10,
     load_image_folder,
 )
@@ -376,6 +378,36 @@ def test_cifar10_uses_a_prepared_tfds_copy(monkeypatch):
     monkeypatch.setattr(data, "load_tfds", fake_load_tfds)
     assert load_cifar10(None, log=lambda _: None) == "dataset"
     assert loaded == {"name": "cifar10", "download": False}
+
+
+def test_cifar100_labels_follow_the_fine_label_order_and_counts_are_checked(tmp_path):
+    assert len(CIFAR100_CLASSES) == 100 and list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES)
+    classes = ("whale", "apple", "bee")  # written in this order; labels are canonical
+    write_image_folder(tmp_path / "c100", classes=classes, size=(32, 32))
+    messages = []
+    dataset = load_cifar(
+        "cifar100", str(tmp_path / "c100"), use_cache=False, allow_partial=True, log=messages.append
+    )
+    assert dataset.name == "cifar100" and dataset.num_classes == 100
+    expected = {CIFAR100_CLASSES.index(name) for name in classes}
+    assert set(dataset.train.labels.tolist()) == expected == {0, 6, 95}
+    assert "train/ needs 500 images per class, has apple 3" in messages[0]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no CIFAR-100"):
+        load_cifar("cifar100", str(tmp_path / "empty"), log=lambda _: None)
+
+
+def test_cifar100_uses_a_prepared_tfds_copy(monkeypatch):
+    loaded = {}
+
+    def fake_load_tfds(name, data_dir=None, *, download=False):
+        loaded.update(name=name, download=download)
+        return "dataset"
+
+    monkeypatch.setattr(data, "tfds_prepared", lambda data_dir, name="mnist": name == "cifar100")
+    monkeypatch.setattr(data, "load_tfds", fake_load_tfds)
+    assert load_cifar("cifar100", None, log=lambda _: None) == "dataset"
+    assert loaded == {"name": "cifar100", "download": False}
 
 
 def test_default_cache_dir_honours_the_environment(monkeypatch, tmp_path):

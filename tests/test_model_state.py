@@ -186,6 +186,50 @@ def test_online_teacher_in_the_step_equals_stored_outputs_without_augmentation()
     assert set(by_teacher.params) == set(state.params)
 
 
+TEACHER_PASSES = []
+
+
+class CountingTeacher(nn.Module):
+    """An MLP teacher that counts its forward passes as they run (not as traced)."""
+
+    @nn.compact
+    def __call__(self, images, *, train=False):
+        jax.debug.callback(lambda: TEACHER_PASSES.append(1))
+        return MLP(hidden_sizes=(8,))(images, train=train)
+
+
+@pytest.mark.parametrize("strategy", ["map", "vmap"])
+def test_a_population_shares_one_online_teacher_pass_per_step_and_matches_single_runs(
+    tmp_path, strategy
+):
+    from kdjax.training import OnlineTeacher
+
+    teacher_model = CountingTeacher()
+    teacher_variables = teacher_model.init(jax.random.PRNGKey(1), UNIT(_split(1).images))
+    teacher = OnlineTeacher(teacher_model, teacher_variables, UNIT)
+
+    def run(name, seed):
+        return fit(
+            Training(MLP(hidden_sizes=(8,)), OBJECTIVES["kd"], make_optimizer("adam"), UNIT,
+                     teacher=teacher),
+            name=name, run_dir=tmp_path / name, run_config={"name": name},
+            hyperparams=make_hyperparams(learning_rate=1e-2, temperature=2.0,
+                                         hard_weight=0.5, soft_weight=0.5),
+            train_split=_split(128), test_split=_split(64, seed=1), epochs=1, batch_size=32,
+            seed=seed, data_seed=0, log=lambda message: None,
+            execution=Execution(feed="host", population_strategy=strategy),
+        )  # fmt: skip
+
+    TEACHER_PASSES.clear()
+    population = run("population", [0, 1, 2])
+    assert len(TEACHER_PASSES) == 128 // 32  # one pass per step, not one per student
+    for index, seed in enumerate((0, 1, 2)):
+        single = run(f"single{seed}", seed)
+        chex.assert_trees_all_close(
+            population.member_variables(index)["params"], single.params, rtol=1e-5, atol=1e-6
+        )
+
+
 def test_an_optimizer_for_frozen_paths_is_an_optax_transformation():
     assert isinstance(make_optimizer("sgd", frozen=("x/",)), optax.GradientTransformation)
     with pytest.raises(ValueError, match="unknown optimizer"):

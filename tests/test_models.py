@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdjax.layers import Conv, conv2d, max_pool
+from kdjax.layers import Conv, conv2d, max_pool, strided_conv2d
 from kdjax.models import MLP, ConvNet, SmallConvNet, count_params, get_model
 
 
@@ -97,6 +97,39 @@ def test_conv2d_custom_gradient_against_finite_differences(channels):
         atol=2e-2,
         rtol=2e-2,
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "padding", "stride"),
+    [
+        (3, ((1, 1), (1, 1)), 2),  # PyTorch's padding=1 (the CIFAR ResNets)
+        (3, ((0, 1), (0, 1)), 2),  # TensorFlow's "SAME" at stride 2 (the Keras example)
+        (1, ((0, 0), (0, 0)), 2),  # a projection shortcut
+        (5, ((2, 1), (0, 2)), 3),
+    ],
+)
+@pytest.mark.parametrize("height", [8, 7])
+def test_strided_conv2d_matches_xla_values_and_gradients(size, padding, stride, height):
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, height, 9, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, 3, 4))
+
+    def reference(x, k):
+        return lax.conv_general_dilated(
+            x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+
+    np.testing.assert_allclose(
+        strided_conv2d(images, kernel, padding, stride), reference(images, kernel),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    ours = jax.grad(loss(lambda x, k: strided_conv2d(x, k, padding, stride)), argnums=(0, 1))
+    chex.assert_trees_all_close(
+        ours(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
 
 
 def test_max_pool_matches_reduce_window_pooling():

@@ -44,6 +44,7 @@ from kdjax.training.state import (
     create_state,
     make_optimizer,
     max_norm_constraint,
+    step_decay,
     trainable_mask,
 )
 from kdjax.training.step import (
@@ -86,5 +87,6 @@ __all__ = [
     "resolve_feed",
     "scan_steps",
     "split_accuracy",
+    "step_decay",
     "trainable_mask",
 ]

@@ -32,7 +32,12 @@ from kdjax.training.monitor import (
     rounded,
 )
 from kdjax.training.state import trainable_mask
-from kdjax.training.step import OnlineTeacher, head_inputs_of, make_train_step
+from kdjax.training.step import (
+    OnlineTeacher,
+    head_inputs_of,
+    make_train_step,
+    with_teacher_outputs,
+)
 from kdjax.training.tensorboard import RunWriter
 from kdjax.types import Augment, Constraint, Hyperparams, Preprocess, Schedule
 
@@ -185,7 +190,14 @@ def fit(
         training.initial_variables,
         init_inputs=_head_sample(training, arrays),
     )
-    step = members.lift(_make_step(training, state))
+    # Students sharing the batch (no augmentation, no rows of their own) share the
+    # online teacher's pass over it: one per step, not one per student.
+    shared_teacher = (
+        training.teacher is not None and training.augment is None and not members.own_batches
+    )
+    step = members.lift(_make_step(training, state, with_teacher=not shared_teacher))
+    if shared_teacher:
+        step = with_teacher_outputs(step, training.teacher, training.objective.teacher_outputs)
     hyperparams = members.hyperparams(hyperparams)
     context = training.teacher.context() if training.teacher else {}
     counter = members.correct_counter(training.model, training.preprocess)
@@ -309,6 +321,8 @@ def _resume(checkpoints: RunCheckpoints, state, epochs: int, name: str, log):
 
 def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:
     """One example's head inputs, for initialising a method's head."""
+    if training.objective.head is None:
+        return {}
     first = {key: array[:1] for key, array in arrays.items()}
     if training.teacher is not None:
         names = training.objective.teacher_outputs
@@ -316,7 +330,7 @@ def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:
     return head_inputs_of(training.objective, first)
 
 
-def _make_step(training: Training, state):
+def _make_step(training: Training, state, *, with_teacher: bool):
     trainable = None
     if training.frozen:
         params = state.params
@@ -329,7 +343,7 @@ def _make_step(training: Training, state):
         augment=training.augment,
         constraint=training.constraint,
         schedule=training.schedule,
-        teacher=training.teacher,
+        teacher=training.teacher if with_teacher else None,
         trainable=trainable,
     )
 

@@ -52,17 +52,30 @@ def trainable_mask(params: Any, frozen: Sequence[str] = ()) -> Any:
 
 
 def make_optimizer(
-    name: str = "adam", *, momentum: float = 0.9, frozen: Sequence[str] = ()
+    name: str = "adam",
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    frozen: Sequence[str] = (),
 ) -> optax.GradientTransformation:
     """The optimizer's update direction, without the learning rate (the step applies
     it, so that it is a traced argument). ``frozen`` lists parameter-path patterns
-    (see :func:`trainable_mask`) that receive no update and no optimizer state."""
+    (see :func:`trainable_mask`) that receive no update and no optimizer state.
+
+    ``weight_decay`` adds ``weight_decay · p`` to every trainable parameter's gradient
+    before momentum or Adam's moments, as PyTorch's ``SGD(weight_decay=...)`` and
+    ``Adam(weight_decay=...)`` do (L2 regularisation, not AdamW's decoupled decay):
+    ``sgd`` with momentum then updates ``p -= lr · b`` with
+    ``b = momentum · b + g + weight_decay · p``, PyTorch's SGD (no dampening).
+    """
     if name == "adam":
         base = optax.scale_by_adam()
     elif name == "sgd":
         base = optax.trace(decay=momentum) if momentum else optax.identity()
     else:
         raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'sgd'.")
+    if weight_decay:
+        base = optax.chain(optax.add_decayed_weights(weight_decay), base)
     if not frozen:
         return base
     frozen = tuple(frozen)
@@ -122,6 +135,21 @@ def cosine_decay(total_steps: int) -> Callable[[jax.Array], jax.Array]:
     def factor(step: jax.Array) -> jax.Array:
         progress = jnp.minimum(step.astype(jnp.float32) / total, 1.0)
         return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return factor
+
+
+def step_decay(boundaries: Sequence[int], rate: float) -> Callable[[jax.Array], jax.Array]:
+    """Learning-rate factor ``rate ** k``, ``k`` the number of ``boundaries`` (step
+    counts) the step has reached: 1 before the first, ``rate`` from it on, ``rate²``
+    from the second, ... (PyTorch's ``MultiStepLR``; RepDistiller's
+    ``adjust_learning_rate`` with boundaries at epochs 150, 180, 210 of 240 and rate
+    0.1, counted in steps)."""
+    edges = jnp.asarray(sorted(int(edge) for edge in boundaries), jnp.int32)
+
+    def factor(step: jax.Array) -> jax.Array:
+        reached = jnp.sum(jnp.asarray(step, jnp.int32) >= edges)
+        return jnp.asarray(rate, jnp.float32) ** reached.astype(jnp.float32)
 
     return factor
 

@@ -12,7 +12,8 @@ of steps.
 An :class:`OnlineTeacher` runs inside the step on the batch the student sees (after
 augmentation), frozen (``stop_gradient``, inference mode); the objective reads its
 outputs exactly as it reads stored ones, so both modes give the same loss when
-nothing is augmented.
+nothing is augmented. Students of a population that see the same batch (nothing
+augmented) share one teacher pass per step (:func:`with_teacher_outputs`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,19 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def with_teacher_outputs(step: Step, teacher: OnlineTeacher, names: tuple[str, ...]) -> Step:
+    """``step`` (built without a teacher, reading ``teacher_<name>`` from the batch)
+    after the online teacher's ``names`` outputs are added to the batch: once per
+    batch for a whole population that shares it (no augmentation), instead of once
+    per student inside the lifted step."""
+
+    def run(state, batch, hyperparams, context):
+        outputs = teacher.outputs(context["teacher"], batch["images"], names)
+        return step(state, dict(batch, **outputs), hyperparams, context)
+
+    return run
 
 
 def head_inputs_of(objective: Objective, batch: Batch) -> dict:
