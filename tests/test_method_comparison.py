@@ -121,6 +121,7 @@ def _tiny_cifar(root: Path, classes, per_class=4, test_per_class=2) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     pytest.importorskip("PIL")
     from kdjax.image_folder import CIFAR10_CLASSES
