@@ -59,15 +59,16 @@ def write_tiny_mnist(directory: Path, train_count: int = 192, test_count: int = 
     return directory
 
 
-def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2) -> Path:
-    """A CIFAR-10-shaped image folder (32×32 PNGs) whose colour encodes the class."""
+def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2, classes=None) -> Path:
+    """A CIFAR-shaped image folder (32×32 PNGs) whose colour encodes the class
+    (``classes``: CIFAR-10's by default)."""
     from PIL import Image
 
     from kdjax.image_folder import CIFAR10_CLASSES
 
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", test_per_class)):
-        for label, name in enumerate(CIFAR10_CLASSES):
+        for label, name in enumerate(classes or CIFAR10_CLASSES):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for number in range(count):

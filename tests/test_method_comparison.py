@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_experiments import write_tiny_cifar
 
 from experiments import cifar10_kd, cifar_pairs, method_table, report
 from kdjax.data import Dataset, Split
@@ -106,27 +107,12 @@ def test_the_training_subset_is_a_fixed_random_draw_and_says_so():
         cifar10_kd.training_subset(dataset, 51)
 
 
-def _tiny_cifar(root: Path, classes, per_class=4, test_per_class=2) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", test_per_class)):
-        for label, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for number in range(count):
-                pixels = rng.integers(0, 40, (32, 32, 3), dtype=np.uint8)
-                pixels[3 * label : 3 * label + 3] = 250
-                Image.fromarray(pixels).save(folder / f"{number:04d}.png")
-    return root
-
-
 @pytest.mark.slow
 def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     pytest.importorskip("PIL")
     from kdjax.image_folder import CIFAR10_CLASSES
 
-    data_dir = _tiny_cifar(tmp_path / "cifar", CIFAR10_CLASSES)
+    data_dir = write_tiny_cifar(tmp_path / "cifar", classes=CIFAR10_CLASSES)
     config = cifar10_kd.Config(
         data_dir=str(data_dir), workdir=str(tmp_path / "work"), allow_partial=True,
         method=("ce", "kd"), seeds=2, epochs=1, teacher_epochs=1, batch_size=10,
@@ -155,7 +141,7 @@ def test_the_resnet_pair_trains_with_sgd_steps_crops_and_an_online_teacher(tmp_p
     pair = {**cifar_pairs.PRESETS["resnet56_resnet20"]}
     pair.update(teacher=("resnet8", {}), student=("resnet8", {}))
     monkeypatch.setitem(cifar10_kd.PRESETS, "resnet56_resnet20", pair)
-    data_dir = _tiny_cifar(tmp_path / "cifar100", CIFAR100_CLASSES[:4], per_class=5)
+    data_dir = write_tiny_cifar(tmp_path / "cifar100", per_class=5, classes=CIFAR100_CLASSES[:4])
     config = cifar10_kd.Config(
         data_dir=str(data_dir), workdir=str(tmp_path / "work"), allow_partial=True,
         preset="resnet56_resnet20", dataset="cifar100", method=("ce", "kd", "hint", "crd"),
