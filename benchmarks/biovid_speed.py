@@ -24,7 +24,10 @@ Every measurement runs in its own process, one after the other (``--parts``):
 Both libraries drop the last partial batch. Timings exclude compilation and
 warm-up: ``--epochs`` epochs run and the last one is reported (with ``--epochs=1``,
 kdjax's first step, its compile, is subtracted). The data are random numbers in
-[0, 1] (speed only). Prints a table and writes JSON to ``--output``.
+[0, 1] (speed only). Each kdjax measurement also reports XLA's FLOP count of one
+student's train step and, from it, the TFLOP/s reached as a fraction of a float32
+2048³ matmul timed in the same process: how far the step is from what this CPU can
+do. Prints a table and writes JSON to ``--output``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ flags.DEFINE_string("output", "benchmarks/biovid_speed.json", "Where to write th
 flags.DEFINE_string("worker", None, "Internal: run one part in this process.")
 
 LEARNING_RATE, MOMENTUM, NUM_CLASSES = 1e-4, 0.9, 5
+MATMUL_SIZE = 2048
 
 
 def _data(examples: int, length: int):
@@ -102,7 +106,36 @@ def kdjax_epoch(part: str) -> dict:
     if FLAGS.epochs == 1:
         seconds -= result.compile_seconds
     steps = (min(len(r) for r in rows["member_rows"]) if rows else len(split)) // FLAGS.batch_size
-    return {"seconds": seconds, "steps": steps, "students": len(rows.get("seed", [0]))}
+    return {"seconds": seconds, "steps": steps, "students": len(rows.get("seed", [0])),
+            **_arithmetic(training, signals)}  # fmt: skip
+
+
+def _arithmetic(training, signals: np.ndarray) -> dict:
+    """XLA's FLOP count of one student's train step at the benchmark's batch size, and
+    a float32 2048³ matmul's rate in this process (the CPU's practical peak)."""
+    import jax
+    import jax.numpy as jnp
+
+    from kdjax.objectives import make_hyperparams
+    from kdjax.training import create_state, make_train_step
+
+    state = create_state(training.model, training.optimizer, signals[:1], seed=0)
+    step = make_train_step(training.model, training.objective, training.optimizer,
+                           training.preprocess)  # fmt: skip
+    batch = {"images": jnp.asarray(signals[: FLAGS.batch_size]),
+             "labels": jnp.zeros(FLAGS.batch_size, jnp.int32),
+             "ids": jnp.arange(FLAGS.batch_size)}  # fmt: skip
+    hyperparams = make_hyperparams(learning_rate=LEARNING_RATE)
+    analysis = jax.jit(step).lower(state, batch, hyperparams, {}).compile().cost_analysis()
+    flops = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    matrix = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(matrix).block_until_ready()
+    started = time.perf_counter()
+    for _ in range(5):
+        matmul(matrix).block_until_ready()
+    seconds = (time.perf_counter() - started) / 5
+    return {"step_flops": float(flops), "matmul_gflops": 2 * MATMUL_SIZE**3 / seconds / 1e9}
 
 
 def torch_epoch() -> dict:
@@ -156,6 +189,11 @@ def main(argv: list[str]) -> None:
             sys.exit(f"error: the {part} measurement failed: {completed.stderr.strip()[-2000:]}")
         results[part] = json.loads(lines[-1].removeprefix("RESULT "))
         print(f"{part}: {results[part]}", flush=True)
+    for result in results.values():
+        if "step_flops" in result:
+            done = result["step_flops"] * result["steps"] * result["students"]
+            result["tflops_per_second"] = done / result["seconds"] / 1e12
+            result["of_matmul_rate"] = result["tflops_per_second"] * 1e3 / result["matmul_gflops"]
     ratios = {}
     if {"kdjax", "torch"} <= results.keys():
         ratios["kdjax_over_torch"] = results["kdjax"]["seconds"] / results["torch"]["seconds"]
@@ -172,6 +210,10 @@ def main(argv: list[str]) -> None:
     }  # fmt: skip
     with open(FLAGS.output, "w") as file:
         json.dump(document, file, indent=2)
+    for part, result in results.items():
+        if "tflops_per_second" in result:
+            rate, share = result["tflops_per_second"], result["of_matmul_rate"]
+            print(f"{part}: {rate:.4f} TFLOP/s, {share:.0%} of the float32 matmul rate")
     for name, value in ratios.items():
         print(f"{name}: {value:.2f} (target <= {document['targets'][name]})")
     print(f"Results: {FLAGS.output}")

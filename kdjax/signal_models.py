@@ -17,28 +17,45 @@ the ``"dropout"`` RNG stream.
   47,301 parameters, about 240× fewer than the seed's network), dropout, a
   small dense head.
 
-Convolutions are :class:`kdjax.layers.Conv` on a ``[B, length, 1, C]`` view
-(PyTorch initialisation, the fast CPU kernel gradient); a stride ``s`` is a
-stride-1 convolution keeping every ``s``-th output, which gives PyTorch's
-output length ``floor((L − k) / s) + 1`` for unpadded convolutions.
+Convolutions are :func:`kdjax.layers.conv1d` (XLA's 1-D convolution, gradients
+written out on the CPU) with PyTorch's initialisation; an unpadded convolution
+of stride ``s`` has PyTorch's output length ``floor((L − k) / s) + 1``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.layers import Conv, Dense
+from kdjax.layers import Dense, conv1d, torch_bias_init, torch_kernel_init
 
 Outputs = dict[str, jax.Array]
 
 
+class _Conv1DParameters(nn.Module):
+    """The kernel and bias of a :class:`Conv1D`, shaped and initialised as
+    :class:`kdjax.layers.Conv`'s with a ``(kernel_size, 1)`` kernel, so checkpoints of
+    either layout load in the other."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, in_channels: int) -> tuple[jax.Array, jax.Array]:
+        shape = (self.kernel_size, 1, in_channels, self.features)
+        kernel = self.param("kernel", torch_kernel_init(), shape)
+        bias = self.param("bias", torch_bias_init(in_channels * self.kernel_size), (self.features,))
+        return kernel[:, 0], bias
+
+
 class Conv1D(nn.Module):
     """A 1-D convolution with bias over ``[B, length, channels]``; ``padding`` is
-    ``"VALID"`` (PyTorch's default, no padding) or ``"SAME"``."""
+    ``"VALID"`` (PyTorch's default, no padding) or ``"SAME"`` (``(k − 1) // 2`` zeros
+    before, the rest after, whatever the stride: output length ``ceil(L / stride)``)."""
 
     features: int
     kernel_size: int
@@ -47,17 +64,32 @@ class Conv1D(nn.Module):
 
     @nn.compact
     def __call__(self, signals: jax.Array) -> jax.Array:
-        conv = Conv(self.features, (self.kernel_size, 1), padding=self.padding, name="conv")
-        outputs = conv(signals[:, :, None, :])[:, :, 0, :]
-        return outputs[:, :: self.stride]
+        kernel, bias = _Conv1DParameters(self.features, self.kernel_size, name="conv")(
+            signals.shape[-1]
+        )
+        if self.padding == "VALID":
+            pads = (0, 0)
+        elif self.padding == "SAME":
+            pads = ((self.kernel_size - 1) // 2, self.kernel_size // 2)
+        else:
+            raise ValueError(f"padding must be 'SAME' or 'VALID', got {self.padding!r}.")
+        dtype = signals.dtype
+        return conv1d(signals, kernel.astype(dtype), pads, self.stride) + bias.astype(dtype)
 
 
 def max_pool_1d(signals: jax.Array, window: int = 2) -> jax.Array:
     """Non-overlapping max-pooling over time (stride = window); a trailing
-    remainder is dropped, as PyTorch's ``MaxPool1d`` does."""
-    batch, length, channels = signals.shape
-    length = length // window * window
-    return signals[:, :length].reshape(batch, length // window, window, channels).max(axis=2)
+    remainder is dropped, as PyTorch's ``MaxPool1d`` does.
+
+    Written as an elementwise maximum of the ``window`` interleaved slices: on the
+    CPU its gradient measured 5× cheaper than that of a reshape and a max (whose
+    gradient counts the maxima of every window), with the same values; for a
+    window of 2 ties split the gradient evenly in both.
+    """
+    length = signals.shape[1] // window * window
+    return functools.reduce(
+        jnp.maximum, [signals[:, offset:length:window] for offset in range(window)]
+    )
 
 
 def _flatten_channels_first(feature_map: jax.Array) -> jax.Array:

@@ -4,6 +4,7 @@ that learns a toy task."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,6 +100,26 @@ def test_without_the_relu_the_seeds_head_is_one_linear_map():
     np.testing.assert_allclose(
         outputs["logits"], outputs["features"] @ kernel + bias, rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.parametrize(("padding", "stride"), [("VALID", 2), ("SAME", 4), ("SAME", 1)])
+def test_conv1d_layer_keeps_the_2d_layers_parameters_and_outputs(padding, stride):
+    """Conv1D holds the parameters of a (k, 1) kdjax.layers.Conv (the layout the
+    signal models' checkpoints have) and computes that convolution with every
+    ``stride``-th output kept."""
+    from kdjax.layers import Conv
+    from kdjax.signal_models import Conv1D
+
+    signals = jax.random.normal(jax.random.PRNGKey(0), (2, 30, 3))
+    layer = Conv1D(4, 5, stride, padding)
+    params = layer.init(jax.random.PRNGKey(1), signals)
+    as_2d = Conv(4, (5, 1), padding=padding)
+    params_2d = {"params": params["params"]["conv"]}
+    chex.assert_trees_all_equal_shapes(
+        params_2d, as_2d.init(jax.random.PRNGKey(1), signals[:, :, None])
+    )
+    expected = as_2d.apply(params_2d, signals[:, :, None])[:, ::stride, 0]
+    np.testing.assert_allclose(layer.apply(params, signals), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_max_pool_1d_drops_the_remainder_like_pytorch():
