@@ -14,7 +14,9 @@ data are synthetic. Studies (``--study``):
 * ``leakage`` — the same model under random and under subject-grouped folds;
 * ``kd`` — a teacher on all five channels and a GSR-only student trained from
   scratch and distilled from it (stored teacher logits, fold by fold: student
-  *i* learns from teacher *i*, which never saw fold *i*'s test windows), and a
+  *i* learns from teacher *i*, which never saw fold *i*'s test windows; or with
+  ``--teacher_mode=online`` every fold's teacher inside its student's step, the
+  students reading the GSR column of the teacher's five-channel inputs), and a
   large → small pair on GSR (``--large_teacher_model`` → ``--student_model``);
 * ``all`` — the three.
 
@@ -61,7 +63,14 @@ from kdjax.objectives import get_objective, make_hyperparams
 from kdjax.signal_models import get_signal_model
 from kdjax.signals import CHANNELS, binary_task, level_errors, load_biovid
 from kdjax.spec import config_hash
-from kdjax.training import Training, fit, make_optimizer, predict, with_compute_dtype
+from kdjax.training import (
+    OnlineTeacher,
+    Training,
+    fit,
+    make_optimizer,
+    predict,
+    with_compute_dtype,
+)
 
 # Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
 PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
@@ -126,6 +135,12 @@ class Config(CommonConfig):
     student_model: str = option("signal_cnn", "The kd study's GSR student.")
     large_teacher_model: str = option(
         "conv1d_net_relu", "The kd study's large GSR teacher ('' skips the large pair)."
+    )
+    teacher_mode: str = option(
+        "stored",
+        "How the kd study's students read their teachers: 'stored' (each fold teacher's "
+        "logits computed once) or 'online' (fold i's teacher runs inside student i's step).",
+        choices=("stored", "online"),
     )
     temperature: float = option(
         2.0, "Distillation temperature (seed 002: 2).", check=finite(positive)
@@ -233,10 +248,14 @@ class Study:
         self.num_classes = data.signals.num_classes
         self.arms: dict[str, dict] = {}  # name -> {"result", "identity", "folds", "model"}
 
-    def train(self, name, model_name, split, fold_list, *, teacher=None, stacked=None) -> dict:
+    def train(
+        self, name, model_name, split, fold_list, *, teacher=None, stacked=None, view=None
+    ) -> dict:
         """Trains ``model_name`` on each fold's training rows of ``split`` (one student
-        per fold), scores it on the fold's test rows; ``teacher`` (an arm) distils
-        through stored logits on a fold-stacked copy of the training rows."""
+        per fold), scores it on the fold's test rows. ``teacher`` (an arm) distils
+        through stored logits on a fold-stacked copy of the training rows, or with
+        ``--teacher_mode=online`` inside the step: the students then train on the
+        teacher's inputs, of which they read the channels at positions ``view``."""
         if name in self.arms:
             return self.arms[name]
         config, hyper = self.config, self.hyper
@@ -244,9 +263,15 @@ class Study:
                                    config.compute_dtype)  # fmt: skip
         test_rows = [test for _, test in fold_list]
         train_split, member_rows, extras = split, [train for train, _ in fold_list], {}
+        test_split, preprocess, online = split, PREPROCESS, None
         if stacked is not None:
             train_split, member_rows = stacked
-        if teacher is not None:
+        if teacher is not None and config.teacher_mode == "online":
+            train_split = test_split = teacher["split"]
+            preprocess = partial(_read_channels, columns=tuple(view))
+            online = OnlineTeacher(teacher["model"], self.fold_teachers(teacher), PREPROCESS,
+                                   per_member=True)  # fmt: skip
+        elif teacher is not None:
             extras = {"teacher_logits": self.stored_logits(teacher, fold_list)}
         identity = {
             "arm": name, "model": model_name, "channels": int(split.images.shape[-1]),
@@ -259,20 +284,23 @@ class Study:
             "temperature": config.temperature if teacher else None,
             "alpha": config.alpha if teacher else None,
         }  # fmt: skip
+        if online is not None:  # stored runs keep the identity (and directory) they had
+            identity["teacher_mode"] = "online"
         weights = {"hard_weight": config.alpha, "soft_weight": 1 - config.alpha} if teacher else {}
         run_dir = Path(config.workdir) / f"{name}-{config_hash(identity)}"
         training = Training(
             model,
             get_objective("kd" if teacher else "ce"),
             make_optimizer(hyper["optimizer"], momentum=0.9),
-            PREPROCESS,
+            preprocess,
+            teacher=online,
         )
         with run_lock(run_dir, log=log, per_process=True):
             result = fit(
                 training, name=name, run_dir=run_dir, run_config=identity,
                 hyperparams=make_hyperparams(learning_rate=hyper["learning_rate"],
                                              temperature=config.temperature, **weights),
-                train_split=train_split, test_split=split, epochs=hyper["epochs"],
+                train_split=train_split, test_split=test_split, epochs=hyper["epochs"],
                 batch_size=hyper["batch_size"], seed=identity["seeds"],
                 train_extras=extras, member_rows=member_rows, member_test_rows=test_rows,
                 execution=self.execution,
@@ -287,6 +315,13 @@ class Study:
 
     def seeds(self, count: int) -> list[int]:
         return [self.config.seed + index for index in range(count)]
+
+    @staticmethod
+    def fold_teachers(teacher: dict):
+        """Every fold's teacher variables, stacked (fold i's first)."""
+        count = len(teacher["folds"])
+        parts = [teacher["result"].member_variables(index) for index in range(count)]
+        return jax.tree.map(lambda *leaves: np.stack(leaves), *parts)
 
     def stored_logits(self, teacher: dict, fold_list) -> np.ndarray:
         """Teacher *i*'s logits on fold *i*'s training rows, stacked fold after fold
@@ -331,32 +366,41 @@ class Study:
         return {"per_fold": per_fold, **summary, "confusion_matrix": confusion.tolist()}
 
 
+def _read_channels(signals, *, columns: tuple[int, ...]):
+    """The student's view of the teacher's inputs: the channels at ``columns``."""
+    return PREPROCESS(signals[..., list(columns)])
+
+
 def kd_study(study: Study, signals) -> dict:
     """Five-channel teacher vs GSR student (scratch, distilled), and large → small on GSR."""
     config = study.config
     fold_list = make_folds(signals, config.cv, config.folds, config.seed)
     everything, gsr = columns(study.data, tuple(CHANNELS)), columns(study.data, ("gsr",))
-    copied = sum(len(train) for train, _ in fold_list) * gsr.images[0].nbytes
-    if copied > MAX_STACKED_BYTES:  # e.g. 87 LOSO folds of BioVid: 8.4 GB
-        raise ValueError(
-            f"the kd study copies every fold's training windows ({copied / 2**30:.1f} GiB "
-            f"for {len(fold_list)} folds); use --cv=subject or fewer --folds."
-        )
-    stacked = Study.stack(gsr, fold_list)
+    stacked = None  # online teachers read the folds' rows where they are
+    if config.teacher_mode == "stored":
+        copied = sum(len(train) for train, _ in fold_list) * gsr.images[0].nbytes
+        if copied > MAX_STACKED_BYTES:  # e.g. 87 LOSO folds of BioVid: 8.4 GB
+            raise ValueError(
+                f"the kd study copies every fold's training windows ({copied / 2**30:.1f} "
+                f"GiB for {len(fold_list)} folds); use --cv=subject, fewer --folds or "
+                "--teacher_mode=online."
+            )
+        stacked = Study.stack(gsr, fold_list)
     teacher = study.train("teacher_all", config.teacher_model, everything, fold_list)
     arms = {
         "teacher_all": teacher,
         "student_scratch": study.train("student_scratch", config.student_model, gsr, fold_list,
                                        stacked=stacked),
         "student_kd_all": study.train("student_kd_all", config.student_model, gsr, fold_list,
-                                      teacher=teacher, stacked=stacked),
+                                      teacher=teacher, stacked=stacked,
+                                      view=[list(CHANNELS).index("gsr")]),
     }  # fmt: skip
     if config.large_teacher_model:
         large = study.train("teacher_large_gsr", config.large_teacher_model, gsr, fold_list)
         arms["teacher_large_gsr"] = large
         arms["student_kd_large"] = study.train(
             "student_kd_large", config.student_model, gsr, fold_list, teacher=large,
-            stacked=stacked,
+            stacked=stacked, view=[0],
         )  # fmt: skip
     table = {name: arm["scores"] for name, arm in arms.items()}
     table["kd_gain_all"] = _difference(table["student_kd_all"], table["student_scratch"])

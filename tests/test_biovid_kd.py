@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -125,6 +126,30 @@ def test_distillation_study_on_a_two_class_task(tmp_path, data_dir):
         document["runs"]["student_kd_all"]["spec"]["teacher"]
         != document["runs"]["student_kd_large"]["spec"]["teacher"]
     )
+
+
+def test_online_fold_teachers_train_the_students_the_stored_logits_train(tmp_path, data_dir):
+    """--teacher_mode=online: fold i's teacher runs in student i's step (the student
+    reading the GSR column of the five channels), and the students equal those of
+    the stored mode (same batches; teacher logits computed in or out of the step)."""
+    arms = {}
+    for mode in ("stored", "online"):
+        config = _config(tmp_path / mode, data_dir, study="kd", task="bl1_vs_pa4",
+                         cv="random", epochs=2, large_teacher_model="signal_cnn",
+                         teacher_mode=mode)  # fmt: skip
+        data = biovid_kd.load_data(config, tuple(CHANNELS))
+        study = biovid_kd.Study(config, data)
+        biovid_kd.kd_study(study, data.signals)
+        arms[mode] = study.arms
+    assert arms["online"]["student_kd_all"]["identity"]["teacher_mode"] == "online"
+    assert "teacher_mode" not in arms["stored"]["student_kd_all"]["identity"]
+    for name in ("student_kd_all", "student_kd_large"):
+        stored, online = arms["stored"][name], arms["online"][name]
+        for index in range(2):
+            a, b = (arm["result"].member_variables(index) for arm in (stored, online))
+            for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+                np.testing.assert_allclose(leaf_a, leaf_b, rtol=1e-4, atol=1e-5)
+        assert online["scores"]["per_fold"] == stored["scores"]["per_fold"]
 
 
 def test_stored_logits_come_from_the_teacher_of_the_same_fold(tmp_path, data_dir):

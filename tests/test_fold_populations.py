@@ -99,3 +99,47 @@ def test_float_signals_train_through_the_same_core(tmp_path):
     assert jax.tree.leaves(result.variables)[0].dtype == np.float32
     with pytest.raises(ValueError, match="float32 \\[N, L, C\\] signals"):
         Split(signals.astype(np.float64), labels, np.arange(96, dtype=np.int64))
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "map"])
+def test_folds_distilled_online_each_from_its_own_teacher(tmp_path, strategy):
+    """An online teacher per student (per_member=True): fold i's student, trained with
+    the others in one program, equals fold i's student distilled alone from teacher i."""
+    from kdjax.training import OnlineTeacher
+
+    data = _split(120)
+    folds = k_fold(len(data.labels), 3, seed=0)
+    teachers = [
+        _fit(tmp_path, f"teacher{index}", _take(data, train), _take(data, test), 10 + index)
+        for index, (train, test) in enumerate(folds)
+    ]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *(t.variables for t in teachers))
+    hyper = make_hyperparams(learning_rate=3e-3, temperature=2.0, hard_weight=0.5,
+                             soft_weight=0.5)  # fmt: skip
+
+    def distil(name, teacher, train, test, seed, **kwargs):
+        training = Training(MLP(hidden_sizes=(16,)), OBJECTIVES["kd"], make_optimizer("adam"),
+                            UNIT, teacher=teacher)  # fmt: skip
+        return fit(training, name=name, run_dir=tmp_path / name, run_config={"name": name},
+                   hyperparams=hyper, train_split=train, test_split=test, epochs=2,
+                   batch_size=16, seed=seed, log=lambda message: None, **kwargs)  # fmt: skip
+
+    teacher_model = MLP(hidden_sizes=(16,))
+    together = distil(
+        f"folds-{strategy}", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
+        data, data, [0, 1, 2], data_seed=7,
+        member_rows=[train for train, _ in folds], member_test_rows=[test for _, test in folds],
+        execution=Execution(population_strategy=strategy),
+    )  # fmt: skip
+    for index, (train, test) in enumerate(folds):
+        alone = distil(
+            f"alone{index}-{strategy}",
+            OnlineTeacher(teacher_model, teachers[index].variables, UNIT),
+            _take(data, train), _take(data, test), index, data_seed=7 + index,
+        )  # fmt: skip
+        chex.assert_trees_all_close(
+            together.member_variables(index), alone.variables, rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="one teacher per student"):
+        distil("single", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
+               data, data, 0)  # fmt: skip

@@ -192,10 +192,19 @@ def fit(
     )
     # Students sharing the batch (no augmentation, no rows of their own) share the
     # online teacher's pass over it: one per step, not one per student.
+    per_member_teacher = training.teacher is not None and training.teacher.per_member
+    if per_member_teacher:
+        _check_member_teachers(training.teacher, members)
     shared_teacher = (
-        training.teacher is not None and training.augment is None and not members.own_batches
+        training.teacher is not None
+        and training.augment is None
+        and not members.own_batches
+        and not per_member_teacher
     )
-    step = members.lift(_make_step(training, state, with_teacher=not shared_teacher))
+    step = members.lift(
+        _make_step(training, state, with_teacher=not shared_teacher),
+        member_context=per_member_teacher,
+    )
     if shared_teacher:
         step = with_teacher_outputs(step, training.teacher, training.objective.teacher_outputs)
     hyperparams = members.hyperparams(hyperparams)
@@ -326,8 +335,23 @@ def _head_sample(training: Training, arrays: Mapping[str, np.ndarray]) -> dict:
     first = {key: array[:1] for key, array in arrays.items()}
     if training.teacher is not None:
         names = training.objective.teacher_outputs
-        first.update(training.teacher.outputs(training.teacher.variables, first["images"], names))
+        variables = training.teacher.variables
+        if training.teacher.per_member:  # the heads' shapes: any one teacher will do
+            variables = jax.tree.map(lambda leaf: leaf[0], variables)
+        first.update(training.teacher.outputs(variables, first["images"], names))
     return head_inputs_of(training.objective, first)
+
+
+def _check_member_teachers(teacher, members: Members) -> None:
+    """A teacher per student needs a population with that many students."""
+    leading = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(teacher.variables)}
+    if not members.stacked or leading != {members.count}:
+        raise ValueError(
+            f"an online teacher with per_member=True needs a population (a list of seeds) and "
+            f"teacher variables with a leading axis of one teacher per student; got "
+            f"{members.count if members.stacked else 'a single'} student(s) and leading axes "
+            f"{sorted(leading, key=str)}."
+        )
 
 
 def _make_step(training: Training, state, *, with_teacher: bool):

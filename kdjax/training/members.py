@@ -75,10 +75,12 @@ class Members:
             return one(self.seeds[0])
         return jax.vmap(one)(jnp.asarray(self.seeds))
 
-    def lift(self, step: Step) -> Step:
+    def lift(self, step: Step, *, member_context: bool = False) -> Step:
         if not self.stacked:
             return step
-        return population_step(step, self.strategy, own_batches=self.own_batches)
+        return population_step(
+            step, self.strategy, own_batches=self.own_batches, member_context=member_context
+        )
 
     def hyperparams(self, hyperparams: Hyperparams) -> dict[str, jax.Array]:
         if not self.stacked:

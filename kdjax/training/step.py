@@ -39,11 +39,18 @@ Step = Callable[[TrainState, Batch, Hyperparams, Any], tuple[TrainState, dict]]
 @dataclasses.dataclass(frozen=True)
 class OnlineTeacher:
     """A frozen teacher evaluated inside the training step. Its variables travel in
-    the step's ``context["teacher"]`` (see :meth:`context`)."""
+    the step's ``context["teacher"]`` (see :meth:`context`).
+
+    ``per_member``: ``variables`` carry a leading student axis, and student *i* of a
+    population distils from teacher *i* (e.g. fold *i*'s teacher, which never saw
+    fold *i*'s test rows). ``preprocess`` is the teacher's own: it may read inputs the
+    student's preprocess drops (a five-channel teacher beside a one-channel student).
+    """
 
     model: nn.Module
     variables: Any
     preprocess: Preprocess
+    per_member: bool = False
 
     def context(self) -> dict:
         return {"teacher": self.variables}
@@ -166,7 +173,13 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
-def population_step(train_step: Step, strategy: str = "auto", *, own_batches: bool = False) -> Step:
+def population_step(
+    train_step: Step,
+    strategy: str = "auto",
+    *,
+    own_batches: bool = False,
+    member_context: bool = False,
+) -> Step:
     """Lifts a one-student step to ``(states, batch, hyperparams, context)`` with a
     leading student axis on ``states`` and ``hyperparams``; batch and context are shared.
 
@@ -176,18 +189,33 @@ def population_step(train_step: Step, strategy: str = "auto", *, own_batches: bo
     XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow.
     Both give the same numbers; BUILD_NOTES.md records the measurements.
     ``own_batches``: every student has its own batch (a leading student axis on the
-    batch too), e.g. the folds of a cross-validation trained together.
+    batch too), e.g. the folds of a cross-validation trained together;
+    ``member_context``: likewise for the context (a teacher per student).
     """
     batch_axis = 0 if own_batches else None
+    context_axis = 0 if member_context else None
     if resolve_strategy(strategy) == "vmap":
-        return jax.vmap(train_step, in_axes=(0, batch_axis, 0, None))
+        return jax.vmap(train_step, in_axes=(0, batch_axis, 0, context_axis))
 
     def mapped(states, batch, hyperparams, context):
         def one(member):
-            state, hyper, own = member
-            return train_step(state, own if own_batches else batch, hyper, context)
+            state, hyper, own, own_context = member
+            return train_step(
+                state,
+                own if own_batches else batch,
+                hyper,
+                own_context if member_context else context,
+            )
 
-        return jax.lax.map(one, (states, hyperparams, batch if own_batches else None))
+        return jax.lax.map(
+            one,
+            (
+                states,
+                hyperparams,
+                batch if own_batches else None,
+                context if member_context else None,
+            ),
+        )
 
     return mapped
 
