@@ -41,12 +41,19 @@ class RunLockedError(Exception):
     """Another live process holds the run directory's lock; the message names its pid."""
 
 
-def _holder(lock_path: Path) -> str:
-    try:
-        text = lock_path.read_text().strip()
-    except OSError:
-        text = ""
-    return f"process {text}" if text else "another process"
+def _holder(lock_path: Path, patience: float = 1.0) -> str:
+    """Who holds the lock, from the pid it writes just after taking it: read again
+    for up to ``patience`` seconds while the file is still empty (the moment between
+    the holder's flock and its write)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            text = lock_path.read_text().strip()
+        except OSError:
+            text = ""
+        if text or time.monotonic() >= deadline:
+            return f"process {text}" if text else "another process"
+        time.sleep(0.02)
 
 
 def _try_lock(descriptor: int) -> bool:
@@ -132,8 +139,9 @@ def run_lock(
                         f"{timeout:g} s of waiting (lock {lock_path})."
                     )
                 time.sleep(poll_seconds)
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
+        os.pwrite(descriptor, holder, 0)  # then cut what a longer earlier text left
+        os.ftruncate(descriptor, len(holder))
         with _held_guard:
             _held[lock_path] = 1
         try:
