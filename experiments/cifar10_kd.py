@@ -74,6 +74,7 @@ from kdjax.objectives import get_objective
 from kdjax.runs import train_run
 from kdjax.spec import RunSpec
 from kdjax.teachers import Teacher
+from kdjax.training.monitor import NonFiniteLossError
 
 __all__ = ["COMPARED_METHODS", "METHODS", "PRESETS", "Config", "run"]
 TEACHER_SEED = 42
@@ -294,7 +295,7 @@ def run(config: Config) -> dict:
     seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
     fields, settings = spec_fields(config, dataset, config.run_epochs()["student"])
     model, model_settings = preset["student"]
-    weights = {"teacher": {}}
+    weights, diverged = {"teacher": {}}, {}
     for method in methods:
         weights[method] = method_weights(config, method)
         reads_teacher = bool(get_objective(method).teacher_outputs)
@@ -310,11 +311,19 @@ def run(config: Config) -> dict:
             **fields,
         )
         report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
-        results[name] = train(specs[name], teacher if reads_teacher else None)
-    return _report(config, dataset, specs, results, weights, started)
+        try:
+            results[name] = train(specs[name], teacher if reads_teacher else None)
+        except NonFiniteLossError as error:
+            # One method that diverges at its weights must not cost the others' runs.
+            if len(methods) == 1:
+                raise
+            diverged[method] = str(error)
+            del specs[name]
+            report.log(f"Student {method} DIVERGED, left out of the comparison: {error}")
+    return _report(config, dataset, specs, results, weights, started, diverged)
 
 
-def _report(config, dataset, specs, results, weights, started) -> dict:
+def _report(config, dataset, specs, results, weights, started, diverged=None) -> dict:
     """The study (comparison, gains, costs), results.json, plots and the printed table."""
     preset, protocol = PRESETS[config.preset], config.training_protocol()
     # Published accuracies belong to the pair's own protocol and data set.
@@ -348,6 +357,8 @@ def _report(config, dataset, specs, results, weights, started) -> dict:
         "costs": costs,
         "cost_baseline": "ce",
         "published_source": preset["published_source"] if published else None,
+        # Methods whose loss became NaN or infinite: method -> the error.
+        "diverged": dict(diverged or {}),
     }
     document = report.results_document("cifar10_kd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
@@ -368,6 +379,7 @@ def _report(config, dataset, specs, results, weights, started) -> dict:
         title + " (mean over seeds)",
     )
     notes = [f"Gain over KD counts as beyond the spread when {method_table.SPREAD_RULE}."]
+    notes += [f"{LABELS[name]}: DIVERGED ({error})" for name, error in (diverged or {}).items()]
     notes += [
         f"{LABELS[name]}: {100 * v['gain']:+.2f} points over CE; "
         + ("exceeds" if v["exceeds_spread"] else "within")

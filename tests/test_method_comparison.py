@@ -133,6 +133,33 @@ def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_method_that_diverges_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from kdjax.image_folder import CIFAR10_CLASSES
+    from kdjax.training.monitor import NonFiniteLossError
+
+    trained = cifar10_kd.train_run
+
+    def hint_diverges(spec, *args, **kwargs):  # as the ResNet pair's hint at weight 100 did
+        if spec.objective == "hint":
+            raise NonFiniteLossError("student_hint: loss became nan at step 5 (epoch 1)")
+        return trained(spec, *args, **kwargs)
+
+    monkeypatch.setattr(cifar10_kd, "train_run", hint_diverges)
+    data_dir = write_tiny_cifar(tmp_path / "cifar", classes=CIFAR10_CLASSES)
+    config = cifar10_kd.Config(
+        data_dir=str(data_dir), workdir=str(tmp_path / "work"), allow_partial=True,
+        method=("ce", "hint", "kd"), seeds=2, epochs=1, teacher_epochs=1, batch_size=10,
+        tensorboard=False,
+    )  # fmt: skip
+    results = cifar10_kd.run(config)
+    study = results["study"]
+    assert study["diverged"] == {"hint": "student_hint: loss became nan at step 5 (epoch 1)"}
+    assert [row["method"] for row in study["comparison"]] == ["teacher", "ce", "kd"]
+    assert set(results["runs"]) == {"teacher", "student_ce", "student_kd"}
+
+
+@pytest.mark.slow
 def test_the_resnet_pair_trains_with_sgd_steps_crops_and_an_online_teacher(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
     from kdjax.image_folder import CIFAR100_CLASSES
