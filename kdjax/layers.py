@@ -255,9 +255,10 @@ def conv1d(
 
     XLA's own 1-D convolution forward. On the CPU the gradients are written out: the
     input gradient a (dilated) convolution, the kernel gradient one matrix product
-    over the input windows. XLA's kernel gradient measured about 100× slower inside
-    ``lax.map`` (how fold populations train on the CPU), and the former 1-D-as-2-D
-    path 3–4× slower than this one (BUILD_NOTES, "Convolution gradients").
+    over the input windows. XLA's own kernel gradient, as fast alone, took about
+    100× longer inside ``lax.map`` (how fold populations train on the CPU), and the
+    former path (a 2-D convolution over a width-1 view) 1.5–2× longer than this
+    one (``benchmarks.conv1d_paths``; BUILD_NOTES, "1-D convolutions").
     """
     if padding != (0, 0):
         signals = jnp.pad(signals, ((0, 0), tuple(padding), (0, 0)))
