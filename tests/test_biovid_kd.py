@@ -128,6 +128,7 @@ def test_distillation_study_on_a_two_class_task(tmp_path, data_dir):
     )
 
 
+@pytest.mark.slow
 def test_online_fold_teachers_train_the_students_the_stored_logits_train(tmp_path, data_dir):
     """--teacher_mode=online: fold i's teacher runs in student i's step (the student
     reading the GSR column of the five channels), and the students equal those of
