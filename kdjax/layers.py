@@ -13,7 +13,6 @@ the plain XLA convolution is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import flax.linen as nn
 import jax
@@ -24,18 +23,18 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
+def _with_backward(forward, backward, static_args: int):
+    """``forward(inputs, kernel, *static)`` whose gradient is ``backward(*static,
+    (inputs, kernel), output_grad) -> (inputs_grad, kernel_grad)`` instead of XLA's
+    (the ``static`` arguments are hashable settings: padding, stride)."""
+    wrapped = jax.custom_vjp(forward, nondiff_argnums=tuple(range(2, 2 + static_args)))
+    wrapped.defvjp(lambda x, k, *static: (forward(x, k, *static), (x, k)), backward)
+    return wrapped
+
+
 def xla_conv(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     """XLA's own stride-1 NHWC convolution (the reference :func:`conv2d` is timed against)."""
     return lax.conv_general_dilated(images, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_matmul_grad(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return xla_conv(images, kernel, padding)
-
-
-def _conv_forward(images, kernel, padding):
-    return xla_conv(images, kernel, padding), (images, kernel)
 
 
 def _conv_backward(padding, residuals, output_grad):
@@ -72,7 +71,7 @@ def _conv_backward(padding, residuals, output_grad):
     return images_grad.astype(images.dtype), kernel_grad.astype(kernel.dtype)
 
 
-_conv_matmul_grad.defvjp(_conv_forward, _conv_backward)
+_conv_matmul_grad = _with_backward(xla_conv, _conv_backward, 1)
 
 
 def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
@@ -115,22 +114,13 @@ def xla_strided_conv(images, kernel, padding, stride) -> jax.Array:
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _strided_conv_matmul_grad(images, kernel, padding, stride):
-    return xla_strided_conv(images, kernel, padding, stride)
-
-
-def _strided_forward(images, kernel, padding, stride):
-    return xla_strided_conv(images, kernel, padding, stride), (images, kernel)
-
-
 def _strided_backward(padding, stride, residuals, output_grad):
     images, kernel = residuals
     _, pullback = jax.vjp(lambda x, k: _space_to_depth_conv(x, k, padding, stride), images, kernel)
     return pullback(output_grad)
 
 
-_strided_conv_matmul_grad.defvjp(_strided_forward, _strided_backward)
+_strided_conv_matmul_grad = _with_backward(xla_strided_conv, _strided_backward, 2)
 
 
 def _space_to_depth_conv(images, kernel, padding, stride):
@@ -205,15 +195,6 @@ def xla_conv1d(signals: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Ar
     )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv1d_matmul_grad(signals: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    return xla_conv1d(signals, kernel, stride)
-
-
-def _conv1d_forward(signals, kernel, stride):
-    return xla_conv1d(signals, kernel, stride), (signals, kernel)
-
-
 def _conv1d_backward(stride, residuals, output_grad):
     signals, kernel = residuals
     taps, in_channels, out_channels = kernel.shape
@@ -243,7 +224,7 @@ def _conv1d_backward(stride, residuals, output_grad):
     )
 
 
-_conv1d_matmul_grad.defvjp(_conv1d_forward, _conv1d_backward)
+_conv1d_matmul_grad = _with_backward(xla_conv1d, _conv1d_backward, 1)
 
 
 def conv1d(
