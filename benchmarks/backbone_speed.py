@@ -85,7 +85,7 @@ def jax_measurements(sizes, batch: int, steps: int) -> dict:
     from kdjax.backbones import backbone, keras_preprocess
     from kdjax.freezing import count_trainable, frozen_patterns
     from kdjax.objectives import get_objective, make_hyperparams
-    from kdjax.training import create_state, make_optimizer, make_train_step
+    from kdjax.training import create_state, make_optimizer, make_train_step, trainable_mask
 
     matrix = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
     matmul = jax.jit(lambda a: a @ a)
@@ -101,7 +101,11 @@ def jax_measurements(sizes, batch: int, steps: int) -> dict:
             model = backbone(name, num_classes=2, trainable=trainable)
             optimizer = make_optimizer("adam", frozen=frozen_patterns(trainable))
             state = create_state(model, optimizer, keras_preprocess(images[:1]), seed=0)
-            step = make_train_step(model, get_objective("ce"), optimizer, keras_preprocess)
+            # As the command's loop builds it: frozen parameters pass through the step.
+            mask = trainable_mask(state.params, frozen_patterns(trainable))
+            step = make_train_step(
+                model, get_objective("ce"), optimizer, keras_preprocess, trainable=mask
+            )
             started = time.perf_counter()
             compiled = jax.jit(step).lower(state, batch_arrays, hyperparams, {}).compile()
             compile_seconds = time.perf_counter() - started

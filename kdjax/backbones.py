@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.freezing import ALL_LAYERS, LayerSelection, as_selection
+from kdjax.layers import general_conv2d
 
 Outputs = dict[str, jax.Array]
 # Keras' default initialisers: glorot-uniform kernels, zero biases.
@@ -80,6 +81,39 @@ def _pad(x: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Arr
 def relu6(x: jax.Array) -> jax.Array:
     """Keras' ``ReLU(6.0)``: ``min(max(x, 0), 6)``."""
     return jnp.clip(x, 0.0, 6.0)
+
+
+class KerasConv(nn.Module):
+    """Keras' ``Conv2D`` (square kernel and stride; ``padding`` an int on every side,
+    ``"SAME"`` as TensorFlow pads, or ``"VALID"``), parameters named, shaped and
+    initialised as ``nn.Conv``'s (``kernel`` glorot-uniform, ``bias`` zeros), computed
+    by :func:`kdjax.layers.general_conv2d`: on the CPU, matrix products for 1×1
+    kernels and small maps, where XLA's convolution is slow."""
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: int | str = 0
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        size = self.kernel_size
+        kernel = self.param("kernel", _KERNEL_INIT, (size, size, x.shape[-1], self.features))
+        if isinstance(self.padding, int):
+            pads = ((self.padding, self.padding), (self.padding, self.padding))
+        else:
+            pads = tuple(
+                jax.lax.padtype_to_pads(
+                    x.shape[1:3], (size, size), (self.strides,) * 2, self.padding
+                )
+            )
+        x = x.astype(self.dtype)
+        y = general_conv2d(x, kernel.astype(self.dtype), pads, self.strides)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
 
 
 class DepthwiseConv3x3(nn.Module):
@@ -154,16 +188,7 @@ class ResNet50V2(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
         def conv(x, features, kernel, name, *, stride=1, bias=True, padding=0):
-            return nn.Conv(
-                features,
-                (kernel, kernel),
-                strides=stride,
-                padding=padding,
-                use_bias=bias,
-                kernel_init=_KERNEL_INIT,
-                dtype=self.dtype,
-                name=name,
-            )(x)
+            return KerasConv(features, kernel, stride, padding, bias, self.dtype, name=name)(x)
 
         trainable = as_selection(self.trainable)
 
@@ -238,16 +263,7 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
         def conv(x, features, kernel, name, *, stride=1, padding="SAME"):
-            return nn.Conv(
-                features,
-                (kernel, kernel),
-                strides=stride,
-                padding=padding,
-                use_bias=False,
-                kernel_init=_KERNEL_INIT,
-                dtype=self.dtype,
-                name=name,
-            )(x)
+            return KerasConv(features, kernel, stride, padding, False, self.dtype, name=name)(x)
 
         trainable = as_selection(self.trainable)
 

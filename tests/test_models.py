@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdjax.layers import Conv, conv1d, conv2d, max_pool, strided_conv2d
+from kdjax.layers import Conv, conv1d, conv2d, general_conv2d, max_pool, strided_conv2d
 from kdjax.models import MLP, ConvNet, SmallConvNet, count_params, get_model
 
 
@@ -128,6 +128,41 @@ def test_strided_conv2d_matches_xla_values_and_gradients(size, padding, stride, 
     ours = jax.grad(loss(lambda x, k: strided_conv2d(x, k, padding, stride)), argnums=(0, 1))
     chex.assert_trees_all_close(
         ours(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "spatial", "padding", "stride"),
+    [
+        (3, (2, 2), ((1, 1), (1, 1)), 1),  # ResNet50V2's conv5 at 32×32: patch matrix
+        (3, (1, 1), ((1, 1), (1, 1)), 1),  # only the centre tap reads data
+        (3, (4, 4), ((1, 1), (1, 1)), 2),  # a strided small map
+        (3, (5, 6), ((0, 1), (1, 1)), 2),  # MobileNetV2's asymmetric "correct_pad"
+        (7, (6, 5), ((3, 3), (3, 3)), 2),  # a stem on a small image
+        (1, (5, 7), ((0, 0), (0, 0)), 1),  # 1×1: a matrix product
+        (1, (5, 7), ((0, 0), (0, 0)), 2),
+        (3, (12, 10), ((1, 1), (1, 1)), 1),  # a large map: strided_conv2d
+        (3, (12, 10), ((0, 1), (0, 1)), 2),
+    ],
+)
+def test_general_conv2d_matches_xla_values_and_gradients(size, spatial, padding, stride):
+    images = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, 3))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, 3, 4))
+
+    def reference(x, k):
+        return lax.conv_general_dilated(
+            x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+
+    ours = general_conv2d(images, kernel, padding, stride)
+    np.testing.assert_allclose(ours, reference(images, kernel), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(loss(lambda x, k: general_conv2d(x, k, padding, stride)), argnums=(0, 1))
+    chex.assert_trees_all_close(
+        grads(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
 

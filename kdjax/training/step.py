@@ -75,8 +75,8 @@ def make_train_step(
     """The pure training step; jit it (or lift it with :func:`population_step`).
 
     ``augment(key, batch)`` runs on the device before ``preprocess``;
-    ``constraint(params)`` projects the parameters after every update (frozen
-    parameters, ``trainable`` False, are kept as they were); ``schedule(step)``
+    ``constraint(params)`` projects the parameters after every update; parameters
+    whose ``trainable`` mask entry is False are returned unchanged; ``schedule(step)``
     multiplies the traced learning rate; ``teacher`` computes the teacher outputs
     the objective reads from the (augmented) batch.
     """
@@ -120,12 +120,14 @@ def make_train_step(
         updates = jax.tree.map(lambda u: -learning_rate * u, direction)
         params = optax.apply_updates(state.params, updates)
         if constraint is not None:
-            projected = constraint(params)
-            if trainable is not None:
-                projected = jax.tree.map(
-                    lambda keep, new, old: new if keep else old, trainable, projected, params
-                )
-            params = projected
+            params = constraint(params)
+        if trainable is not None:
+            # Frozen parameters leave the step as they came in, the very arrays (jit
+            # forwards them, no copy), not as ``p + (−lr · 0)``: on a mostly frozen
+            # backbone that sum over every frozen weight costs as much as the forward pass.
+            params = jax.tree.map(
+                lambda keep, new, old: new if keep else old, trainable, params, state.params
+            )
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
