@@ -20,9 +20,6 @@ from kdjax.models import count_params, get_model
 from kdjax.runs import load_run, train_run
 from kdjax.training import Execution, FitResult
 
-# Until kdjax.models.MODELS lists the backbones itself (two lines for the lead to add
-# there), the MHIST command registers them here.
-
 # Keras' scaling for both backbones, x/127.5 − 1, as RunSpec's normalisation
 # (x/255 − mean)/std.
 INPUT_SCALING = {"input_mean": 0.5, "input_std": 0.5}

@@ -6,6 +6,7 @@ from functools import partial
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -22,6 +23,7 @@ from kdjax.training import (
     make_optimizer,
     make_train_step,
     max_norm_constraint,
+    recompute_batch_stats,
     trainable_mask,
 )
 
@@ -96,6 +98,51 @@ def test_batch_statistics_are_trained_and_used_in_evaluation(tmp_path):
     assert accuracy == pytest.approx(result.test_accuracy[0], abs=1e-9)
     initial = {**result.variables, "batch_stats": fresh.model_state["batch_stats"]}
     assert not np.allclose(model.apply(initial, UNIT(test.images))["logits"], logits)
+
+
+class TwoNorms(nn.Module):
+    """Two BatchNorm layers in a row, the second fed by the first; ``frozen_second``
+    keeps the second on its running averages even in training mode."""
+
+    frozen_second: bool = False
+
+    @nn.compact
+    def __call__(self, images, *, train=False):
+        x = images.reshape(images.shape[0], -1)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.999, name="first")(x)
+        x = nn.Dense(5, name="hidden")(jnp.tanh(x))
+        second = nn.BatchNorm(
+            use_running_average=not train or self.frozen_second, momentum=0.999, name="second"
+        )
+        return {"logits": second(x)}
+
+
+@pytest.mark.parametrize("frozen_second", [False, True])
+def test_recomputed_batch_statistics_are_the_exact_moments_of_every_layer_input(frozen_second):
+    model = TwoNorms(frozen_second)
+    images = np.random.default_rng(0).normal(3.0, 2.0, (50, 2, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), images[:2])
+    # Batches of 16: three full ones and a shorter last one, all counted.
+    new = recompute_batch_stats(model, variables, images, preprocess=lambda x: x, batch_size=16)
+    flat = images.reshape(50, -1).astype(np.float64)
+    first = new["batch_stats"]["first"]
+    np.testing.assert_allclose(first["mean"], flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(first["var"], flat.var(0), rtol=1e-4)
+    # The second layer's input: the first normalised with the statistics of each
+    # training batch (training mode), not with the recomputed ones.
+    normalised = np.concatenate([
+        (chunk - chunk.mean(0)) / np.sqrt(chunk.var(0) + 1e-5)
+        for chunk in np.split(flat, [16, 32, 48])
+    ])  # fmt: skip
+    hidden = variables["params"]["hidden"]
+    inputs = np.tanh(normalised) @ np.asarray(hidden["kernel"], np.float64) + hidden["bias"]
+    second = new["batch_stats"]["second"]
+    if frozen_second:
+        chex.assert_trees_all_equal(second, variables["batch_stats"]["second"])
+    else:
+        np.testing.assert_allclose(second["mean"], inputs.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(second["var"], inputs.var(0), rtol=1e-4)
+    chex.assert_trees_all_equal(new["params"], variables["params"])
 
 
 def test_batch_statistics_are_checkpointed_and_a_resumed_run_matches(tmp_path):

@@ -23,6 +23,7 @@ from kdjax.training.evaluation import (
     make_correct_counter,
     padded_batches,
     predict,
+    recompute_batch_stats,
     split_accuracy,
 )
 from kdjax.training.feeds import (
@@ -84,6 +85,7 @@ __all__ = [
     "padded_batches",
     "population_step",
     "predict",
+    "recompute_batch_stats",
     "resolve_feed",
     "scan_steps",
     "split_accuracy",
