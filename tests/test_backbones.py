@@ -195,3 +195,19 @@ def test_depthwise_conv_is_the_grouped_convolution_with_the_same_kernel(size, st
     np.testing.assert_allclose(
         layer.apply(variables, images), reference.apply(variables, images), atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "convolutions"),
+    # ResNet50V2: the stem, 3 per bottleneck block (16), a projection shortcut per stage
+    # (4). MobileNetV2: Conv1, 16 expansions, 17 projections, Conv_1.
+    [("resnet50v2", 1 + 3 * 16 + 4), ("mobilenetv2", 1 + 16 + 17 + 1)],
+)
+def test_the_convolution_benchmark_finds_every_convolution_layer(name, convolutions):
+    from benchmarks.backbone_convs import MODELS, layer_shapes
+
+    shapes = layer_shapes(MODELS[name](), jnp.zeros((2, 32, 32, 3)))
+    assert sum(shapes.values()) == convolutions
+    # At 32×32 the last maps are 1×1: ResNet50V2's conv5 3×3 layers see one pixel.
+    if name == "resnet50v2":
+        assert shapes[((2, 1, 1, 512), 512, 3, 1, ((1, 1), (1, 1)))] == 3
