@@ -19,9 +19,11 @@ from experiments import mhist_kd
 from experiments.mhist_training import INPUT_SCALING, softmax
 from kdjax.backbones import backbone, keras_preprocess
 from kdjax.data import DataError, normalize
+from kdjax.image_folder import load_cifar10
 from kdjax.mhist import VOTES_COLUMN
 from kdjax.pretrained import WeightFileError, save_keras_weights
 from kdjax.runs import load_run
+from kdjax.training import recompute_batch_stats
 
 HEADER = ["Image Name", "Majority Vote Label", VOTES_COLUMN, "Partition"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,12 +300,32 @@ def test_standin_writes_an_mhist_folder_and_keras_files_of_its_pretrained_backbo
     assert "cat (as HP) vs dog (as SSA)" in label
     assert mhist_kd.standin_label(str(out)) == label
     assert set(document["runs"]) == {"pretrain_resnet50v2", "pretrain_mobilenetv2"}
+    # The pretraining images, drawn as the command draws them.
+    pretrain = mhist_standin.pretraining_set(
+        load_cifar10(str(cifar), download=False, allow_partial=True, log=lambda _: None),
+        config,
+        np.random.default_rng(config.seed),
+    )
     for name in ("resnet50v2", "mobilenetv2"):
-        run_dir = document["runs"][f"pretrain_{name}"]["run_dir"]
-        trained = load_run(run_dir).variables
+        run = load_run(document["runs"][f"pretrain_{name}"]["run_dir"])
+        trained = run.variables
+        assert trained["params"]["head"]["kernel"].shape[-1] == 8  # the 8 pretraining classes
+        # The files hold the trained weights and BatchNorm statistics recomputed over
+        # the pretraining images (not the running averages).
+        expected = recompute_batch_stats(
+            run.model, trained, pretrain.train.images, preprocess=run.spec.preprocess(),
+            batch_size=config.pretrain_batch_size,
+        )  # fmt: skip
         loaded = load_keras_weights(out / f"{name}_standin_notop.h5", name)
         for collection, layers in loaded.items():
             for layer, weights in layers.items():
                 for weight, value in weights.items():
-                    np.testing.assert_array_equal(value, trained[collection][layer][weight])
-        assert trained["params"]["head"]["kernel"].shape[-1] == 8  # the 8 pretraining classes
+                    np.testing.assert_array_equal(value, expected[collection][layer][weight])
+        moved = [
+            not np.allclose(stats["var"], trained["batch_stats"][layer]["var"])
+            for layer, stats in loaded["batch_stats"].items()
+        ]
+        assert all(moved)
+        assert set(json.loads((out / "standin.json").read_text())["pretrained"][name]) == {
+            "file", "test_accuracy_8_classes", "test_accuracy_8_classes_running_averages"
+        }  # fmt: skip
