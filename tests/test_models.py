@@ -202,31 +202,6 @@ def test_conv1d_matches_xla_values_and_gradients(taps, padding, stride, length, 
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("batch", "stride"), [(6, 1), (7, 2)])
-def test_conv1d_kernel_gradient_in_chunks_of_examples_equals_xla(monkeypatch, batch, stride):
-    import kdjax.layers
-
-    # Two examples per chunk: 3 chunks, and with 7 examples one left over.
-    length, taps = 23, 5
-    out_length = (length - taps) // stride + 1
-    monkeypatch.setattr(kdjax.layers, "_KERNEL_GRAD_ROWS", 2 * out_length)
-    signals = jax.random.normal(jax.random.PRNGKey(0), (batch, length, 3))
-    kernel = jax.random.normal(jax.random.PRNGKey(1), (taps, 3, 4))
-
-    def reference(x, k):
-        return lax.conv_general_dilated(x, k, (stride,), "VALID",
-                                        dimension_numbers=("NWC", "WIO", "NWC"))  # fmt: skip
-
-    def loss(conv):
-        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
-
-    chex.assert_trees_all_close(
-        jax.grad(loss(lambda x, k: conv1d(x, k, (0, 0), stride)), argnums=(0, 1))(signals, kernel),
-        jax.grad(loss(reference), argnums=(0, 1))(signals, kernel),
-        rtol=1e-4, atol=1e-5,
-    )  # fmt: skip
-
-
 def test_conv1d_gradients_against_finite_differences_and_inside_lax_map():
     from jax.test_util import check_grads
 
