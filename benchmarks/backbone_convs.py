@@ -32,7 +32,7 @@ flags.DEFINE_enum("model", "resnet50v2", ["resnet50v2", "mobilenetv2"], "Which b
 flags.DEFINE_integer("size", 32, "Square input size.")
 flags.DEFINE_integer("batch", 32, "Batch size (seed 003: 32).")
 flags.DEFINE_integer("rounds", 3, "Rounds of the alternated measurements; the best is kept.")
-flags.DEFINE_string("output", None, "Optional JSON file for the rows.")
+flags.DEFINE_string("json_output", None, "Optional JSON file for the rows.")
 
 MODELS = {"resnet50v2": ResNet50V2, "mobilenetv2": MobileNetV2}
 
@@ -112,8 +112,8 @@ def main(argv: list[str]) -> None:
     print(f"{'all layers (weighted by count)':>36}  {totals['xla_forward']:10.1f}  "
           f"{totals['kdjax_forward']:12.1f}  {totals['xla_train']:12.1f}  "
           f"{totals['kdjax_train']:14.1f}")  # fmt: skip
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as handle:
+    if FLAGS.json_output:
+        with open(FLAGS.json_output, "w") as handle:
             json.dump({"model": FLAGS.model, "size": FLAGS.size, "batch": FLAGS.batch,
                        "rows": rows, "totals_ms": totals}, handle, indent=2)  # fmt: skip
 

@@ -211,3 +211,21 @@ def test_the_convolution_benchmark_finds_every_convolution_layer(name, convoluti
     # At 32×32 the last maps are 1×1: ResNet50V2's conv5 3×3 layers see one pixel.
     if name == "resnet50v2":
         assert shapes[((2, 1, 1, 512), 512, 3, 1, ((1, 1), (1, 1)))] == 3
+
+
+def test_the_speed_benchmark_keeps_each_cases_fastest_repeat():
+    from benchmarks.backbone_speed import _fastest
+
+    def run(matmul, **steps):
+        cases = {
+            case: {"step_seconds": seconds, "parameters": 7} for case, seconds in steps.items()
+        }
+        return {"matmul_gflops": matmul, "cases": cases}
+
+    first, second = run(100.0, a=2.0, b=1.0), run(120.0, a=1.5, b=3.0)
+    fastest = _fastest([first, second])
+    assert fastest["matmul_gflops"] == 120.0
+    assert fastest["cases"]["a"] == {"step_seconds": 1.5, "step_seconds_each": [2.0, 1.5],
+                                     "parameters": 7}  # fmt: skip
+    assert fastest["cases"]["b"]["step_seconds"] == 1.0
+    assert first["cases"]["a"]["step_seconds"] == 2.0  # the repeats themselves unchanged
