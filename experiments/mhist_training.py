@@ -7,6 +7,7 @@ seed-protocol table.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from pathlib import Path
 
 import jax
@@ -118,7 +119,7 @@ def plot_sweep(path: Path, values, summaries: list[dict], kind: str, title: str)
     axes.set_xticks(list(values), [f"{v:g}" for v in values])
     axes.set_xlabel("temperature T" if kind == "temperature" else "alpha (weight of CE)")
     axes.set_ylabel("test score (%)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 80), fontsize=9)  # stand-in labels are long
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
