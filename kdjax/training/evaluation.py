@@ -164,7 +164,7 @@ def recompute_batch_stats(
         return next_fun(*args, **kwargs)
 
     @jax.jit
-    def moments(batch_images):
+    def moments(variables, batch_images):
         with nn.intercept_methods(record):
             _, collections = model.apply(
                 variables, preprocess(batch_images), train=True, mutable=["batch_stats", "moments"]
@@ -175,7 +175,8 @@ def recompute_batch_stats(
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]  # a shorter last batch: one more compile
         weight = len(batch)
-        sums = jax.tree.map(lambda m, w=weight: np.asarray(m, np.float64) * w, moments(batch))
+        batch_moments = moments(variables, batch)
+        sums = jax.tree.map(lambda m, w=weight: np.asarray(m, np.float64) * w, batch_moments)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
         count += weight
 
