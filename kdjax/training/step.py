@@ -122,9 +122,9 @@ def make_train_step(
         if constraint is not None:
             params = constraint(params)
         if trainable is not None:
-            # Frozen parameters leave the step as they came in, the very arrays (jit
-            # forwards them, no copy), not as ``p + (−lr · 0)``: on a mostly frozen
-            # backbone that sum over every frozen weight costs as much as the forward pass.
+            # Frozen parameters leave the step as they came in, not as p + (−lr · 0):
+            # on a mostly frozen backbone that sum over every frozen weight, and the
+            # fresh buffers it fills, cost about as much as the forward pass.
             params = jax.tree.map(
                 lambda keep, new, old: new if keep else old, trainable, params, state.params
             )
