@@ -45,12 +45,8 @@ def layer_shapes(model: nn.Module, images: jax.Array) -> collections.Counter:
         module = context.module
         if isinstance(module, KerasConv) and context.method_name == "__call__":
             x, size, stride = args[0], module.kernel_size, module.strides
-            if isinstance(module.padding, int):
-                pads = ((module.padding,) * 2,) * 2
-            else:
-                pads = tuple(lax.padtype_to_pads(x.shape[1:3], (size,) * 2, (stride,) * 2,
-                                                 module.padding))  # fmt: skip
-            shapes[(tuple(x.shape), module.features, size, stride, tuple(map(tuple, pads)))] += 1
+            pads = module.explicit_padding(x.shape[1:3])
+            shapes[(tuple(x.shape), module.features, size, stride, pads)] += 1
         return next_fun(*args, **kwargs)
 
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))

@@ -97,18 +97,18 @@ class KerasConv(nn.Module):
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
 
+    def explicit_padding(self, spatial: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+        """``((top, bottom), (left, right))`` for an input of ``spatial`` (H, W)."""
+        if isinstance(self.padding, int):
+            return ((self.padding, self.padding), (self.padding, self.padding))
+        size, stride = (self.kernel_size,) * 2, (self.strides,) * 2
+        return tuple(map(tuple, jax.lax.padtype_to_pads(spatial, size, stride, self.padding)))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size = self.kernel_size
         kernel = self.param("kernel", _KERNEL_INIT, (size, size, x.shape[-1], self.features))
-        if isinstance(self.padding, int):
-            pads = ((self.padding, self.padding), (self.padding, self.padding))
-        else:
-            pads = tuple(
-                jax.lax.padtype_to_pads(
-                    x.shape[1:3], (size, size), (self.strides,) * 2, self.padding
-                )
-            )
+        pads = self.explicit_padding(x.shape[1:3])
         x = x.astype(self.dtype)
         y = general_conv2d(x, kernel.astype(self.dtype), pads, self.strides)
         if self.use_bias:

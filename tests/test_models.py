@@ -113,6 +113,13 @@ def test_strided_conv2d_matches_xla_values_and_gradients(size, padding, stride, 
     images = jax.random.normal(jax.random.PRNGKey(0), (2, height, 9, 3))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, 3, 4))
 
+    _assert_matches_xla_conv(strided_conv2d, images, kernel, padding, stride)
+
+
+def _assert_matches_xla_conv(conv, images, kernel, padding, stride):
+    """``conv(images, kernel, padding, stride)`` equals XLA's convolution, values and
+    both gradients."""
+
     def reference(x, k):
         return lax.conv_general_dilated(
             x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -122,10 +129,10 @@ def test_strided_conv2d_matches_xla_values_and_gradients(size, padding, stride, 
         return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
 
     np.testing.assert_allclose(
-        strided_conv2d(images, kernel, padding, stride), reference(images, kernel),
+        conv(images, kernel, padding, stride), reference(images, kernel),
         rtol=1e-5, atol=1e-5,
     )  # fmt: skip
-    ours = jax.grad(loss(lambda x, k: strided_conv2d(x, k, padding, stride)), argnums=(0, 1))
+    ours = jax.grad(loss(lambda x, k: conv(x, k, padding, stride)), argnums=(0, 1))
     chex.assert_trees_all_close(
         ours(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
         rtol=1e-4, atol=1e-5,
@@ -149,22 +156,7 @@ def test_strided_conv2d_matches_xla_values_and_gradients(size, padding, stride, 
 def test_general_conv2d_matches_xla_values_and_gradients(size, spatial, padding, stride):
     images = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, 3))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (size, size, 3, 4))
-
-    def reference(x, k):
-        return lax.conv_general_dilated(
-            x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
-    def loss(conv):
-        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
-
-    ours = general_conv2d(images, kernel, padding, stride)
-    np.testing.assert_allclose(ours, reference(images, kernel), rtol=1e-5, atol=1e-5)
-    grads = jax.grad(loss(lambda x, k: general_conv2d(x, k, padding, stride)), argnums=(0, 1))
-    chex.assert_trees_all_close(
-        grads(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
-        rtol=1e-4, atol=1e-5,
-    )  # fmt: skip
+    _assert_matches_xla_conv(general_conv2d, images, kernel, padding, stride)
 
 
 @pytest.mark.parametrize(
