@@ -171,8 +171,8 @@ def general_conv2d(
     - an output map of at most :data:`SMALL_MAP_POSITIONS` positions: one matrix
       product of the patch matrix (each output position's window, the taps side by
       side) with the kernel, leaving out the taps that read padding only — on the
-      2×2 and 1×1 maps of a 32×32 ResNet50V2 XLA's convolution ran at 6–16 GFLOP/s,
-      8× slower than the product;
+      2×2 and 1×1 maps of a 32×32 ResNet50V2 XLA's forward convolution ran 9–20×
+      slower than the product (``benchmarks.backbone_convs``);
     - otherwise :func:`strided_conv2d` (XLA's forward, gradients as matrix products).
 
     JAX differentiates the first two itself (matrix products and slices). On GPU/TPU
