@@ -17,9 +17,14 @@ Every measurement runs in its own process, one after the other (``--parts``):
   shuffled batches drawn by indexing one tensor (cheaper than the seed's
   ``DataLoader`` over a ``TensorDataset``, which collates example by example);
 * ``folds`` and ``one_fold`` — the 5 folds of ``k_fold`` trained together as one
-  population (``member_rows``) against the first fold alone; ``folds_vmap`` the
-  folds with the students vmapped instead of the CPU's default ``lax.map``
-  (:func:`kdjax.training.population_step`).
+  population (``member_rows``) against the first fold alone; ``folds_unroll`` and
+  ``folds_vmap`` the folds with the students unrolled in the program or vmapped
+  instead of the CPU's default ``lax.map`` (:func:`kdjax.training.population_step`);
+* ``steps`` — one compiled train step, outside ``fit``: one student, and the 5
+  folds' population (each its own batch) under each population strategy
+  (``lax.map``, unrolled in one program, ``vmap``); each with the share of the cores
+  the process kept busy (CPU time ÷ wall time ÷ cores), the headroom a population
+  could fill that one student leaves idle.
 
 Both libraries drop the last partial batch. Timings exclude compilation and
 warm-up: ``--epochs`` epochs run and the last one is reported (with ``--epochs=1``,
@@ -50,13 +55,19 @@ flags.DEFINE_integer("batch_size", 1024, "Batch size (seed 002: 1,024).")
 flags.DEFINE_integer("epochs", 2, "Epochs per measurement; the last is reported.")
 flags.DEFINE_integer("folds", 5, "Folds trained together in the folds measurement.")
 flags.DEFINE_list(
-    "parts", ["kdjax", "torch", "folds", "one_fold", "folds_vmap"], "What to measure."
+    "parts",
+    ["kdjax", "torch", "folds", "one_fold", "folds_unroll", "folds_vmap", "steps"],
+    "What to measure.",
 )
 flags.DEFINE_string("output", "benchmarks/biovid_speed.json", "Where to write the results.")
+flags.DEFINE_integer(
+    "repeats", 3, "Timed calls per variant of the steps part (the fastest counts)."
+)
 flags.DEFINE_string("worker", None, "Internal: run one part in this process.")
 
 LEARNING_RATE, MOMENTUM, NUM_CLASSES = 1e-4, 0.9, 5
 MATMUL_SIZE = 2048
+STRATEGIES = {"folds_unroll": "unroll", "folds_vmap": "vmap"}  # the others: "auto"
 
 
 def _data(examples: int, length: int):
@@ -78,7 +89,7 @@ def kdjax_epoch(part: str) -> dict:
     split = Split(signals, labels, np.arange(len(labels), dtype=np.int64))
     test = split.take(min(len(split), FLAGS.batch_size))
     rows = {}
-    if part in ("folds", "one_fold", "folds_vmap"):
+    if part in ("folds", "one_fold", "folds_unroll", "folds_vmap"):
         fold_list = k_fold(len(split), FLAGS.folds, seed=0)
         if part == "one_fold":
             fold_list = fold_list[:1]
@@ -100,7 +111,7 @@ def kdjax_epoch(part: str) -> dict:
             hyperparams=make_hyperparams(learning_rate=LEARNING_RATE), train_split=split,
             test_split=test, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
             log=lambda message: None, **{"seed": 0, **rows},
-            execution=Execution(population_strategy="vmap" if part == "folds_vmap" else "auto"),
+            execution=Execution(population_strategy=STRATEGIES.get(part, "auto")),
         )  # fmt: skip
     seconds = result.history[-1]["seconds"]
     if FLAGS.epochs == 1:
@@ -138,6 +149,65 @@ def _arithmetic(training, signals: np.ndarray) -> dict:
     return {"step_flops": float(flops), "matmul_gflops": 2 * MATMUL_SIZE**3 / seconds / 1e9}
 
 
+def _timed(function, args, repeats: int) -> tuple[float, float]:
+    """The fastest of ``repeats`` calls (after one untimed call that compiles), and
+    the share of the cores busy over all of them: process CPU time ÷ wall ÷ cores."""
+    import os
+
+    import jax
+
+    jax.block_until_ready(function(*args))
+    fastest, wall, cpu = float("inf"), 0.0, time.process_time()
+    for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(function(*args))
+        elapsed = time.perf_counter() - started
+        fastest, wall = min(fastest, elapsed), wall + elapsed
+    return fastest, (time.process_time() - cpu) / wall / (os.cpu_count() or 1)
+
+
+def step_times() -> dict:
+    """One student's compiled train step against the folds' population step (each
+    student its own batch): ``lax.map``, the students unrolled in one program, and
+    ``vmap`` (:func:`kdjax.training.population_step`). Seconds are the fastest call;
+    ``busy`` the share of the cores used."""
+    import jax
+    import jax.numpy as jnp
+
+    from kdjax.data import normalize
+    from kdjax.objectives import get_objective, make_hyperparams
+    from kdjax.signal_models import get_signal_model
+    from kdjax.training import create_state, make_optimizer, make_train_step, population_step
+
+    model = get_signal_model("conv1d_net", NUM_CLASSES)
+    optimizer = make_optimizer("sgd", momentum=MOMENTUM)
+    step = make_train_step(model, get_objective("ce"), optimizer,
+                           partial(normalize, mean=0.0, std=1.0, scale=1.0))  # fmt: skip
+    signals, labels = _data(FLAGS.folds * FLAGS.batch_size, FLAGS.length)
+    shape = (FLAGS.folds, FLAGS.batch_size)
+    batches = {"images": jnp.asarray(signals.reshape(*shape, *signals.shape[1:])),
+               "labels": jnp.asarray(labels.reshape(shape)),
+               "ids": jnp.arange(signals.shape[0]).reshape(shape)}  # fmt: skip
+    state = create_state(model, optimizer, signals[:1], seed=0)
+    hyperparams = make_hyperparams(learning_rate=LEARNING_RATE)
+    stack = partial(jax.tree.map, lambda leaf: jnp.stack([leaf] * FLAGS.folds))
+    states, member_hyperparams = stack(state), stack(hyperparams)
+    first_batch = jax.tree.map(lambda leaf: leaf[0], batches)
+    variants = {"one": (jax.jit(step), (state, first_batch, hyperparams, {}))}
+    for strategy in ("map", "unroll", "vmap"):
+        variants[strategy] = (jax.jit(population_step(step, strategy, own_batches=True)), None)
+    result = {"students": FLAGS.folds}
+    for name, (function, args) in variants.items():
+        args = args or (states, batches, member_hyperparams, {})
+        # vmap is many times slower on the CPU (grouped convolutions): timed once.
+        seconds, busy = _timed(function, args, 1 if name == "vmap" else FLAGS.repeats)
+        result[name] = {"seconds": seconds, "busy": busy}
+        print(f"steps {name}: {seconds:.3f} s, {busy:.0%} of the cores busy", flush=True)
+    for name in ("map", "unroll", "vmap"):
+        result[f"{name}_over_one"] = result[name]["seconds"] / result["one"]["seconds"]
+    return result
+
+
 def torch_epoch() -> dict:
     """Seconds of the last epoch of the seed's PyTorch loop on the same layers."""
     import torch
@@ -173,12 +243,13 @@ def torch_epoch() -> dict:
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.worker:
-        result = torch_epoch() if FLAGS.worker == "torch" else kdjax_epoch(FLAGS.worker)
+        workers = {"torch": torch_epoch, "steps": step_times}
+        result = workers.get(FLAGS.worker, partial(kdjax_epoch, FLAGS.worker))()
         print("RESULT " + json.dumps(result))
         return
     results = {}
     passed = [f"--{name}={FLAGS[name].value}" for name in
-              ("examples", "length", "batch_size", "epochs", "folds")]  # fmt: skip
+              ("examples", "length", "batch_size", "epochs", "folds", "repeats")]  # fmt: skip
     for part in FLAGS.parts:
         completed = subprocess.run(
             [sys.executable, "-m", "benchmarks.biovid_speed", f"--worker={part}", *passed],
@@ -199,14 +270,21 @@ def main(argv: list[str]) -> None:
         ratios["kdjax_over_torch"] = results["kdjax"]["seconds"] / results["torch"]["seconds"]
     if {"folds", "one_fold"} <= results.keys():
         ratios["folds_over_one_fold"] = results["folds"]["seconds"] / results["one_fold"]["seconds"]
+    if {"folds_unroll", "one_fold"} <= results.keys():
+        ratios["folds_unroll_over_one_fold"] = (
+            results["folds_unroll"]["seconds"] / results["one_fold"]["seconds"]
+        )
+    if "steps" in results:
+        ratios["folds_step_over_one_step"] = results["steps"]["map_over_one"]
     document = {
         "settings": {name: FLAGS[name].value for name in
-                     ("examples", "length", "batch_size", "epochs", "folds")},
+                     ("examples", "length", "batch_size", "epochs", "folds", "repeats")},
         "machine": {"processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "results": results,
         "ratios": ratios,
-        "targets": {"kdjax_over_torch": 0.5, "folds_over_one_fold": 3.0},
+        "targets": {"kdjax_over_torch": 0.5, "folds_over_one_fold": 3.0,
+                    "folds_unroll_over_one_fold": 3.0, "folds_step_over_one_step": 3.0},
     }  # fmt: skip
     with open(FLAGS.output, "w") as file:
         json.dump(document, file, indent=2)

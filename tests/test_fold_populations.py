@@ -47,7 +47,7 @@ def _fit(tmp_path, name, train, test, seed, **kwargs):
     )
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
 @pytest.mark.parametrize("feed", ["host", "device"])
 def test_folds_trained_together_equal_each_fold_trained_alone(tmp_path, strategy, feed):
     data = _split(160)
@@ -101,7 +101,7 @@ def test_float_signals_train_through_the_same_core(tmp_path):
         Split(signals.astype(np.float64), labels, np.arange(96, dtype=np.int64))
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
 def test_folds_distilled_online_each_from_its_own_teacher(tmp_path, strategy):
     """An online teacher per student (per_member=True): fold i's student, trained with
     the others in one program, equals fold i's student distilled alone from teacher i."""

@@ -143,7 +143,7 @@ def test_evaluate_and_population_counts_agree_with_predict():
         pytest.approx(expected)
     )
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *members)
-    for strategy in ("vmap", "map"):
+    for strategy in ("vmap", "map", "unroll"):
         counter = make_correct_counter(model, UNIT, strategy)
         assert split_accuracy(counter, stacked, split, batch_size=10) == pytest.approx(expected)
 
@@ -548,3 +548,11 @@ def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name)
     new_state, metrics = step(state, batch, hyper, {})
     assert np.isfinite(float(metrics["loss"])) and float(metrics["soft_loss"]) > 0
     assert not np.allclose(new_state.params["fc2"]["kernel"], state.params["fc2"]["kernel"])
+
+
+def test_population_strategies_are_named_in_the_error():
+    from kdjax.training.step import resolve_strategy
+
+    assert resolve_strategy("unroll") == "unroll"
+    with pytest.raises(ValueError, match="'auto', 'vmap', 'map' or 'unroll', got 'pmap'"):
+        resolve_strategy("pmap")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.data import Split
-from kdjax.training.step import resolve_strategy
+from kdjax.training.step import over_members
 from kdjax.types import Preprocess
 
 
@@ -86,10 +86,7 @@ def make_correct_counter(
             member_variables, member_mask = member
             return count(member_variables, images, labels, member_mask if own else mask)
 
-        members = (variables, mask if own else None)
-        if resolve_strategy(population_strategy) == "vmap":
-            return jax.vmap(one)(members)
-        return jax.lax.map(one, members)
+        return over_members(one, (variables, mask if own else None), population_strategy)
 
     return jax.jit(count_each)
 
