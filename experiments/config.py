@@ -31,6 +31,7 @@ from typing import Any
 from absl import app, flags, logging
 
 FEEDS = ("auto", "host", "device")
+POPULATION_STRATEGIES = ("auto", "vmap", "map", "unroll")
 # The flags defined here belong to the command that imports this module, so that
 # ``--help`` lists them (absl files flags under the module that defines them).
 flags.disclaim_key_flags()
@@ -120,6 +121,14 @@ class CommonConfig:
     )
     tensorboard: bool = option(
         True, "Write TensorBoard event files in each run directory (tensorboard/)."
+    )
+    population_strategy: str = option(
+        "auto",
+        "How the students of a population (seeds, sweeps, folds) share one compiled step: "
+        "'vmap' (batched: GPU/TPU), 'map' (a lax.map loop, one after another), 'unroll' "
+        "(written out one after another; on the CPU often faster than 'map' for a few "
+        "large students, compiles longer) or 'auto' (map on the CPU, else vmap).",
+        choices=POPULATION_STRATEGIES,
     )
     compute_dtype: str = option(
         "float32",

@@ -69,8 +69,8 @@ MESH_FEEDS = {
 
 
 def execution(config, batch_size: int | None = None) -> Execution:
-    """How a command trains: its feed and checkpoint flags, and a data-parallel mesh
-    over ``--devices`` devices (all by default, those of every process with
+    """How a command trains: its feed, checkpoint and population-strategy flags, and a
+    data-parallel mesh over ``--devices`` devices (all by default, those of every process with
     --multihost) when there is more than one. ``batch_size``: the batch size, when
     it is not the config's ``batch_size``; one the devices do not divide is refused."""
     import jax
@@ -106,6 +106,7 @@ def execution(config, batch_size: int | None = None) -> Execution:
         checkpoint_every=config.checkpoint_every,
         mesh=mesh,
         tensorboard=config.tensorboard,
+        population_strategy=config.population_strategy,
     )
 
 

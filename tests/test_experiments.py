@@ -132,6 +132,7 @@ def check_schema(results: dict, command: str, runs: list[str]) -> None:
         (mnist_kd, {"alpha": 1.5}, "--alpha must be in [0, 1]"),
         (mnist_kd, {"epochs": 0, "batch_size": 0}, "--epochs must be >= 1, got 0; --batch_size"),
         (mnist_kd, {"feed": "disk"}, "--feed must be one of auto, host, device"),
+        (mnist_sweep, {"population_strategy": "pmap"}, "--population_strategy must be one of"),
         (mnist_sweep, {"temperatures": (1.0, math.inf)}, "--temperatures must list values"),
         (mnist_sweep, {"alphas": ()}, "--alphas must list values that each are in [0, 1]"),
         (mnist_mlp_kd, {"transfer_size": 0}, "--transfer_size must be >= 1"),
@@ -165,6 +166,14 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     keras = keras_mnist_kd.Config()  # the Keras example's settings
     assert (keras.teacher_epochs, keras.epochs, keras.batch_size) == (5, 3, 32)
     assert (keras.alpha, keras.temperature, keras.seeds) == (0.1, 10.0, 3)
+
+
+def test_the_population_strategy_flag_reaches_the_training_core():
+    from experiments import report
+
+    assert report.execution(mnist_sweep.Config()).population_strategy == "auto"
+    chosen = report.execution(mnist_sweep.Config(population_strategy="unroll"))
+    assert chosen.population_strategy == "unroll"
 
 
 def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
