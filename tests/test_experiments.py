@@ -169,7 +169,10 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
 
 
 def test_the_population_strategy_flag_reaches_the_training_core():
-    from experiments import report
+    from experiments import config, report
+    from kdjax.training import STRATEGIES
+
+    assert config.POPULATION_STRATEGIES == ("auto", *STRATEGIES)  # the flag's choices
 
     assert report.execution(mnist_sweep.Config()).population_strategy == "auto"
     chosen = report.execution(mnist_sweep.Config(population_strategy="unroll"))

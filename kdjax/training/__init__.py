@@ -49,8 +49,10 @@ from kdjax.training.state import (
     trainable_mask,
 )
 from kdjax.training.step import (
+    STRATEGIES,
     OnlineTeacher,
     make_train_step,
+    over_members,
     population_step,
     scan_steps,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "Members",
     "NonFiniteLossError",
     "OnlineTeacher",
+    "STRATEGIES",
     "TrainState",
     "Training",
     "accuracy",
@@ -81,6 +84,7 @@ __all__ = [
     "make_feed",
     "make_optimizer",
     "make_train_step",
+    "over_members",
     "max_norm_constraint",
     "padded_batches",
     "population_step",
