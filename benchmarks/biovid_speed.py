@@ -67,7 +67,7 @@ flags.DEFINE_string("worker", None, "Internal: run one part in this process.")
 
 LEARNING_RATE, MOMENTUM, NUM_CLASSES = 1e-4, 0.9, 5
 MATMUL_SIZE = 2048
-STRATEGIES = {"folds_unroll": "unroll", "folds_vmap": "vmap"}  # the others: "auto"
+PART_STRATEGIES = {"folds_unroll": "unroll", "folds_vmap": "vmap"}  # the others: "auto"
 
 
 def _data(examples: int, length: int):
@@ -111,7 +111,7 @@ def kdjax_epoch(part: str) -> dict:
             hyperparams=make_hyperparams(learning_rate=LEARNING_RATE), train_split=split,
             test_split=test, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
             log=lambda message: None, **{"seed": 0, **rows},
-            execution=Execution(population_strategy=STRATEGIES.get(part, "auto")),
+            execution=Execution(population_strategy=PART_STRATEGIES.get(part, "auto")),
         )  # fmt: skip
     seconds = result.history[-1]["seconds"]
     if FLAGS.epochs == 1:
@@ -163,7 +163,8 @@ def _timed(function, args, repeats: int) -> tuple[float, float]:
         jax.block_until_ready(function(*args))
         elapsed = time.perf_counter() - started
         fastest, wall = min(fastest, elapsed), wall + elapsed
-    return fastest, (time.process_time() - cpu) / wall / (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return fastest, (time.process_time() - cpu) / wall / (cores or 1)
 
 
 def step_times() -> dict:

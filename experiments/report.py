@@ -70,8 +70,8 @@ MESH_FEEDS = {
 
 def execution(config, batch_size: int | None = None) -> Execution:
     """How a command trains: its feed, checkpoint and population-strategy flags, and a
-    data-parallel mesh over ``--devices`` devices (all by default, those of every process with
-    --multihost) when there is more than one. ``batch_size``: the batch size, when
+    data-parallel mesh over ``--devices`` devices (all by default, those of every
+    process with --multihost) when there is more than one. ``batch_size``: the batch size, when
     it is not the config's ``batch_size``; one the devices do not divide is refused."""
     import jax
 

@@ -174,9 +174,9 @@ def resolve_strategy(strategy: str) -> str:
     if strategy == "auto":
         return "map" if jax.default_backend() == "cpu" else "vmap"
     if strategy not in STRATEGIES:
-        raise ValueError(
-            f"population strategy must be 'auto', 'vmap', 'map' or 'unroll', got {strategy!r}."
-        )
+        *most, last = ("auto", *STRATEGIES)
+        names = ", ".join(map(repr, most))
+        raise ValueError(f"population strategy must be {names} or {last!r}, got {strategy!r}.")
     return strategy
 
 
@@ -213,8 +213,8 @@ def population_step(
     (``lax.map``), which on the CPU is faster for convolutional students, since
     XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow;
     ``"unroll"`` writes the students out one after another in the program, which
-    keeps a CPU's cores busier than ``lax.map`` for a few large students (about 13 %
-    faster for seed 002's five folds) at a compile time that grows with the students
+    keeps a CPU's cores busier than ``lax.map`` for a few large students (11–27 %
+    faster for seed 002's five folds in three runs) at a compile time that grows with the students
     (:func:`over_members`). All give the same numbers; BUILD_NOTES.md records the
     measurements.
     ``own_batches``: every student has its own batch (a leading student axis on the
