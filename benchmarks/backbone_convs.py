@@ -1,5 +1,5 @@
 """Every distinct convolution of ResNet50V2 or MobileNetV2 at one input size, timed in
-XLA's own form against :func:`kdjax.layers.general_conv2d` (the form the backbones
+XLA's own form against :func:`kdjax.models.layers.general_conv2d` (the form the backbones
 use), forward alone and forward + both gradients, one process, the two alternated in
 rounds so that load on the machine hits them alike (the best round is kept).
 
@@ -24,8 +24,8 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from kdjax.backbones import KerasConv, MobileNetV2, ResNet50V2
-from kdjax.layers import general_conv2d
+from kdjax.models.backbones import KerasConv, MobileNetV2, ResNet50V2
+from kdjax.models.layers import general_conv2d
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "resnet50v2", ["resnet50v2", "mobilenetv2"], "Which backbone.")

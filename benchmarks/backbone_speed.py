@@ -84,9 +84,9 @@ def jax_measurements(sizes, batch: int, steps: int) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from kdjax.backbones import backbone, keras_preprocess
-    from kdjax.freezing import count_trainable, frozen_patterns
-    from kdjax.objectives import get_objective, make_hyperparams
+    from kdjax.distill.objectives import get_objective, make_hyperparams
+    from kdjax.models.backbones import backbone, keras_preprocess
+    from kdjax.models.freezing import count_trainable, frozen_patterns
     from kdjax.training import create_state, make_optimizer, make_train_step, trainable_mask
 
     matrix = jnp.ones((MATMUL_SIZE, MATMUL_SIZE), jnp.float32)
@@ -142,7 +142,7 @@ def _stored_features(model, state, images, batch: int, steps: int, optax) -> dic
     import jax
     import jax.numpy as jnp
 
-    from kdjax.backbones import keras_preprocess
+    from kdjax.models.backbones import keras_preprocess
 
     variables = {"params": state.params, **state.model_state}
     forward = jax.jit(lambda v, x: model.apply(v, keras_preprocess(x))["features"])
@@ -179,7 +179,7 @@ def torch_measurements(sizes, batch: int, steps: int, expected: dict) -> dict:
     import torch.nn.functional as F  # noqa: N812
 
     from benchmarks.torch_backbones import NETWORKS, keras_parameter_count
-    from kdjax.freezing import LayerSelection
+    from kdjax.models.freezing import LayerSelection
 
     matrix = torch.ones(MATMUL_SIZE, MATMUL_SIZE)
     seconds = _timed(lambda: matrix @ matrix, 5)

@@ -6,7 +6,7 @@ cross-validation folds trained together against one fold.
 
 Every measurement runs in its own process, one after the other (``--parts``):
 
-* ``kdjax`` — one epoch of :class:`kdjax.signal_models.Conv1DNet` (the seed's
+* ``kdjax`` — one epoch of :class:`kdjax.models.signal_models.Conv1DNet` (the seed's
   network, no ReLU between the dense layers) through :func:`kdjax.training.fit`:
   SGD lr 1e-4 momentum 0.9, batch 1,024, ``--examples`` windows of ``--length``
   samples, one channel;
@@ -80,9 +80,9 @@ def kdjax_epoch(part: str) -> dict:
     """Seconds of the last epoch of ``fit`` on the seed's network (one student, or
     the folds together, or the first fold alone)."""
     from kdjax.data import Split, normalize
-    from kdjax.folds import k_fold
-    from kdjax.objectives import get_objective, make_hyperparams
-    from kdjax.signal_models import get_signal_model
+    from kdjax.data.folds import k_fold
+    from kdjax.distill.objectives import get_objective, make_hyperparams
+    from kdjax.models.signal_models import get_signal_model
     from kdjax.training import Execution, Training, fit, make_optimizer
 
     signals, labels = _data(FLAGS.examples, FLAGS.length)
@@ -127,7 +127,7 @@ def _arithmetic(training, signals: np.ndarray) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from kdjax.objectives import make_hyperparams
+    from kdjax.distill.objectives import make_hyperparams
     from kdjax.training import create_state, make_train_step
 
     state = create_state(training.model, training.optimizer, signals[:1], seed=0)
@@ -176,8 +176,8 @@ def step_times() -> dict:
     import jax.numpy as jnp
 
     from kdjax.data import normalize
-    from kdjax.objectives import get_objective, make_hyperparams
-    from kdjax.signal_models import get_signal_model
+    from kdjax.distill.objectives import get_objective, make_hyperparams
+    from kdjax.models.signal_models import get_signal_model
     from kdjax.training import create_state, make_optimizer, make_train_step, population_step
 
     model = get_signal_model("conv1d_net", NUM_CLASSES)

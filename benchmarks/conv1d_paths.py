@@ -5,14 +5,14 @@ paths alternated in rounds so that load on the machine hits them alike).
     python -m benchmarks.conv1d_paths                 # batch 1,024, 3 rounds
     python -m benchmarks.conv1d_paths --batch=256 --rounds=2
 
-Convolutions: ``as_2d`` (a ``(k, 1)`` :func:`kdjax.layers.conv2d` over a
+Convolutions: ``as_2d`` (a ``(k, 1)`` :func:`kdjax.models.layers.conv2d` over a
 ``[B, L, 1, C]`` view at stride 1, every ``s``-th output kept: the signal models'
 path before the seventh session), ``xla`` (XLA's own 1-D convolution, JAX's
-gradients) and ``kdjax`` (:func:`kdjax.layers.conv1d`), each alone and inside a
+gradients) and ``kdjax`` (:func:`kdjax.models.layers.conv1d`), each alone and inside a
 ``lax.map`` over 2 students (how fold populations train on the CPU; ``xla`` is
 skipped there with ``--skip_slow``, its default, since its kernel gradient takes
 minutes in the loop). Pooling: a reshape and a max (before) against
-:func:`kdjax.signal_models.max_pool_1d` (the maximum of interleaved slices), after a
+:func:`kdjax.models.signal_models.max_pool_1d` (the maximum of interleaved slices), after a
 ReLU, on the first convolution's output. Prints milliseconds per call.
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from kdjax.layers import conv1d, conv2d, xla_conv1d
-from kdjax.signal_models import max_pool_1d
+from kdjax.models.layers import conv1d, conv2d, xla_conv1d
+from kdjax.models.signal_models import max_pool_1d
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 1024, "Windows per batch (seed 002: 1,024).")

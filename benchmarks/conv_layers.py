@@ -5,7 +5,7 @@ XLA's convolution against kdjax's, beside a plain matmul's throughput.
 
 For each (batch, size, in → out channels) layer with a 3×3 kernel, pad 1, it times
 the jitted forward pass and ``grad`` of ``sum(conv(x, k)²)`` with respect to both
-inputs, for XLA's ``conv_general_dilated`` and for ``kdjax.layers.conv2d`` (whose
+inputs, for XLA's ``conv_general_dilated`` and for ``kdjax.models.layers.conv2d`` (whose
 CPU kernel gradient is one matmul per kernel offset), and reports GFLOP/s against
 the forward FLOP count (×3 for forward + backward).
 """
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from kdjax.layers import conv2d, xla_conv
+from kdjax.models.layers import conv2d, xla_conv
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("seconds", 3.0, "Timing window per measurement.")

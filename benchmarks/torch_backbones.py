@@ -1,5 +1,5 @@
 """ResNet50V2 and MobileNetV2 (alpha 1.0) in plain ``torch.nn``, layer for layer
-:mod:`kdjax.backbones` (Keras' applications), for the speed benchmark
+:mod:`kdjax.models.backbones` (Keras' applications), for the speed benchmark
 (``benchmarks.backbone_speed``): torchvision cannot be installed beside this torch.
 
 Same layers, shapes and parameter counts as the Flax modules (the benchmark asserts
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from kdjax.backbones import MOBILENETV2_BLOCKS, RESNET50V2_STAGES
+from kdjax.models.backbones import MOBILENETV2_BLOCKS, RESNET50V2_STAGES
 
 
 def _bn(channels: int, *, epsilon: float, momentum: float) -> nn.BatchNorm2d:

@@ -35,8 +35,8 @@ import numpy as np
 from absl import app, flags
 
 from kdjax.data import MNIST_MEAN, MNIST_STD, Dataset, Split, load_mnist_idx, normalize
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import get_model
-from kdjax.objectives import OBJECTIVES, make_hyperparams
 from kdjax.training import FEEDS, Execution, Training, fit, make_optimizer, resolve_feed
 
 FLAGS = flags.FLAGS
@@ -220,7 +220,7 @@ def main(argv):
     del argv
     import jax
 
-    from kdjax.costs import forward_flops
+    from kdjax.models.costs import forward_flops
 
     if FLAGS.data_dir:
         dataset: Dataset = load_mnist_idx(FLAGS.data_dir)

@@ -1,7 +1,7 @@
 """How learnable is the synthetic BioVid stand-in? (The measurement in docs/biovid.md.)
 
 Writes the stand-in (GSR column only, unless it is already there), loads it through
-:func:`kdjax.signals.load_biovid` (the seed's preprocessing), and trains two
+:func:`kdjax.data.signals.load_biovid` (the seed's preprocessing), and trains two
 classifiers with optax on each fold of random and subject-grouped 5-fold
 cross-validation, for the five-class task and BL1 vs PA4 (with subject-grouped
 folds, also the spread of accuracy over the test subjects):
@@ -10,7 +10,7 @@ folds, also the spread of accuracy over the test subjects):
   88 bins of 62.5 ms, standardised with the training fold's statistics
   (full-batch Adam, 300 steps, L2 1e-3); also fitted per subject on that
   subject's windows alone (the within-subject, person-specific figure);
-* ``signal_cnn``: :class:`kdjax.signal_models.SignalCNN` on the whole window
+* ``signal_cnn``: :class:`kdjax.models.signal_models.SignalCNN` on the whole window
   (Adam 1e-3, batch 64, ``--cnn_epochs`` epochs, dropout 0.3).
 
 Run from the repository root::
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kdjax import biovid_synthetic, folds
-from kdjax.signal_models import SignalCNN
-from kdjax.signals import binary_task, level_errors, load_biovid
+from kdjax.data import biovid_synthetic, folds
+from kdjax.data.signals import binary_task, level_errors, load_biovid
+from kdjax.models.signal_models import SignalCNN
 
 BINS = 88
 

@@ -4,8 +4,8 @@ cross-validation folds trained together and a distillation study.
     python -m experiments.biovid_kd --preset=recipe --cv=subject --study=all
 
 Loads BioVid Heat Pain part A (``--data_dir``, either folder layout; see
-:mod:`kdjax.signals`) or, without it, writes the seeded synthetic stand-in once
-(:mod:`kdjax.biovid_synthetic`) under ``--cache_dir`` and says loudly that the
+:mod:`kdjax.data.signals`) or, without it, writes the seeded synthetic stand-in once
+(:mod:`kdjax.data.biovid_synthetic`) under ``--cache_dir`` and says loudly that the
 data are synthetic. Studies (``--study``):
 
 * ``cv`` — the preset's model on ``--channels`` under ``--cv`` folds (all folds in
@@ -53,21 +53,21 @@ from experiments.config import (
     unit_interval,
 )
 from experiments.report import log
-from kdjax import folds as folding
-from kdjax import metrics
-from kdjax.biovid_synthetic import write_dataset
 from kdjax.data import Split, normalize
-from kdjax.locking import run_lock
+from kdjax.data import folds as folding
+from kdjax.data.biovid_synthetic import write_dataset
+from kdjax.data.signals import CHANNELS, binary_task, level_errors, load_biovid
+from kdjax.distill.objectives import get_objective, make_hyperparams
 from kdjax.models import count_params
-from kdjax.objectives import get_objective, make_hyperparams
-from kdjax.signal_models import get_signal_model
-from kdjax.signals import CHANNELS, binary_task, level_errors, load_biovid
-from kdjax.spec import config_hash
+from kdjax.models.signal_models import get_signal_model
+from kdjax.runs.spec import config_hash
+from kdjax.store.locking import run_lock
 from kdjax.training import (
     OnlineTeacher,
     Training,
     fit,
     make_optimizer,
+    metrics,
     predict,
     with_compute_dtype,
 )
@@ -87,7 +87,7 @@ STUDIES = ("cv", "leakage", "kd", "all")
 MAX_STACKED_BYTES = 4 * 2**30
 SYNTHETIC_NOTICE = (
     "SYNTHETIC DATA: no --data_dir was given, so these results come from kdjax's "
-    "simulated stand-in for BioVid (kdjax.biovid_synthetic), not from BioVid."
+    "simulated stand-in for BioVid (kdjax.data.biovid_synthetic), not from BioVid."
 )
 
 
@@ -174,7 +174,7 @@ class Config(CommonConfig):
 class SignalData:
     """The loaded set, where it came from and the notice results carry."""
 
-    signals: object  # kdjax.signals.SignalSet
+    signals: object  # kdjax.data.signals.SignalSet
     source: str
     location: str
     notice: str | None
@@ -194,7 +194,7 @@ def load_data(config: Config, channels: tuple[str, ...]) -> SignalData:
         needs_all = set(channels) != {"gsr"}
         data_dir = full if needs_all or (full / "synthetic.json").is_file() else (
             cache / f"synthetic-biovid-seed0-{size}-gsr")  # fmt: skip
-        notice, source = SYNTHETIC_NOTICE, "kdjax.biovid_synthetic"
+        notice, source = SYNTHETIC_NOTICE, "kdjax.data.biovid_synthetic"
         log("NOTE: " + notice)
         with run_lock(data_dir, log=log):  # the other processes of a job wait, then reuse it
             write_dataset(

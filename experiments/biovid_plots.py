@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdjax.signals import read_channels
+from kdjax.data.signals import read_channels
 
 
 def write_plots(workdir: Path, arms: dict, data) -> None:

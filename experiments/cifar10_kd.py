@@ -69,11 +69,11 @@ from experiments.config import (
     positive,
 )
 from kdjax.data import Dataset, Split
-from kdjax.image_folder import CIFAR_SETS, load_cifar
-from kdjax.objectives import get_objective
+from kdjax.data.image_folder import CIFAR_SETS, load_cifar
+from kdjax.distill.objectives import get_objective
+from kdjax.distill.teachers import Teacher
 from kdjax.runs import train_run
-from kdjax.spec import RunSpec
-from kdjax.teachers import Teacher
+from kdjax.runs.spec import RunSpec
 from kdjax.training.monitor import NonFiniteLossError
 
 __all__ = ["COMPARED_METHODS", "METHODS", "PRESETS", "Config", "run"]

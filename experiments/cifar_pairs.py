@@ -6,7 +6,7 @@ published for it.
   ("DeepNN" → "LightNN"), Adam 1e-3, batch 128, 10 epochs, no augmentation, the
   teacher's outputs stored once; seed 002's nets have dropout 0.1 and KD at T=2 with
   0.75 CE / 0.25 soft, seed 001's none and KD at T=10 with weights 1 / 1.
-- ``resnet56_resnet20``: RepDistiller's CIFAR ResNets (:mod:`kdjax.cifar_resnets`) and
+- ``resnet56_resnet20``: RepDistiller's CIFAR ResNets (:mod:`kdjax.models.cifar_resnets`) and
   its protocol (``train_teacher.py`` / ``train_student.py``): SGD 0.05, momentum 0.9,
   weight decay 5e-4, batch 64, 240 epochs with the learning rate ×0.1 at epochs 150,
   180 and 210, random crops of the 4-pixel-padded image and horizontal flips, inputs
@@ -27,7 +27,7 @@ import dataclasses
 from kdjax.data import IMAGENET_MEAN, IMAGENET_STD
 
 SEED_METHODS = ("ce", "kd", "cosine", "hint")
-# The methods researchers compare against (kdjax.objectives), with the loss weights
+# The methods researchers compare against (kdjax.distill.objectives), with the loss weights
 # RepDistiller uses on CIFAR (CE weight 1, the method's term beta; AT's 1000 is its
 # ×1000), DKD's T=4 and DIST's T=4 (their CIFAR settings); KD's T is the pair's.
 COMPARED_METHODS = {

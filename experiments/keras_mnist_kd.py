@@ -52,9 +52,9 @@ from experiments.config import (
     unit_interval,
 )
 from experiments.mnist_setup import MnistConfig
-from kdjax.objectives import alpha_weights
-from kdjax.spec import RunSpec
-from kdjax.teachers import Teacher
+from kdjax.distill.objectives import alpha_weights
+from kdjax.distill.teachers import Teacher
+from kdjax.runs.spec import RunSpec
 
 MODEL = "strided_conv_net"
 TEACHER_CHANNELS, STUDENT_CHANNELS = (256, 512), (16, 32)

@@ -60,13 +60,13 @@ from experiments.mhist_training import (
     seed_protocol_rows,
     train,
 )
-from kdjax.backbones import trainable_last_blocks
-from kdjax.freezing import LayerSelection, frozen_patterns
-from kdjax.mhist import load_mhist
-from kdjax.objectives import alpha_weights
-from kdjax.pretrained import WeightFileError, load_keras_weights
-from kdjax.spec import RunSpec
-from kdjax.teachers import Teacher
+from kdjax.data.mhist import load_mhist
+from kdjax.distill.objectives import alpha_weights
+from kdjax.distill.teachers import Teacher
+from kdjax.models.backbones import trainable_last_blocks
+from kdjax.models.freezing import LayerSelection, frozen_patterns
+from kdjax.models.pretrained import WeightFileError, load_keras_weights
+from kdjax.runs.spec import RunSpec
 
 STUDIES = ("kd", "temperature", "alpha", "chain", "all")
 TEACHER_SEED = 42

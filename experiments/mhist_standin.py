@@ -8,7 +8,7 @@ either.
 
 1. "ImageNet": both backbones (ResNet50V2, MobileNetV2) are trained from scratch on
    8 CIFAR-10 classes (all but ``--target_classes``) and exported as Keras-layout
-   no-top ``.h5`` files (:func:`kdjax.pretrained.save_keras_weights`), their
+   no-top ``.h5`` files (:func:`kdjax.models.pretrained.save_keras_weights`), their
    BatchNorm statistics recomputed over the pretraining images
    (:func:`kdjax.training.recompute_batch_stats`), so
    ``mhist_kd`` re-imports them through the path the ImageNet files take.
@@ -40,12 +40,12 @@ from experiments.config import CommonConfig, at_least_one, each, existing_path, 
 from experiments.config import positive as positive_check
 from experiments.mhist_training import INPUT_SCALING, execution
 from kdjax.data import DataError, Dataset, Split
-from kdjax.image_folder import CIFAR10_CLASSES, load_cifar10
-from kdjax.mhist import LABEL_COLUMN, NAME_COLUMN, PARTITION_COLUMN, VOTES_COLUMN
+from kdjax.data.image_folder import CIFAR10_CLASSES, load_cifar10
+from kdjax.data.mhist import LABEL_COLUMN, NAME_COLUMN, PARTITION_COLUMN, VOTES_COLUMN
 from kdjax.models import get_model
-from kdjax.pretrained import save_keras_weights
+from kdjax.models.pretrained import save_keras_weights
 from kdjax.runs import train_run
-from kdjax.spec import RunSpec
+from kdjax.runs.spec import RunSpec
 from kdjax.training import evaluate, recompute_batch_stats
 
 # MHIST's own partition sizes per class (HP, SSA): 2,175 train and 977 test images.

@@ -14,18 +14,18 @@ import jax
 import numpy as np
 
 from experiments import report
-from kdjax.costs import forward_flops
-from kdjax.freezing import count_trainable
-from kdjax.metrics import classification_report
 from kdjax.models import count_params, get_model
+from kdjax.models.costs import forward_flops
+from kdjax.models.freezing import count_trainable
 from kdjax.runs import load_run, train_run
 from kdjax.training import Execution, FitResult
+from kdjax.training.metrics import classification_report
 
 # Keras' scaling for both backbones, x/127.5 − 1, as RunSpec's normalisation
 # (x/255 − mean)/std.
 INPUT_SCALING = {"input_mean": 0.5, "input_std": 0.5}
 
-# --augment → RunSpec.image_augment (kdjax.image_augment.PRESETS; "" for none).
+# --augment → RunSpec.image_augment (kdjax.data.image_augment.PRESETS; "" for none).
 AUGMENTS = {"seed": "seed003", "symmetries": "symmetries", "none": ""}
 
 

@@ -11,10 +11,10 @@ from experiments import report
 from experiments.config import CommonConfig, at_least_one, existing_path, finite, option, positive
 from experiments.report import log
 from kdjax.data import Dataset, load_mnist
-from kdjax.objectives import alpha_weights
+from kdjax.distill.objectives import alpha_weights
+from kdjax.distill.teachers import Teacher
 from kdjax.runs import train_run
-from kdjax.spec import RunSpec
-from kdjax.teachers import Teacher
+from kdjax.runs.spec import RunSpec
 from kdjax.training import Execution, FitResult
 
 # The teacher is trained once per workdir with this seed, whatever the students' seeds.

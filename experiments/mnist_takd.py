@@ -27,7 +27,7 @@ import time
 from experiments import mnist_mlp_kd, mnist_setup, report
 from experiments.config import at_least_one, command, finite, option, positive, unit_interval
 from experiments.mnist_setup import MnistConfig
-from kdjax.teachers import Teacher
+from kdjax.distill.teachers import Teacher
 
 # The networks a chain may name: registry model and settings. Seed 003's three, and
 # seed 004's two MLPs (a quick all-MLP chain).

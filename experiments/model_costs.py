@@ -20,7 +20,7 @@ import time
 
 from experiments import cifar10_kd, hinton_mnist, mnist_kd, mnist_takd, report
 from experiments.config import CommonConfig, command, finite, option, positive
-from kdjax.costs import model_cost
+from kdjax.models.costs import model_cost
 
 MNIST_IMAGE = (28, 28, 1)
 CIFAR_IMAGE = (32, 32, 3)

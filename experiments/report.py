@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from kdjax.data import DataError
-from kdjax.integrity import DamagedFileError, WorkdirError
-from kdjax.locking import RunLockedError
-from kdjax.soft_targets import StoreError
+from kdjax.distill.soft_targets import StoreError
+from kdjax.store.integrity import DamagedFileError, WorkdirError
+from kdjax.store.locking import RunLockedError
 from kdjax.training import Execution, NonFiniteLossError
 
 SCHEMA = "kdjax.results/1"
@@ -75,7 +75,7 @@ def execution(config, batch_size: int | None = None) -> Execution:
     it is not the config's ``batch_size``; one the devices do not divide is refused."""
     import jax
 
-    from kdjax.parallel import data_mesh
+    from kdjax.training.parallel import data_mesh
 
     devices = jax.devices()
     count = config.devices or len(devices)

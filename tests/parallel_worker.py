@@ -33,10 +33,10 @@ from functools import partial  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdjax.data import Split, normalize  # noqa: E402
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams  # noqa: E402
 from kdjax.models import SmallConvNet  # noqa: E402
-from kdjax.objectives import OBJECTIVES, make_hyperparams  # noqa: E402
-from kdjax.parallel import data_mesh  # noqa: E402
 from kdjax.training import Execution, Training, fit, make_optimizer  # noqa: E402
+from kdjax.training.parallel import data_mesh  # noqa: E402
 
 BATCH = 32
 COUNT = 96  # three steps per epoch

@@ -7,10 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax.augment import every_shift, random_translate, shift_count, translate, translate_batch
 from kdjax.data import Split, normalize
+from kdjax.data.augment import (
+    every_shift,
+    random_translate,
+    shift_count,
+    translate,
+    translate_batch,
+)
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
-from kdjax.objectives import OBJECTIVES, make_hyperparams
 from kdjax.training import create_state, make_optimizer, make_train_step
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
@@ -84,9 +90,9 @@ def _split(count: int, seed: int = 0) -> Split:
 
 def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     from kdjax.data import Dataset
+    from kdjax.distill.teachers import Teacher, check_stored_outputs
     from kdjax.runs import train_run
-    from kdjax.spec import RunSpec
-    from kdjax.teachers import Teacher, check_stored_outputs
+    from kdjax.runs.spec import RunSpec
     from kdjax.training import predict
 
     mlp = {"model": "mlp", "model_settings": {"hidden_sizes": (200, 200)}}

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks.torch_backbones import NETWORKS, keras_parameter_count  # noqa: E402
-from kdjax.backbones import backbone, keras_preprocess  # noqa: E402
+from kdjax.models.backbones import backbone, keras_preprocess  # noqa: E402
 
 NOTOP = {"resnet50v2": 23_564_800, "mobilenetv2": 2_257_984}
 HEAD_INPUTS = {"resnet50v2": 2048, "mobilenetv2": 1280}

@@ -14,10 +14,10 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax import backbones, freezing
-from kdjax.backbones import keras_preprocess
-from kdjax.freezing import LayerSelection
-from kdjax.objectives import get_objective, make_hyperparams
+from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.models import backbones, freezing
+from kdjax.models.backbones import keras_preprocess
+from kdjax.models.freezing import LayerSelection
 from kdjax.training import create_state, make_optimizer, make_train_step, trainable_mask
 
 NAMES = sorted(backbones.BACKBONES)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from experiments import biovid_kd
-from kdjax import metrics
 from kdjax.data import Split
-from kdjax.signals import CHANNELS, level_errors
+from kdjax.data.signals import CHANNELS, level_errors
+from kdjax.training import metrics
 
 LENGTH = 256
 SUBJECTS = ("071309_w_21", "072414_m_23", "080314_w_25", "081014_w_27")
@@ -196,7 +196,7 @@ def test_without_data_dir_the_synthetic_stand_in_is_written_once_and_announced(t
                               batch_size=2, holdout=False, plots=False)  # fmt: skip
     document = biovid_kd.run(config)
     assert document["data"]["notice"] == biovid_kd.SYNTHETIC_NOTICE
-    assert document["data"]["source"] == "kdjax.biovid_synthetic"
+    assert document["data"]["source"] == "kdjax.data.biovid_synthetic"
     assert "SYNTHETIC DATA" in capsys.readouterr().out
     written = sorted((tmp_path / "work" / "cache").glob("synthetic-biovid-*/*/*.csv.gz"))
     assert len(written) == 10 and document["data"]["channels"] == ["gsr"]

@@ -1,4 +1,4 @@
-"""Tests for kdjax.biovid_synthetic: the files look like BioVid's, the same seed
+"""Tests for kdjax.data.biovid_synthetic: the files look like BioVid's, the same seed
 gives the same bytes, subjects do not depend on how many are written, and the
 simulated physiology moves in the direction the literature reports."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.signal import find_peaks
 
-from kdjax import biovid_synthetic as synthetic
-from kdjax.signals import CHANNELS, load_biovid, parse_file_name
+from kdjax.data import biovid_synthetic as synthetic
+from kdjax.data.signals import CHANNELS, load_biovid, parse_file_name
 
 
 def file_bytes(root):

@@ -1,4 +1,4 @@
-"""kdjax.checkpoints: fingerprints verified on restore, fallback past damaged epochs,
+"""kdjax.store.checkpoints: fingerprints verified on restore, fallback past damaged epochs,
 one-line errors for full disks, read-only folders and garbled config files.
 
 The damage is done the way it happens: bytes flipped inside a data file (size kept),
@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import struct
 
-from kdjax.checkpoints import (
+from kdjax.store.checkpoints import (
     FILES_MANIFEST,
     INTEGRITY_KEY,
     RunCheckpoints,
@@ -33,7 +33,7 @@ from kdjax.checkpoints import (
     read_config,
     write_config,
 )
-from kdjax.integrity import DamagedFileError, WorkdirError
+from kdjax.store.integrity import DamagedFileError, WorkdirError
 
 
 class TinyNet(nn.Module):

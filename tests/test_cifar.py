@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from kdjax import losses
-from kdjax.heads import HintHead, StudentWithHead, deployed_variables
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import FourConvNet, TwoConvNet, count_params, get_model
-from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.models.heads import HintHead, StudentWithHead, deployed_variables
 
 IMAGES = jnp.asarray(np.random.default_rng(0).normal(size=(3, 32, 32, 3)), jnp.float32)
 

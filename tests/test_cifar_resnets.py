@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.cifar_resnets import CIFAR_RESNET_DEPTHS
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import count_params, get_model
-from kdjax.objectives import OBJECTIVES, make_hyperparams
+from kdjax.models.cifar_resnets import CIFAR_RESNET_DEPTHS
 from kdjax.training import create_state, make_optimizer, make_train_step
 
 IMAGES = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)

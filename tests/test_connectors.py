@@ -1,4 +1,4 @@
-"""Tests for kdjax.connectors: shapes, the maths of each module against direct
+"""Tests for kdjax.models.connectors: shapes, the maths of each module against direct
 computations, and that a loss's gradient reaches the connector's parameters."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.connectors import ConvConnector, EmbedHead, LinearConnector, VIDRegressor
-from kdjax.layers import Conv
 from kdjax.losses import crd_loss, hint_loss, init_crd_bank, vid_loss
+from kdjax.models.connectors import ConvConnector, EmbedHead, LinearConnector, VIDRegressor
+from kdjax.models.layers import Conv
 
 KEY = jax.random.key(0)
 MAP = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))

@@ -3,8 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from kdjax.costs import forward_flops, model_cost
 from kdjax.models import MLP, SmallConvNet
+from kdjax.models.costs import forward_flops, model_cost
 
 
 def _variables(model):

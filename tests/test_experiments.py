@@ -64,7 +64,7 @@ def write_tiny_cifar(root: Path, per_class: int = 4, test_per_class: int = 2, cl
     (``classes``: CIFAR-10's by default)."""
     from PIL import Image
 
-    from kdjax.image_folder import CIFAR10_CLASSES
+    from kdjax.data.image_folder import CIFAR10_CLASSES
 
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", test_per_class)):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from kdjax.data import Split, normalize
-from kdjax.folds import k_fold
+from kdjax.data.folds import k_fold
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
-from kdjax.objectives import OBJECTIVES, make_hyperparams
 from kdjax.training import Execution, Training, fit, make_optimizer
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
@@ -81,7 +81,7 @@ def test_overlapping_training_and_test_rows_are_refused(tmp_path):
 
 
 def test_float_signals_train_through_the_same_core(tmp_path):
-    from kdjax.signal_models import get_signal_model
+    from kdjax.models.signal_models import get_signal_model
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 96).astype(np.int32)

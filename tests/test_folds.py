@@ -1,4 +1,4 @@
-"""Tests for kdjax.folds: every split is disjoint and covering, groups stay whole,
+"""Tests for kdjax.data.folds: every split is disjoint and covering, groups stay whole,
 classes are spread evenly where promised, and a seed fixes the result."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdjax import folds
+from kdjax.data import folds
 
 SUBJECTS = np.repeat(np.arange(7), 10)  # 7 subjects × 10 samples
 LABELS = np.tile(np.repeat(np.arange(5), 2), 7)  # 2 per class per subject

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import image_augment as aug
+from kdjax.data import image_augment as aug
 
 SIZE = 16
 

@@ -8,9 +8,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
-from kdjax import data, image_folder
-from kdjax.data import DataError
-from kdjax.image_folder import (
+from kdjax import data
+from kdjax.data import DataError, image_folder
+from kdjax.data.image_folder import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     is_image_folder,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiments import keras_mnist_kd, method_table
+from kdjax.distill.objectives import OBJECTIVES, alpha_weights, make_hyperparams
 from kdjax.models import count_params, get_model
-from kdjax.objectives import OBJECTIVES, alpha_weights, make_hyperparams
 
 IMAGES = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
 

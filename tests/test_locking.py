@@ -1,4 +1,4 @@
-"""kdjax.locking.run_lock with real processes: fail fast or wait naming the holder's pid,
+"""kdjax.store.locking.run_lock with real processes: fail fast or wait naming the holder's pid,
 and a lock left by a ``kill -9`` never blocks."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from kdjax import locking
-from kdjax.integrity import WorkdirError
-from kdjax.locking import LOCK_FILE, RunLockedError, run_lock
+from kdjax.store import locking
+from kdjax.store.integrity import WorkdirError
+from kdjax.store.locking import LOCK_FILE, RunLockedError, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Takes the lock, says so, then holds it until its stdin closes (or it is killed).
 HOLDER = """
 import sys
-from kdjax.locking import run_lock
+from kdjax.store.locking import run_lock
 with run_lock(sys.argv[1], log=print):
     print("locked", flush=True)
     sys.stdin.read()
@@ -32,7 +32,7 @@ print("released", flush=True)
 # Waits for the lock (timeout from argv), prints what it logged and when it got it.
 WAITER = """
 import sys, time
-from kdjax.locking import run_lock, RunLockedError
+from kdjax.store.locking import run_lock, RunLockedError
 timeout = None if sys.argv[2] == "none" else float(sys.argv[2])
 try:
     with run_lock(sys.argv[1], timeout=timeout, log=lambda m: print("log:", m, flush=True)):

@@ -110,7 +110,7 @@ def test_the_training_subset_is_a_fixed_random_draw_and_says_so():
 @pytest.mark.slow
 def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     pytest.importorskip("PIL")
-    from kdjax.image_folder import CIFAR10_CLASSES
+    from kdjax.data.image_folder import CIFAR10_CLASSES
 
     data_dir = write_tiny_cifar(tmp_path / "cifar", classes=CIFAR10_CLASSES)
     config = cifar10_kd.Config(
@@ -135,7 +135,7 @@ def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
 @pytest.mark.slow
 def test_a_method_that_diverges_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
-    from kdjax.image_folder import CIFAR10_CLASSES
+    from kdjax.data.image_folder import CIFAR10_CLASSES
     from kdjax.training.monitor import NonFiniteLossError
 
     trained = cifar10_kd.train_run
@@ -162,7 +162,7 @@ def test_a_method_that_diverges_is_reported_and_the_others_still_run(tmp_path, m
 @pytest.mark.slow
 def test_the_resnet_pair_trains_with_sgd_steps_crops_and_an_online_teacher(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
-    from kdjax.image_folder import CIFAR100_CLASSES
+    from kdjax.data.image_folder import CIFAR100_CLASSES
 
     # The pair's protocol and methods with resnet8s in place of resnet56 and resnet20.
     pair = {**cifar_pairs.PRESETS["resnet56_resnet20"]}

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kdjax import metrics
+from kdjax.training import metrics
 
 LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 1])
 PREDICTIONS = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 0])

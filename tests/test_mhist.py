@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from kdjax.data import DataError, Dataset
-from kdjax.mhist import VOTES_COLUMN, load_mhist
+from kdjax.data.mhist import VOTES_COLUMN, load_mhist
 
 HEADER = ["Image Name", "Majority Vote Label", VOTES_COLUMN, "Partition"]
 # (name, label, SSA votes, partition): CSV order is not name order on purpose.

@@ -17,11 +17,11 @@ from PIL import Image
 
 from experiments import mhist_kd
 from experiments.mhist_training import INPUT_SCALING, softmax
-from kdjax.backbones import backbone, keras_preprocess
 from kdjax.data import DataError, normalize
-from kdjax.image_folder import load_cifar10
-from kdjax.mhist import VOTES_COLUMN
-from kdjax.pretrained import WeightFileError, save_keras_weights
+from kdjax.data.image_folder import load_cifar10
+from kdjax.data.mhist import VOTES_COLUMN
+from kdjax.models.backbones import backbone, keras_preprocess
+from kdjax.models.pretrained import WeightFileError, save_keras_weights
 from kdjax.runs import load_run
 from kdjax.training import recompute_batch_stats
 
@@ -251,7 +251,7 @@ def test_the_command_reports_a_missing_image_in_one_line(tmp_path):
 
 def write_tiny_cifar(root: Path, per_class: int = 6, test_per_class: int = 3) -> Path:
     """A CIFAR-10-shaped image folder (32×32 PNGs)."""
-    from kdjax.image_folder import CIFAR10_CLASSES
+    from kdjax.data.image_folder import CIFAR10_CLASSES
 
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", test_per_class)):
@@ -269,8 +269,8 @@ def test_standin_writes_an_mhist_folder_and_keras_files_of_its_pretrained_backbo
     tmp_path, monkeypatch
 ):
     from experiments import mhist_standin
-    from kdjax.mhist import load_mhist
-    from kdjax.pretrained import load_keras_weights
+    from kdjax.data.mhist import load_mhist
+    from kdjax.models.pretrained import load_keras_weights
 
     monkeypatch.setenv("KDJAX_CACHE_DIR", str(tmp_path / "cache"))
     cifar = write_tiny_cifar(tmp_path / "cifar")

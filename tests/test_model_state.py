@@ -12,9 +12,8 @@ import optax
 import pytest
 
 from kdjax.data import Split, normalize
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
-from kdjax.objectives import OBJECTIVES, make_hyperparams
-from kdjax.parallel import data_mesh
 from kdjax.training import (
     Execution,
     Training,
@@ -26,6 +25,7 @@ from kdjax.training import (
     recompute_batch_stats,
     trainable_mask,
 )
+from kdjax.training.parallel import data_mesh
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from kdjax.layers import Conv, conv1d, conv2d, general_conv2d, max_pool, strided_conv2d
 from kdjax.models import MLP, ConvNet, SmallConvNet, count_params, get_model
+from kdjax.models.layers import Conv, conv1d, conv2d, general_conv2d, max_pool, strided_conv2d
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
-from kdjax.objectives import OBJECTIVES, make_hyperparams
-from kdjax.spec import RunSpec
+from kdjax.runs.spec import RunSpec
 from kdjax.training import create_state, make_optimizer, make_train_step, step_decay
 
 

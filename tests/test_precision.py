@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from kdjax.data import Dataset, Split, normalize
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import SmallConvNet
-from kdjax.objectives import OBJECTIVES, make_hyperparams
 from kdjax.runs import train_run
-from kdjax.spec import RunSpec
+from kdjax.runs.spec import RunSpec
 from kdjax.training import create_state, make_optimizer, make_train_step, with_compute_dtype
 
 UNIT = partial(normalize, mean=0.0, std=1.0)

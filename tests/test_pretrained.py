@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import backbones, pretrained
-from kdjax.pretrained import WeightFileError
+from kdjax.models import backbones, pretrained
+from kdjax.models.pretrained import WeightFileError
 
 KERAS_APPLICATIONS = {"resnet50v2": "ResNet50V2", "mobilenetv2": "MobileNetV2"}
 SIZE = 64

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax.checkpoints import write_config
 from kdjax.data import Dataset, Split
+from kdjax.distill.teachers import Teacher
 from kdjax.runs import load_run, run_directory, run_identity, train_run
-from kdjax.spec import RunSpec
-from kdjax.teachers import Teacher
+from kdjax.runs.spec import RunSpec
+from kdjax.store.checkpoints import write_config
 
 QUIET = {"log": lambda message: None}
 MLP_SMALL = {"model": "mlp", "model_settings": {"hidden_sizes": (32,)}}
@@ -170,7 +170,7 @@ def test_a_second_process_on_the_same_run_waits_for_the_first(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
-            from kdjax.locking import run_lock
+            from kdjax.store.locking import run_lock
             with run_lock({str(run_dir)!r}):
                 print("held", flush=True)
                 time.sleep(3)

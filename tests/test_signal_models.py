@@ -1,4 +1,4 @@
-"""Tests for kdjax.signal_models: the seed's network against PyTorch with the same
+"""Tests for kdjax.models.signal_models: the seed's network against PyTorch with the same
 weights, hand-computed parameter counts, output shapes, dropout, and a recipe
 that learns a toy task."""
 
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from kdjax.models import count_params
-from kdjax.signal_models import (
+from kdjax.models.signal_models import (
     SIGNAL_MODELS,
     Conv1DNet,
     SignalCNN,
@@ -66,7 +66,7 @@ def test_conv1d_net_equals_the_seeds_pytorch_model_with_the_same_weights(dense_r
         x = fc1(x.view(x.size(0), -1))
         return fc2(torch.relu(x) if dense_relu else x)
 
-    def conv_kernel(layer):  # torch [out, in, k] → kdjax.layers.Conv [k, 1, in, out]
+    def conv_kernel(layer):  # torch [out, in, k] → kdjax.models.layers.Conv [k, 1, in, out]
         return jnp.asarray(layer.weight.detach().numpy().transpose(2, 1, 0)[:, None])
 
     def dense(layer):
@@ -104,11 +104,11 @@ def test_without_the_relu_the_seeds_head_is_one_linear_map():
 
 @pytest.mark.parametrize(("padding", "stride"), [("VALID", 2), ("SAME", 4), ("SAME", 1)])
 def test_conv1d_layer_keeps_the_2d_layers_parameters_and_outputs(padding, stride):
-    """Conv1D holds the parameters of a (k, 1) kdjax.layers.Conv (the layout the
+    """Conv1D holds the parameters of a (k, 1) kdjax.models.layers.Conv (the layout the
     signal models' checkpoints have) and computes that convolution with every
     ``stride``-th output kept."""
-    from kdjax.layers import Conv
-    from kdjax.signal_models import Conv1D
+    from kdjax.models.layers import Conv
+    from kdjax.models.signal_models import Conv1D
 
     signals = jax.random.normal(jax.random.PRNGKey(0), (2, 30, 3))
     layer = Conv1D(4, 5, stride, padding)

@@ -1,4 +1,4 @@
-"""Tests for kdjax.signals: the preprocessing steps, both folder layouts, the error
+"""Tests for kdjax.data.signals: the preprocessing steps, both folder layouts, the error
 for every kind of bad input, the cache, the two-class tasks and the level errors.
 
 Every CSV here is written by hand by the test (a few rows, tab-separated); none
@@ -16,7 +16,7 @@ import pytest
 from scipy.signal import savgol_filter
 
 from kdjax.data import DataError
-from kdjax.signals import (
+from kdjax.data.signals import (
     BINARY_TASKS,
     binary_task,
     drop_nans,

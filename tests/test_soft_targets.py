@@ -1,4 +1,4 @@
-"""Tests for kdjax.soft_targets: lookup by id, the on-disk store and its fingerprints.
+"""Tests for kdjax.distill.soft_targets: lookup by id, the on-disk store and its fingerprints.
 
 The "teacher" here is a fixed linear map of the pixels, so the logits expected for
 any example can be computed independently of the store and of the example's
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from kdjax.data import Split
-from kdjax.locking import LOCK_FILE
-from kdjax.soft_targets import StoreError, load_or_compute, lookup, params_fingerprint
+from kdjax.distill.soft_targets import StoreError, load_or_compute, lookup, params_fingerprint
+from kdjax.store.locking import LOCK_FILE
 
 NUM_CLASSES = 10
 # Small integers: every logit is an exact integer in float32 (|sum| < 2**24), so the
@@ -436,8 +436,8 @@ def test_a_truncated_or_garbled_store_file_is_recomputed_and_said(tmp_path, dama
 def test_a_full_disk_leaves_the_previous_store_intact(tmp_path, monkeypatch):
     import errno
 
-    from kdjax import soft_targets
-    from kdjax.integrity import WorkdirError
+    from kdjax.distill import soft_targets
+    from kdjax.store.integrity import WorkdirError
 
     path, split = computed_once(tmp_path)
     before = path.read_bytes()
@@ -463,7 +463,7 @@ import sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 from test_soft_targets import make_split, teacher_logits
-from kdjax.soft_targets import load_or_compute
+from kdjax.distill.soft_targets import load_or_compute
 calls = []
 def slow_teacher(images):
     calls.append(len(images))

@@ -12,8 +12,8 @@ import pytest
 
 from kdjax import losses
 from kdjax.data import Split, normalize
+from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP, SmallConvNet
-from kdjax.objectives import OBJECTIVES, make_hyperparams
 from kdjax.training import (
     Execution,
     NonFiniteLossError,
@@ -329,7 +329,7 @@ def test_max_norm_constraint_clips_only_units_above_the_limit():
 
 
 def test_a_step_with_augmentation_and_constraint_keeps_norms_and_compiles_once():
-    from kdjax.augment import translate_batch
+    from kdjax.data.augment import translate_batch
 
     model, optimizer = MLP(hidden_sizes=(32,)), make_optimizer("sgd", momentum=0.0)
     split = _split(16)
@@ -389,7 +389,7 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
     device-resident epoch ends where per-step host feeding ends, for single runs,
     blocks shorter than the epoch and populations, with KD extras and augmentation
     (a jittered transfer set: teacher logits stored per shift and picked per example)."""
-    from kdjax.augment import shift_count, translate_batch
+    from kdjax.data.augment import shift_count, translate_batch
 
     split = _split(256, seed=0)
     shape = (256, shift_count(2), 10)
@@ -528,7 +528,7 @@ def test_device_memory_is_unknown_on_the_cpu():
 def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name):
     """Each objective reads the teacher outputs it declares, adds its loss to the
     weighted CE, and gives a finite loss and a gradient in one compiled step."""
-    from kdjax.objectives import get_objective
+    from kdjax.distill.objectives import get_objective
 
     objective = get_objective(name)
     model, optimizer = SmallConvNet(), make_optimizer("adam")

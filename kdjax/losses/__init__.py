@@ -26,7 +26,7 @@ Conventions, following optax's losses:
 * Hyperparameters that fix a shape (``order``, ``num_negatives``) are Python ints.
 
 The trainable parts some methods need (FitNets regressors, CRD embedding heads,
-VID's regressor and variance) are Flax modules in :mod:`kdjax.connectors`.
+VID's regressor and variance) are Flax modules in :mod:`kdjax.models.connectors`.
 """
 
 from kdjax.losses._classification import (

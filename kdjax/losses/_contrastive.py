@@ -142,7 +142,7 @@ def crd_loss(
     duplicates, which row update wins is unspecified).
 
     Args:
-      s_emb: ``[batch, dim]`` unit-norm student embeddings (``kdjax.connectors.EmbedHead``).
+      s_emb: ``[batch, dim]`` unit-norm student embeddings (``kdjax.models.connectors.EmbedHead``).
       t_emb: ``[batch, dim]`` unit-norm teacher embeddings.
       ids: ``[batch]`` integer dataset indices in ``[0, N)``.
       bank: the :class:`CRDBank` from :func:`init_crd_bank` or the previous call.

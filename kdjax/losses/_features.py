@@ -54,7 +54,7 @@ def hint_loss(student_features: ArrayLike, teacher_features: ArrayLike) -> Array
     ``mean((s − t)², axes 1..)``. With equal-sized examples the batch mean equals
     PyTorch ``nn.MSELoss()(s, t)``. The trainable regressor that maps the
     student's features to the teacher's shape is a connector trained beside the
-    student (``kdjax.connectors.ConvConnector``), not part of this loss.
+    student (``kdjax.models.connectors.ConvConnector``), not part of this loss.
 
     Args:
       student_features: ``[batch, ...]`` (e.g. the regressed conv map ``B×H×W×C``).
@@ -247,7 +247,7 @@ def vid_loss(
     (the constant ``½ log 2π`` is dropped). The batch mean equals RepDistiller's
     ``VIDLoss`` after its regressor, ``torch.mean(0.5 * ((pred_mean - target)**2 /
     pred_var + torch.log(pred_var)))``. ``μ`` and ``log_scale`` come from
-    ``kdjax.connectors.VIDRegressor``; both are trained with the student.
+    ``kdjax.models.connectors.VIDRegressor``; both are trained with the student.
 
     Args:
       s_pred_mean: ``[batch, ..., C]`` predicted mean (NHWC maps or ``[batch, C]``).

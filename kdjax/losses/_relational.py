@@ -218,7 +218,7 @@ def correlation_congruence_loss(
     This is the paper's Eq. (squared norm). torchdistill's ``CCKDLoss`` uses the same
     kernel but the unsquared ``torch.dist(...) / b²``; RepDistiller's ``Correlation``
     is a different, simplified loss. The embeddings are used as given: normalise them
-    first (e.g. with ``kdjax.connectors.EmbedHead``) for the RBF reading to hold.
+    first (e.g. with ``kdjax.models.connectors.EmbedHead``) for the RBF reading to hold.
 
     Args:
       s_emb: ``[batch, ...]`` student embeddings (flattened per example).

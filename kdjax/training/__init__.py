@@ -1,10 +1,10 @@
 """The training core: state, step, feeds, evaluation and the loop.
 
 Data flows one way: data → teacher outputs (stored, or an :class:`OnlineTeacher`
-in the step) → objective (:mod:`kdjax.objectives`) → step (:mod:`.step`) → feed
+in the step) → objective (:mod:`kdjax.distill.objectives`) → step (:mod:`.step`) → feed
 (:mod:`.feeds`) → loop (:func:`fit`) → checkpoints and results. A single run::
 
-    from kdjax.objectives import get_objective, make_hyperparams
+    from kdjax.distill.objectives import get_objective, make_hyperparams
     from kdjax.training import Training, fit, make_optimizer
 
     result = fit(

@@ -3,7 +3,7 @@
 * :class:`HostFeed` gathers every batch from host arrays and sends it with its own
   step (one dispatch per step). With a ``mesh`` it places the state replicated, and
   each process reads and sends only its own rows of every batch (see
-  :mod:`kdjax.parallel`).
+  :mod:`kdjax.training.parallel`).
 * :class:`DeviceFeed` puts the training arrays on the device once and runs a block
   of steps as one compiled ``lax.scan`` that gathers its own batches, so the device
   never waits for Python. With a ``mesh`` every device holds the training arrays and
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import parallel
+from kdjax.training import parallel
 from kdjax.training.step import Step, compile_once, scan_steps
 
 FEEDS = ("auto", "host", "device")

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import optax
 
-from kdjax import parallel
-from kdjax.checkpoints import RunCheckpoints, write_config
 from kdjax.data import Split
-from kdjax.objectives import Objective
+from kdjax.distill.objectives import Objective
+from kdjax.store.checkpoints import RunCheckpoints, write_config
+from kdjax.training import parallel
 from kdjax.training.evaluation import split_accuracy
 from kdjax.training.feeds import epoch_orders, make_feed
 from kdjax.training.members import Members
@@ -70,7 +70,7 @@ class Execution:
     floating-point reassociation, so a run may resume with other values.
 
     ``feed``: see :func:`kdjax.training.feeds.resolve_feed`; ``mesh``: data-parallel
-    training (:func:`kdjax.parallel.data_mesh`); ``population_strategy``: see
+    training (:func:`kdjax.training.parallel.data_mesh`); ``population_strategy``: see
     :func:`kdjax.training.step.population_step`; ``tensorboard``: write event files
     in ``<run_dir>/tensorboard`` (:mod:`kdjax.training.tensorboard`).
     """

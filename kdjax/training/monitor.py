@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdjax import parallel
+from kdjax.training import parallel
 
 
 class NonFiniteLossError(RuntimeError):

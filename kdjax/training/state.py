@@ -109,7 +109,7 @@ def create_state(
     ...}``) replace the freshly initialised top-level modules they name (a new head
     keeps its fresh initialisation); the dropout key still comes from ``seed``.
     ``init_inputs`` are further keyword inputs of the model's first call (a method's
-    head needs the teacher's outputs, see kdjax.heads).
+    head needs the teacher's outputs, see kdjax.models.heads).
     """
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
     # One compiled program: run eagerly, every initializer is compiled op by op

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kdjax import parallel
-from kdjax.augment import AUGMENT_STREAM
-from kdjax.objectives import Objective
+from kdjax.data.augment import AUGMENT_STREAM
+from kdjax.distill.objectives import Objective
+from kdjax.training import parallel
 from kdjax.training.state import TrainState
 from kdjax.types import Augment, Batch, Constraint, Hyperparams, Preprocess, Schedule
 
@@ -158,7 +158,7 @@ def with_teacher_outputs(step: Step, teacher: OnlineTeacher, names: tuple[str, .
 
 
 def head_inputs_of(objective: Objective, batch: Batch) -> dict:
-    """What a method's head reads besides the images (:mod:`kdjax.heads`): the
+    """What a method's head reads besides the images (:mod:`kdjax.models.heads`): the
     teacher's outputs and the examples' rows in the training split."""
     if objective.head is None:
         return {}

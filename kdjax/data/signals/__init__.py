@@ -1,10 +1,10 @@
 """Physiological signals in the BioVid Heat Pain format (seed 002's second half).
 
-* :mod:`kdjax.signals.files` — the two folder layouts and reading one CSV;
-* :mod:`kdjax.signals.preprocess` — the seed's per-signal preprocessing;
-* :mod:`kdjax.signals.dataset` — :func:`load_biovid` (check, preprocess, cache)
+* :mod:`kdjax.data.signals.files` — the two folder layouts and reading one CSV;
+* :mod:`kdjax.data.signals.preprocess` — the seed's per-signal preprocessing;
+* :mod:`kdjax.data.signals.dataset` — :func:`load_biovid` (check, preprocess, cache)
   and :class:`SignalSet`;
-* :mod:`kdjax.signals.tasks` — two-class tasks and level errors (MAE, RMSE).
+* :mod:`kdjax.data.signals.tasks` — two-class tasks and level errors (MAE, RMSE).
 
 Example:
   >>> from kdjax import signals
@@ -12,8 +12,8 @@ Example:
   >>> pain = signals.binary_task(biovid, "bl1_vs_pa4")  # doctest: +SKIP
 """
 
-from kdjax.signals.dataset import LENGTH_TOLERANCE, SignalSet, check_lengths, load_biovid
-from kdjax.signals.files import (
+from kdjax.data.signals.dataset import LENGTH_TOLERANCE, SignalSet, check_lengths, load_biovid
+from kdjax.data.signals.files import (
     CHANNELS,
     CLASS_NAMES,
     SAMPLING_RATE,
@@ -23,7 +23,7 @@ from kdjax.signals.files import (
     parse_file_name,
     read_channels,
 )
-from kdjax.signals.preprocess import (
+from kdjax.data.signals.preprocess import (
     Dropped,
     drop_nans,
     drop_outliers,
@@ -32,7 +32,7 @@ from kdjax.signals.preprocess import (
     preprocess,
     smooth,
 )
-from kdjax.signals.tasks import BINARY_TASKS, binary_task, level_errors
+from kdjax.data.signals.tasks import BINARY_TASKS, binary_task, level_errors
 
 __all__ = [
     "BINARY_TASKS",

@@ -62,7 +62,7 @@ class Split:
     """One split of a data set: ``images[i]`` has label ``labels[i]`` and id ``ids[i]``.
 
     ``images`` are uint8 ``[N, H, W, C]`` pictures, or float32 ``[N, L, C]`` signals
-    (1-D inputs such as physiological recordings, see :mod:`kdjax.signals`).
+    (1-D inputs such as physiological recordings, see :mod:`kdjax.data.signals`).
     """
 
     images: np.ndarray

@@ -8,7 +8,7 @@
 Stores live in ``<teacher run>/soft_targets/``: ``<split>.npz`` for logits,
 ``<split>-<name>.npz`` for other outputs, with ``-shift<m>`` for the per-shift
 stores of a jittered transfer set (rows in the order of
-:func:`kdjax.augment.every_shift`, the order :func:`kdjax.augment.translate_batch`
+:func:`kdjax.data.augment.every_shift`, the order :func:`kdjax.data.augment.translate_batch`
 reads). The teacher's fingerprint covers all its variables, so a retrained
 teacher never pairs with stores or students of the old one.
 """
@@ -19,17 +19,19 @@ import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import soft_targets
-from kdjax.augment import every_shift, translate
 from kdjax.data import Dataset
+from kdjax.data.augment import every_shift, translate
+from kdjax.distill import soft_targets
 from kdjax.models import get_model
-from kdjax.spec import RunSpec
 from kdjax.training import OnlineTeacher, predict
+
+if TYPE_CHECKING:  # the run layer sits above this one; the spec is only a type here
+    from kdjax.runs.spec import RunSpec
 
 
 @dataclasses.dataclass
@@ -70,7 +72,7 @@ class Teacher:
 
         ``train_shifts=m > 0`` gives the training split's outputs for every
         translation by up to ``m`` pixels, ``[N, (2m+1)², ...]``, in the order of
-        :func:`kdjax.augment.every_shift`.
+        :func:`kdjax.data.augment.every_shift`.
         """
         by_split = {}
         for split_name in splits:

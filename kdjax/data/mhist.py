@@ -13,7 +13,7 @@ of 224×224, 2,175 train and 977 test. Labels are HP = 0, SSA = 1.
 
 Within a split, examples are ordered by image name and their ids are their positions
 in that order. The decoded images are cached as one ``.npz`` (as for image folders,
-:func:`kdjax.image_folder.default_cache_dir`), keyed by the CSV's bytes, every
+:func:`kdjax.data.image_folder.default_cache_dir`), keyed by the CSV's bytes, every
 image's size and modification time, and ``image_size``.
 
 Any problem with the folder stops with a :class:`~kdjax.data.DataError` whose one-line
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from kdjax.data import DataError, Dataset, Split
-from kdjax.image_folder import default_cache_dir
+from kdjax.data.image_folder import default_cache_dir
 
 CSV_NAME = "annotations.csv"
 NAME_COLUMN = "Image Name"

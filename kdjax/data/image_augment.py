@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
 
-from kdjax.augment import draw_offsets, translate
+from kdjax.data.augment import draw_offsets, translate
 
 Batch = dict[str, jax.Array]
 Augment = Callable[[jax.Array, Batch], Batch]

@@ -47,7 +47,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from kdjax.integrity import (
+from kdjax.store.integrity import (
     DamagedFileError,
     check_file_manifest,
     leaf_digests,
@@ -166,13 +166,13 @@ class RunCheckpoints:
       (kept for inspection, never deleted); None when none verifies (the log says the
       run starts over). Later calls cost nothing; after ``save(e)`` it returns ``e``.
     * ``restore(epoch, template_state)`` returns only verified state: it raises
-      :class:`~kdjax.integrity.DamagedFileError` rather than hand back other bytes.
-    * ``save`` and ``close`` raise :class:`~kdjax.integrity.WorkdirError` (one line: the
+      :class:`~kdjax.store.integrity.DamagedFileError` rather than hand back other bytes.
+    * ``save`` and ``close`` raise :class:`~kdjax.store.integrity.WorkdirError` (one line: the
       path, the bytes needed, which earlier epochs are intact) when the disk is full or
       the folder is not writable. A save is atomic: a crash leaves earlier epochs intact.
 
     Moving damaged checkpoints aside changes the folder, so only one process may hold a
-    run's ``RunCheckpoints`` at a time (see :func:`kdjax.locking.run_lock`).
+    run's ``RunCheckpoints`` at a time (see :func:`kdjax.store.locking.run_lock`).
     """
 
     def __init__(self, run_dir: str | Path, *, log: Callable[[str], None] = print):
@@ -244,7 +244,7 @@ class RunCheckpoints:
     def restore(self, epoch: int, template_state: Any) -> tuple[Any, dict]:
         """Restores ``epoch`` into the structure, shapes and shardings of ``template_state``.
 
-        Raises :class:`~kdjax.integrity.DamagedFileError` naming the file when the
+        Raises :class:`~kdjax.store.integrity.DamagedFileError` naming the file when the
         checkpoint cannot be read or differs from its fingerprint.
         """
         abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
@@ -321,8 +321,8 @@ def write_config(run_dir: str | Path, config: dict) -> None:
     """Records what a run trains; refuses to reuse a directory that trained something else.
 
     Raises ``ValueError`` naming the settings that differ,
-    :class:`~kdjax.integrity.DamagedFileError` for a garbled ``config.json`` and
-    :class:`~kdjax.integrity.WorkdirError` when the folder cannot be written.
+    :class:`~kdjax.store.integrity.DamagedFileError` for a garbled ``config.json`` and
+    :class:`~kdjax.store.integrity.WorkdirError` when the folder cannot be written.
     """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -369,7 +369,7 @@ def load_state(
     (damaged newer ones are skipped and logged, never moved — this function only
     reads). :func:`kdjax.runs.load_run` builds the usable model from it.
 
-    Raises :class:`~kdjax.integrity.DamagedFileError` when the requested epoch (or,
+    Raises :class:`~kdjax.store.integrity.DamagedFileError` when the requested epoch (or,
     by default, every epoch) fails verification.
     """
     manager = ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints")

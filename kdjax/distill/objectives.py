@@ -13,7 +13,7 @@ Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``
 feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``, ``sp``; feature
 methods ``cosine``, ``pkt``, ``rkd``, ``cc``, ``crd`` (see :mod:`kdjax.losses` for
 each loss and its reference). ``hint``, ``vid`` and ``crd`` train a head beside
-the student (:mod:`kdjax.heads`). Adding a method is one
+the student (:mod:`kdjax.models.heads`). Adding a method is one
 :class:`Objective` in :data:`OBJECTIVES`::
 
     OBJECTIVES["my_kd"] = Objective("my_kd", ("logits",), my_soft_term)
@@ -27,7 +27,8 @@ from typing import Any
 
 import jax
 
-from kdjax import heads, losses
+from kdjax import losses
+from kdjax.models import heads
 from kdjax.types import Batch, Hyperparams, Outputs
 
 # ``soft_term(outputs, teacher, hyperparams, batch) -> per_example`` (or a scalar, for
@@ -42,7 +43,7 @@ class Objective:
 
     ``teacher_outputs`` names the teacher outputs the soft term reads; the batch
     carries them as ``"teacher_<name>"``. ``head(num_training_examples)`` builds the
-    trainable parts the method adds beside the student (:mod:`kdjax.heads`); their
+    trainable parts the method adds beside the student (:mod:`kdjax.models.heads`); their
     outputs join the student's.
     """
 

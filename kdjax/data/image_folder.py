@@ -42,7 +42,7 @@ import numpy as np
 
 from kdjax import data as _data
 from kdjax.data import DataError, Dataset, Split
-from kdjax.image_listing import (
+from kdjax.data.image_listing import (
     SPLITS,
     Listing,
     list_directory,

@@ -1,6 +1,6 @@
 """1-D convolutional networks for physiological signals, as Flax Linen modules.
 
-Input ``[B, length, channels]`` floats (what :func:`kdjax.signals.load_biovid`
+Input ``[B, length, channels]`` floats (what :func:`kdjax.data.signals.load_biovid`
 returns); output a dict with ``"logits"`` and ``"features"`` (the input of the
 classifier head) and, for the convolutional trunk, ``"feature_map"``, like
 :mod:`kdjax.models`. Dropout is active only with ``train=True`` and draws from
@@ -17,7 +17,7 @@ the ``"dropout"`` RNG stream.
   47,301 parameters, about 240× fewer than the seed's network), dropout, a
   small dense head.
 
-Convolutions are :func:`kdjax.layers.conv1d` (XLA's 1-D convolution, gradients
+Convolutions are :func:`kdjax.models.layers.conv1d` (XLA's 1-D convolution, gradients
 written out on the CPU) with PyTorch's initialisation; an unpadded convolution
 of stride ``s`` has PyTorch's output length ``floor((L − k) / s) + 1``.
 """
@@ -31,14 +31,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.layers import Dense, conv1d, torch_bias_init, torch_kernel_init
+from kdjax.models.layers import Dense, conv1d, torch_bias_init, torch_kernel_init
 
 Outputs = dict[str, jax.Array]
 
 
 class _Conv1DParameters(nn.Module):
     """The kernel and bias of a :class:`Conv1D`, shaped and initialised as
-    :class:`kdjax.layers.Conv`'s with a ``(kernel_size, 1)`` kernel, so checkpoints of
+    :class:`kdjax.models.layers.Conv`'s with a ``(kernel_size, 1)`` kernel, so checkpoints of
     either layout load in the other."""
 
     features: int

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kdjax.integrity import workdir_error
+from kdjax.store.integrity import workdir_error
 
 LOCK_FILE = ".kdjax.lock"
 
@@ -98,7 +98,7 @@ def run_lock(
 
     Yields the lock file's path. Raises :class:`RunLockedError` (naming the holder's
     pid and host) when the lock is not free within ``timeout``, and
-    :class:`~kdjax.integrity.WorkdirError` when the folder cannot be written.
+    :class:`~kdjax.store.integrity.WorkdirError` when the folder cannot be written.
     """
     directory = Path(directory)
     lock_path = (directory / _lock_name(per_process)).absolute()

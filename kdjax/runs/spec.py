@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from kdjax import image_augment
-from kdjax.augment import shift_count, translate_batch
+from kdjax.data import image_augment
+from kdjax.data.augment import shift_count, translate_batch
 from kdjax.data import normalize
-from kdjax.image_augment import PRESETS as IMAGE_AUGMENTS
-from kdjax.objectives import get_objective
+from kdjax.data.image_augment import PRESETS as IMAGE_AUGMENTS
+from kdjax.distill.objectives import get_objective
 from kdjax.training.precision import COMPUTE_DTYPES
 from kdjax.training.state import cosine_decay, max_norm_constraint, step_decay
 
@@ -45,7 +45,7 @@ class RunSpec:
     A tuple of seeds makes a population trained together; ``temperature``,
     ``hard_weight`` and ``soft_weight`` may then be tuples too, one value per student.
     The objective is ``hard_weight·CE + soft_weight·(its distillation term)``
-    (:mod:`kdjax.objectives`); seed 000's ``alpha`` is ``hard_weight=alpha,
+    (:mod:`kdjax.distill.objectives`); seed 000's ``alpha`` is ``hard_weight=alpha,
     soft_weight=1−alpha``.
     """
 
@@ -84,7 +84,7 @@ class RunSpec:
     # "stored": teacher outputs computed once and read by example id; "online": the
     # frozen teacher runs inside the step on the (augmented) batch.
     teacher_mode: str = "stored"
-    # A named image augmentation (kdjax.image_augment.PRESETS) run in the step on
+    # A named image augmentation (kdjax.data.image_augment.PRESETS) run in the step on
     # training batches; "" for none. Stored teacher outputs would not match the
     # augmented image, so it needs teacher_mode="online" when a teacher is read.
     image_augment: str = ""

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.backbones import BACKBONES, backbone
+from kdjax.models.backbones import BACKBONES, backbone
 
 BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
 CONV_WEIGHTS = ("kernel", "bias")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdjax.signals.dataset import SignalSet
+from kdjax.data.signals.dataset import SignalSet
 
 # task name -> (the five-class labels kept, the new label of each, the new class names)
 BINARY_TASKS = {

@@ -26,8 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from kdjax.data import DataError
-from kdjax.signals import preprocess as prep
-from kdjax.signals.files import CHANNELS, CLASS_NAMES, SAMPLING_RATE, find_samples, read_channels
+from kdjax.data.signals import preprocess as prep
+from kdjax.data.signals.files import (
+    CHANNELS,
+    CLASS_NAMES,
+    SAMPLING_RATE,
+    find_samples,
+    read_channels,
+)
 
 LENGTH_TOLERANCE = 0.10
 _CACHE_VERSION = 1
@@ -211,8 +217,8 @@ def load_biovid(
     log: Callable[[str], None] = print,
 ) -> SignalSet:
     """Reads every sample under ``data_dir`` (either layout, see
-    :mod:`kdjax.signals.files`), preprocesses each channel (see
-    :mod:`kdjax.signals.preprocess`) and returns them as one :class:`SignalSet`,
+    :mod:`kdjax.data.signals.files`), preprocesses each channel (see
+    :mod:`kdjax.data.signals.preprocess`) and returns them as one :class:`SignalSet`,
     sample ids numbered in sorted relative-path order.
 
     Args:

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.layers import Conv, Dense, torch_kernel_init
+from kdjax.models.layers import Conv, Dense, torch_kernel_init
 
 # RepDistiller's Embed divides by the plain norm; this floor only keeps a zero row finite.
 _NORM_FLOOR = 1e-12

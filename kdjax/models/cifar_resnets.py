@@ -18,7 +18,7 @@ RepDistiller's ``feat[-2]``, what SP reads). kdjax's AT, NST, VID and FitNets hi
 read that one map too, where RepDistiller sums AT, NST and VID over the three stages
 and takes the hint from the second stage.
 
-Convolutions run through :func:`kdjax.layers.strided_conv2d`: on the CPU their
+Convolutions run through :func:`kdjax.models.layers.strided_conv2d`: on the CPU their
 gradients stay fast when the students of a population are trained one after another
 inside one program (``lax.map``), where XLA's own convolution gradient measured
 30–80× slower per layer (a population of two resnet20s, batch 64: 1.46 s per step
@@ -39,7 +39,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from kdjax.layers import Dense, strided_conv2d
+from kdjax.models.layers import Dense, strided_conv2d
 
 Outputs = dict[str, jax.Array]
 # The widths of RepDistiller's resnet8 … resnet110: the stem, then the three stages.

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 
-from kdjax.backbones import MobileNetV2, ResNet50V2
-from kdjax.cifar_resnets import CIFAR_RESNETS
-from kdjax.layers import Conv, Dense, max_pool, strided_conv2d
+from kdjax.models.backbones import MobileNetV2, ResNet50V2
+from kdjax.models.cifar_resnets import CIFAR_RESNETS
+from kdjax.models.layers import Conv, Dense, max_pool, strided_conv2d
 
 Outputs = dict[str, jax.Array]
 
@@ -187,7 +187,7 @@ class TwoConvNet(nn.Module):
     conv 3→16, max-pool, conv 16→16,
     max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
     267,738 parameters. Seed 002's hint regressor (conv 16→32, 3×3) is the ``hint``
-    method's head beside the student (:class:`kdjax.heads.HintHead`), not part of it.
+    method's head beside the student (:class:`kdjax.models.heads.HintHead`), not part of it.
     """
 
     num_classes: int = 10
@@ -268,10 +268,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "four_conv_net": FourConvNet,
     "two_conv_net": TwoConvNet,
     "strided_conv_net": StridedConvNet,
-    # Keras' ImageNet applications, layer for layer (kdjax.backbones).
+    # Keras' ImageNet applications, layer for layer (kdjax.models.backbones).
     "resnet50v2": ResNet50V2,
     "mobilenetv2": MobileNetV2,
-    # RepDistiller's CIFAR ResNets with BatchNorm, resnet8 … resnet110 (kdjax.cifar_resnets).
+    # RepDistiller's CIFAR ResNets with BatchNorm, resnet8 … resnet110 (kdjax.models.cifar_resnets).
     **CIFAR_RESNETS,
 }
 

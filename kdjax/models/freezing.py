@@ -3,7 +3,7 @@
 A :class:`LayerSelection` is a set of layer-name patterns (shell-style, ``fnmatch``,
 case-sensitive). One selection drives both sides of freezing, so they cannot disagree:
 
-- the model: the backbones (:mod:`kdjax.backbones`) take its patterns as their
+- the model: the backbones (:mod:`kdjax.models.backbones`) take its patterns as their
   ``trainable`` setting and run every BatchNorm layer outside it on its running
   averages, even with ``train=True`` — Keras' behaviour for a layer with
   ``trainable=False`` — so frozen layers' ``batch_stats`` never change;

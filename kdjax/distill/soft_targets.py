@@ -7,7 +7,7 @@ alike), and it stores the **example ids** with them, so a row is found by id, ne
 by position in a loader.
 
 One ``.npz`` file per split holds ``logits [N, C]`` (``[N, shifts, C]`` in a
-per-shift store, see :meth:`kdjax.teachers.Teacher.outputs`), ``ids [N]``, ``labels [N]``,
+per-shift store, see :meth:`kdjax.distill.teachers.Teacher.outputs`), ``ids [N]``, ``labels [N]``,
 two fingerprints — of the teacher's parameters and of the split's data — and a
 ``checksum`` of all of these arrays' contents. A store whose fingerprints do not
 match the teacher and data at hand is stale; one whose checksum does not match its
@@ -18,9 +18,9 @@ objectives read) are stored the same way, one file per output
 (:func:`load_or_compute_outputs`).
 
 Writes are atomic (temporary file, then rename) and made under the store folder's
-lock (:func:`kdjax.locking.run_lock`): a second process computing the same store
+lock (:func:`kdjax.store.locking.run_lock`): a second process computing the same store
 waits, then reads what the first wrote. A full disk or read-only folder raises
-:class:`~kdjax.integrity.WorkdirError`, leaving the previous store intact.
+:class:`~kdjax.store.integrity.WorkdirError`, leaving the previous store intact.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import jax
 import numpy as np
 
 from kdjax.data import Split
-from kdjax.integrity import arrays_checksum, workdir_error
-from kdjax.locking import run_lock
+from kdjax.store.integrity import arrays_checksum, workdir_error
+from kdjax.store.locking import run_lock
 
 
 class StoreError(Exception):
@@ -75,7 +75,7 @@ def lookup(store_ids: np.ndarray, store_rows: np.ndarray, ids: np.ndarray) -> np
 
 
 def store_checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """The checksum a store file carries: :func:`kdjax.integrity.arrays_checksum` of
+    """The checksum a store file carries: :func:`kdjax.store.integrity.arrays_checksum` of
     every other array in it (rows, ids, labels and both fingerprints)."""
     return arrays_checksum({key: value for key, value in arrays.items() if key != "checksum"})
 

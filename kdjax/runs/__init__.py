@@ -21,15 +21,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from kdjax import soft_targets
-from kdjax.checkpoints import load_state, read_config
+from kdjax.distill import soft_targets
+from kdjax.store.checkpoints import load_state, read_config
 from kdjax.data import Dataset, Split
-from kdjax.heads import StudentWithHead, deployed_variables
-from kdjax.locking import run_lock
+from kdjax.models.heads import StudentWithHead, deployed_variables
+from kdjax.store.locking import run_lock
 from kdjax.models import count_params, get_model
-from kdjax.objectives import get_objective, make_hyperparams
-from kdjax.spec import RunSpec, config_hash
-from kdjax.teachers import Teacher, check_stored_outputs
+from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.runs.spec import RunSpec, config_hash
+from kdjax.distill.teachers import Teacher, check_stored_outputs
 from kdjax.training import (
     Execution,
     FitResult,

@@ -5,8 +5,8 @@ and ``keras.applications.MobileNetV2(alpha=1.0)`` with ``include_top=False``, th
 global average pooling and a fresh dense head of ``num_classes`` (seed 003's MHIST
 models). Every Flax submodule carries the Keras layer's name (``conv4_block6_2_conv``,
 ``block_13_depthwise_BN``), all at the top level of the parameter tree, so importing
-Keras weights (:mod:`kdjax.pretrained`) is a rename, and layer-name patterns select
-layers to freeze (:mod:`kdjax.freezing`). The head is ``head``.
+Keras weights (:mod:`kdjax.models.pretrained`) is a rename, and layer-name patterns select
+layers to freeze (:mod:`kdjax.models.freezing`). The head is ``head``.
 
 Like every kdjax model, a backbone maps ``[B, H, W, 3]`` float images to
 ``{"logits", "features", "feature_map"}``: ``features`` is the pooled vector,
@@ -15,7 +15,7 @@ Keras scales them for both networks, ``x / 127.5 − 1`` (:func:`keras_preproces
 Any input size ≥ 32 works.
 
 BatchNorm layers use Keras' epsilon and momentum per network. A BatchNorm layer
-whose name the ``trainable`` selection (a :class:`~kdjax.freezing.LayerSelection` or
+whose name the ``trainable`` selection (a :class:`~kdjax.models.freezing.LayerSelection` or
 its tuple of patterns) excludes runs on its running averages even
 with ``train=True`` and never updates them — what Keras does for a layer with
 ``trainable=False``.
@@ -27,8 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.freezing import ALL_LAYERS, LayerSelection, as_selection
-from kdjax.layers import general_conv2d
+from kdjax.models.freezing import ALL_LAYERS, LayerSelection, as_selection
+from kdjax.models.layers import general_conv2d
 
 Outputs = dict[str, jax.Array]
 # Keras' default initialisers: glorot-uniform kernels, zero biases.
@@ -87,7 +87,7 @@ class KerasConv(nn.Module):
     """Keras' ``Conv2D`` (square kernel and stride; ``padding`` an int on every side,
     ``"SAME"`` as TensorFlow pads, or ``"VALID"``), parameters named, shaped and
     initialised as ``nn.Conv``'s (``kernel`` glorot-uniform, ``bias`` zeros), computed
-    by :func:`kdjax.layers.general_conv2d`: on the CPU, matrix products for 1×1
+    by :func:`kdjax.models.layers.general_conv2d`: on the CPU, matrix products for 1×1
     kernels and small maps, where XLA's convolution is slow."""
 
     features: int

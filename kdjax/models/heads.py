@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 
 from kdjax import losses
-from kdjax.connectors import ConvConnector, EmbedHead, VIDRegressor
+from kdjax.models.connectors import ConvConnector, EmbedHead, VIDRegressor
 
 HEAD_OUTPUTS = ("hint", "vid_mean", "vid_log_scale", "crd_loss")
 

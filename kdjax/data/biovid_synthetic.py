@@ -25,7 +25,7 @@ Every subject's traits and windows come from ``numpy.random.default_rng([seed,
 subject])``: the data are the same on every machine with the same numpy and
 neurokit2 versions, and subject ``i`` is the same whether 4 or 87 subjects are
 written. Files are gzip-compressed (``.csv.gz``) unless asked otherwise. The loader
-(:mod:`kdjax.signals`) does not depend on this module.
+(:mod:`kdjax.data.signals`) does not depend on this module.
 
 Example:
   >>> from kdjax import biovid_synthetic
@@ -272,7 +272,7 @@ def write_dataset(
         raise ValueError(f"channels must be among {', '.join(COLUMNS[1:])}; got {channels}.")
     names = ("time", *(column for column in COLUMNS[1:] if column in channels))
     settings = {
-        "generator": "kdjax.biovid_synthetic",
+        "generator": "kdjax.data.biovid_synthetic",
         "seed": seed,
         "samples_per_class": samples_per_class,
         "columns": list(names),
