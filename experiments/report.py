@@ -6,6 +6,9 @@
     {
       "schema": "kdjax.results/1",
       "command": "mnist_kd",               # the python -m experiments.<command>
+      "command_line": "python -m experiments.mnist_kd --seeds=5",  # null when run() is
+                                           # called from Python
+      "date": "2026-12-06",                # the day the results were written
       "config": {...},                     # the whole config, every field
       "data": {...},                       # Dataset.summary(): source, sizes, fingerprints
       "environment": {...},                # package versions, backend, device kind and count
@@ -23,7 +26,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -118,6 +123,13 @@ def peak_resident_mib() -> float:
     return round(kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024, 1)
 
 
+def usable_cpu_cores() -> int | None:
+    """The CPU cores this process may run on (its affinity, where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def environment() -> dict:
     """Package versions, backend and devices: what a result was measured with."""
     from importlib import metadata
@@ -138,6 +150,8 @@ def environment() -> dict:
         "installed": dict(sorted(installed.items())),
         "differs_from_lock": lock_differences(installed),
         "backend": jax.default_backend(),
+        "architecture": platform.machine(),
+        "cpu_cores": usable_cpu_cores(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
         "process_count": jax.process_count(),
@@ -183,6 +197,14 @@ def run_entries(specs: dict, results: dict, image_shape: tuple[int, ...]) -> dic
     }
 
 
+def command_line(command: str) -> str | None:
+    """``python -m experiments.<command> <flags>`` as this process was started, or None
+    when the process runs something else (a test calling ``run(config)``)."""
+    if Path(sys.argv[0]).stem != command:
+        return None
+    return " ".join([f"python -m experiments.{command}", *map(shlex.quote, sys.argv[1:])])
+
+
 def results_document(
     command: str, config, dataset, runs: dict, study: dict, started: float
 ) -> dict:
@@ -192,6 +214,8 @@ def results_document(
     return {
         "schema": SCHEMA,
         "command": command,
+        "command_line": command_line(command),
+        "date": time.strftime("%Y-%m-%d"),
         "config": dataclasses.asdict(config),
         "data": None if dataset is None else dataset.summary(),
         "environment": environment(),
