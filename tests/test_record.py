@@ -391,7 +391,8 @@ def test_the_record_module_imports_neither_jax_nor_the_rest_of_kdjax():
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPOSITORY, check=True
     )
-    assert result.stdout.strip() == "['kdjax', 'kdjax.record']"
+    modules = eval(result.stdout)  # a printed list of module names
+    assert modules and all(m == "kdjax" or m.startswith("kdjax.record") for m in modules)
 
 
 def test_results_files_record_the_command_line_that_started_them(monkeypatch):
