@@ -47,10 +47,13 @@ SAMPLE_ROW = "| embedded 5k sample"
 TABLE_TOLERANCE_POINTS = 0.15
 
 
-def readme_sample_row() -> dict[str, tuple[float, float | None]]:
-    """The README's main-table figures for the embedded sample: ``{column: (mean, std)}``."""
-    rows = [line for line in README.read_text().splitlines() if line.startswith(SAMPLE_ROW)]
-    assert len(rows) == 1, "the README's main table must have one embedded-sample row"
+FULL_ROW = "| full MNIST"
+
+
+def readme_row(start: str = SAMPLE_ROW) -> dict[str, tuple[float, float | None]]:
+    """The README's main-table figures of one row: ``{column: (mean, std)}``."""
+    rows = [line for line in README.read_text().splitlines() if line.startswith(start)]
+    assert len(rows) == 1, f"the README's main table must have one {start!r} row"
     cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
     figures = {}
     for column, cell in zip(("teacher", "student_kd", "student_scratch"), cells[-3:], strict=True):
@@ -61,7 +64,7 @@ def readme_sample_row() -> dict[str, tuple[float, float | None]]:
 
 
 def test_the_readme_main_table_is_readable():
-    figures = readme_sample_row()
+    figures = readme_row()
     assert figures["teacher"][1] is None and figures["student_kd"][1] is not None
 
 
@@ -76,8 +79,39 @@ def test_the_readme_main_table_matches_a_fresh_run(tmp_path):
     )
     assert results["data"]["source"] == "embedded-sample"
     measured = results["study"]["test_accuracy_summary"]
-    for column, (mean, std) in readme_sample_row().items():
+    for column, (mean, std) in readme_row().items():
         fresh = measured[column]
         assert abs(100 * fresh["mean"] - mean) <= TABLE_TOLERANCE_POINTS, (column, fresh, mean)
         if std is not None:
             assert abs(100 * fresh["std"] - std) <= TABLE_TOLERANCE_POINTS, (column, fresh, std)
+
+
+def recorded_main_command(train_examples: int) -> dict:
+    """The newest three-student summary of command 1 in the results record on the
+    training set of ``train_examples`` images."""
+    from kdjax import record
+
+    _, summaries = record.load_record(ROOT)
+    matches = [
+        summary
+        for _, summary in summaries
+        if summary["command"].startswith("python -m experiments.mnist_kd --temperature=3")
+        and (summary["data"] or {}).get("train_examples") == train_examples
+        and len(summary["runs"]["student_kd"].get("seeds", [])) == 3
+    ]
+    assert matches, f"no three-seed mnist_kd run on {train_examples} images in RESULTS.md"
+    return max(matches, key=lambda summary: summary["date"])
+
+
+@pytest.mark.parametrize(("row", "train_examples"), [(SAMPLE_ROW, 4000), (FULL_ROW, 60000)])
+def test_the_readme_main_table_is_the_results_record(row, train_examples):
+    """Each row of the main table is the newest recorded run of command 1 on its data."""
+    from kdjax import record
+
+    summary = recorded_main_command(train_examples)
+    for column, (mean, std) in readme_row(row).items():
+        value = summary["runs"][column]["test_accuracy"]
+        statistics = record.statistics_of(value, record.METRICS["test_accuracy"])
+        assert round(statistics.mean, 2) == mean, (row, column, statistics.mean, mean)
+        if std is not None:
+            assert round(statistics.std, 2) == std, (row, column, statistics.std, std)

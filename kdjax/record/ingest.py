@@ -5,8 +5,9 @@ command line, the machine and the versions.
 from __future__ import annotations
 
 import datetime
+import re
 
-from kdjax.record.schema import RESULTS_SCHEMA, SUMMARY_SCHEMA, _check
+from kdjax.record.schema import ABSOLUTE_PATH, RESULTS_SCHEMA, SUMMARY_SCHEMA, _check
 
 PERCENT_SCORES = {
     "accuracy": "test_accuracy",
@@ -82,6 +83,23 @@ def machine_of(environment: dict) -> str:
     )
 
 
+FLAG_PATH = re.compile(r"--(\w+)=(?:/|~/)\S*")
+
+
+def portable(value, name: str = "path"):
+    """``value`` with the absolute paths of the machine that ran it replaced by
+    placeholders named after where they stand (``--data_dir=DATA_DIR``, a config's
+    ``"workdir": "WORKDIR"``): a summary is committed, and read on other machines."""
+    if isinstance(value, dict):
+        return {key: portable(item, key) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item, name) for item in value]
+    if not isinstance(value, str):
+        return value
+    value = FLAG_PATH.sub(lambda match: f"--{match[1]}={match[1].upper()}", value)
+    return ABSOLUTE_PATH.sub(name.upper(), value)
+
+
 def summary_from_results(results, *, source: str, protocol: str, **given) -> dict:
     """A summary of ``results`` (a parsed results.json). ``protocol`` is ``"full"`` or
     ``"<label>: <what differs>"``; ``given`` may hold ``note``, and ``command``,
@@ -92,7 +110,7 @@ def summary_from_results(results, *, source: str, protocol: str, **given) -> dic
         f"schema is not {RESULTS_SCHEMA}",
     )
     label, _, protocol_note = (part.strip() for part in protocol.partition(":"))
-    command = given.get("command") or results.get("command_line")
+    command = portable(given.get("command") or results.get("command_line"), "path")
     _check(
         bool(command), "results.json", "no command line recorded; pass --command='python -m ...'"
     )
@@ -112,8 +130,8 @@ def summary_from_results(results, *, source: str, protocol: str, **given) -> dic
         "source": source,
         "protocol": label,
         "command": command,
-        "config": results.get("config") or {},
-        "data": data,
+        "config": portable(results.get("config") or {}),
+        "data": portable(data, "data_dir"),
         "runs": distil_runs(results),
         "wall_seconds": results.get("wall_seconds"),
         "machine": given.get("machine") or machine_of(environment),

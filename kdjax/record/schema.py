@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -69,6 +70,14 @@ def _is_date(value) -> bool:
         return False
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/|~/|[A-Za-z]:\\)[^\s()'\"]*")
+
+
+def _has_no_machine_path(value) -> bool:
+    # A summary is committed: absolute paths of the machine that ran it stay out of it.
+    return not ABSOLUTE_PATH.search(json.dumps(value))
+
+
 def _is_machine(value) -> bool:
     # A short description of the hardware, never a host name or a path.
     return _is_text(value) and len(value) <= 80 and "/" not in value
@@ -80,9 +89,21 @@ SUMMARY_FIELDS = {
     "source": (True, _is_text, "is not a source key"),
     "protocol": (True, lambda v: v in PROTOCOLS, f"is not one of: {', '.join(PROTOCOLS)}"),
     "protocol_note": (False, _is_text, "is not a non-empty string"),
-    "command": (True, _is_text, "is not a non-empty string"),
-    "config": (True, lambda v: isinstance(v, dict), "is not an object"),
-    "data": (True, lambda v: v is None or isinstance(v, dict), "is not an object or null"),
+    "command": (
+        True,
+        lambda v: _is_text(v) and _has_no_machine_path(v),
+        "is not a command line (no absolute path: a placeholder such as DATA_DIR)",
+    ),
+    "config": (
+        True,
+        lambda v: isinstance(v, dict) and _has_no_machine_path(v),
+        "is not an object (no absolute path: a placeholder such as DATA_DIR)",
+    ),
+    "data": (
+        True,
+        lambda v: v is None or (isinstance(v, dict) and _has_no_machine_path(v)),
+        "is not an object or null (no absolute path: a placeholder such as DATA_DIR)",
+    ),
     "runs": (True, lambda v: isinstance(v, dict) and bool(v), "is not a non-empty object"),
     "wall_seconds": (True, lambda v: v is None or _is_number(v), "is not a number or null"),
     "machine": (True, _is_machine, "is not a short description (80 characters, no path)"),
