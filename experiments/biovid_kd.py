@@ -50,6 +50,7 @@ from experiments.config import (
     non_negative,
     option,
     positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.report import log
@@ -143,7 +144,7 @@ class Config(CommonConfig):
         choices=("stored", "online"),
     )
     temperature: float = option(
-        2.0, "Distillation temperature (seed 002: 2).", check=finite(positive)
+        2.0, "Distillation temperature (seed 002: 2).", check=temperature_range
     )
     alpha: float = option(
         0.75, "Weight of CE; 1 - alpha weights T²·KL (seed 002: 0.75 / 0.25).", check=unit_interval

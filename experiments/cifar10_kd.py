@@ -67,6 +67,7 @@ from experiments.config import (
     non_negative,
     option,
     positive,
+    temperature_range,
 )
 from kdjax.data import Dataset, Split
 from kdjax.data.image_folder import CIFAR_SETS, load_cifar
@@ -108,7 +109,7 @@ class Config(CommonConfig):
     )
     dataset: str = option("cifar10", "cifar10 or cifar100.", choices=tuple(CIFAR_SETS))
     temperature: float | None = option(
-        None, "KD temperature (default: the preset's, 2, 10 or 4).", check=finite(positive)
+        None, "KD temperature (default: the preset's, 2, 10 or 4).", check=temperature_range
     )
     hard_weight: float | None = option(
         None, "Weight of the label CE (default: the preset's).", check=finite(non_negative)

@@ -5,7 +5,7 @@ protocol), an importable ``run(config) -> dict`` and a one-line ``main``::
 
     @dataclasses.dataclass(frozen=True)
     class Config(CommonConfig):
-        temperature: float = option(3.0, "Softmax temperature T.", check=positive)
+        temperature: float = option(3.0, "Softmax temperature T.", check=temperature_range)
 
     if __name__ == "__main__":
         command(Config, run)
@@ -30,6 +30,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from kdjax.losses import MAX_TEMPERATURE
+
 FEEDS = ("auto", "host", "device")
 POPULATION_STRATEGIES = ("auto", "vmap", "map", "unroll")
 # The flags defined here belong to the command that imports this module, so that
@@ -39,7 +41,8 @@ flags.disclaim_key_flags()
 
 def option(default: Any, help: str, *, check=None, choices=None) -> Any:  # noqa: A002
     """A config field: its default, its flag's help text, an optional check
-    ``(predicate, "must be ...")`` and, for strings, the allowed values."""
+    ``(predicate, "must be ...")`` or tuple of them (the first that fails is
+    reported) and, for strings, the allowed values."""
     metadata = {"help": help, "check": check, "choices": choices}
     if isinstance(default, (list, dict)):
         raise TypeError("use a tuple for a sequence default")
@@ -60,13 +63,41 @@ def finite(check):
             f"{message} and finite")  # fmt: skip
 
 
+def at_most(maximum, reason: str):
+    """A check that refuses values above ``maximum``, saying why."""
+    return (lambda value: value <= maximum, f"must be <= {maximum:g} ({reason})")
+
+
 def each(check):
-    """The check applied to every element of a tuple (and the tuple non-empty)."""
+    """The check applied to every element of a tuple (and the tuple non-empty); a
+    tuple of checks gives the tuple of each."""
+    if isinstance(check[0], tuple):
+        return tuple(each(one) for one in check)
     predicate, message = check
     return (
         lambda values: len(values) > 0 and all(predicate(v) for v in values),
         f"must list values that each {message.removeprefix('must ').replace('be ', 'are ', 1)}",
     )
+
+
+# Every temperature flag: finite, > 0 and within what the losses support.
+temperature_range = (
+    finite(positive),
+    at_most(
+        MAX_TEMPERATURE,
+        "kdjax.losses.MAX_TEMPERATURE: the float32 losses are tested up to it, and "
+        "T²·KL is at its T → ∞ limit long before; see docs/losses.md",
+    ),
+)
+
+
+def failed_check(check, value) -> str | None:
+    """The message of the first of ``check`` (one check or a tuple of them) that
+    ``value`` fails, else None."""
+    for predicate, message in check if isinstance(check[0], tuple) else (check,):
+        if not predicate(value):
+            return message
+    return None
 
 
 def existing_path(value) -> bool:
@@ -144,8 +175,8 @@ class CommonConfig:
             check, choices = field.metadata.get("check"), field.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 problems.append(f"--{field.name} must be one of {', '.join(choices)}")
-            elif check and value is not None and not check[0](value):
-                problems.append(f"--{field.name} {check[1]}, got {_show(value)}")
+            elif check and value is not None and (message := failed_check(check, value)):
+                problems.append(f"--{field.name} {message}, got {_show(value)}")
         if not str(self.workdir).strip():
             problems.append("--workdir must name a folder (it is empty)")
         problems += self._process_layout_problems()

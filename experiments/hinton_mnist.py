@@ -52,6 +52,7 @@ from experiments.config import (
     finite,
     option,
     positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.mnist_setup import MnistConfig
@@ -85,7 +86,7 @@ class Config(MnistConfig):
         300, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
     )
     temperature: float = option(
-        20.0, "Softmax temperature (the paper: 20).", check=finite(positive)
+        20.0, "Softmax temperature (the paper: 20).", check=temperature_range
     )
     alpha: float = option(
         0.1, "Weight of the hard-label CE; 1 - alpha weights T²·KL.", check=unit_interval

@@ -45,10 +45,9 @@ from experiments import method_table, mnist_setup, report
 from experiments.config import (
     at_least_one,
     command,
-    finite,
     non_negative,
     option,
-    positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.mnist_setup import MnistConfig
@@ -79,7 +78,7 @@ class Config(MnistConfig):
         5, "Teacher epochs, when it is not in the workdir (example: 5).", check=at_least_one
     )
     batch_size: int = option(32, "Batch size (example: Keras' default, 32).", check=at_least_one)
-    temperature: float = option(10.0, "Softmax temperature (example: 10).", check=finite(positive))
+    temperature: float = option(10.0, "Softmax temperature (example: 10).", check=temperature_range)
     alpha: float = option(
         0.1, "Weight of the label CE; 1 - alpha weights T²·KL (example: 0.1).", check=unit_interval
     )

@@ -48,6 +48,7 @@ from experiments.config import (
     non_negative,
     option,
     positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.mhist_training import (
@@ -103,17 +104,17 @@ class Config(CommonConfig):
                              check=at_least_one)  # fmt: skip
     teacher_learning_rate: float = option(1e-4, "Teacher's Adam rate.", check=finite(positive))
     learning_rate: float = option(1e-3, "Students' Adam rate.", check=finite(positive))
-    temperature: float = option(1.0, "T of student_kd and the chain.", check=finite(positive))
+    temperature: float = option(1.0, "T of student_kd and the chain.", check=temperature_range)
     alpha: float = option(0.5, "Weight of the hard-label CE (1 − alpha: T²·KL).",
                           check=unit_interval)  # fmt: skip
     temperatures: tuple[float, ...] = option(
-        (1.0, 2.0, 4.0, 16.0, 32.0, 64.0), "The temperature sweep.", check=each(positive)
+        (1.0, 2.0, 4.0, 16.0, 32.0, 64.0), "The temperature sweep.", check=each(temperature_range)
     )
     alphas: tuple[float, ...] = option(
         (0.1, 0.3, 0.5, 0.7, 0.9), "The alpha sweep.", check=each(unit_interval)
     )
     alpha_sweep_temperature: float = option(
-        2.0, "T of the alpha sweep (seed: 2).", check=finite(positive)
+        2.0, "T of the alpha sweep (seed: 2).", check=temperature_range
     )
     teacher_trainable: tuple[str, ...] = option(
         SEED_TEACHER_TRAINABLE, "Layer-name patterns the teacher trains (the rest is frozen)."

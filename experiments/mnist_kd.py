@@ -29,10 +29,9 @@ from experiments import mnist_setup, report
 from experiments.config import (
     at_least_one,
     command,
-    finite,
     non_negative,
     option,
-    positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.mnist_setup import MnistConfig
@@ -60,7 +59,7 @@ class Config(MnistConfig):
         check=at_least_one,
     )
     temperature: float = option(
-        3.0, "Softmax temperature T applied to teacher and student.", check=finite(positive)
+        3.0, "Softmax temperature T applied to teacher and student.", check=temperature_range
     )
     alpha: float = option(
         0.7, "Weight of the hard-label CE; 1 - alpha weights T²·KL.", check=unit_interval

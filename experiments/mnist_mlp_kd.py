@@ -21,7 +21,7 @@ import dataclasses
 import time
 
 from experiments import mnist_setup, report
-from experiments.config import at_least_one, command, finite, option, positive, unit_interval
+from experiments.config import at_least_one, command, option, temperature_range, unit_interval
 from experiments.mnist_setup import MnistConfig
 
 # Seed 004's networks: registry model and settings.
@@ -42,7 +42,7 @@ class Config(MnistConfig):
         10, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
     )
     batch_size: int = option(32, "Student batch size (seed 004: 32).", check=at_least_one)
-    temperature: float = option(3.0, "Softmax temperature (seed 004: 3).", check=finite(positive))
+    temperature: float = option(3.0, "Softmax temperature (seed 004: 3).", check=temperature_range)
     alpha: float = option(0.2, "Weight of the hard-label CE (seed 004: 0.2).", check=unit_interval)
     seeds: int = option(3, "Students per arm, trained together.", check=at_least_one)
     transfer_size: int = option(

@@ -27,10 +27,9 @@ from experiments.config import (
     at_least_one,
     command,
     each,
-    finite,
     non_negative,
     option,
-    positive,
+    temperature_range,
     unit_interval,
 )
 from experiments.mnist_kd import STUDENT_MODEL, TEACHER_MODEL
@@ -42,7 +41,7 @@ class Config(MnistConfig):
     temperatures: tuple[float, ...] = option(
         (1.0, 2.0, 4.0, 16.0, 32.0, 64.0),
         "Temperatures to sweep.",
-        check=each(finite(positive)),
+        check=each(temperature_range),
     )
     alphas: tuple[float, ...] = option(
         (0.5,),

@@ -25,7 +25,7 @@ import dataclasses
 import time
 
 from experiments import mnist_mlp_kd, mnist_setup, report
-from experiments.config import at_least_one, command, finite, option, positive, unit_interval
+from experiments.config import at_least_one, command, option, temperature_range, unit_interval
 from experiments.mnist_setup import MnistConfig
 from kdjax.distill.teachers import Teacher
 
@@ -54,7 +54,7 @@ class Config(MnistConfig):
             f"must list at least two models among {', '.join(PRESETS)}",
         ),
     )
-    temperature: float = option(4.0, "Softmax temperature (seed 003: 4).", check=finite(positive))
+    temperature: float = option(4.0, "Softmax temperature (seed 003: 4).", check=temperature_range)
     alpha: float = option(0.5, "Weight of the hard-label CE (seed 003: 0.5).", check=unit_interval)
     seeds: int = option(3, "Students per arm, trained together.", check=at_least_one)
 

@@ -2,6 +2,7 @@
 tiny data written here, their config checks, and the command line itself (flag
 errors, refusals before any work, ``experiments.mnist_kd`` end to end)."""
 
+import dataclasses
 import gzip
 import json
 import math
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,7 @@ def check_schema(results: dict, command: str, runs: list[str]) -> None:
     [
         (mnist_kd, {"temperature": math.inf}, "--temperature must be > 0 and finite, got inf"),
         (mnist_kd, {"temperature": 0.0}, "--temperature must be > 0"),
+        (mnist_kd, {"temperature": 2e6}, "--temperature must be <= 1e+06 (kdjax.losses.MAX_TEMP"),
         (mnist_kd, {"seed": -5}, "--seed must be >= 0, got -5"),
         (mnist_kd, {"workdir": " "}, "--workdir must name a folder"),
         (mnist_kd, {"alpha": 1.5}, "--alpha must be in [0, 1]"),
@@ -168,6 +171,28 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     assert (keras.alpha, keras.temperature, keras.seeds) == (0.1, 10.0, 3)
 
 
+def test_every_temperature_flag_refuses_what_the_losses_do_not_support():
+    from experiments import biovid_kd, mhist_kd
+    from experiments.config import failed_check
+    from kdjax.losses import MAX_TEMPERATURE
+
+    checked = set()
+    for command in (*COMMANDS, biovid_kd, mhist_kd):
+        hints = typing.get_type_hints(command.Config)
+        for field in dataclasses.fields(command.Config):
+            if "temperature" not in field.name:
+                continue
+            many = typing.get_origin(hints[field.name]) is tuple
+            at_bound, above = ((1.0, T) if many else T for T in (MAX_TEMPERATURE, 2e6))
+            assert failed_check(field.metadata["check"], at_bound) is None
+            refusal = f"--{field.name} must (be|list values that each are) <= 1e\\+06"
+            with pytest.raises(ValueError, match=refusal):
+                command.Config(**{field.name: above})
+            checked.add(f"{command.__name__.rpartition('.')[2]}.{field.name}")
+    assert {"mnist_kd.temperature", "mnist_sweep.temperatures", "cifar10_kd.temperature",
+            "mhist_kd.temperatures", "mhist_kd.alpha_sweep_temperature"} <= checked  # fmt: skip
+
+
 def test_the_population_strategy_flag_reaches_the_training_core():
     from experiments import config, report
     from kdjax.training import STRATEGIES
@@ -193,6 +218,7 @@ def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
     ("module", "flag", "message"),
     [
         ("experiments.mnist_kd", "--temperature=inf", "--temperature must be > 0 and finite"),
+        ("experiments.mnist_kd", "--temperature=1e30", "--temperature must be <= 1e+06"),
         ("experiments.mnist_kd", "--workdir=", "--workdir must name a folder"),
         ("experiments.mnist_kd", "--seed=-5", "--seed must be >= 0"),
         ("experiments.mnist_kd", "--data_dir=/nonexistent/kdjax", "--data_dir must be an exist"),

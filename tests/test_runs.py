@@ -79,6 +79,7 @@ def test_identity_is_role_model_and_every_field_off_its_default():
     [
         ({"temperature": float("inf")}, "temperature must be finite"),
         ({"temperature": (1.0, float("inf"))}, "temperature must be finite"),
+        ({"temperature": (1.0, 2e6)}, r"temperature must be <= 1e\+06 \(kdjax.losses.MAX_TEMP"),
         ({"soft_weight": -1.0}, "soft_weight must be finite and >= 0"),
         ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
         ({"seed": -5}, "seeds must be >= 0"),

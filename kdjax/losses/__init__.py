@@ -20,15 +20,17 @@ Conventions, following optax's losses:
   a message that names the argument. Hyperparameters such as ``temperature`` and
   ``alpha`` may be traced arrays (so one compiled step serves a whole sweep); when
   they are concrete (numbers or arrays known at trace time) they are checked to be
-  finite and in range. Labels are not range-checked (they are usually traced): a
-  label outside ``[0, C)``, ``-1`` included, makes that example's value and
-  gradient NaN.
+  finite and in range (``temperature`` at most :data:`MAX_TEMPERATURE`, 1e6, up to
+  which the float32 losses are tested: ``docs/losses.md``). Labels are not
+  range-checked (they are usually traced): a label outside ``[0, C)``, ``-1``
+  included, makes that example's value and gradient NaN.
 * Hyperparameters that fix a shape (``order``, ``num_negatives``) are Python ints.
 
 The trainable parts some methods need (FitNets regressors, CRD embedding heads,
 VID's regressor and variance) are Flax modules in :mod:`kdjax.models.connectors`.
 """
 
+from kdjax.losses._checks import MAX_TEMPERATURE
 from kdjax.losses._classification import (
     cross_entropy,
     distillation_kl,
@@ -54,6 +56,7 @@ from kdjax.losses._relational import (
 )
 
 __all__ = [
+    "MAX_TEMPERATURE",
     "CRDBank",
     "attention_transfer_loss",
     "correlation_congruence_loss",

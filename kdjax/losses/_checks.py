@@ -18,6 +18,13 @@ ArrayLike = Any
 # PyTorch's ``F.normalize`` divides by ``max(‖x‖, eps)`` with this eps.
 NORMALIZE_EPSILON = 1e-12
 
+# The largest temperature the losses accept. In float32 the temperature-scaled losses
+# match an exact reference to ~1e-6 relative (values and gradients) at every decade up
+# to it (tests/test_losses_temperature.py); T²·KL is within ~|logits| / T of its
+# T → ∞ limit long before. They hold to ~1e14-1e16, until the squared logit
+# differences over T and then T² leave float32's range: the bound keeps that margin.
+MAX_TEMPERATURE = 1e6
+
 
 def as_float(name: str, value: ArrayLike) -> Array:
     """``value`` as a floating array of at least float32 (bfloat16/float16 are upcast)."""
@@ -88,6 +95,19 @@ def check_positive(name: str, value: ArrayLike) -> None:
     known = concrete(value)
     if known is not None and not np.all(np.isfinite(known) & (known > 0)):
         raise ValueError(f"{name} must be finite and > 0, got {value}.")
+
+
+def check_temperature(name: str, value: ArrayLike) -> None:
+    """Raises unless a concrete ``value`` is finite, > 0 and <= ``MAX_TEMPERATURE``
+    (traced values pass)."""
+    known = concrete(value)
+    if known is not None and not np.all(
+        np.isfinite(known) & (known > 0) & (known <= MAX_TEMPERATURE)
+    ):
+        raise ValueError(
+            f"{name} must be finite, > 0 and <= {MAX_TEMPERATURE:g} (MAX_TEMPERATURE: the "
+            f"float32 losses are tested up to it), got {value}."
+        )
 
 
 def check_non_negative(name: str, value: ArrayLike) -> None:

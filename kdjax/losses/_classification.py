@@ -3,6 +3,8 @@ cross-entropy, their combination ``kd_loss`` and the optional logit standardisat
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -12,8 +14,8 @@ from kdjax.losses._checks import (
     as_float,
     as_labels,
     check_logits,
-    check_positive,
     check_same_shape,
+    check_temperature,
     check_unit_interval,
     safe_norm,
 )
@@ -52,21 +54,32 @@ def standardize_logits(logits: ArrayLike) -> Array:
     return centered / (std + _STANDARDIZE_EPSILON)
 
 
-def softened_log_probs(student_logits, teacher_logits, temperature, standardize=False):
-    """Validated ``log softmax(student/T)``, ``log softmax(teacher/T)`` and ``T``."""
+def softened_logits(student_logits, teacher_logits, temperature, standardize=False):
+    """Validated ``(student/T, teacher/T, (teacher − student)/T, T)``.
+
+    The difference is formed before the division, not from the two quotients, so it
+    keeps its relative precision however large ``T`` is. The quotients are of the
+    logits shifted by their row maximum (softmax ignores the shift).
+    """
     student_logits = as_float("student_logits", student_logits)
     teacher_logits = as_float("teacher_logits", teacher_logits)
     check_logits("student_logits", student_logits)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     if standardize:
         check_logits("student_logits", student_logits, min_classes=2)
         student_logits = standardize_logits(student_logits)
         teacher_logits = standardize_logits(teacher_logits)
     temperature = jnp.asarray(temperature, student_logits.dtype)
-    student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-    teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-    return student_log_probs, teacher_log_probs, temperature
+    difference = (teacher_logits - student_logits) / temperature
+    student, teacher = shift_by_max(student_logits), shift_by_max(teacher_logits)
+    return student / temperature, teacher / temperature, difference, temperature
+
+
+def shift_by_max(logits: Array) -> Array:
+    """``logits − max`` per row (the max as a constant, as in ``jax.nn.log_softmax``)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    return logits - jax.lax.stop_gradient(top)
 
 
 def kl_from_log_probs(teacher_log_probs: Array, student_log_probs: Array) -> Array:
@@ -75,11 +88,88 @@ def kl_from_log_probs(teacher_log_probs: Array, student_log_probs: Array) -> Arr
     makes the row NaN (value and gradient alike)."""
     teacher_probs = jnp.exp(teacher_log_probs)
     # Only exact zeros are dropped: NaN compares unequal to 0 and so propagates. The
-    # inner where keeps log p finite so the unused branch has no NaN gradient.
+    # inner wheres keep both log-probabilities finite there (a class masked on
+    # both sides is -inf on both), so the unused branch has no NaN gradient.
     zero = teacher_probs == 0
     safe_teacher_log_probs = jnp.where(zero, 0.0, teacher_log_probs)
-    pointwise = teacher_probs * (safe_teacher_log_probs - student_log_probs)
+    safe_student_log_probs = jnp.where(zero, 0.0, student_log_probs)
+    pointwise = teacher_probs * (safe_teacher_log_probs - safe_student_log_probs)
     return jnp.sum(jnp.where(zero, 0.0, pointwise), axis=-1)
+
+
+def kl_from_logits(teacher: Array, student: Array, difference: Array) -> Array:
+    """``KL(softmax(teacher) ‖ softmax(student))`` over the last axis; never negative.
+
+    ``difference`` is ``teacher − student``, formed by the caller where it is exact
+    (:func:`softened_logits`). Rows where it spans at most ``_NARROW_SPREAD`` (every
+    row at a high temperature) take :func:`narrow_kl`, to a few ulps of the KL however
+    close the two distributions are; the others (far apart, or holding a NaN or
+    ``±inf``) take the direct sum :func:`kl_from_log_probs`, whose conventions both
+    share, with its negative rounding clamped at 0 (:func:`clamp_rounding`).
+    """
+    series, _, narrow = narrow_kl(teacher, student, difference)
+    direct = kl_from_log_probs(
+        jax.nn.log_softmax(teacher, axis=-1), jax.nn.log_softmax(student, axis=-1)
+    )
+    return jnp.where(narrow, series, clamp_rounding(direct))
+
+
+def clamp_rounding(kl: Array) -> Array:
+    """A direct sum's negative rounding (around ``−1e-19`` where both distributions
+    are one-hot) set to 0, with no gradient; NaN stays NaN, gradient included."""
+    return jnp.where(kl < 0, 0.0, kl)
+
+
+# ``narrow_kl`` serves rows whose ``teacher − student`` spans at most this many nats
+# over the classes in play: every row at a high temperature. ``e^8`` cannot overflow.
+_NARROW_SPREAD = 8.0
+# ``_excess`` sums its Taylor series below this ``|x|`` (to ``x**_EXCESS_ORDER``, below
+# float64 rounding) and uses ``expm1(-x) + x`` above it, which loses at most 3 bits there.
+_EXCESS_SERIES_BELOW = 0.5
+_EXCESS_ORDER = 16
+
+
+def _excess(x: Array) -> Array:
+    """``e^{−x} − 1 + x`` (``>= 0``, ``≈ x²/2`` near 0) to within a few ulps of itself."""
+    small = jnp.abs(x) < _EXCESS_SERIES_BELOW
+    y = jnp.where(small, x, 0.0)
+    # Σ_{k>=2} (−y)^k / k! = y² (1/2! − y/3! + y²/4! − …), in Horner form.
+    series = jnp.zeros_like(y) + 1.0 / math.factorial(_EXCESS_ORDER)
+    for k in range(_EXCESS_ORDER - 1, 1, -1):
+        series = series * -y + 1.0 / math.factorial(k)
+    return jnp.where(small, y * y * series, jnp.expm1(-x) + x)
+
+
+def narrow_kl(teacher: Array, student: Array, difference: Array) -> tuple[Array, Array, Array]:
+    """``(KL(p ‖ q), E_p[d], narrow)`` per row, ``p = softmax(teacher)``,
+    ``q = softmax(student)``, ``d = difference = teacher − student``.
+
+    ``q ∝ p·e^{−d}`` gives ``KL(p ‖ q) = log E_p[e^{−(d − E_p[d])}] = log1p(Σ_c p_c
+    φ(d_c − E_p[d]))`` with ``φ(x) = e^{−x} − 1 + x >= 0``: a sum of non-negative terms
+    that never forms ``log p − log q``. That difference of two numbers near ``−log C``
+    loses everything at a high temperature (in float32 the direct sum comes out
+    negative at ``T = 1e4``); this form keeps the KL's sign and relative precision,
+    and ``T²·KL`` its high-temperature limit ``½ mean_c (D_c − mean D)²``,
+    ``D = teacher_logits − student_logits`` (Hinton et al., 2015, §2.1).
+    ``lse(teacher) − lse(student) = E_p[d] − KL``, which DKD needs.
+
+    ``narrow`` marks the rows this applies to: finite, and ``d`` spanning at most
+    ``_NARROW_SPREAD`` over the classes where ``p`` or ``q`` is non-zero (a class both
+    mask is left out). The other rows' values are finite placeholders.
+    """
+    teacher_probs = jax.nn.softmax(teacher, axis=-1)
+    in_play = (teacher_probs != 0) | (jax.nn.softmax(student, axis=-1) != 0)
+    top = jnp.max(jnp.where(in_play, difference, -jnp.inf), axis=-1)
+    bottom = jnp.min(jnp.where(in_play, difference, jnp.inf), axis=-1)
+    narrow = top - bottom <= _NARROW_SPREAD  # False for NaN
+    used = narrow[..., None] & in_play
+    # Double where: the unused entries (NaN, ±inf) get no NaN gradient either.
+    d = jnp.where(used, difference, 0.0)
+    probs = jnp.where(used, teacher_probs, 0.0)
+    mean = jnp.sum(probs * d, axis=-1, keepdims=True)
+    centred = jnp.where(used, d - mean, 0.0)
+    kl = jnp.log1p(jnp.sum(probs * _excess(centred), axis=-1))
+    return kl, mean[..., 0], narrow
 
 
 def cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
@@ -142,11 +232,19 @@ def distillation_kl(
     teacher's logit *relations* rather than their scale; ``T`` then acts as their
     "base temperature" (e.g. 2).
 
+    In float32 the value and gradient keep ~1e-6 relative precision at any
+    temperature up to :data:`MAX_TEMPERATURE` (1e6): the KL is summed in a form with
+    non-negative terms that never subtracts ``log q`` from ``log p`` (two numbers
+    near ``−log C`` whose difference shrinks like ``1/T``), so ``T²·KL`` reaches
+    Hinton's high-temperature limit ``½ mean_c (D_c − mean D)²``, ``D = t − s``,
+    instead of rounding noise times ``T²``.
+
     Args:
       student_logits: ``[..., num_classes]`` student scores (gradients flow here).
       teacher_logits: ``[..., num_classes]`` teacher scores (treated as constants:
         wrap them in ``jax.lax.stop_gradient`` yourself if they are not).
-      temperature: scalar ``T > 0``; may be a traced array.
+      temperature: scalar ``0 < T <= MAX_TEMPERATURE``; may be a traced array (then
+        unchecked).
       standardize: Python bool, z-score the logits first (needs ``num_classes >= 2``).
 
     Returns:
@@ -164,10 +262,10 @@ def distillation_kl(
       >>> print(distillation_kl(s, 10 * s, temperature=2.0, standardize=True).round(4))
       [0.]
     """
-    student_log_probs, teacher_log_probs, temperature = softened_log_probs(
+    student, teacher, difference, temperature = softened_logits(
         student_logits, teacher_logits, temperature, standardize
     )
-    return temperature**2 * kl_from_log_probs(teacher_log_probs, student_log_probs)
+    return temperature**2 * kl_from_logits(teacher, student, difference)
 
 
 def soft_target_cross_entropy(
@@ -179,12 +277,14 @@ def soft_target_cross_entropy(
     the soft term of seed 003 (Keras' ``CategoricalCrossentropy`` on softened
     outputs, times ``T²``). It differs from :func:`distillation_kl` by
     ``T² · H(p)``, a constant with respect to the student, so both give the same
-    gradient; only the reported value differs.
+    gradient; only the reported value differs. It is computed as that sum, so its
+    gradient keeps the KL's precision at a high temperature.
 
     Args:
       student_logits: ``[..., num_classes]`` student scores.
       teacher_logits: ``[..., num_classes]`` teacher scores.
-      temperature: scalar ``T > 0``; may be a traced array.
+      temperature: scalar ``0 < T <= MAX_TEMPERATURE``; may be a traced array (then
+        unchecked).
 
     Returns:
       ``[...]`` per-example losses.
@@ -199,11 +299,14 @@ def soft_target_cross_entropy(
       >>> print(soft_target_cross_entropy(s, s, temperature=1.0).round(4))  # log 4
       [1.3863]
     """
-    student_log_probs, teacher_log_probs, temperature = softened_log_probs(
+    student, teacher, difference, temperature = softened_logits(
         student_logits, teacher_logits, temperature
     )
+    teacher_log_probs = jax.nn.log_softmax(teacher, axis=-1)
     teacher_probs = jnp.exp(teacher_log_probs)
-    return -(temperature**2) * jnp.sum(teacher_probs * student_log_probs, axis=-1)
+    zero = teacher_probs == 0  # a masked class adds 0 (xlogy), as in kl_from_log_probs
+    entropy = -jnp.sum(teacher_probs * jnp.where(zero, 0.0, teacher_log_probs), axis=-1)
+    return temperature**2 * (entropy + kl_from_logits(teacher, student, difference))
 
 
 def kd_loss(
@@ -234,7 +337,7 @@ def kd_loss(
       student_logits: ``[..., num_classes]`` student scores.
       teacher_logits: ``[..., num_classes]`` teacher scores.
       labels: ``[...]`` integer class ids; one outside ``[0, num_classes)`` gives NaN.
-      temperature: scalar ``T > 0``; may be a traced array.
+      temperature: scalar ``0 < T <= MAX_TEMPERATURE``; may be a traced array.
       alpha: scalar in ``[0, 1]``, weight of the hard-label term; may be traced.
       standardize: Python bool, z-score the logits of the KL term.
 

@@ -14,11 +14,17 @@ from kdjax.losses._checks import (
     check_logits,
     check_ndim,
     check_non_negative,
-    check_positive,
     check_same_shape,
+    check_temperature,
     safe_norm,
 )
-from kdjax.losses._classification import kl_from_log_probs
+from kdjax.losses._classification import (
+    clamp_rounding,
+    kl_from_log_probs,
+    kl_from_logits,
+    narrow_kl,
+    shift_by_max,
+)
 
 # DIST's ``cosine_similarity(a, b, eps=1e-8)`` adds this to the product of norms.
 _DIST_EPSILON = 1e-8
@@ -30,13 +36,6 @@ def _logit_pair(student_logits, teacher_logits, *, min_classes: int):
     check_logits("student_logits", student_logits, min_classes=min_classes)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
     return student_logits, teacher_logits
-
-
-def _target_and_rest(log_probs: Array, target: Array) -> Array:
-    """``[log p_target, log Σ_{c≠target} p_c]`` on a new last axis of size 2."""
-    log_target = jnp.sum(jnp.where(target, log_probs, 0.0), axis=-1)
-    log_rest = jax.nn.logsumexp(jnp.where(target, -jnp.inf, log_probs), axis=-1)
-    return jnp.stack([log_target, log_rest], axis=-1)
 
 
 def dkd_loss(
@@ -61,7 +60,9 @@ def dkd_loss(
     approaches 1000). Like mdistiller's function, this is the distillation term
     only: add :func:`cross_entropy` yourself, and mdistiller ramps the term in
     linearly over its first 20 epochs (``warmup``). A label outside
-    ``[0, num_classes)`` makes that example NaN (value and gradient).
+    ``[0, num_classes)`` makes that example NaN (value and gradient). Both KLs are
+    summed as in :func:`~kdjax.losses.distillation_kl`, so they keep their sign and
+    precision at a high temperature.
 
     Args:
       s: ``[..., num_classes]`` student logits, ``num_classes >= 2``.
@@ -69,7 +70,7 @@ def dkd_loss(
       labels: ``[...]`` integer class ids.
       alpha: TCKD weight ``>= 0`` (paper: 1); may be traced.
       beta: NCKD weight ``>= 0`` (paper: 8 on CIFAR-100); may be traced.
-      temperature: ``T > 0`` (paper: 4); may be traced.
+      temperature: ``0 < T <= MAX_TEMPERATURE`` (paper: 4); may be traced.
 
     Returns:
       ``[...]`` per-example losses, ``>= 0``.
@@ -86,27 +87,62 @@ def dkd_loss(
     """
     for name, value in (("alpha", alpha), ("beta", beta)):
         check_non_negative(name, value)
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     s, t = _logit_pair(s, t, min_classes=2)
     labels = as_labels("labels", labels, s.shape[:-1], "s")
     num_classes = s.shape[-1]
     valid = (labels >= 0) & (labels < num_classes)
     target = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes, dtype=bool)
     temperature = jnp.asarray(temperature, s.dtype)
-    student_log_probs = jax.nn.log_softmax(s / temperature, axis=-1)
-    teacher_log_probs = jax.nn.log_softmax(t / temperature, axis=-1)
-    target_kl = kl_from_log_probs(
-        _target_and_rest(teacher_log_probs, target), _target_and_rest(student_log_probs, target)
+    difference = (t - s) / temperature  # formed before the division: see softened_logits
+    # What shift_by_max takes out of the frame of `difference`.
+    max_gap = (jnp.max(t, axis=-1) - jnp.max(s, axis=-1)) / temperature
+    s, t = shift_by_max(s) / temperature, shift_by_max(t) / temperature
+    # Non-target distributions: the target class masked on both sides.
+    student_rest = jnp.where(target, -jnp.inf, s)
+    teacher_rest = jnp.where(target, -jnp.inf, t)
+    student_rest_lse = jax.nn.logsumexp(student_rest, axis=-1)
+    teacher_rest_lse = jax.nn.logsumexp(teacher_rest, axis=-1)
+    series, rest_mean, narrow = narrow_kl(teacher_rest, student_rest, difference)
+    direct = kl_from_log_probs(
+        teacher_rest - teacher_rest_lse[..., None], student_rest - student_rest_lse[..., None]
     )
-    # Non-target distributions: the target logit set to -inf, then its log-prob to 0 so
-    # that no -inf reaches a product (kl_from_log_probs drops the class as p = 0).
-    student_rest = jax.nn.log_softmax(jnp.where(target, -jnp.inf, s / temperature), axis=-1)
-    teacher_rest = jax.nn.log_softmax(jnp.where(target, -jnp.inf, t / temperature), axis=-1)
-    non_target_kl = kl_from_log_probs(
-        jnp.where(target, -jnp.inf, teacher_rest), jnp.where(target, 0.0, student_rest)
+    non_target_kl = jnp.where(narrow, series, clamp_rounding(direct))
+    # The binary target/rest split has logits [x_y, logsumexp over the rest]; the
+    # difference of the latter is E_p̂[d] − KL(p̂ ‖ q̂) on narrow rows (narrow_kl).
+    rest_gap = jnp.where(narrow, rest_mean - series, teacher_rest_lse - student_rest_lse + max_gap)
+
+    def split(target_value, rest_value):
+        return jnp.stack([jnp.sum(jnp.where(target, target_value, 0.0), axis=-1), rest_value], -1)
+
+    target_kl = kl_from_logits(
+        split(t, teacher_rest_lse), split(s, student_rest_lse), split(difference, rest_gap)
     )
     loss = temperature**2 * (alpha * target_kl + beta * non_target_kl)
     return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
+
+
+def _predictions(shifted: Array) -> tuple[Array, Array]:
+    """``(softmax − 1/C, softmax)`` per row of logits whose maximum is 0.
+
+    A correlation ignores a constant shift of its vectors, and ``1/C`` is one for a
+    row and for a column. With ``v = expm1(shifted)`` (in ``[−1, 0]``), ``softmax −
+    1/C = (v − mean v) / (C (1 + mean v))`` keeps its relative precision when the row
+    is nearly uniform (a high temperature), where ``softmax − 1/C`` would keep
+    ``T·eps`` of it.
+    """
+    v = jnp.expm1(shifted)
+    mean = jnp.mean(v, axis=-1, keepdims=True)
+    centred = (v - mean) / (shifted.shape[-1] * (1.0 + mean))
+    return centred, jax.nn.softmax(shifted, axis=-1)
+
+
+def _columns(centred: Array, probs: Array) -> Array:
+    """The columns of the predictions, each in whichever form is smaller in size (so
+    loses least to the centring in the correlation): ``softmax − 1/C`` near
+    uniform, ``softmax`` where the class's probabilities are small."""
+    smaller = jnp.max(jnp.abs(centred), axis=0) < jnp.max(probs, axis=0)
+    return jnp.where(smaller, centred, probs).T
 
 
 def _mean_pearson(a: Array, b: Array) -> Array:
@@ -137,14 +173,17 @@ def dist_loss(
     which equals the authors' ``DIST`` module (``tau**2`` included). It is defined
     over the batch (the intra-class term correlates each class's column across
     examples). A batch of 1 has constant columns: their ``ρ`` is 0, so the intra
-    term is ``gamma · T²`` with zero gradient.
+    term is ``gamma · T²`` with zero gradient. The predictions enter the correlations
+    as ``softmax − 1/C`` where that form is the more precise (near uniform), so the
+    loss keeps its precision at a high temperature.
 
     Args:
       s: ``[batch, num_classes]`` student logits.
       t: ``[batch, num_classes]`` teacher logits.
       beta: inter-class weight ``>= 0`` (paper: 1 or 2); may be traced.
       gamma: intra-class weight ``>= 0`` (paper: 1 or 2); may be traced.
-      temperature: ``T > 0`` (paper: 1 on ImageNet, 4 on CIFAR-100); may be traced.
+      temperature: ``0 < T <= MAX_TEMPERATURE`` (paper: 1 on ImageNet, 4 on
+        CIFAR-100); may be traced.
 
     Returns:
       Scalar loss in ``[0, 2 T² (beta + gamma)]``.
@@ -162,12 +201,12 @@ def dist_loss(
     """
     for name, value in (("beta", beta), ("gamma", gamma)):
         check_non_negative(name, value)
-    check_positive("temperature", temperature)
+    check_temperature("temperature", temperature)
     s, t = _logit_pair(s, t, min_classes=1)
     check_ndim("s", s, 2, "[batch, num_classes]")
     temperature = jnp.asarray(temperature, s.dtype)
-    student = jax.nn.softmax(s / temperature, axis=-1)
-    teacher = jax.nn.softmax(t / temperature, axis=-1)
-    inter = 1.0 - _mean_pearson(student, teacher)
-    intra = 1.0 - _mean_pearson(student.T, teacher.T)
+    student = _predictions(shift_by_max(s) / temperature)
+    teacher = _predictions(shift_by_max(t) / temperature)
+    inter = 1.0 - _mean_pearson(student[0], teacher[0])
+    intra = 1.0 - _mean_pearson(_columns(*student), _columns(*teacher))
     return temperature**2 * (beta * inter + gamma * intra)

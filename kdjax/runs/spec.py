@@ -25,6 +25,7 @@ from kdjax.data.augment import shift_count, translate_batch
 from kdjax.data import normalize
 from kdjax.data.image_augment import PRESETS as IMAGE_AUGMENTS
 from kdjax.distill.objectives import get_objective
+from kdjax.losses import MAX_TEMPERATURE
 from kdjax.training.precision import COMPUTE_DTYPES
 from kdjax.training.state import cosine_decay, max_norm_constraint, step_decay
 
@@ -109,6 +110,11 @@ class RunSpec:
             if not (np.all(np.isfinite(values)) and np.all(low_ok)):
                 bound = "> 0" if name == "temperature" else ">= 0"
                 problems.append(f"{name} must be finite and {bound}, got {getattr(self, name)}")
+            elif name == "temperature" and np.any(values > MAX_TEMPERATURE):
+                problems.append(
+                    f"temperature must be <= {MAX_TEMPERATURE:g} (kdjax.losses.MAX_TEMPERATURE: "
+                    f"the float32 losses are tested up to it), got {self.temperature}"
+                )
         if np.any(np.asarray(self.seed) < 0):
             problems.append(f"seeds must be >= 0, got {self.seed}")
         if self.consistent_jitter and not (self.translate_pixels and objective.teacher_outputs):
