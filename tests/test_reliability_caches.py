@@ -3,23 +3,27 @@
 The MHIST and BioVid caches (``mhist-<size>-<key>.npz``, ``biovid-<key>.npz``) are
 damaged the way it happens: 64 bytes flipped (size kept), the file cut short or
 emptied, the folder unwritable. Each load must still give the arrays a fresh decode
-gives, say so in one line naming the cache, and rewrite the cache.
+gives, say so in one line naming the cache, and rewrite the cache. Then the data
+checks that run before any training: an MHIST split with one class, a BioVid file
+holding ``inf``, and one BioVid window stored both plain and gzip-compressed.
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mhist import SIZE, _write
-from test_signals import per_subject_tree
+from test_mhist import ROWS, SIZE, _write
+from test_signals import gsr_values, per_subject_tree, sample_text, write
 
-from kdjax.data import image_folder
+from kdjax.data import DataError, image_folder
 from kdjax.data.mhist import load_mhist
 from kdjax.data.signals import load_biovid
 
@@ -220,3 +224,59 @@ def test_the_three_loaders_share_one_cache_helper():
     for module in (image_folder, mhist, dataset):
         source = inspect.getsource(module)
         assert "npz_cache." in source and "np.savez" not in source, module.__name__
+
+
+# --- 2. an MHIST split with one class is refused before any training --------------------------
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_mhist_split_with_one_class_is_refused_naming_the_csv_and_split(tmp_path, split):
+    rows = [row for row in ROWS if not (row[3] == split and row[1] == "SSA")]
+    folder = _write(tmp_path / "MHIST", rows=rows)
+    messages: list[str] = []
+    with pytest.raises(DataError) as caught:
+        load_mhist(folder, image_size=SIZE, cache_dir=tmp_path / "cache", log=messages.append)
+    message = str(caught.value)
+    assert str(folder / "annotations.csv") in message and "\n" not in message
+    assert f"{split} split" in message and "only HP" in message
+    assert not any("Decoding" in m for m in messages)  # refused before decoding
+
+
+# --- 4. BioVid: a non-finite value, a window stored twice --------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity"])
+def test_an_infinite_value_is_refused_naming_file_row_and_column(tmp_path, value):
+    root = per_subject_tree(tmp_path / "data")
+    bad = root / "081609_w_40" / "081609_w_40-PA3-030_bio.csv"
+    lines = bad.read_text().splitlines()
+    fields = lines[7].split("\t")
+    fields[1] = value
+    lines[7] = "\t".join(fields)
+    bad.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning on the way
+        with pytest.raises(DataError) as caught:
+            load_biovid(root, log=lambda _: None)
+    message = str(caught.value)
+    assert str(bad) in message and "row 8 column gsr" in message and "\n" not in message
+    assert "not finite" in message
+
+
+@pytest.mark.parametrize("layout", ["per-subject", "pain-level"])
+def test_one_window_stored_plain_and_gzipped_is_refused(tmp_path, layout):
+    if layout == "per-subject":
+        root = per_subject_tree(tmp_path / "data")
+        plain = root / "072414_m_23" / "072414_m_23-PA2-020_bio.csv"
+    else:
+        root = tmp_path / "data"
+        for label in range(2):
+            write(root / str(label) / f"s{label}.csv", sample_text(gsr_values(label, 0)))
+        plain = root / "1" / "s1.csv"
+    packed = plain.with_name(plain.name + ".gz")
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    with pytest.raises(DataError) as caught:
+        load_biovid(root, log=lambda _: None)
+    message = str(caught.value)
+    assert str(plain) in message and packed.name in message and "\n" not in message
+    assert "twice" in message

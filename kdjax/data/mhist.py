@@ -18,7 +18,8 @@ image's size and modification time, and ``image_size``.
 
 Any problem with the folder stops with a :class:`~kdjax.data.DataError` whose one-line
 message names the file: a missing CSV or column, a malformed row, an unknown label or
-partition, a vote count that contradicts the majority label, a missing or unreadable
+partition, a vote count that contradicts the majority label, a split without rows or
+with rows of one class only (no model can be scored on it), a missing or unreadable
 image. A damaged cache is decoded again and rewritten (see :mod:`kdjax.data.npz_cache`).
 """
 
@@ -109,6 +110,23 @@ def _read_rows(csv_path: Path) -> list[_Row]:
     return rows
 
 
+def _check_splits(csv_path: Path, rows: list[_Row]) -> None:
+    """Each split needs rows of both classes: a model cannot be scored (ROC AUC,
+    balanced accuracy) on a split of one class."""
+    for split in SPLITS:
+        labels = {row.label for row in rows if row.split == split}
+        if not labels:
+            raise DataError(f"{csv_path}: no {split} rows.")
+        if len(labels) == 1:
+            count = sum(row.split == split for row in rows)
+            (only,) = labels
+            raise DataError(
+                f"{csv_path}: the {split} split holds only {CLASSES[only]} images ({count} rows); "
+                f"each split needs both {' and '.join(CLASSES)} (ROC AUC is undefined on one "
+                f"class): check the {PARTITION_COLUMN!r} and {LABEL_COLUMN!r} columns."
+            )
+
+
 def _locate(data_dir: Path) -> tuple[Path, Path]:
     """(CSV path, image directory) of an MHIST folder (or of the CSV path itself)."""
     if data_dir.is_file():
@@ -187,6 +205,7 @@ def load_mhist(
         raise ValueError(f"image_size must be positive, got {image_size}.")
     csv_path, image_dir = _locate(Path(data_dir))
     rows = sorted(_read_rows(csv_path), key=lambda row: (SPLITS.index(row.split), row.name))
+    _check_splits(csv_path, rows)
     stamp = _stamp(csv_path, image_dir, rows, image_size)
     cache = Path(cache_dir or default_cache_dir()) / f"mhist-{image_size}-{stamp}.npz"
     expected = (len(rows), image_size, image_size, 3)
@@ -218,8 +237,6 @@ def load_mhist(
     splits, votes, names = {}, {}, {}
     for split in SPLITS:
         chosen = [index for index, row in enumerate(rows) if row.split == split]
-        if not chosen:
-            raise DataError(f"{csv_path}: no {split} rows.")
         labels = np.asarray([rows[i].label for i in chosen], np.int32)
         splits[split] = Split(images[chosen], labels, np.arange(len(chosen), dtype=np.int64))
         votes[split] = np.asarray([rows[i].votes for i in chosen], np.int32)
