@@ -260,7 +260,7 @@ def test_an_infinite_value_is_refused_naming_file_row_and_column(tmp_path, value
             load_biovid(root, log=lambda _: None)
     message = str(caught.value)
     assert str(bad) in message and "row 8 column gsr" in message and "\n" not in message
-    assert "not finite" in message
+    assert "not a finite number" in message
 
 
 @pytest.mark.parametrize("layout", ["per-subject", "pain-level"])

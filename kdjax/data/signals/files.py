@@ -213,8 +213,9 @@ def read_channels(path: str | os.PathLike, channels: Sequence[str]) -> np.ndarra
     infinite = np.argwhere(np.isinf(values))
     if infinite.size:
         row, column = infinite[0]
+        count = f"; the file holds {len(infinite)}" if len(infinite) > 1 else ""
         raise DataError(
             f"{path}: row {row + 2} column {channels[column]}: {values[row, column]} is not "
-            f"finite ({len(infinite)} such values); leave a missing value empty or write NaN."
+            f"a finite number{count}; leave a missing value empty or write NaN."
         )
     return values
