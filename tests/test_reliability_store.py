@@ -93,6 +93,19 @@ def test_load_state_of_a_run_without_checkpoints_creates_nothing(tmp_path):
     assert list(run.iterdir()) == []
 
 
+def test_load_run_of_a_run_without_checkpoints_is_one_line_and_creates_nothing(tmp_path):
+    from kdjax.runs import load_run
+    from kdjax.runs.spec import RunSpec
+    from kdjax.store.checkpoints import write_config
+
+    run = tmp_path / "run"
+    write_config(run, {**RunSpec(role="teacher", model="mlp").identity(), "data": "abc"})
+    with pytest.raises(FileNotFoundError, match="has no checkpoint yet") as caught:
+        load_run(run, log=lambda _: None)
+    one_line(caught)
+    assert sorted(path.name for path in run.iterdir()) == ["config.json"]
+
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
