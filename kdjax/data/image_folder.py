@@ -10,7 +10,9 @@ machines and between the archive and its extracted copy.
 Decoding tens of thousands of JPEGs takes far longer than an epoch of a small
 network, so the decoded arrays are cached as one ``.npz`` per source, keyed by the
 source's listing (names, sizes and modification times): a changed file is noticed
-and the cache is rebuilt; an unchanged source is loaded in about a second.
+and the cache is rebuilt; an unchanged source is loaded in about a second. A damaged
+cache is decoded again and rewritten, and a cache folder that cannot be written only
+costs later runs a decode; each says so in one line (:mod:`kdjax.data.npz_cache`).
 
 Incomplete data stops the load with one line naming the source and what is
 missing: a tar archive without its end-of-archive marker (cut short), a class with
@@ -27,12 +29,10 @@ without data the command stops and says how to provide it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import tarfile
-import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from kdjax import data as _data
-from kdjax.data import DataError, Dataset, Split
+from kdjax.data import DataError, Dataset, Split, npz_cache
 from kdjax.data.image_listing import (
     SPLITS,
     Listing,
@@ -192,35 +192,36 @@ def _cache_path(cache_dir: Path, listing: Listing, class_ids: dict[str, int]) ->
     return cache_dir / f"image-folder-{listing.location.name}-{key.hexdigest()}.npz"
 
 
+_WHAT = "decoded-image"
+
+
 def _read_cache(
     path: Path, listing: Listing, class_ids: dict[str, int], log: Callable[[str], None]
 ) -> dict[str, Split] | None:
-    """The cached splits, or None (saying why) when the cache is unreadable or does
-    not match the listing's labels."""
-    try:
-        with np.load(path) as stored:
-            splits = {
-                split: Split(
-                    stored[f"{split}_images"], stored[f"{split}_labels"], stored[f"{split}_ids"]
-                )
-                for split in SPLITS
-            }
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        log(f"The decoded-image cache {path} is unreadable ({error}): decoding again.")
+    """The cached splits, or None (saying why) when the cache is absent, unreadable or
+    does not match the listing's labels."""
+
+    def check(stored: dict[str, np.ndarray]) -> str | None:
+        for split in SPLITS:
+            labels = [class_ids[class_name] for class_name, _ in listing.files[split]]
+            if not np.array_equal(stored[f"{split}_labels"], labels):
+                return f"does not match {listing.location}"
+            Split(stored[f"{split}_images"], stored[f"{split}_labels"], stored[f"{split}_ids"])
         return None
-    for split in SPLITS:
-        labels = [class_ids[class_name] for class_name, _ in listing.files[split]]
-        if not np.array_equal(splits[split].labels, labels):
-            log(
-                f"The decoded-image cache {path} does not match {listing.location}: decoding again."
-            )
-            return None
-    return splits
+
+    stored = npz_cache.read(
+        path, what=_WHAT, rebuild="decoding again to rebuild it", log=log, check=check
+    )
+    if stored is None:
+        return None
+    return {
+        split: Split(stored[f"{split}_images"], stored[f"{split}_labels"], stored[f"{split}_ids"])
+        for split in SPLITS
+    }
 
 
 def _write_cache(path: Path, splits: dict[str, Split], log: Callable[[str], None]) -> None:
     """Writes the cache atomically; a failed write only costs the next run a decode."""
-    temporary = path.with_suffix(".tmp.npz")
     arrays = {}
     for split, values in splits.items():
         arrays.update(
@@ -230,14 +231,7 @@ def _write_cache(path: Path, splits: dict[str, Split], log: Callable[[str], None
                 f"{split}_ids": values.ids,
             }
         )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(temporary, **arrays)
-        temporary.replace(path)  # atomic
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        log(f"Could not write the decoded-image cache {path} ({error}); continuing without it.")
+    npz_cache.write(path, arrays, what=_WHAT, log=log)
 
 
 def is_image_folder(path: str | os.PathLike) -> bool:
@@ -302,7 +296,7 @@ def load_image_folder(
             key=lambda item: (class_ids[item[0]], PurePosixPath(item[1]).name)
         )
     cache = _cache_path(Path(cache_dir or default_cache_dir()), listing, class_ids)
-    splits = _read_cache(cache, listing, class_ids, log) if use_cache and cache.is_file() else None
+    splits = _read_cache(cache, listing, class_ids, log) if use_cache else None
     if splits is not None:
         log(f"Decoded images read from the cache {cache}.")
     else:

@@ -18,8 +18,9 @@ image's size and modification time, and ``image_size``.
 
 Any problem with the folder stops with a :class:`~kdjax.data.DataError` whose one-line
 message names the file: a missing CSV or column, a malformed row, an unknown label or
-partition, a vote count that contradicts the majority label, a missing or unreadable
-image.
+partition, a vote count that contradicts the majority label, a split without rows or
+with rows of one class only (no model can be scored on it), a missing or unreadable
+image. A damaged cache is decoded again and rewritten (see :mod:`kdjax.data.npz_cache`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdjax.data import DataError, Dataset, Split
+from kdjax.data import DataError, Dataset, Split, npz_cache
 from kdjax.data.image_folder import default_cache_dir
 
 CSV_NAME = "annotations.csv"
@@ -47,6 +48,7 @@ CLASSES = ("HP", "SSA")  # label ids 0 and 1
 SPLITS = ("train", "test")
 ANNOTATORS = 7
 _CACHE_VERSION = 1
+_WHAT = "decoded MHIST image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +108,23 @@ def _read_rows(csv_path: Path) -> list[_Row]:
     if not rows:
         raise DataError(f"{csv_path}: no rows.")
     return rows
+
+
+def _check_splits(csv_path: Path, rows: list[_Row]) -> None:
+    """Each split needs rows of both classes: a model cannot be scored (ROC AUC,
+    balanced accuracy) on a split of one class."""
+    for split in SPLITS:
+        labels = {row.label for row in rows if row.split == split}
+        if not labels:
+            raise DataError(f"{csv_path}: no {split} rows.")
+        if len(labels) == 1:
+            count = sum(row.split == split for row in rows)
+            (only,) = labels
+            raise DataError(
+                f"{csv_path}: the {split} split holds only {CLASSES[only]} images ({count} rows); "
+                f"each split needs both {' and '.join(CLASSES)} (ROC AUC is undefined on one "
+                f"class): check the {PARTITION_COLUMN!r} and {LABEL_COLUMN!r} columns."
+            )
 
 
 def _locate(data_dir: Path) -> tuple[Path, Path]:
@@ -186,29 +205,38 @@ def load_mhist(
         raise ValueError(f"image_size must be positive, got {image_size}.")
     csv_path, image_dir = _locate(Path(data_dir))
     rows = sorted(_read_rows(csv_path), key=lambda row: (SPLITS.index(row.split), row.name))
+    _check_splits(csv_path, rows)
     stamp = _stamp(csv_path, image_dir, rows, image_size)
     cache = Path(cache_dir or default_cache_dir()) / f"mhist-{image_size}-{stamp}.npz"
-    images = None
-    if use_cache and cache.is_file():
-        try:
-            with np.load(cache) as stored:
-                images = stored["images"]
-            log(f"Decoded MHIST images read from the cache {cache}.")
-        except (OSError, ValueError, KeyError, EOFError):
-            images = None
-    if images is None or len(images) != len(rows):
+    expected = (len(rows), image_size, image_size, 3)
+
+    def check(stored: dict[str, np.ndarray]) -> str | None:
+        images = stored["images"]
+        if images.shape != expected or images.dtype != np.uint8:
+            return (
+                f"does not match {csv_path} ({images.dtype} {images.shape} images, "
+                f"uint8 {expected} expected)"
+            )
+        return None
+
+    stored = (
+        npz_cache.read(
+            cache, what=_WHAT, rebuild="decoding again to rebuild it", log=log, check=check
+        )
+        if use_cache
+        else None
+    )
+    if stored is not None:
+        images = stored["images"]
+        log(f"Decoded MHIST images read from the cache {cache}.")
+    else:
         log(f"Decoding {len(rows)} MHIST images from {image_dir} (cached for later runs) ...")
         images = _decode_all(image_dir, rows, image_size)
         if use_cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache.with_suffix(".tmp.npz")
-            np.savez(temporary, images=images)
-            temporary.replace(cache)  # atomic
+            npz_cache.write(cache, {"images": images}, what=_WHAT, log=log)
     splits, votes, names = {}, {}, {}
     for split in SPLITS:
         chosen = [index for index, row in enumerate(rows) if row.split == split]
-        if not chosen:
-            raise DataError(f"{csv_path}: no {split} rows.")
         labels = np.asarray([rows[i].label for i in chosen], np.int32)
         splits[split] = Split(images[chosen], labels, np.arange(len(chosen), dtype=np.int64))
         votes[split] = np.asarray([rows[i].votes for i in chosen], np.int32)

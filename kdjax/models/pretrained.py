@@ -112,23 +112,42 @@ def _short_name(weight_name: str) -> str:
     return "kernel" if name == "depthwise_kernel" else name
 
 
-def _read_legacy(root, layer_names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+_INCOMPLETE = "the file is incomplete or damaged: download or export it again"
+
+
+def _read_legacy(path: Path, root, layer_names: list[str]) -> dict[str, dict[str, np.ndarray]]:
     layers = {}
     for layer in layer_names:
+        if layer not in root:
+            raise WeightFileError(
+                f"{path}: layer {layer!r} is listed in layer_names but has no group; {_INCOMPLETE}."
+            )
         group = root[layer]
         names = _chunked_attribute(group, "weight_names")
+        for name in names:
+            if name not in group:
+                raise WeightFileError(
+                    f"{path}: layer {layer!r} lists the weight {name!r} but holds no such "
+                    f"dataset; {_INCOMPLETE}."
+                )
         if names:
             layers[layer] = {_short_name(name): np.asarray(group[name]) for name in names}
     return layers
 
 
-def _read_keras3(root) -> dict[str, list[np.ndarray]]:
+def _read_keras3(path: Path, root) -> dict[str, list[np.ndarray]]:
     """Layer name → its weights in creation order, from every ``vars`` group."""
     layers: dict[str, list[np.ndarray]] = {}
 
     def visit(name, item):
         if name.rsplit("/", 1)[-1] == "vars" and "name" in item.attrs and len(item):
             count = len(item)
+            missing = [str(i) for i in range(count) if str(i) not in item]
+            if missing:
+                raise WeightFileError(
+                    f"{path}: {name} holds {count} weights but no {missing[0]!r} "
+                    f"(weights are numbered 0 to {count - 1}); {_INCOMPLETE}."
+                )
             layers[_text(item.attrs["name"])] = [np.asarray(item[str(i)]) for i in range(count)]
 
     root.visititems(visit)
@@ -158,9 +177,9 @@ def read_keras_h5(path: str | os.PathLike) -> tuple[str, Any]:
             root = handle["model_weights"] if "model_weights" in handle else handle
             layer_names = _chunked_attribute(root, "layer_names")
             if layer_names:
-                return "legacy", _read_legacy(root, layer_names)
+                return "legacy", _read_legacy(path, root, layer_names)
             if "layers" in root:
-                return "keras3", _read_keras3(root["layers"])
+                return "keras3", _read_keras3(path, root["layers"])
     except OSError as error:
         raise WeightFileError(f"{path}: not a readable HDF5 file ({error}).") from None
     raise WeightFileError(f"{path}: neither a legacy Keras h5 nor a Keras 3 .weights.h5 file.")
@@ -177,7 +196,8 @@ def load_keras_weights(path: str | os.PathLike, model_name: str) -> dict[str, di
 
     Raises:
       WeightFileError: one line naming the file and the first layer that is missing,
-        has a missing weight, a wrong shape, or does not belong to ``model_name``.
+        has a missing weight (also one its ``weight_names`` list but the file lacks),
+        a wrong shape, or does not belong to ``model_name``.
 
     Example::
 

@@ -6,14 +6,20 @@ written by an orbax ``CheckpointManager`` with two items: ``state`` (the
 :class:`kdjax.training.TrainState` pytree: step, params, model state, optimizer
 state, dropout key) and ``meta`` (JSON: the per-epoch history, plus ``kdjax_integrity``: a
 BLAKE2b digest of every state leaf and of the rest of ``meta``). The latest two
-epochs are kept.
+epochs are kept. After each save reaches the disk, ``kdjax_latest.json`` in the run
+directory records its epoch, so a reader that finds a newer epoch missing (deleted
+after it was saved) says which epoch it restores instead.
 
 Every read compares the restored arrays with those digests, so a checkpoint whose
 bytes changed (a flipped block, a truncated or deleted file) is never trained on or
 evaluated: :class:`RunCheckpoints` falls back to the newest epoch that verifies and
 moves the damaged one aside to ``checkpoints/<epoch>.corrupt-<n>``;
 :func:`load_state` skips it. Orbax and TensorStore errors become one line naming the
-file.
+file. A full disk or an unwritable folder during a save is one
+:class:`~kdjax.store.integrity.WorkdirError` line: while a :class:`RunCheckpoints` is
+open, orbax's own log records of that failure are dropped, and so are the "Event loop
+is closed" reports of TensorStore writes that finish after orbax gave up the save
+(``sys.unraisablehook`` is wrapped to drop those alone, and stays so).
 
 Restoring a trained model for evaluation or logits (model, variables and the run's
 input normalisation)::
@@ -36,8 +42,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import sys
+import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +60,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from kdjax.store.integrity import (
     DamagedFileError,
     check_file_manifest,
+    is_workdir_failure,
     leaf_digests,
     move_aside,
     tree_nbytes,
@@ -60,8 +71,127 @@ from kdjax.store.integrity import (
 CONFIG_FILE = "config.json"
 INTEGRITY_KEY = "kdjax_integrity"
 FILES_MANIFEST = "kdjax_files.json"
+LATEST_RECORD = "kdjax_latest.json"
 _KEEP_LATEST = 2
 _TENSORSTORE_ARRAY = re.compile(r"'path': '([^']+?)/?'")
+
+
+# --- orbax's own reports of a failed write ---------------------------------------------------
+#
+# When one array's write fails (disk full), orbax closes the asyncio event loop of the save
+# while TensorStore still finishes the other writes; each late completion then reports
+# "RuntimeError: Event loop is closed" through sys.unraisablehook (a 6-line traceback per
+# array, some after the save has failed), and orbax logs the failure with its traceback
+# from three threads. RunCheckpoints reports the same failure as one WorkdirError line.
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+    """A TensorStore write that finished after orbax closed the save's event loop."""
+    error = unraisable.exc_value
+    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
+        return False
+    frames = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
+    return frames[-2:] == ["call_soon_threadsafe", "_check_closed"]
+
+
+def _drop_closed_loop_callbacks() -> None:
+    """Wraps ``sys.unraisablehook`` (once per hook) so it drops only those reports; every
+    other unraisable exception still reaches the hook that was in place."""
+    hook = sys.unraisablehook
+    if getattr(hook, "_kdjax_drops_closed_loop_callbacks", False):
+        return
+
+    def filtered(unraisable: Any) -> None:
+        if not _is_closed_loop_callback(unraisable):
+            hook(unraisable)
+
+    filtered._kdjax_drops_closed_loop_callbacks = True
+    sys.unraisablehook = filtered
+
+
+class _WorkdirFailureRecords(logging.Filter):
+    """Drops orbax's log records of a full disk or an unwritable folder while a
+    :class:`RunCheckpoints` is open: its WorkdirError says the same in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record is logging's to report
+            return True
+        return not is_workdir_failure(error if error is not None else Exception(text))
+
+
+_orbax_logger = logging.getLogger("absl")
+_records_filter = _WorkdirFailureRecords()
+_open_count = 0
+_open_guard = threading.Lock()
+
+
+def _quiet_orbax(opening: bool) -> None:
+    """Counts open RunCheckpoints; the log filter is on while any is open."""
+    global _open_count
+    with _open_guard:
+        _open_count += 1 if opening else -1
+        if opening and _open_count == 1:
+            _orbax_logger.addFilter(_records_filter)
+        elif not opening and _open_count == 0:
+            _orbax_logger.removeFilter(_records_filter)
+    if opening:
+        _drop_closed_loop_callbacks()
+
+
+# --- which epoch was saved last ----------------------------------------------------------------
+
+
+def _write_latest_record(directory: Path, epoch: int) -> None:
+    """Records ``epoch`` as the newest saved into the checkpoint folder ``directory``
+    (in the run folder, beside it), so a reader notices when it went missing."""
+    temporary = directory.parent / f"{LATEST_RECORD}.tmp"
+    temporary.write_text(json.dumps({"epoch": epoch}) + "\n")
+    temporary.replace(directory.parent / LATEST_RECORD)
+
+
+def _recorded_latest(directory: Path, log: Callable[[str], None]) -> int | None:
+    """The newest epoch saved into the checkpoint folder ``directory``, or None."""
+    path = directory.parent / LATEST_RECORD
+    try:
+        epoch = json.loads(path.read_text())["epoch"]
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        log(
+            f"{path} is unreadable ({type(error).__name__}); ignored (it only names the newest "
+            "epoch saved, to notice one that went missing)."
+        )
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def _say_missing(
+    directory: Path,
+    restored: int | None,
+    accounted: set[int],
+    log: Callable[[str], None],
+    *,
+    verb: str,
+) -> None:
+    """One line when the newest saved epoch is gone (not merely damaged, which is said)."""
+    recorded = _recorded_latest(directory, log)
+    if recorded is None or recorded in accounted or (restored or 0) >= recorded:
+        return
+    if restored is None:
+        log(
+            f"Checkpoint of epoch {recorded} in {directory} is missing (it was saved; its "
+            "folder is gone), and no earlier one remains."
+        )
+    else:
+        log(
+            f"Checkpoint of epoch {recorded} in {directory} is missing (it was saved; its "
+            f"folder is gone): {verb} epoch {restored}, the newest that remains."
+        )
 
 
 def _meta_digest(meta: dict) -> str:
@@ -164,7 +294,9 @@ class RunCheckpoints:
       fingerprint. Its first call checks the epochs newest first; each damaged one is
       logged (file and reason) and moved aside to ``checkpoints/<epoch>.corrupt-<n>``
       (kept for inspection, never deleted); None when none verifies (the log says the
-      run starts over). Later calls cost nothing; after ``save(e)`` it returns ``e``.
+      run starts over). When the newest epoch saved is gone (not damaged: deleted),
+      one line says so and which epoch is restored. Later calls cost nothing; after
+      ``save(e)`` it returns ``e``.
     * ``restore(epoch, template_state)`` returns only verified state: it raises
       :class:`~kdjax.store.integrity.DamagedFileError` rather than hand back other bytes.
     * ``save`` and ``close`` raise :class:`~kdjax.store.integrity.WorkdirError` (one line: the
@@ -182,6 +314,7 @@ class RunCheckpoints:
         self._checked = False
         self._save_bytes = 0
         self._unlisted: list[int] = []  # saved by this object, file list not yet written
+        self._open = False
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory,
@@ -195,6 +328,8 @@ class RunCheckpoints:
             if failure is None:
                 raise
             raise failure from None
+        _quiet_orbax(opening=True)
+        self._open = True
 
     def latest_epoch(self) -> int | None:
         """The newest epoch whose checkpoint verifies (damaged newer ones set aside)."""
@@ -205,17 +340,21 @@ class RunCheckpoints:
 
     def _newest_verified(self) -> int | None:
         epochs = sorted(self._manager.all_steps(), reverse=True)
+        damaged: set[int] = set()
         for epoch in epochs:
             try:
                 _read_verified(self._manager, epoch, log=self._log)
+                _say_missing(self.directory, epoch, damaged, self._log, verb="restoring")
                 return epoch
             except DamagedFileError as error:
                 aside = move_aside(self.directory / str(epoch))
                 self._manager.reload()
+                damaged.add(epoch)
                 self._log(
                     f"Checkpoint of epoch {epoch} is damaged ({error}); moved it to {aside} "
                     "and falling back to the previous epoch."
                 )
+        _say_missing(self.directory, None, damaged, self._log, verb="restoring")
         if epochs:
             self._log(f"No checkpoint in {self.directory} verifies: training starts over.")
         return None
@@ -253,12 +392,17 @@ class RunCheckpoints:
     def close(self) -> None:
         """Waits for the last save to reach the disk (raising its error, if any)."""
         try:
-            self._guard(self._list_finished_saves)
-        except BaseException:
-            with contextlib.suppress(Exception):  # orbax re-raises the same failed save
-                self._manager.close()
-            raise
-        self._guard(self._manager.close)
+            try:
+                self._guard(self._list_finished_saves)
+            except BaseException:
+                with contextlib.suppress(Exception):  # orbax re-raises the same failed save
+                    self._manager.close()
+                raise
+            self._guard(self._manager.close)
+        finally:
+            if self._open:
+                self._open = False
+                _quiet_orbax(opening=False)
 
     def _probe_writable(self) -> None:
         probe = self.directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
@@ -274,10 +418,12 @@ class RunCheckpoints:
         """
         self._manager.wait_until_finished()
         existing = set(self._manager.all_steps())
+        saved = [epoch for epoch in self._unlisted if epoch in existing]
         if jax.process_index() == 0:
-            for epoch in self._unlisted:
-                if epoch in existing:  # not already removed by the preservation policy
-                    write_file_manifest(self.directory / str(epoch), FILES_MANIFEST)
+            for epoch in saved:  # not already removed by the preservation policy
+                write_file_manifest(self.directory / str(epoch), FILES_MANIFEST)
+            if self._unlisted:
+                _write_latest_record(self.directory, max(self._unlisted))
         self._unlisted = []
 
     def _guard(self, write: Callable[[], Any]) -> None:
@@ -367,16 +513,26 @@ def load_state(
     ``params``, ``model_state``, ``opt_state``, ``dropout_key``), verified against
     its fingerprints, and the epoch it holds: the newest verifying epoch by default
     (damaged newer ones are skipped and logged, never moved — this function only
-    reads). :func:`kdjax.runs.load_run` builds the usable model from it.
+    reads, and never creates ``checkpoints/``, so it works on a read-only file system).
+    When the newest epoch saved is gone, one line says so and which epoch is loaded.
+    :func:`kdjax.runs.load_run` builds the usable model from it.
 
     Raises :class:`~kdjax.store.integrity.DamagedFileError` when the requested epoch (or,
-    by default, every epoch) fails verification.
+    by default, every epoch) fails verification, and ``FileNotFoundError`` (one line)
+    when the run has no checkpoint.
     """
-    manager = ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints")
+    directory = Path(run_dir).absolute() / "checkpoints"
+    if not directory.is_dir():  # read only: never create the folder
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
     try:
         epochs = sorted(manager.all_steps(), reverse=True)
         if not epochs:
+            _say_missing(directory, None, set(), log, verb="loading")
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
+        all_epochs = list(epochs)
         if epoch is not None:
             if epoch not in epochs:
                 raise FileNotFoundError(
@@ -387,6 +543,8 @@ def load_state(
         for candidate in epochs:
             try:
                 state, _ = _read_verified(manager, candidate, log=log)
+                if epoch is None:
+                    _say_missing(directory, candidate, set(all_epochs), log, verb="loading")
                 return state, candidate
             except DamagedFileError as error:
                 if epoch is not None:

@@ -214,6 +214,12 @@ def _workdir_errno(error: BaseException) -> int | None:
     return None
 
 
+def is_workdir_failure(error: BaseException) -> bool:
+    """Whether ``error`` (or an error in its chain, or its text) is a full disk or an
+    unwritable folder, the failures :func:`workdir_error` turns into one line."""
+    return _workdir_errno(error) is not None
+
+
 def _size(count: int) -> str:
     for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if count >= scale:

@@ -98,7 +98,8 @@ def run_lock(
 
     Yields the lock file's path. Raises :class:`RunLockedError` (naming the holder's
     pid and host) when the lock is not free within ``timeout``, and
-    :class:`~kdjax.store.integrity.WorkdirError` when the folder cannot be written.
+    :class:`~kdjax.store.integrity.WorkdirError` (one line) when the folder or the lock
+    file cannot be written (read-only, disk full); the lock is then not held.
     """
     directory = Path(directory)
     lock_path = (directory / _lock_name(per_process)).absolute()
@@ -140,8 +141,14 @@ def run_lock(
                     )
                 time.sleep(poll_seconds)
         holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
-        os.pwrite(descriptor, holder, 0)  # then cut what a longer earlier text left
-        os.ftruncate(descriptor, len(holder))
+        try:
+            os.pwrite(descriptor, holder, 0)  # then cut what a longer earlier text left
+            os.ftruncate(descriptor, len(holder))
+        except OSError as error:  # closing the descriptor below releases the lock
+            failure = workdir_error(error, action="cannot write the lock file", path=lock_path)
+            if failure is None:
+                raise
+            raise failure from None
         with _held_guard:
             _held[lock_path] = 1
         try:
@@ -149,7 +156,8 @@ def run_lock(
         finally:
             with _held_guard:
                 del _held[lock_path]
-            os.ftruncate(descriptor, 0)
+            with contextlib.suppress(OSError):  # the pid is a hint; the unlock matters
+                os.ftruncate(descriptor, 0)
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)

@@ -11,7 +11,10 @@ seed (2,816 for BioVid).
 
 The cache is one ``.npz`` per data set and settings, named by a fingerprint of
 the file list (relative paths, sizes, modification times) and the settings; it
-is written atomically and read back when the fingerprint matches.
+is written atomically and read back when the fingerprint matches. A damaged cache
+(cut short, bytes changed, other samples) is read from the sample files again and
+rewritten; a cache folder that cannot be written only costs the next run that read
+(:mod:`kdjax.data.npz_cache`); each says so in one line.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdjax.data import DataError
+from kdjax.data import DataError, npz_cache
 from kdjax.data.signals import preprocess as prep
 from kdjax.data.signals.files import (
     CHANNELS,
@@ -154,42 +157,56 @@ def _cache_key(samples, channels, length, length_tolerance) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(path: Path) -> SignalSet | None:
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            return SignalSet(
-                signals=stored["signals"],
-                labels=stored["labels"],
-                subjects=stored["subjects"],
-                ids=stored["ids"],
-                names=stored["names"],
-                subject_names=tuple(stored["subject_names"].tolist()),
-                channels=tuple(stored["channels"].tolist()),
-                class_names=tuple(stored["class_names"].tolist()),
-                dropped_nans=stored["dropped_nans"],
-                dropped_outliers=stored["dropped_outliers"],
-            )
-    except (OSError, KeyError, ValueError):
+_WHAT = "preprocessed BioVid"
+
+
+def _read_cache(path: Path, samples, channels, log: Callable[[str], None]) -> SignalSet | None:
+    """The cached set, or None (saying why) when the cache is absent, unreadable or
+    does not hold these samples and channels."""
+
+    def build(stored: dict[str, np.ndarray]) -> SignalSet:
+        return SignalSet(
+            signals=stored["signals"],
+            labels=stored["labels"],
+            subjects=stored["subjects"],
+            ids=stored["ids"],
+            names=stored["names"],
+            subject_names=tuple(stored["subject_names"].tolist()),
+            channels=tuple(stored["channels"].tolist()),
+            class_names=tuple(stored["class_names"].tolist()),
+            dropped_nans=stored["dropped_nans"],
+            dropped_outliers=stored["dropped_outliers"],
+        )
+
+    def check(stored: dict[str, np.ndarray]) -> str | None:
+        cached = build(stored)
+        if (
+            cached.names.tolist() != [sample.relative for sample in samples]
+            or cached.labels.tolist() != [sample.label for sample in samples]
+            or cached.channels != tuple(channels)
+        ):
+            return "does not match the sample files"
         return None
 
+    rebuild = "reading the sample files again to rebuild it"
+    stored = npz_cache.read(path, what=_WHAT, rebuild=rebuild, log=log, check=check)
+    return None if stored is None else build(stored)
 
-def _write_cache(path: Path, dataset: SignalSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(
-        temporary,
-        signals=dataset.signals,
-        labels=dataset.labels,
-        subjects=dataset.subjects,
-        ids=dataset.ids,
-        names=dataset.names,
-        subject_names=np.asarray(dataset.subject_names, dtype=str),
-        channels=np.asarray(dataset.channels, dtype=str),
-        class_names=np.asarray(dataset.class_names, dtype=str),
-        dropped_nans=dataset.dropped_nans,
-        dropped_outliers=dataset.dropped_outliers,
-    )
-    temporary.replace(path)  # atomic: a crash never leaves a half-written cache
+
+def _write_cache(path: Path, dataset: SignalSet, log: Callable[[str], None]) -> bool:
+    arrays = {
+        "signals": dataset.signals,
+        "labels": dataset.labels,
+        "subjects": dataset.subjects,
+        "ids": dataset.ids,
+        "names": dataset.names,
+        "subject_names": np.asarray(dataset.subject_names, dtype=str),
+        "channels": np.asarray(dataset.channels, dtype=str),
+        "class_names": np.asarray(dataset.class_names, dtype=str),
+        "dropped_nans": dataset.dropped_nans,
+        "dropped_outliers": dataset.dropped_outliers,
+    }
+    return npz_cache.write(path, arrays, what=_WHAT, log=log)
 
 
 def check_lengths(
@@ -242,7 +259,7 @@ def load_biovid(
     if cache_dir is not None:
         key = _cache_key(samples, channels, length, length_tolerance)
         cache_path = Path(cache_dir) / f"biovid-{key}.npz"
-        cached = _read_cache(cache_path) if cache_path.is_file() else None
+        cached = _read_cache(cache_path, samples, channels, log)
         if cached is not None:
             log(f"Read {len(cached)} preprocessed samples from the cache {cache_path}.")
             return cached
@@ -297,7 +314,6 @@ def load_biovid(
         f"{', '.join(channels)} at {SAMPLING_RATE} Hz, length {length}) from {data_dir} "
         f"in {time.perf_counter() - start:.1f} s."
     )
-    if cache_path is not None:
-        _write_cache(cache_path, dataset)
+    if cache_path is not None and _write_cache(cache_path, dataset, log):
         log(f"Cached the preprocessed samples in {cache_path}.")
     return dataset

@@ -12,9 +12,11 @@ Two folder layouts are understood (see :func:`find_samples`):
   file name, and the subject must match its folder. CSV files directly in
   ``DATA`` are read the same way.
 
-Files may be gzip-compressed (``.csv.gz``). Every problem — a missing column,
-an unparsable number, an empty file, a name without a class, an unknown
-level folder — is a :class:`~kdjax.data.DataError` with one line naming the file.
+Files may be gzip-compressed (``.csv.gz``), but one window must not be stored
+both ways. Every problem — a missing column, an unparsable or infinite number, an
+empty file, a name without a class, an unknown level folder, a window stored as
+both ``.csv`` and ``.csv.gz`` — is a :class:`~kdjax.data.DataError` with one line
+naming the file.
 """
 
 from __future__ import annotations
@@ -136,7 +138,23 @@ def find_samples(data_dir: str | os.PathLike) -> tuple[str, list[SampleFile]]:
             "PA1..PA4) or per-subject folders."
         )
     samples.sort(key=lambda sample: sample.relative)
+    _refuse_duplicates(samples)
     return layout, samples
+
+
+def _refuse_duplicates(samples: list[SampleFile]) -> None:
+    """One window stored both as ``x.csv`` and ``x.csv.gz`` would count twice."""
+    by_window: dict[str, list[SampleFile]] = {}
+    for sample in samples:
+        by_window.setdefault(sample.relative.removesuffix(".gz"), []).append(sample)
+    twice = [copies for copies in by_window.values() if len(copies) > 1]
+    if twice:
+        plain, packed = twice[0]
+        more = f" (and {len(twice) - 1} more such pairs)" if len(twice) > 1 else ""
+        raise DataError(
+            f"{plain.path} and {packed.path.name} hold the same window twice, plain and "
+            f"gzip-compressed{more}; keep one of each pair."
+        )
 
 
 def _first_bad_value(path: Path) -> str:
@@ -165,7 +183,8 @@ def read_channels(path: str | os.PathLike, channels: Sequence[str]) -> np.ndarra
 
     Empty fields, ``NaN``/``NA`` and the missing fields of a short row are read as
     NaN (the preprocessing drops and counts them); a row with too many fields is an
-    error, and so is a value that is not a number in any column.
+    error, and so is a value that is not a number in any column or an infinite value
+    (``inf``, ``-inf``) in a column read.
 
     Example:
       >>> signals = read_channels("072414_m_23-PA2-034_bio.csv", ("gsr",))  # doctest: +SKIP
@@ -190,4 +209,13 @@ def read_channels(path: str | os.PathLike, channels: Sequence[str]) -> np.ndarra
     _check_columns(path, table.columns, channels)
     if len(table) == 0:
         raise DataError(f"{path}: a header but no data rows.")
-    return table[list(channels)].to_numpy(np.float64)
+    values = table[list(channels)].to_numpy(np.float64)
+    infinite = np.argwhere(np.isinf(values))
+    if infinite.size:
+        row, column = infinite[0]
+        count = f"; the file holds {len(infinite)}" if len(infinite) > 1 else ""
+        raise DataError(
+            f"{path}: row {row + 2} column {channels[column]}: {values[row, column]} is not "
+            f"a finite number{count}; leave a missing value empty or write NaN."
+        )
+    return values

@@ -140,6 +140,8 @@ def preprocess(
       (0.0, 1.0, 1)
     """
     signal, nans = drop_nans(signal)
+    if np.isinf(signal).any():
+        raise ValueError("signal holds infinite values; only finite values and NaN are allowed.")
     smoothed = smooth(signal, window=window, order=order)
     kept, outliers = drop_outliers(smoothed, threshold=threshold)
     return min_max(kept), Dropped(nans=nans, outliers=outliers)
