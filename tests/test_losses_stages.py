@@ -1,7 +1,7 @@
 """How the multi-stage losses combine stages, and the new losses' own properties, without
 torch: AT, NST, VID and AB on one map or a list of maps, FSP's consecutive pairs, VID's
-pooling, FT's and RepDistiller CC's ``|·|`` gradient at 0, and the argument errors.
-(Values and gradients against PyTorch: ``test_losses_parity.py``.)
+pooling, FT's and RepDistiller CC's ``|·|`` gradient at 0, DKD's warm-up, and the
+argument errors. (Values and gradients against PyTorch: ``test_losses_parity.py``.)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from kdjax.losses import (
     attention_transfer_loss,
     factor_transfer_loss,
     fsp_loss,
+    linear_warmup,
     nst_loss,
     repdistiller_correlation_loss,
     vid_loss,
@@ -124,6 +125,16 @@ def test_repdistiller_cc_pairs_consecutive_examples_so_the_order_matters():
     assert float(cc(s[:1], t[:1])) == 0.0
 
 
+def test_linear_warmup_is_mdistillers_min_epoch_over_warmup():
+    epochs = np.arange(1, 241)
+    got = jax.jit(linear_warmup)(epochs, 20)
+    np.testing.assert_allclose(got, [min(epoch / 20, 1.0) for epoch in epochs], rtol=1e-7)
+    assert got.dtype == jnp.float32
+    assert float(linear_warmup(-3, 20)) == 0.0
+    swept = jax.jit(jax.vmap(lambda w: linear_warmup(5, w)))(jnp.asarray([10.0, 20.0]))
+    np.testing.assert_allclose(swept, [0.5, 0.25])
+
+
 _MAP = np.ones((2, 4, 4, 3), np.float32)
 
 
@@ -150,6 +161,7 @@ _MAP = np.ones((2, 4, 4, 3), np.float32)
         (lambda: factor_transfer_loss(_MAP, _MAP, p=0), "p must be"),
         (lambda: factor_transfer_loss(_MAP[0], _MAP), "s_factor must be NHWC"),
         (lambda: repdistiller_correlation_loss(_MAP, _MAP[..., :2]), "t_emb"),
+        (lambda: linear_warmup(1, 0), "warmup_steps"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(call, match):

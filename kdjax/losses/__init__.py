@@ -55,7 +55,7 @@ from kdjax.losses._features import (
     vid_loss,
 )
 from kdjax.losses._initialization import activation_boundary_loss, fsp_loss
-from kdjax.losses._logit_variants import dist_loss, dkd_loss
+from kdjax.losses._logit_variants import dist_loss, dkd_loss, linear_warmup
 from kdjax.losses._relational import (
     correlation_congruence_loss,
     pkt_loss,
@@ -81,6 +81,7 @@ __all__ = [
     "hint_loss",
     "init_crd_bank",
     "kd_loss",
+    "linear_warmup",
     "nst_loss",
     "pkt_loss",
     "pool_features",
