@@ -44,7 +44,14 @@ from kdjax.losses._classification import (
     soft_target_cross_entropy,
     standardize_logits,
 )
-from kdjax.losses._contrastive import CRDBank, crd_loss, init_crd_bank
+from kdjax.losses._contrastive import (
+    ClassIndex,
+    CRDBank,
+    crd_loss,
+    init_class_index,
+    init_crd_bank,
+    sample_negative_ids,
+)
 from kdjax.losses._features import (
     attention_transfer_loss,
     cosine_embedding_loss,
@@ -66,6 +73,7 @@ from kdjax.losses._relational import (
 
 __all__ = [
     "MAX_TEMPERATURE",
+    "ClassIndex",
     "CRDBank",
     "activation_boundary_loss",
     "attention_transfer_loss",
@@ -79,6 +87,7 @@ __all__ = [
     "factor_transfer_loss",
     "fsp_loss",
     "hint_loss",
+    "init_class_index",
     "init_crd_bank",
     "kd_loss",
     "linear_warmup",
@@ -87,6 +96,7 @@ __all__ = [
     "pool_features",
     "repdistiller_correlation_loss",
     "rkd_loss",
+    "sample_negative_ids",
     "similarity_preserving_loss",
     "soft_target_cross_entropy",
     "standardize_logits",
