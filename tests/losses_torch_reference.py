@@ -1,10 +1,12 @@
 """Independent PyTorch implementations of the distillation losses, for parity tests.
 
 Written from the papers' equations in the idiom of the public reference code
-(RepDistiller for AT/SP/PKT/RKD/NST/VID/CRD, mdistiller for DKD, the DIST and
-logit-standardisation authors' code), on NCHW tensors as PyTorch code has them.
-Each function takes the NHWC/[batch, ...] tensors the kdjax losses take and
-returns what the kdjax loss returns (a per-example vector or a scalar). Importing
+(RepDistiller for AT/SP/PKT/RKD/NST/VID/FT/AB/FSP/CC/CRD, mdistiller for DKD, the
+DIST and logit-standardisation authors' code), on NCHW tensors as PyTorch code has
+them. Each function takes the NHWC/[batch, ...] tensors the kdjax losses take (a
+list of them, one per stage, for the multi-stage losses, combined as RepDistiller's
+``train_student.py`` combines them) and returns what the kdjax loss returns (a
+per-example vector or a scalar). Importing
 this module imports torch: use it only after ``pytest.importorskip("torch")``.
 
 Norms use ``torch.linalg.vector_norm`` (whose gradient at 0 is 0) where the
@@ -25,34 +27,102 @@ def _nchw(x):
 
 
 def _pool_to_common(a, b):
+    """Both NCHW maps to the smaller height and width: RepDistiller's pooling of the
+    larger map (to ``(H, H)``, the same on square maps)."""
     height, width = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
     return F.adaptive_avg_pool2d(a, (height, width)), F.adaptive_avg_pool2d(b, (height, width))
 
 
-def attention_transfer(s_map, t_map, p=2):
-    s, t = _pool_to_common(_nchw(s_map), _nchw(t_map))
+def _stages(x):
+    """A list of per-stage tensors from one tensor or a list (RepDistiller's ``g_s``)."""
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def attention_transfer(s_maps, t_maps, p=2):
+    """RepDistiller's ``Attention`` per stage, summed as ``train_student.py`` sums it."""
 
     def at(f):
         return F.normalize(f.abs().pow(p).mean(1).reshape(f.size(0), -1))
 
-    return (at(s) - at(t)).pow(2).mean(1)
+    def stage(s_map, t_map):
+        s, t = _pool_to_common(_nchw(s_map), _nchw(t_map))
+        return (at(s) - at(t)).pow(2).mean(1)
+
+    return sum(stage(s, t) for s, t in zip(_stages(s_maps), _stages(t_maps), strict=True))
 
 
-def nst(s_map, t_map):
-    s, t = _pool_to_common(_nchw(s_map), _nchw(t_map))
-    s = F.normalize(s.reshape(s.shape[0], s.shape[1], -1), dim=2)
-    t = F.normalize(t.reshape(t.shape[0], t.shape[1], -1), dim=2)
+def nst(s_maps, t_maps):
+    """RepDistiller's ``NSTLoss`` (full loss) per stage, summed."""
 
     def poly_kernel(a, b):
         return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2).flatten(1).mean(1)
 
-    return poly_kernel(t, t) + poly_kernel(s, s) - 2 * poly_kernel(s, t)
+    def stage(s_map, t_map):
+        s, t = _pool_to_common(_nchw(s_map), _nchw(t_map))
+        s = F.normalize(s.reshape(s.shape[0], s.shape[1], -1), dim=2)
+        t = F.normalize(t.reshape(t.shape[0], t.shape[1], -1), dim=2)
+        return poly_kernel(t, t) + poly_kernel(s, s) - 2 * poly_kernel(s, t)
+
+    return sum(stage(s, t) for s, t in zip(_stages(s_maps), _stages(t_maps), strict=True))
 
 
-def vid(pred_mean, target, log_scale, eps=1e-5):
-    pred_var = torch.log(1.0 + torch.exp(log_scale)) + eps
-    neg_log_prob = 0.5 * ((pred_mean - target) ** 2 / pred_var + torch.log(pred_var))
-    return neg_log_prob.flatten(1).mean(1)
+def vid(pred_means, targets, log_scales, eps=1e-5):
+    """RepDistiller's ``VIDLoss`` after its regressor, per stage (the larger map of a
+    stage pooled to the smaller, on NCHW maps), summed."""
+
+    def stage(pred_mean, target, log_scale):
+        if pred_mean.dim() == 4:
+            pred_mean, target = _pool_to_common(_nchw(pred_mean), _nchw(target))
+        pred_var = torch.log(1.0 + torch.exp(log_scale)) + eps
+        pred_var = pred_var.view(1, -1, *[1] * (pred_mean.dim() - 2))
+        neg_log_prob = 0.5 * ((pred_mean - target) ** 2 / pred_var + torch.log(pred_var))
+        return neg_log_prob.flatten(1).mean(1)
+
+    stages = zip(_stages(pred_means), _stages(targets), _stages(log_scales), strict=True)
+    return sum(stage(*arguments) for arguments in stages)
+
+
+def factor_transfer(factor_s, factor_t, p1=2, p2=1):
+    """RepDistiller's ``FactorTransfer`` (p2 = 1), kept per example."""
+
+    def factor(f):
+        return F.normalize(f.pow(p1).mean(1).view(f.size(0), -1))
+
+    f_s, f_t = _pool_to_common(_nchw(factor_s), _nchw(factor_t))
+    assert p2 == 1
+    return (factor(f_s) - factor(f_t)).abs().mean(1)
+
+
+def activation_boundary(s_maps, t_maps, margin=1.0):
+    """RepDistiller's ``ABLoss`` with each stage's sum kept per example (it sums over
+    the batch, then divides by its size)."""
+    g_s, g_t = _stages(s_maps), _stages(t_maps)
+    weights = [2 ** (i - len(g_s) + 1) for i in range(len(g_s))]
+
+    def criterion_alternative_l2(source, target):
+        loss = (source + margin) ** 2 * ((source > -margin) & (target <= 0)).float() + (
+            source - margin
+        ) ** 2 * ((source <= margin) & (target > 0)).float()
+        return torch.abs(loss).flatten(1).sum(1)
+
+    losses = [w * criterion_alternative_l2(s, t) for w, s, t in zip(weights, g_s, g_t, strict=True)]
+    return sum(loss / 1000 * 3 for loss in losses)
+
+
+def fsp(s_maps, t_maps):
+    """RepDistiller's ``FSP`` with each pair's mean kept per example, summed over pairs."""
+
+    def compute_fsp(g):
+        fsp_list = []
+        for i in range(len(g) - 1):
+            bot, top = _pool_to_common(_nchw(g[i]), _nchw(g[i + 1]))
+            bot = bot.unsqueeze(1).flatten(3)
+            top = top.unsqueeze(2).flatten(3)
+            fsp_list.append((bot * top).mean(-1))
+        return fsp_list
+
+    pairs = zip(compute_fsp(s_maps), compute_fsp(t_maps), strict=True)
+    return sum((s - t).pow(2).flatten(1).mean(1) for s, t in pairs)
 
 
 def similarity_preserving(s_feat, t_feat):
@@ -111,6 +181,12 @@ def correlation_congruence(s_emb, t_emb, gamma=0.4, order=2):
 
     batch = s_emb.shape[0]
     return torch.sum((correlation(t_emb) - correlation(s_emb)) ** 2) / batch**2
+
+
+def repdistiller_correlation(f_s, f_t):
+    """RepDistiller's ``Correlation`` ("CC")."""
+    delta = torch.abs(f_s.flatten(1) - f_t.flatten(1))
+    return torch.mean((delta[:-1] * delta[1:]).sum(1))
 
 
 def dkd(logits_student, logits_teacher, target, alpha=1.0, beta=8.0, temperature=4.0):

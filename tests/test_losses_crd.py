@@ -1,5 +1,6 @@
 """CRD: the memory bank as explicit state, against RepDistiller's ContrastMemory in
-PyTorch (loss, gradients, normalisers, updated memories), under jit, and its errors."""
+PyTorch (loss, gradients, normalisers, updated memories), under jit, and its errors;
+the class-aware negatives of RepDistiller's CIFAR-100 loader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import numpy as np
 import pytest
 from losses_cases import rng_for
 
-from kdjax.losses import CRDBank, crd_loss, init_crd_bank
+from kdjax.losses import (
+    CRDBank,
+    crd_loss,
+    init_class_index,
+    init_crd_bank,
+    sample_negative_ids,
+)
 
 NUM_EXAMPLES, DIM, BATCH, NEGATIVES = 40, 8, 5, 6
 
@@ -148,3 +155,97 @@ def test_crd_errors_name_the_argument():
         crd_loss(s_emb, t_emb, ids, bank, None, negative_ids=negatives, momentum=1.5)
     with pytest.raises(ValueError, match="num_negatives"):
         crd_loss(s_emb, t_emb, ids, bank, jax.random.key(0), num_negatives=0)
+
+
+# --------------------------------------------------------------------------- #
+# Class-aware negatives (RepDistiller's CIFAR100InstanceSample, mode='exact').
+# --------------------------------------------------------------------------- #
+
+# An unbalanced toy training set: 4 classes of 5, 3, 8 and 24 examples, shuffled.
+_DATASET_LABELS = rng_for("class_index").permutation(np.repeat(np.arange(4), [5, 3, 8, 24]))
+_sample = jax.jit(sample_negative_ids, static_argnames="num_negatives")
+
+
+def test_class_index_groups_the_ids_by_class():
+    index = init_class_index(_DATASET_LABELS, 4)
+    for label in range(4):
+        start, count = int(index.class_start[label]), int(index.class_count[label])
+        block = np.asarray(index.ids_by_class[start : start + count])
+        np.testing.assert_array_equal(block, np.flatnonzero(_DATASET_LABELS == label))
+
+
+@pytest.mark.parametrize("num_negatives", [1, 16, 32])
+def test_negatives_come_from_other_classes_without_replacement(num_negatives):
+    # The largest class leaves 16 others, the smallest 37: without replacement for all.
+    index = init_class_index(_DATASET_LABELS, 4)
+    anchors = np.array([0, 3, 5, 17, 39])
+    labels = _DATASET_LABELS[anchors]
+    negatives = np.asarray(_sample(jax.random.key(0), labels, index, num_negatives=num_negatives))
+    assert negatives.shape == (5, num_negatives) and negatives.dtype == np.int32
+    assert np.all((negatives >= 0) & (negatives < len(_DATASET_LABELS)))
+    for label, row in zip(labels, negatives, strict=True):
+        assert not np.any(_DATASET_LABELS[row] == label)  # no negative shares the class
+        pool = np.count_nonzero(_DATASET_LABELS != label)
+        if num_negatives <= pool:
+            assert len(set(row.tolist())) == num_negatives  # no repeats
+        else:
+            assert label == 3  # only the largest class's pool is smaller than 32
+
+
+def test_more_negatives_than_the_other_classes_hold_are_drawn_with_replacement():
+    # RepDistiller: replace = k > len(cls_negative[target]).
+    index = init_class_index(_DATASET_LABELS, 4)
+    labels = np.full(200, 3)  # 16 examples outside class 3
+    negatives = np.asarray(_sample(jax.random.key(1), labels, index, num_negatives=64))
+    others = np.flatnonzero(_DATASET_LABELS != 3)
+    assert set(np.unique(negatives)) == set(others.tolist())  # all of them, none else
+
+
+def test_negatives_are_uniform_over_the_other_classes():
+    index = init_class_index(_DATASET_LABELS, 4)
+    labels = np.zeros(4000, np.int64)  # class 0: 35 others, 10 drawn each time
+    negatives = np.asarray(_sample(jax.random.key(2), labels, index, num_negatives=10))
+    counts = np.bincount(negatives.ravel(), minlength=len(_DATASET_LABELS))
+    others = _DATASET_LABELS != 0
+    assert np.all(counts[~others] == 0)
+    expected = 4000 * 10 / others.sum()  # ≈ 1143 per id
+    assert np.all(np.abs(counts[others] - expected) < 6 * np.sqrt(expected))
+
+
+def test_sampled_negatives_in_crd_match_repdistiller_with_the_anchor_as_index_0(x64):
+    torch = pytest.importorskip("torch")
+    import losses_torch_reference as reference
+
+    # 40 examples in 4 classes; the batch's own ids are the positives (mode='exact').
+    dataset_labels = np.arange(NUM_EXAMPLES) % 4
+    s_emb, t_emb, ids, _ = _inputs("class_aware")
+    negatives = sample_negative_ids(
+        jax.random.key(3), dataset_labels[ids], init_class_index(dataset_labels, 4),
+        num_negatives=NEGATIVES,
+    )  # fmt: skip
+    assert not np.any(dataset_labels[np.asarray(negatives)] == dataset_labels[ids][:, None])
+    bank = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float64), init_crd_bank(NUM_EXAMPLES, DIM, jax.random.key(4))
+    )
+    (loss, _), (s_grad, _) = _jit_value_and_grad(s_emb, t_emb, ids, bank, negatives)
+    ts, tt = torch.tensor(s_emb, requires_grad=True), torch.tensor(t_emb, requires_grad=True)
+    idx = torch.from_numpy(np.hstack([ids[:, None], np.asarray(negatives)]).astype(np.int64))
+    want = reference.crd(
+        ts, tt, idx, torch.tensor(np.asarray(bank.student)), torch.tensor(np.asarray(bank.teacher)),
+        -1.0, -1.0, 0.1, 0.3,
+    )[0]  # fmt: skip
+    want.backward()
+    np.testing.assert_allclose(loss, want.item(), rtol=1e-10)
+    np.testing.assert_allclose(s_grad, ts.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_class_index_and_sampler_errors_name_the_argument():
+    with pytest.raises(ValueError, match="dataset_labels must lie"):
+        init_class_index([0, 1, 4], 4)
+    with pytest.raises(ValueError, match="dataset_labels must be 1-D integers"):
+        init_class_index([0.0, 1.0], 2)
+    index = init_class_index(_DATASET_LABELS, 4)
+    with pytest.raises(ValueError, match="num_negatives"):
+        sample_negative_ids(jax.random.key(0), np.array([0]), index, num_negatives=0)
+    with pytest.raises(ValueError, match="labels must be"):
+        sample_negative_ids(jax.random.key(0), np.array([[0]]), index, num_negatives=2)

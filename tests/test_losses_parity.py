@@ -2,8 +2,9 @@
 
 Each kdjax loss is compared, value and gradient (``torch.autograd``), with the
 independent PyTorch implementation in ``losses_torch_reference.py``: in float64
-(tight) and float32, on two shape variants, and on degenerate batches (identical
-rows, zero rows, batches of 1 and 2). Skipped as a whole when torch is missing.
+(tight) and float32, on two shape variants (several stages for the multi-stage
+losses), and on degenerate batches (identical rows, zero rows, batches of 1 and 2).
+Skipped as a whole when torch is missing.
 """
 
 from __future__ import annotations
@@ -35,29 +36,35 @@ def x64():
 
 
 @functools.cache
-def _jitted_value_and_grad(name):
+def _jitted_value_and_grad(name, num_floats):
     """One jitted function per loss, so tests on the same shapes share a compile."""
     case = CASES[name]
 
     def total(*inputs):
-        values = case.loss(*inputs)
+        values = case.flat_loss(*inputs)
         return jnp.sum(values), values
 
-    argnums = tuple(range(case.num_floats))
-    return jax.jit(jax.value_and_grad(total, argnums, has_aux=True))
+    return jax.jit(jax.value_and_grad(total, tuple(range(num_floats)), has_aux=True))
 
 
 def _jax_value_and_grads(case, inputs):
-    (_, values), grads = _jitted_value_and_grad(case.name)(*inputs)
+    num_floats = len(case.split(inputs)[0])
+    (_, values), grads = _jitted_value_and_grad(case.name, num_floats)(*inputs)
     return np.asarray(values), [np.asarray(g) for g in grads]
 
 
 def _torch_value_and_grads(case, inputs):
-    floats = [torch.tensor(x, requires_grad=True) for x in inputs[: case.num_floats]]
-    ints = [torch.from_numpy(np.asarray(y, np.int64)) for y in inputs[case.num_floats :]]
-    values = getattr(reference, case.torch_name)(*floats, *ints, **dict(case.torch_kwargs))
+    floats, ints = case.split(inputs)
+    floats = [torch.tensor(x, requires_grad=True) for x in floats]
+    ints = [torch.from_numpy(np.asarray(y, np.int64)) for y in ints]
+    function = getattr(reference, case.torch_name)
+    values = function(*case.regroup(floats), *ints, **dict(case.torch_kwargs))
     values.sum().backward()
-    return values.detach().numpy(), [x.grad.numpy() for x in floats]
+    # An input that enters only through comparisons (AB's teacher) gets no gradient.
+    grads = [
+        np.zeros_like(x.detach().numpy()) if x.grad is None else x.grad.numpy() for x in floats
+    ]
+    return values.detach().numpy(), grads
 
 
 def _compare(case, inputs, dtype, tolerance=None):
@@ -87,8 +94,12 @@ def test_matches_torch_in_float32(name):
     _compare(CASES[name], CASES[name].inputs("a"), np.float32)
 
 
-def _rkd_batch_of_one_is_zero(case, inputs):
-    """RepDistiller's RKD takes the mean of no pairs (NaN); kdjax returns 0."""
+# RepDistiller takes a mean over no pairs (NaN) for a batch of 1; kdjax returns 0.
+_ZERO_FOR_A_BATCH_OF_ONE = ("rkd", "cc_repdistiller")
+
+
+def _batch_of_one_is_zero(case, inputs):
+    """A batch of one has no pairs: kdjax returns 0 with zero gradients."""
     values, grads = _jax_value_and_grads(case, inputs)
     assert values == 0.0
     assert all(np.all(g == 0.0) for g in grads)
@@ -107,8 +118,8 @@ _DEGENERATE_CASES = [
 def test_degenerate_batches_are_finite_and_match_torch(x64, name, degenerate):
     case = CASES[name]
     inputs = case.inputs("a", degenerate)
-    if name == "rkd" and degenerate == "batch_1":
-        _rkd_batch_of_one_is_zero(case, inputs)
+    if name in _ZERO_FOR_A_BATCH_OF_ONE and degenerate == "batch_1":
+        _batch_of_one_is_zero(case, inputs)
         return
     # Degenerate batches sit next to 0/0 points (e.g. DIST's columns of identical
     # rows are centred to rounding noise), where float64 rounding differs more.

@@ -6,11 +6,15 @@ imported into any JAX research code: ``from kdjax.losses import kd_loss``.
 Conventions, following optax's losses:
 
 * Data arguments are positional; hyperparameters are keyword-only.
-* Per-example losses (logit losses, hint, cosine, AT, NST, VID, DKD) return **one
-  value per example**; the caller reduces (usually with ``jnp.mean``). The batch
-  mean equals the PyTorch expression named in each docstring.
+* Per-example losses (logit losses, hint, cosine, AT, NST, VID, FT, AB, FSP, DKD)
+  return **one value per example**; the caller reduces (usually with
+  ``jnp.mean``). The batch mean equals the PyTorch expression named in each
+  docstring.
 * Losses defined over the batch (SP, PKT, RKD, CC, DIST, CRD) relate the examples
   of axis 0 to each other and return a **scalar**; their docstrings say so.
+* Losses that read several stages of a network (AT, NST, VID, AB: one map or a
+  list/tuple of maps; FSP: a list of at least two) combine the stages as
+  RepDistiller does; each docstring says how and which stages RepDistiller reads.
 * Logit losses reduce over the last (class) axis and keep every leading axis.
   Feature losses treat axis 0 as the batch axis and reduce over all the others.
   Feature maps are NHWC (JAX's layout).
@@ -27,7 +31,9 @@ Conventions, following optax's losses:
 * Hyperparameters that fix a shape (``order``, ``num_negatives``) are Python ints.
 
 The trainable parts some methods need (FitNets regressors, CRD embedding heads,
-VID's regressor and variance) are Flax modules in :mod:`kdjax.models.connectors`.
+VID's regressor and variance) are Flax modules in :mod:`kdjax.models.connectors`;
+each loss's docstring names the parts RepDistiller trains beside it (FT's
+paraphraser and translator, AB's connector, CC's linear heads).
 """
 
 from kdjax.losses._checks import MAX_TEMPERATURE
@@ -38,26 +44,38 @@ from kdjax.losses._classification import (
     soft_target_cross_entropy,
     standardize_logits,
 )
-from kdjax.losses._contrastive import CRDBank, crd_loss, init_crd_bank
+from kdjax.losses._contrastive import (
+    ClassIndex,
+    CRDBank,
+    crd_loss,
+    init_class_index,
+    init_crd_bank,
+    sample_negative_ids,
+)
 from kdjax.losses._features import (
     attention_transfer_loss,
     cosine_embedding_loss,
+    factor_transfer_loss,
     hint_loss,
     nst_loss,
     pool_features,
     vid_loss,
 )
-from kdjax.losses._logit_variants import dist_loss, dkd_loss
+from kdjax.losses._initialization import activation_boundary_loss, fsp_loss
+from kdjax.losses._logit_variants import dist_loss, dkd_loss, linear_warmup
 from kdjax.losses._relational import (
     correlation_congruence_loss,
     pkt_loss,
+    repdistiller_correlation_loss,
     rkd_loss,
     similarity_preserving_loss,
 )
 
 __all__ = [
     "MAX_TEMPERATURE",
+    "ClassIndex",
     "CRDBank",
+    "activation_boundary_loss",
     "attention_transfer_loss",
     "correlation_congruence_loss",
     "cosine_embedding_loss",
@@ -66,13 +84,19 @@ __all__ = [
     "dist_loss",
     "distillation_kl",
     "dkd_loss",
+    "factor_transfer_loss",
+    "fsp_loss",
     "hint_loss",
+    "init_class_index",
     "init_crd_bank",
     "kd_loss",
+    "linear_warmup",
     "nst_loss",
     "pkt_loss",
     "pool_features",
+    "repdistiller_correlation_loss",
     "rkd_loss",
+    "sample_negative_ids",
     "similarity_preserving_loss",
     "soft_target_cross_entropy",
     "standardize_logits",

@@ -142,6 +142,11 @@ def safe_norm(x: Array, axis: int | tuple[int, ...] = -1, keepdims: bool = False
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
+def absolute(x: Array) -> Array:
+    """``|x|`` with gradient ``sign(x)``, so 0 at ``x = 0`` as PyTorch's ``abs`` (JAX's is 1)."""
+    return x * jax.lax.stop_gradient(jnp.sign(x))
+
+
 def normalize(x: Array, axis: int = -1) -> Array:
     """PyTorch ``F.normalize(x, dim=axis)``: ``x / max(‖x‖, 1e-12)``; zero rows stay zero."""
     return x / jnp.maximum(safe_norm(x, axis=axis, keepdims=True), NORMALIZE_EPSILON)
@@ -166,3 +171,42 @@ def match_spatial(name_a: str, a: Array, name_b: str, b: Array) -> tuple[Array, 
         return x.reshape(x.shape[0], height, fh, width, fw, x.shape[3]).mean(axis=(2, 4))
 
     return pool(name_a, a), pool(name_b, b)
+
+
+def stages(**arguments: Any) -> list[tuple[tuple[str, Any], ...]]:
+    """The arguments of a loss that reads one array or one per network stage, stage by stage.
+
+    Each argument is either one array (a single stage) or a list/tuple of arrays (one
+    per stage, e.g. RepDistiller's ``feat[1:-1]``); all must be of the same kind and
+    length. Returns, for each stage, the ``(name, value)`` of every argument in order,
+    named ``s_map[1]`` etc. for a sequence so error messages point at the stage.
+    """
+    names = list(arguments)
+    sequences = [isinstance(value, (list, tuple)) for value in arguments.values()]
+    if not any(sequences):
+        return [tuple(arguments.items())]
+    listed = ", ".join(names)
+    if not all(sequences):
+        raise ValueError(
+            f"{listed} must all be single arrays or all sequences (one array per stage), "
+            f"got {', '.join(type(value).__name__ for value in arguments.values())}."
+        )
+    lengths = [len(value) for value in arguments.values()]
+    if len(set(lengths)) != 1 or lengths[0] == 0:
+        raise ValueError(
+            f"{listed} must hold the same non-zero number of stages, got lengths {lengths}."
+        )
+    return [
+        tuple((f"{name}[{index}]", arguments[name][index]) for name in names)
+        for index in range(lengths[0])
+    ]
+
+
+def sum_over_stages(per_stage: list[tuple[str, Array]]) -> Array:
+    """The sum of ``(name, [batch] losses)`` over stages, which must share one batch size
+    (the name is the stage's first argument, for the error message)."""
+    first_name, total = per_stage[0]
+    for name, value in per_stage[1:]:
+        check_same_batch(first_name, total, name, value)
+        total = total + value
+    return total

@@ -230,7 +230,14 @@ def distillation_kl(
     With ``standardize=True`` both sides are first z-scored per row
     (:func:`standardize_logits`, Sun et al., CVPR 2024), so the student matches the
     teacher's logit *relations* rather than their scale; ``T`` then acts as their
-    "base temperature" (e.g. 2).
+    "base temperature". The paper's CIFAR-100 KD setting (its code's
+    ``--logit-stand --base-temp 2 --kd-weight 9`` over mdistiller's KD defaults) is
+    ``0.1 · CE + 9 · distillation_kl(s, t, temperature=2, standardize=True)``
+    (base temperature 3 for a few pairs, e.g. vgg13 → vgg8, as its logs name them):
+    two independent weights, so add :func:`cross_entropy` and this term yourself
+    rather than use :func:`kd_loss`'s ``alpha``. (RepDistiller has no logit
+    standardisation: its CIFAR KD weights, 0.1 CE + 0.9 KD at ``T = 4``, are for
+    plain KD.)
 
     In float32 the value and gradient keep ~1e-6 relative precision at any
     temperature up to :data:`MAX_TEMPERATURE` (1e6): the KL is summed in a form with
@@ -331,7 +338,9 @@ def kd_loss(
     softens only the student). For two independent weights (seeds 001/002), add
     :func:`cross_entropy` and :func:`distillation_kl` yourself. With
     ``standardize=True`` only the KL term sees z-scored logits (as in Sun et al.'s
-    code); the cross-entropy keeps the raw student logits.
+    code); the cross-entropy keeps the raw student logits. Their CIFAR-100 weights,
+    0.1 CE + 9 KD at base temperature 2, do not sum to 1: see
+    :func:`distillation_kl`.
 
     Args:
       student_logits: ``[..., num_classes]`` student scores.

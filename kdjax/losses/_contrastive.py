@@ -1,4 +1,5 @@
-"""Contrastive representation distillation (CRD) with its memory bank as explicit state.
+"""Contrastive representation distillation (CRD) with its memory bank as explicit state,
+and the class-aware sampler of its negatives.
 
 The bank is a pytree (:class:`CRDBank`) passed in and returned by :func:`crd_loss`,
 so the whole update runs inside ``jax.jit`` and lives in the training state next
@@ -24,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.losses._checks import (
     Array,
@@ -136,10 +138,17 @@ def crd_loss(
     teacher's embedding head too, not the teacher) and never into the bank.
 
     Negatives are drawn uniformly with replacement from all ``N`` rows with ``key``
-    (the memory's own sampler); pass ``negative_ids`` to choose them yourself, e.g.
-    from other classes as RepDistiller's CIFAR-100 loader does (``key`` is then
-    unused and may be None). The ids of one batch should be distinct (with
-    duplicates, which row update wins is unspecified).
+    (the memory's own sampler). RepDistiller's CIFAR-100 default instead draws them
+    from the *other classes* (``CIFAR100InstanceSample``, ``mode='exact'``: the
+    positive is the example itself): pass ``negative_ids`` from
+    :func:`sample_negative_ids` for that (``key`` is then unused and may be None).
+    The ids of one batch should be distinct (with duplicates, which row update wins
+    is unspecified).
+
+    What RepDistiller does with it: ``s_emb`` and ``t_emb`` come from an ``Embed``
+    head each (``nn.Linear`` to 128 dimensions, then L2 normalisation) on the pooled
+    features (``feat[-1]``), both trained with the student; 16384 class-aware
+    negatives, ``T = 0.07``, momentum 0.5; weight ``beta = 0.8`` beside CE weight 1.
 
     Args:
       s_emb: ``[batch, dim]`` unit-norm student embeddings (``kdjax.models.connectors.EmbedHead``).
@@ -150,7 +159,8 @@ def crd_loss(
       temperature: ``T > 0`` (paper: 0.07); may be traced.
       num_negatives: ``K``, a Python int (paper: 16384); ignored with ``negative_ids``.
       momentum: memory momentum in ``[0, 1]`` (paper: 0.5); may be traced.
-      negative_ids: optional ``[batch, K]`` integer indices of the negatives.
+      negative_ids: optional ``[batch, K]`` integer indices of the negatives (e.g.
+        from :func:`sample_negative_ids`).
 
     Returns:
       ``(loss, new_bank)``: the scalar loss and the updated bank.
@@ -206,3 +216,103 @@ def crd_loss(
         teacher_normalizer=teacher_normalizer.astype(bank.teacher_normalizer.dtype),
     )
     return loss, new_bank
+
+
+class ClassIndex(NamedTuple):
+    """The training set's example ids grouped by class (RepDistiller's ``cls_positive``).
+
+    Attributes:
+      ids_by_class: ``[num_examples]`` example ids sorted by class (ascending id
+        within a class).
+      class_start: ``[num_classes]`` where each class's ids begin in ``ids_by_class``.
+      class_count: ``[num_classes]`` how many examples each class has.
+    """
+
+    ids_by_class: Array
+    class_start: Array
+    class_count: Array
+
+
+def init_class_index(dataset_labels: ArrayLike, num_classes: int) -> ClassIndex:
+    """The :class:`ClassIndex` of a training set from its labels (example id = position).
+
+    Built once on the host from concrete labels, like RepDistiller's dataset does in
+    its constructor; pass it into the jitted step as an argument.
+
+    Examples:
+      >>> from kdjax.losses import init_class_index
+      >>> index = init_class_index([2, 0, 2, 1, 0], 3)
+      >>> index.ids_by_class.tolist(), index.class_start.tolist(), index.class_count.tolist()
+      ([1, 4, 3, 0, 2], [0, 2, 3], [2, 1, 2])
+    """
+    num_classes = check_static_int("num_classes", num_classes, 1)
+    labels = np.asarray(dataset_labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"dataset_labels must be 1-D integers, got {labels.dtype}{labels.shape}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"dataset_labels must lie in [0, {num_classes}).")
+    counts = np.bincount(labels, minlength=num_classes)
+    return ClassIndex(
+        ids_by_class=jnp.asarray(np.argsort(labels, kind="stable"), jnp.int32),
+        class_start=jnp.asarray(np.cumsum(counts) - counts, jnp.int32),
+        class_count=jnp.asarray(counts, jnp.int32),
+    )
+
+
+def sample_negative_ids(
+    key: Array, labels: ArrayLike, class_index: ClassIndex, *, num_negatives: int = 16384
+) -> Array:
+    """Draws CRD's negatives from the classes other than each anchor's, as RepDistiller does.
+
+    For each example of the batch, ``num_negatives`` ids of training examples of
+    *other* classes, drawn uniformly without replacement, or with replacement when
+    fewer than ``num_negatives`` such examples exist: RepDistiller's
+    ``CIFAR100InstanceSample`` (``np.random.choice(cls_negative[target], k,
+    replace=k > len(cls_negative[target]))``). Pass the result as ``negative_ids``
+    to :func:`crd_loss`, which puts the anchor's own id first as the positive
+    (RepDistiller's ``mode='exact'``, its index 0). Without replacement costs a
+    ``[batch, num_examples]`` draw and a top-k per call (50,000 examples on CIFAR).
+    At least one example must lie outside each anchor's class; labels are not
+    range-checked (they are usually traced).
+
+    Args:
+      key: a PRNG key.
+      labels: ``[batch]`` integer class of each anchor.
+      class_index: the training set's :class:`ClassIndex` (:func:`init_class_index`).
+      num_negatives: ``K``, a Python int (RepDistiller: 16384).
+
+    Returns:
+      ``[batch, num_negatives]`` int32 example ids.
+
+    References:
+      Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+    Examples:
+      >>> import jax
+      >>> from kdjax.losses import init_class_index, sample_negative_ids
+      >>> index = init_class_index([0, 0, 1, 1, 2, 2], 3)
+      >>> negatives = sample_negative_ids(jax.random.key(0), [0, 2], index, num_negatives=4)
+      >>> sorted(negatives[0].tolist()), sorted(negatives[1].tolist())
+      ([2, 3, 4, 5], [0, 1, 2, 3])
+    """
+    num_negatives = check_static_int("num_negatives", num_negatives, 1)
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.ndim != 1:
+        raise ValueError(f"labels must be [batch] integers, got {labels.dtype}{labels.shape}.")
+    num_examples = class_index.ids_by_class.shape[0]
+    batch = labels.shape[0]
+    # The anchor's class is the block [start, start + count) of ids_by_class.
+    start = class_index.class_start[labels][:, None]
+    count = class_index.class_count[labels][:, None]
+    pool = num_examples - count
+    replace_key, subset_key = jax.random.split(key)
+    drawn = jax.random.randint(replace_key, (batch, num_negatives), 0, pool)
+    positions = drawn + jnp.where(drawn >= start, count, 0)  # skip the anchor's block
+    if num_negatives <= num_examples:
+        # A uniform subset: the positions outside the block with the largest random keys.
+        position = jnp.arange(num_examples)
+        in_class = (position >= start) & (position < start + count)
+        scores = jnp.where(in_class, -1.0, jax.random.uniform(subset_key, (batch, num_examples)))
+        _, subset = jax.lax.top_k(scores, num_negatives)
+        positions = jnp.where(num_negatives > pool, positions, subset)
+    return class_index.ids_by_class[positions]

@@ -1,5 +1,6 @@
-"""Later logit-distillation losses: decoupled KD (DKD), per example, and DIST's
-correlation matching, defined over the batch."""
+"""Later logit-distillation losses: decoupled KD (DKD), per example, with the
+linear warm-up its authors apply to it, and DIST's correlation matching, defined
+over the batch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kdjax.losses._checks import (
     check_logits,
     check_ndim,
     check_non_negative,
+    check_positive,
     check_same_shape,
     check_temperature,
     safe_norm,
@@ -58,18 +60,28 @@ def dkd_loss(
     mdistiller's ``dkd_loss`` except that the target class is excluded exactly
     instead of by subtracting 1000 from its logit (identical unless ``|logit/T|``
     approaches 1000). Like mdistiller's function, this is the distillation term
-    only: add :func:`cross_entropy` yourself, and mdistiller ramps the term in
-    linearly over its first 20 epochs (``warmup``). A label outside
-    ``[0, num_classes)`` makes that example NaN (value and gradient). Both KLs are
-    summed as in :func:`~kdjax.losses.distillation_kl`, so they keep their sign and
-    precision at a high temperature.
+    only: add :func:`cross_entropy` yourself. A label outside ``[0, num_classes)``
+    makes that example NaN (value and gradient). Both KLs are summed as in
+    :func:`~kdjax.losses.distillation_kl`, so they keep their sign and precision at
+    a high temperature.
+
+    mdistiller's CIFAR-100 settings (``configs/cifar100/dkd/*.yaml`` over its
+    defaults): ``CE_WEIGHT`` 1, ``alpha`` 1, ``temperature`` 4, and the term
+    multiplied by :func:`linear_warmup` ``(epoch, 20)`` with epochs counted from 1
+    (``min(epoch / 20, 1)``); ``beta`` depends on the pair: 2 for resnet56 →
+    resnet20 and resnet110 → resnet32; 6 for wrn_40_2 → wrn_16_2, wrn_40_2 →
+    wrn_40_1, vgg13 → vgg8 and vgg13 → MobileNetV2; the default 8 for resnet32x4 →
+    resnet8x4, resnet32x4 → ShuffleV1/V2, wrn_40_2 → ShuffleV1 and ResNet50 →
+    MobileNetV2. Its protocol is RepDistiller's (SGD 0.05, or 0.01 for the
+    ShuffleNet/MobileNet students, batch 64, 240 epochs).
 
     Args:
       s: ``[..., num_classes]`` student logits, ``num_classes >= 2``.
       t: ``[..., num_classes]`` teacher logits.
       labels: ``[...]`` integer class ids.
       alpha: TCKD weight ``>= 0`` (paper: 1); may be traced.
-      beta: NCKD weight ``>= 0`` (paper: 8 on CIFAR-100); may be traced.
+      beta: NCKD weight ``>= 0`` (mdistiller: 8, or 2 / 6 for some pairs, above);
+        may be traced.
       temperature: ``0 < T <= MAX_TEMPERATURE`` (paper: 4); may be traced.
 
     Returns:
@@ -120,6 +132,33 @@ def dkd_loss(
     )
     loss = temperature**2 * (alpha * target_kl + beta * non_target_kl)
     return loss * jnp.where(valid, 1.0, jnp.nan).astype(loss.dtype)
+
+
+def linear_warmup(step: ArrayLike, warmup_steps: ArrayLike) -> Array:
+    """The warm-up factor ``min(step / warmup_steps, 1)``, clipped at 0 below.
+
+    mdistiller multiplies its DKD term by ``min(epoch / warmup, 1.0)`` with the
+    epoch counted from 1 and ``warmup = 20`` (``linear_warmup(epoch, 20)``: 1/20 in
+    the first epoch, 1 from the 20th on). Counted in steps instead, the factor
+    rises every step rather than once per epoch. Pure and traceable: ``step`` may
+    be a traced array (e.g. the optimizer's step count).
+
+    Args:
+      step: the current epoch or step (a number or array; ``>= 0``).
+      warmup_steps: the length of the ramp ``> 0``; may be traced.
+
+    Returns:
+      The float32 factor in ``[0, 1]``, of ``step``'s shape.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from kdjax.losses import linear_warmup
+      >>> print(linear_warmup(jnp.array([0, 1, 10, 20, 240]), 20))
+      [0.   0.05 0.5  1.   1.  ]
+    """
+    check_positive("warmup_steps", warmup_steps)
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.clip(step / jnp.asarray(warmup_steps, jnp.float32), 0.0, 1.0)
 
 
 def _predictions(shifted: Array) -> tuple[Array, Array]:

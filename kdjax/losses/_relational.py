@@ -4,7 +4,8 @@ example's own features.
 
 Each loss here is defined over the whole batch and returns a **scalar**; the batch
 (axis 0) must hold the examples to relate. Every non-batch axis is flattened, so
-the student and teacher widths may differ.
+the student and teacher widths may differ (except in RepDistiller's ``Correlation``,
+which subtracts the two).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import jax.numpy as jnp
 from kdjax.losses._checks import (
     Array,
     ArrayLike,
+    absolute,
     as_float,
     check_batched,
     check_non_negative,
     check_same_batch,
+    check_same_shape,
     check_static_int,
     normalize,
     safe_norm,
@@ -216,9 +219,11 @@ def correlation_congruence_loss(
         (1 / b²) · ‖ψ(F_t) − ψ(F_s)‖_F²
 
     This is the paper's Eq. (squared norm). torchdistill's ``CCKDLoss`` uses the same
-    kernel but the unsquared ``torch.dist(...) / b²``; RepDistiller's ``Correlation``
-    is a different, simplified loss. The embeddings are used as given: normalise them
-    first (e.g. with ``kdjax.models.connectors.EmbedHead``) for the RBF reading to hold.
+    kernel but the unsquared ``torch.dist(...) / b²``. RepDistiller's ``Correlation``
+    (the "CC" of its CIFAR tables, weight 0.02) is a different loss:
+    :func:`repdistiller_correlation_loss`; its 0.02 is tuned for that form, not this
+    one. The embeddings are used as given: normalise them first (e.g. with
+    ``kdjax.models.connectors.EmbedHead``) for the RBF reading to hold.
 
     Args:
       s_emb: ``[batch, ...]`` student embeddings (flattened per example).
@@ -248,3 +253,53 @@ def correlation_congruence_loss(
         student, gamma, order
     )
     return jnp.sum(jnp.square(difference)) / student.shape[0] ** 2
+
+
+def repdistiller_correlation_loss(s_emb: ArrayLike, t_emb: ArrayLike) -> Array:
+    """RepDistiller's ``Correlation`` loss (its "CC"), **scalar**: not the paper's kernel.
+
+    With ``δ_i = |s_i − t_i|`` (element-wise, per example ``i``)::
+
+        (1 / (b − 1)) Σ_{i=1}^{b−1} Σ_d δ_{i,d} · δ_{i+1,d}
+
+    a product of the residuals of *consecutive* examples of the batch (1 with 2,
+    2 with 3, …), which equals RepDistiller's ``Correlation``
+    (``torch.mean((delta[:-1] * delta[1:]).sum(1))``, "code emailed by the original
+    author"). It is not the paper's correlation-congruence loss
+    (:func:`correlation_congruence_loss`): no kernel, and the batch order matters.
+    ``|·|`` has gradient 0 at 0, as PyTorch's. A batch of 1 has no pair and gives 0
+    (RepDistiller: the mean of nothing, NaN).
+
+    What RepDistiller does with it: both embeddings come from a ``LinearEmbed`` head
+    (one ``nn.Linear`` to 128 dimensions with bias, no normalisation) on the pooled
+    features (``feat[-1]``), one head for the student and one for the teacher, both
+    trained with the student; weight ``beta = 0.02`` beside CE weight 1.
+
+    Args:
+      s_emb: ``[batch, ...]`` student embeddings (flattened per example).
+      t_emb: teacher embeddings of the same shape.
+
+    Returns:
+      Scalar loss, ``>= 0``.
+
+    References:
+      Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019
+      (the method RepDistiller's code stands for); Tian, Krishnan & Isola,
+      "Contrastive Representation Distillation", ICLR 2020 (RepDistiller).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from kdjax.losses import repdistiller_correlation_loss
+      >>> s = jnp.array([[1.0, 2.0], [3.0, 1.0], [0.0, 0.0]])
+      >>> round(float(repdistiller_correlation_loss(s, jnp.zeros((3, 2)))), 6)  # (5 + 0) / 2
+      2.5
+    """
+    student = as_float("s_emb", s_emb)
+    teacher = as_float("t_emb", t_emb)
+    check_batched("s_emb", student)
+    check_same_shape("s_emb", student, "t_emb", teacher)
+    batch = student.shape[0]
+    difference = (student - teacher).reshape(batch, -1)
+    residual = absolute(difference)
+    products = jnp.sum(residual[:-1] * residual[1:], axis=-1)
+    return jnp.sum(products) / max(batch - 1, 1)
