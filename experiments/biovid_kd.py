@@ -41,7 +41,15 @@ import numpy as np
 
 from experiments import report
 from experiments.biovid_plots import write_plots
-from experiments.config import (
+from experiments.report import log
+from kdjax.data import Split, normalize
+from kdjax.data import folds as folding
+from kdjax.data.biovid_synthetic import write_dataset
+from kdjax.data.signals import CHANNELS, binary_task, level_errors, load_biovid
+from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.models import count_params
+from kdjax.models.signal_models import get_signal_model
+from kdjax.runs.cli import (
     CommonConfig,
     at_least_one,
     command,
@@ -53,14 +61,6 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.report import log
-from kdjax.data import Split, normalize
-from kdjax.data import folds as folding
-from kdjax.data.biovid_synthetic import write_dataset
-from kdjax.data.signals import CHANNELS, binary_task, level_errors, load_biovid
-from kdjax.distill.objectives import get_objective, make_hyperparams
-from kdjax.models import count_params
-from kdjax.models.signal_models import get_signal_model
 from kdjax.runs.spec import config_hash
 from kdjax.store.locking import run_lock
 from kdjax.training import (

@@ -26,7 +26,7 @@ weights, and ``--train_examples=N`` trains on a fixed random subset of N trainin
 images (what a CPU affords; the results record it).
 
 The report gives each method's test accuracy as mean ± std over its seeds, its gain
-over KD and whether that exceeds the spread (:data:`experiments.method_table.SPREAD_RULE`),
+over KD and whether that exceeds the spread (:data:`kdjax.runs.statistics.SPREAD_RULE`),
 its training time and its time per step beside CE's.
 
 Data: ``--dataset=cifar10`` (default) or ``cifar100``; ``--data_dir`` names an
@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from experiments import method_table, report
+from experiments import report
 from experiments.cifar_pairs import (
     COMPARED_METHODS,
     LABELS,
@@ -56,9 +56,14 @@ from experiments.cifar_pairs import (
     PROTOCOLS,
     SEED_METHODS,
     SHORT_LABELS,
-    input_normalisation,
+    method_weights,
+    spec_fields,
 )
-from experiments.config import (
+from kdjax.data import Dataset, Split
+from kdjax.data.image_folder import CIFAR_SETS, load_cifar
+from kdjax.distill.objectives import get_objective
+from kdjax.distill.teachers import Teacher
+from kdjax.runs.cli import (
     CommonConfig,
     at_least_one,
     command,
@@ -69,11 +74,6 @@ from experiments.config import (
     positive,
     temperature_range,
 )
-from kdjax.data import Dataset, Split
-from kdjax.data.image_folder import CIFAR_SETS, load_cifar
-from kdjax.distill.objectives import get_objective
-from kdjax.distill.teachers import Teacher
-from kdjax.runs import train_run
 from kdjax.runs.spec import RunSpec
 from kdjax.training.monitor import NonFiniteLossError
 
@@ -189,21 +189,6 @@ class Config(CommonConfig):
         return {"teacher": self.teacher_epochs or default, "student": self.epochs or default}
 
 
-def method_weights(config: Config, method: str) -> dict:
-    """The loss weights (and T) of one method: the preset's, overridden by the config."""
-    if method == "ce":
-        return {}
-    preset = PRESETS[config.preset]
-    weights = dict(preset.get(method) or COMPARED_METHODS[method])
-    if method == "kd_standardized":
-        weights["temperature"] = preset["kd"]["temperature"]
-    for name in ("temperature", "hard_weight", "soft_weight"):
-        value = getattr(config, name)
-        if value is not None and (name != "temperature" or method == "kd"):
-            weights[name] = value
-    return weights
-
-
 def training_subset(dataset: Dataset, count: int | None) -> Dataset:
     """``dataset`` with ``count`` training examples drawn without replacement by a fixed
     seed (kept in their original order; test split unchanged), or as it is."""
@@ -222,34 +207,8 @@ def training_subset(dataset: Dataset, count: int | None) -> Dataset:
     )
 
 
-def spec_fields(config: Config, dataset: Dataset, epochs: int) -> tuple[dict, dict]:
-    """RunSpec fields every run of this config shares (``epochs``: the run's own, which
-    places the learning-rate drops), and the model settings the data set adds."""
-    protocol = config.training_protocol()
-    schedule = {}
-    if protocol.lr_decay_epochs:
-        schedule = {
-            "lr_schedule": "step",
-            "lr_decay_epochs": protocol.decay_epochs(epochs),
-            "lr_decay_rate": protocol.lr_decay_rate,
-        }
-    settings = {} if dataset.num_classes == 10 else {"num_classes": dataset.num_classes}
-    return dict(
-        epochs=epochs,
-        batch_size=protocol.batch_size,
-        learning_rate=protocol.learning_rate,
-        optimizer=protocol.optimizer,
-        weight_decay=protocol.weight_decay,
-        image_augment=protocol.image_augment,
-        compute_dtype=config.compute_dtype,
-        **schedule,
-        **input_normalisation(protocol, config.dataset),
-    ), settings
-
-
-def run(config: Config) -> dict:
-    started = time.perf_counter()
-    preset, methods, protocol = PRESETS[config.preset], config.methods(), config.training_protocol()
+def load_data(config: Config) -> Dataset:
+    """The data set (decoded images cached), cut to ``--train_examples``."""
     dataset = load_cifar(
         config.dataset,
         config.data_dir,
@@ -264,74 +223,90 @@ def run(config: Config) -> dict:
         f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
         f"{len(dataset.train)} train (of {full_size}) / {len(dataset.test)} test examples."
     )
+    return dataset
+
+
+def teacher_spec(config: Config, dataset: Dataset) -> RunSpec:
+    """The pair's teacher under the protocol (seed :data:`TEACHER_SEED`)."""
+    fields, settings = spec_fields(config, dataset, config.run_epochs()["teacher"])
+    model, model_settings = PRESETS[config.preset]["teacher"]
+    return RunSpec(
+        role="teacher",
+        model=model,
+        model_settings={**model_settings, **settings},
+        seed=TEACHER_SEED,
+        **fields,
+    )
+
+
+def student_spec(config: Config, dataset: Dataset, method: str, weights: dict) -> RunSpec:
+    """The pair's ``--seeds`` students of one method, trained together."""
+    seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
+    fields, settings = spec_fields(config, dataset, config.run_epochs()["student"])
+    model, model_settings = PRESETS[config.preset]["student"]
+    reads_teacher = bool(get_objective(method).teacher_outputs)
+    return RunSpec(
+        role=f"student_{method}",
+        model=model,
+        model_settings={**model_settings, **settings},
+        objective=method,
+        seed=seeds if len(seeds) > 1 else seeds[0],
+        teacher_mode=config.training_protocol().teacher_mode if reads_teacher else "stored",
+        **weights,
+        **fields,
+    )
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    methods, protocol = config.methods(), config.training_protocol()
+    dataset = load_data(config)
     report.log(
         f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each; "
         f"epochs {config.run_epochs()}; {protocol}."
     )
+    # Built once: a data-parallel mesh is announced once for every run.
     execution = report.execution(config)
-
-    def train(spec, teacher=None):
-        return train_run(
-            spec, dataset, config.workdir, teacher=teacher, execution=execution, log=report.log
-        )
-
-    fields, settings = spec_fields(config, dataset, config.run_epochs()["teacher"])
-    model, model_settings = preset["teacher"]
-    specs = {
-        "teacher": RunSpec(
-            role="teacher",
-            model=model,
-            model_settings={**model_settings, **settings},
-            seed=TEACHER_SEED,
-            **fields,
-        )
-    }
-    results = {"teacher": train(specs["teacher"])}
+    specs = {"teacher": teacher_spec(config, dataset)}
+    results = {"teacher": report.train(config, specs["teacher"], dataset, prepared=execution)}
     teacher = Teacher(specs["teacher"], results["teacher"].variables, results["teacher"].run_dir)
     # Every output the methods read, computed in one pass over the training set.
     needed = tuple(dict.fromkeys(n for m in methods for n in get_objective(m).teacher_outputs))
     if needed and protocol.teacher_mode == "stored":
         teacher.outputs(dataset, needed, splits=("train",), log=report.log)
-
-    seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
-    fields, settings = spec_fields(config, dataset, config.run_epochs()["student"])
-    model, model_settings = preset["student"]
     weights, diverged = {"teacher": {}}, {}
     for method in methods:
         weights[method] = method_weights(config, method)
-        reads_teacher = bool(get_objective(method).teacher_outputs)
-        name = f"student_{method}"
-        specs[name] = RunSpec(
-            role=name,
-            model=model,
-            model_settings={**model_settings, **settings},
-            objective=method,
-            seed=seeds if len(seeds) > 1 else seeds[0],
-            teacher_mode=protocol.teacher_mode if reads_teacher else "stored",
-            **weights[method],
-            **fields,
-        )
+        spec = student_spec(config, dataset, method, weights[method])
+        mentor = teacher if get_objective(method).teacher_outputs else None
         report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
         try:
-            results[name] = train(specs[name], teacher if reads_teacher else None)
+            results[spec.role] = report.train(
+                config, spec, dataset, teacher=mentor, prepared=execution
+            )
+            specs[spec.role] = spec
         except NonFiniteLossError as error:
             # One method that diverges at its weights must not cost the others' runs.
             if len(methods) == 1:
                 raise
             diverged[method] = str(error)
-            del specs[name]
             report.log(f"Student {method} DIVERGED, left out of the comparison: {error}")
-    return _report(config, dataset, specs, results, weights, started, diverged)
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    study = comparison(config, dataset, runs, results, weights, diverged)
+    document = report.results_document("cifar10_kd", config, dataset, runs, study, started)
+    path = report.write_results(config.workdir, document)
+    print_comparison(config, dataset, document, path)
+    return document
 
 
-def _report(config, dataset, specs, results, weights, started, diverged=None) -> dict:
-    """The study (comparison, gains, costs), results.json, plots and the printed table."""
+def comparison(config, dataset, runs, results, weights, diverged) -> dict:
+    """The study: each method's accuracy over seeds beside the published one, gains
+    over CE and KD against the spread, and the cost of a step."""
     preset, protocol = PRESETS[config.preset], config.training_protocol()
     # Published accuracies belong to the pair's own protocol and data set.
     own_protocol = config.base_protocol() == preset["protocol"]
     published = preset["published"].get(config.dataset, {}) if own_protocol else {}
-    methods = [name.removeprefix("student_") for name in specs if name != "teacher"]
-    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
+    methods = [name.removeprefix("student_") for name in runs if name != "teacher"]
     rows = [
         {
             "method": method,
@@ -344,43 +319,42 @@ def _report(config, dataset, specs, results, weights, started, diverged=None) ->
     ]
     steps_per_epoch = len(dataset.train) // protocol.batch_size
     names = {"teacher": "teacher", **{method: f"student_{method}" for method in methods}}
-    costs = method_table.step_costs(runs, names, steps_per_epoch)
-    study = {
+    return {
         "preset": config.preset,
         "dataset": config.dataset,
         "train_examples": len(dataset.train),
         "protocol": dataclasses.asdict(protocol),
         "epochs": config.run_epochs(),
         "comparison": rows,
-        "spread_rule": method_table.SPREAD_RULE,
-        "gains_over_ce": method_table.gains_over(rows, "ce"),
-        "gains_over_kd": method_table.gains_over(rows, "kd"),
-        "costs": costs,
+        "spread_rule": report.SPREAD_RULE,
+        "gains_over_ce": report.gains_over(rows, "ce"),
+        "gains_over_kd": report.gains_over(rows, "kd"),
+        "costs": report.step_costs(runs, names, steps_per_epoch),
         "cost_baseline": "ce",
         "published_source": preset["published_source"] if published else None,
         # Methods whose loss became NaN or infinite: method -> the error.
-        "diverged": dict(diverged or {}),
+        "diverged": dict(diverged),
     }
-    document = report.results_document("cifar10_kd", config, dataset, runs, study, started)
-    path = report.write_results(config.workdir, document)
+
+
+def print_comparison(config: Config, dataset: Dataset, document: dict, path) -> None:
+    """``comparison.png``, ``learning_curves.png`` and the printed table with its notes."""
+    preset, protocol = PRESETS[config.preset], config.training_protocol()
+    runs, study = document["runs"], document["study"]
+    rows = study["comparison"]
     title = (
         f"{CIFAR_SETS[config.dataset][0]} ({config.preset}, {len(dataset.train):,} train): "
         f"students {config.run_epochs()['student']} epochs × {config.seeds} seed(s)"
     )
-    comparison = method_table.plot_comparison(
-        f"{config.workdir}/comparison.png",
-        rows,
-        SHORT_LABELS,
-        title,
-        f"published ({preset['published_source']})",
-    )
+    plot = report.plot_comparison(f"{config.workdir}/comparison.png", rows, SHORT_LABELS, title,
+                                  f"published ({preset['published_source']})")  # fmt: skip
     curves = report.plot_learning_curves(
         f"{config.workdir}/learning_curves.png",
         {LABELS[row["method"]]: report.mean_history(runs[row["run"]]["history"]) for row in rows},
         title + " (mean over seeds)",
     )
-    notes = [f"Gain over KD counts as beyond the spread when {method_table.SPREAD_RULE}."]
-    notes += [f"{LABELS[name]}: DIVERGED ({error})" for name, error in (diverged or {}).items()]
+    notes = [f"Gain over KD counts as beyond the spread when {report.SPREAD_RULE}."]
+    notes += [f"{LABELS[name]}: DIVERGED ({error})" for name, error in study["diverged"].items()]
     notes += [
         f"{LABELS[name]}: {100 * v['gain']:+.2f} points over CE; "
         + ("exceeds" if v["exceeds_spread"] else "within")
@@ -393,15 +367,11 @@ def _report(config, dataset, specs, results, weights, started, diverged=None) ->
         + ("teacher's forward pass (online)." if protocol.teacher_mode == "online" else "method.")
     )
     report.print_report(
-        method_table.TABLE_HEADER,
-        method_table.table(rows, runs, study["gains_over_kd"], costs, LABELS),
+        report.COMPARISON_HEADER,
+        report.comparison_rows(rows, runs, study["gains_over_kd"], study["costs"], LABELS),
         notes=["", *notes, *report.data_notes(dataset)],
-        footer=(
-            f"Results: {path}  Plots: {comparison}, {curves}  "
-            f"Wall time: {document['wall_seconds']} s"
-        ),
+        footer=f"Results: {path}  Plots: {plot}, {curves}  Wall time: {document['wall_seconds']} s",
     )
-    return document
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The teacher–student pairs ``experiments.cifar10_kd`` compares distillation methods on:
-each pair's networks, training protocol and loss weights, and the accuracies
-published for it.
+each pair's networks, training protocol and loss weights, the accuracies published
+for it, and the RunSpec fields and loss weights a config gives its runs
+(:func:`spec_fields`, :func:`method_weights`).
 
 - ``seed002`` (default) and ``seed001``: the seeds' 4-conv teacher and 2-conv student
   ("DeepNN" → "LightNN"), Adam 1e-3, batch 128, 10 epochs, no augmentation, the
@@ -167,3 +168,44 @@ def input_normalisation(protocol: Protocol, dataset_name: str) -> dict:
         return {"input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD}
     mean, std = DATASET_NORMALISATION[dataset_name]
     return {"input_mean": mean, "input_std": std}
+
+
+def method_weights(config, method: str) -> dict:
+    """The loss weights (and T) of one method: the preset's, overridden by the config
+    (a ``cifar10_kd.Config``)."""
+    if method == "ce":
+        return {}
+    preset = PRESETS[config.preset]
+    weights = dict(preset.get(method) or COMPARED_METHODS[method])
+    if method == "kd_standardized":
+        weights["temperature"] = preset["kd"]["temperature"]
+    for name in ("temperature", "hard_weight", "soft_weight"):
+        value = getattr(config, name)
+        if value is not None and (name != "temperature" or method == "kd"):
+            weights[name] = value
+    return weights
+
+
+def spec_fields(config, dataset, epochs: int) -> tuple[dict, dict]:
+    """RunSpec fields every run of this config shares (``epochs``: the run's own, which
+    places the learning-rate drops), and the model settings the data set adds."""
+    protocol = config.training_protocol()
+    schedule = {}
+    if protocol.lr_decay_epochs:
+        schedule = {
+            "lr_schedule": "step",
+            "lr_decay_epochs": protocol.decay_epochs(epochs),
+            "lr_decay_rate": protocol.lr_decay_rate,
+        }
+    settings = {} if dataset.num_classes == 10 else {"num_classes": dataset.num_classes}
+    return dict(
+        epochs=epochs,
+        batch_size=protocol.batch_size,
+        learning_rate=protocol.learning_rate,
+        optimizer=protocol.optimizer,
+        weight_decay=protocol.weight_decay,
+        image_augment=protocol.image_augment,
+        compute_dtype=config.compute_dtype,
+        **schedule,
+        **input_normalisation(protocol, config.dataset),
+    ), settings

@@ -46,7 +46,8 @@ import time
 import jax
 
 from experiments import mnist_setup, report
-from experiments.config import (
+from experiments.mnist_setup import MnistConfig
+from kdjax.runs.cli import (
     at_least_one,
     command,
     finite,
@@ -55,7 +56,6 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.mnist_setup import MnistConfig
 
 # The paper's networks: registry model and settings.
 PRESETS = {
@@ -121,6 +121,32 @@ def labels(config: Config) -> dict[str, str]:
     }
 
 
+def student_specs(config: Config) -> dict:
+    """The two student arms: from scratch and distilled, ``--seeds`` students each,
+    both seeing the same ``--student_translate_pixels`` jitter."""
+    jitter = config.student_translate_pixels
+    student = dict(
+        seed=tuple(range(config.seeds)) if config.seeds > 1 else 0,
+        lr_schedule=config.lr_schedule,
+        translate_pixels=jitter,
+    )
+    kd = mnist_setup.kd_fields(config.temperature, config.alpha)
+    return {
+        "student_scratch": mnist_setup.student_spec(
+            config, "student_scratch", *PRESETS[STUDENT], **student
+        ),
+        # With jitter, the teacher's logits are stored for every shift of every image.
+        "student_kd": mnist_setup.student_spec(
+            config,
+            "student_kd",
+            *PRESETS[STUDENT],
+            consistent_jitter=bool(jitter),
+            **kd,
+            **student,
+        ),
+    }
+
+
 def run(config: Config) -> dict:
     started = time.perf_counter()
     if jax.default_backend() == "cpu" and config.teacher_epochs >= 100:
@@ -138,55 +164,27 @@ def run(config: Config) -> dict:
         max_norm=config.max_norm,
         lr_schedule=config.lr_schedule,
     )
-    jitter = config.student_translate_pixels
-    student = dict(
-        seed=tuple(range(config.seeds)) if config.seeds > 1 else 0,
-        lr_schedule=config.lr_schedule,
-        translate_pixels=jitter,
-    )
-    specs = {
-        "teacher": teacher.spec,
-        "student_scratch": mnist_setup.student_spec(
-            config, "student_scratch", *PRESETS[STUDENT], **student
-        ),
-        # With jitter, the teacher's logits are stored for every shift of every image.
-        "student_kd": mnist_setup.student_spec(
-            config,
-            "student_kd",
-            *PRESETS[STUDENT],
-            consistent_jitter=bool(jitter),
-            **mnist_setup.kd_fields(config.temperature, config.alpha),
-            **student,
-        ),
-    }
+    specs = {"teacher": teacher.spec, **student_specs(config)}
     results = {
         "teacher": teacher_run,
-        "student_scratch": mnist_setup.train(config, specs["student_scratch"], dataset),
-        "student_kd": mnist_setup.train(config, specs["student_kd"], dataset, teacher),
+        "student_scratch": report.train(config, specs["student_scratch"], dataset),
+        "student_kd": report.train(config, specs["student_kd"], dataset, teacher=teacher),
     }
-
-    test_size = len(dataset.test)
     errors = {
-        name: report.count_summary(result.test_accuracy, test_size, errors=True)
+        name: report.count_summary(result.test_accuracy, len(dataset.test), errors=True)
         for name, result in results.items()
     }
-    gap = errors["student_scratch"]["mean"] - errors["student_kd"]["mean"]
-    spread = max(errors["student_scratch"]["std"], errors["student_kd"]["std"])
-    verdict = {
-        "kd_fewer_errors_than_scratch_by": gap,
-        "largest_seed_std": spread,
-        "clearly_better": bool(config.seeds > 1 and gap > 2 * spread),
-    }
-    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
     study = {
         "test_errors": errors,
-        "test_examples": test_size,
+        "test_examples": len(dataset.test),
         "paper_errors": PAPER_ERRORS,
-        "distillation_verdict": verdict,
+        "distillation_verdict": verdict(errors, config.seeds),
         "models": {"teacher": TEACHER, "student": STUDENT},
     }
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
     document = report.results_document("hinton_mnist", config, dataset, runs, study, started)
     # The jittered variant shares the workdir (and so the teacher): its own file names.
+    jitter = config.student_translate_pixels
     suffix = f"-jitter{jitter}" if jitter else ""
     path = report.write_results(config.workdir, document, f"results{suffix}.json")
     names = labels(config)
@@ -195,33 +193,55 @@ def run(config: Config) -> dict:
         {names[name]: report.mean_history(result.history) for name, result in results.items()},
         "Hinton et al. 2015 MNIST (mean over seeds)",
     )
-    rows = [
+    report.print_report(
+        ["run", f"test errors / {len(dataset.test):,}", "n", "epochs", "paper"],
+        table(errors, runs, names),
+        notes=[*notes(study["distillation_verdict"], jitter), *report.data_notes(dataset)],
+        footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",
+    )
+    return document
+
+
+def verdict(errors: dict, seeds: int) -> dict:
+    """Whether the distilled students make fewer errors than the scratch ones by more
+    than two standard deviations (the larger of the two arms')."""
+    gap = errors["student_scratch"]["mean"] - errors["student_kd"]["mean"]
+    spread = max(errors["student_scratch"]["std"], errors["student_kd"]["std"])
+    return {
+        "kd_fewer_errors_than_scratch_by": gap,
+        "largest_seed_std": spread,
+        "clearly_better": bool(seeds > 1 and gap > 2 * spread),
+    }
+
+
+def table(errors: dict, runs: dict, names: dict) -> list[list[str]]:
+    """One line per run: test errors (mean ± std), students, epochs, the paper's."""
+    return [
         [
             names[name],
             f"{e['mean']:.1f} ± {e['std']:.1f}" if len(e["each"]) > 1 else f"{e['mean']:.0f}",
             str(len(e["each"])),
-            str(len(results[name].history)),
+            str(len(runs[name]["history"])),
             str(PAPER_ERRORS[name]),
         ]
         for name, e in errors.items()
     ]
-    jitter_note = (
-        f"The students saw inputs shifted by up to {jitter} pixels; the paper's students "
-        "saw none (its 146 and 74 are for unjittered training)."
-    )
-    report.print_report(
-        ["run", f"test errors / {test_size:,}", "n", "epochs", "paper"],
-        rows,
-        notes=[
-            f"\nErrors from scratch minus errors distilled: {gap:+.1f}; largest seed std "
-            f"{spread:.1f}: the distilled student is "
-            + ("clearly better (> 2 std)." if verdict["clearly_better"] else "not clearly better."),
-            *([jitter_note] if jitter else []),
-            *report.data_notes(dataset),
-        ],
-        footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",
-    )
-    return document
+
+
+def notes(verdict: dict, jitter: int) -> list[str]:
+    """The verdict and, for the jittered variant, what the students saw."""
+    gap, spread = verdict["kd_fewer_errors_than_scratch_by"], verdict["largest_seed_std"]
+    lines = [
+        f"\nErrors from scratch minus errors distilled: {gap:+.1f}; largest seed std "
+        f"{spread:.1f}: the distilled student is "
+        + ("clearly better (> 2 std)." if verdict["clearly_better"] else "not clearly better.")
+    ]
+    if jitter:
+        lines.append(
+            f"The students saw inputs shifted by up to {jitter} pixels; the paper's students "
+            "saw none (its 146 and 74 are for unjittered training)."
+        )
+    return lines
 
 
 if __name__ == "__main__":

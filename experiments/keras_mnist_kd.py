@@ -27,7 +27,7 @@ The example reports one run of each: teacher ≈ 97.6%, student from scratch ≈
 distilled ≈ 98.1%. Here the teacher is trained once (seed 42) and each student arm is
 ``--seeds`` students trained together; the table gives mean ± std beside the
 example's numbers and whether the distilled students' gain over the scratch ones
-exceeds the spread (:data:`experiments.method_table.SPREAD_RULE`). Without
+exceeds the spread (:data:`kdjax.runs.statistics.SPREAD_RULE`). Without
 ``--data_dir`` and a TFDS copy of MNIST it uses the embedded 5,000-image sample (and
 says so). Writes ``results.json``, ``comparison.png`` and ``learning_curves.png``.
 From Python::
@@ -41,8 +41,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from experiments import method_table, mnist_setup, report
-from experiments.config import (
+from experiments import mnist_setup, report
+from experiments.mnist_setup import MnistConfig
+from kdjax.distill.objectives import alpha_weights
+from kdjax.distill.teachers import Teacher
+from kdjax.runs.cli import (
     at_least_one,
     command,
     non_negative,
@@ -50,9 +53,6 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.mnist_setup import MnistConfig
-from kdjax.distill.objectives import alpha_weights
-from kdjax.distill.teachers import Teacher
 from kdjax.runs.spec import RunSpec
 
 MODEL = "strided_conv_net"
@@ -123,10 +123,10 @@ def run(config: Config) -> dict:
     started = time.perf_counter()
     dataset = mnist_setup.load_data(config)
     arms = specs(config)
-    results = {"teacher": mnist_setup.train(config, arms["teacher"], dataset)}
+    results = {"teacher": report.train(config, arms["teacher"], dataset)}
     teacher = Teacher(arms["teacher"], results["teacher"].variables, results["teacher"].run_dir)
-    results["student_scratch"] = mnist_setup.train(config, arms["student_scratch"], dataset)
-    results["student_kd"] = mnist_setup.train(config, arms["student_kd"], dataset, teacher)
+    results["student_scratch"] = report.train(config, arms["student_scratch"], dataset)
+    results["student_kd"] = report.train(config, arms["student_kd"], dataset, teacher=teacher)
 
     runs = report.run_entries(arms, results, dataset.train.images.shape[1:])
     rows = [
@@ -139,14 +139,14 @@ def run(config: Config) -> dict:
         for name, result in results.items()
     ]
     steps_per_epoch = len(dataset.train) // config.batch_size
-    costs = method_table.step_costs(
+    costs = report.step_costs(
         runs, {name: name for name in arms}, steps_per_epoch, baseline="student_scratch"
     )
     study = {
         "comparison": rows,
         "keras_reported": KERAS_REPORTED,
-        "gains_over_scratch": method_table.gains_over(rows, "student_scratch"),
-        "spread_rule": method_table.SPREAD_RULE,
+        "gains_over_scratch": report.gains_over(rows, "student_scratch"),
+        "spread_rule": report.SPREAD_RULE,
         "costs": costs,
         "cost_baseline": "student_scratch",
         "loss": {
@@ -162,7 +162,7 @@ def run(config: Config) -> dict:
         f"Keras KD example, MNIST ({dataset.source}): students {config.epochs} epochs "
         f"× {config.seeds} seed(s)"
     )
-    plot = method_table.plot_comparison(
+    plot = report.plot_comparison(
         f"{config.workdir}/comparison.png", rows, LABELS, title, "Keras example (one run)"
     )
     curves = report.plot_learning_curves(
@@ -170,7 +170,19 @@ def run(config: Config) -> dict:
         {LABELS[name]: report.mean_history(runs[name]["history"]) for name in arms},
         title + " (mean over seeds)",
     )
-    table = [
+    report.print_report(
+        ["run", "params", "test acc %", "Keras example %", "train s", "ms/step"],
+        table(rows, runs, costs),
+        notes=["", *notes(study["gains_over_scratch"]), *report.data_notes(dataset)],
+        footer=f"Results: {path}  Plots: {plot}, {curves}  Wall time: {document['wall_seconds']} s",
+    )
+    return document
+
+
+def table(rows: list[dict], runs: dict, costs: dict) -> list[list[str]]:
+    """One line per run: parameters, accuracy over seeds, the example's, training time
+    and time per step."""
+    return [
         [
             LABELS[row["method"]],
             f"{runs[row['run']]['parameters']:,}",
@@ -181,19 +193,16 @@ def run(config: Config) -> dict:
         ]
         for row in rows
     ]
-    notes = [
+
+
+def notes(gains: dict) -> list[str]:
+    """The distilled students' gain over the scratch ones against the spread."""
+    return [
         f"Distilled over scratch: {100 * verdict['gain']:+.2f} points; "
         + ("exceeds" if verdict["exceeds_spread"] else "within")
-        + f" the spread ({100 * verdict['spread']:.2f}; {method_table.SPREAD_RULE})."
-        for verdict in study["gains_over_scratch"].values()
+        + f" the spread ({100 * verdict['spread']:.2f}; {report.SPREAD_RULE})."
+        for verdict in gains.values()
     ]
-    report.print_report(
-        ["run", "params", "test acc %", "Keras example %", "train s", "ms/step"],
-        table,
-        notes=["", *notes, *report.data_notes(dataset)],
-        footer=f"Results: {path}  Plots: {plot}, {curves}  Wall time: {document['wall_seconds']} s",
-    )
-    return document
 
 
 if __name__ == "__main__":

@@ -38,10 +38,17 @@ import json
 import time
 from pathlib import Path
 
-from experiments import report
-from experiments.config import (
+from experiments import mhist_training, report
+from experiments.mhist_training import AUGMENTS, kd_fields, pretrained_start, student_spec
+from kdjax.data.mhist import load_mhist
+from kdjax.distill.teachers import Teacher
+from kdjax.models.backbones import trainable_last_blocks
+from kdjax.models.freezing import LayerSelection
+from kdjax.models.pretrained import WeightFileError, load_keras_weights
+from kdjax.runs.cli import (
     CommonConfig,
     at_least_one,
+    command,
     each,
     existing_path,
     finite,
@@ -51,26 +58,9 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.mhist_training import (
-    AUGMENTS,
-    INPUT_SCALING,
-    evaluate_run,
-    model_costs,
-    plot_sweep,
-    pretrained_start,
-    seed_protocol_rows,
-    train,
-)
-from kdjax.data.mhist import load_mhist
-from kdjax.distill.objectives import alpha_weights
-from kdjax.distill.teachers import Teacher
-from kdjax.models.backbones import trainable_last_blocks
-from kdjax.models.freezing import LayerSelection, frozen_patterns
-from kdjax.models.pretrained import WeightFileError, load_keras_weights
-from kdjax.runs.spec import RunSpec
+from kdjax.runs.scoring import evaluate_run, model_costs
 
 STUDIES = ("kd", "temperature", "alpha", "chain", "all")
-TEACHER_SEED = 42
 # Seed 003: ResNet50V2.layers[-5:] trainable (the weighted ones of them), plus the head.
 SEED_TEACHER_TRAINABLE = ("conv5_block3_3_conv", "post_bn", "head")
 
@@ -162,46 +152,88 @@ def standin_label(data_dir: str) -> str | None:
     return json.loads(path.read_text())["label"] if path.is_file() else None
 
 
-def _student(config, role, seed, *, selection, **fields) -> RunSpec:
-    """A MobileNetV2 student (or a population of them: tuples in ``fields``)."""
-    settings = {"num_classes": 2, "trainable": selection.patterns}
-    count = max((len(v) for v in fields.values() if isinstance(v, tuple)), default=0)
-    return RunSpec(
-        role=role,
-        model="mobilenetv2",
-        model_settings=settings,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        seed=(seed,) * count if count else seed,
-        teacher_mode=config.teacher_mode,
-        image_augment=AUGMENTS[config.augment],
-        frozen=frozen_patterns(selection),
-        **INPUT_SCALING,
-        **fields,
-    )
+class Students:
+    """The runs of one invocation, trained in order and each scored as it finishes:
+    ``runs`` (results.json entries), ``specs`` and ``cells`` (test metrics by cell: a
+    run, or one setting of a sweep, over seeds)."""
+
+    def __init__(self, config: Config, dataset, weights: dict):
+        self.config, self.dataset, self.weights = config, dataset, weights
+        self.runs, self.specs, self.cells = {}, {}, {}
+
+    def train(self, name, spec, cell_names, *, teacher=None, start=None):
+        """Trains ``spec`` and scores every member; ``cell_names[i]`` collects member i."""
+        result = report.train(
+            self.config, spec, self.dataset, teacher=teacher, initial_variables=start
+        )
+        self.runs[name], self.specs[name] = report.run_entry(spec, result), spec
+        scores = evaluate_run(result.run_dir, self.dataset, self.config.eval_batch_size)
+        for member, scored in enumerate(scores):
+            self.cells.setdefault(cell_names[member], []).append(scored)
+        return result
+
+    def student(self, seed, role, selection, *, pretrained=True, teacher=None, names=None,
+                **fields):  # fmt: skip
+        """A MobileNetV2 student (``fields``: its objective; tuples: a population),
+        named ``<role>_seed<seed>``; returns its result and spec."""
+        spec = student_spec(self.config, role, seed, selection=selection, **fields)
+        start = pretrained_start(self.weights["mobilenetv2"]) if pretrained else None
+        result = self.train(
+            f"{role}_seed{seed}", spec, names or [role], teacher=teacher, start=start
+        )
+        return result, spec
 
 
-def _kd(temperature, alpha) -> dict:
-    if isinstance(alpha, tuple):
-        weights = {"hard_weight": alpha, "soft_weight": tuple(1.0 - a for a in alpha)}
-    else:
-        weights = alpha_weights(alpha)
-    return {"objective": "kd", "temperature": temperature, **weights}
+def sweeps(config: Config) -> dict:
+    """``{kind: (values, cell names)}`` of the sweeps ``--study`` asks for."""
+    found = {}
+    if config.study in ("temperature", "all"):
+        found["temperature"] = (config.temperatures, [f"T={t:g}" for t in config.temperatures])
+    if config.study in ("alpha", "all"):
+        found["alpha"] = (config.alphas, [f"alpha={a:g}" for a in config.alphas])
+    return found
 
 
-def run(config: Config) -> dict:
-    started = time.perf_counter()
-    label = standin_label(config.data_dir)
-    title = f"STAND-IN ({label})" if label else "MHIST"
-    # Weight files first: a wrong file stops the command before any training.
-    weights = {
+def train_seed(config: Config, students: Students, seed: int, teacher: Teacher) -> None:
+    """Every student ``--study`` asks for, with one seed."""
+    head_only = trainable_last_blocks("mobilenetv2", config.student_trainable_blocks)
+    kd, swept = kd_fields(config.temperature, config.alpha), sweeps(config)
+    if config.study in ("kd", "all"):
+        students.student(seed, "student_scratch", LayerSelection(("*",)), pretrained=False)
+        students.student(seed, "student_transfer", head_only)
+        students.student(seed, "student_kd", head_only, teacher=teacher, **kd)
+    if "temperature" in swept:
+        fields = kd_fields(tuple(config.temperatures), config.alpha)
+        students.student(seed, "sweep_temperature", head_only, teacher=teacher,
+                         names=swept["temperature"][1], **fields)  # fmt: skip
+    if "alpha" in swept:
+        fields = kd_fields(config.alpha_sweep_temperature, tuple(config.alphas))
+        students.student(seed, "sweep_alpha", head_only, teacher=teacher,
+                         names=swept["alpha"][1], **fields)  # fmt: skip
+    if config.study in ("chain", "all"):
+        part = trainable_last_blocks("mobilenetv2", config.assistant_trainable_blocks)
+        assistant, spec = students.student(seed, "assistant", part, teacher=teacher, **kd)
+        mentor = Teacher(spec, assistant.variables, assistant.run_dir)
+        students.student(seed, "student_chain", head_only, teacher=mentor, **kd)
+
+
+def load_weights(config: Config) -> dict:
+    """``{backbone: (path, variables) or None}``: the weight files, read before the data
+    so that a wrong file stops the command before any training."""
+    return {
         name: None if path is None else (path, load_keras_weights(path, name))
         for name, path in (
             ("resnet50v2", config.teacher_weights),
             ("mobilenetv2", config.student_weights),
         )
     }
+
+
+def run(config: Config) -> dict:
+    started = time.perf_counter()
+    label = standin_label(config.data_dir)
+    title = f"STAND-IN ({label})" if label else "MHIST"
+    weights = load_weights(config)
     dataset = load_mhist(config.data_dir, image_size=config.image_size, log=report.log)
     report.log(
         f"Data: {title}, {len(dataset.train)} train / {len(dataset.test)} test images of "
@@ -210,88 +242,26 @@ def run(config: Config) -> dict:
     for name, loaded in weights.items():
         if loaded is None:
             report.log(f"NOTE: no weight file for {name}: its frozen layers stay random.")
-    image_shape = dataset.train.images.shape[1:]
-    runs, specs, cells, sweeps = {}, {}, {}, {}
-
-    def record(name, spec, result, cell_names):
-        """Scores every member of a finished run; ``cell_names[i]`` collects member i."""
-        runs[name], specs[name] = report.run_entry(spec, result), spec
-        for member, report_ in enumerate(evaluate_run(result.run_dir, dataset, config)):
-            cells.setdefault(cell_names[member], []).append(report_)
-
-    teacher_selection = LayerSelection(tuple(config.teacher_trainable))
-    teacher_spec = RunSpec(
-        role="teacher",
-        model="resnet50v2",
-        model_settings={"num_classes": 2, "trainable": teacher_selection.patterns},
-        epochs=config.teacher_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.teacher_learning_rate,
-        seed=TEACHER_SEED,
-        image_augment=AUGMENTS[config.augment],
-        frozen=frozen_patterns(teacher_selection),
-        **INPUT_SCALING,
-    )
+    students = Students(config, dataset, weights)
+    spec = mhist_training.teacher_spec(config)
     start = pretrained_start(weights["resnet50v2"])
-    result = train(config, teacher_spec, dataset, initial_variables=start)
-    record("teacher", teacher_spec, result, ["teacher"])
-    teacher = Teacher(teacher_spec, result.variables, result.run_dir)
-
-    head_only = trainable_last_blocks("mobilenetv2", config.student_trainable_blocks)
-    assistant_part = trainable_last_blocks("mobilenetv2", config.assistant_trainable_blocks)
-    everything = LayerSelection(("*",))
-
-    def student(seed, role, selection, *, pretrained=True, teacher_=None, names=None, **fields):
-        spec = _student(config, role, seed, selection=selection, **fields)
-        start = pretrained_start(weights["mobilenetv2"]) if pretrained else None
-        result = train(config, spec, dataset, teacher=teacher_, initial_variables=start)
-        record(f"{role}_seed{seed}", spec, result, names or [role])
-        return result, spec
-
-    kd = _kd(config.temperature, config.alpha)
+    result = students.train("teacher", spec, ["teacher"], start=start)
+    teacher = Teacher(spec, result.variables, result.run_dir)
     for seed in range(config.seeds):
-        if config.study in ("kd", "all"):
-            student(seed, "student_scratch", everything, pretrained=False)
-            student(seed, "student_transfer", head_only)
-            student(seed, "student_kd", head_only, teacher_=teacher, **kd)
-        if config.study in ("temperature", "all"):
-            names = [f"T={t:g}" for t in config.temperatures]
-            sweeps["temperature"] = (config.temperatures, names)
-            fields = _kd(tuple(config.temperatures), config.alpha)
-            student(seed, "sweep_temperature", head_only, teacher_=teacher, names=names, **fields)
-        if config.study in ("alpha", "all"):
-            names = [f"alpha={a:g}" for a in config.alphas]
-            sweeps["alpha"] = (config.alphas, names)
-            fields = _kd(config.alpha_sweep_temperature, tuple(config.alphas))
-            student(seed, "sweep_alpha", head_only, teacher_=teacher, names=names, **fields)
-        if config.study in ("chain", "all"):
-            assistant, assistant_spec = student(
-                seed, "assistant", assistant_part, teacher_=teacher, **kd
-            )
-            assistant_teacher = Teacher(assistant_spec, assistant.variables, assistant.run_dir)
-            student(seed, "student_chain", head_only, teacher_=assistant_teacher, **kd)
+        train_seed(config, students, seed, teacher)
 
-    summary = {
-        name: {
-            metric: report.mean_std([r[metric] for r in reports])
-            for metric in ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall")
-        }
-        for name, reports in cells.items()
-    }
-    costs = model_costs(
-        {"teacher": specs["teacher"], **{n: s for n, s in specs.items() if n != "teacher"}},
-        image_shape,
-        flops=config.costs,
-    )
+    summary = mhist_training.summarise(students.cells)
+    image_shape = dataset.train.images.shape[1:]
+    costs = model_costs(students.specs, image_shape, flops=config.costs)
     plots = [
-        plot_sweep(
+        mhist_training.plot_sweep(
             Path(config.workdir) / f"f1_auc_vs_{kind}.png",
             values,
             [summary[name] for name in names],
             kind,
             f"{title}: student F1 / ROC AUC vs {kind} (mean ± std, {config.seeds} seeds)",
         )
-        for kind, (values, names) in sweeps.items()
+        for kind, (values, names) in sweeps(config).items()
     ]
     study = {
         "data_label": title,
@@ -299,36 +269,19 @@ def run(config: Config) -> dict:
         "teacher_mode": config.teacher_mode,
         "augment": config.augment,
         "pretrained": {name: None if w is None else w[0] for name, w in weights.items()},
-        "metrics": cells,
+        "metrics": students.cells,
         "summary": summary,
         "costs": costs,
         "sweeps": {
-            kind: dict(zip(names, values, strict=True)) for kind, (values, names) in sweeps.items()
-        },  # fmt: skip
+            kind: dict(zip(names, values, strict=True))
+            for kind, (values, names) in sweeps(config).items()
+        },
         "plots": [str(path) for path in plots],
     }
-    document = report.results_document("mhist_kd", config, dataset, runs, study, started)
+    document = report.results_document("mhist_kd", config, dataset, students.runs, study, started)
     path = report.write_results(config.workdir, document)
-    if report.is_main_process():
-        print(f"\n{title}: the run beside seed 003's protocol")
-        print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
-    rows = [
-        [name, *(report.format_mean_std(summary[name][m]) for m in ("f1", "roc_auc", "accuracy",
-                                                                      "balanced_accuracy"))]
-        for name in summary
-    ]  # fmt: skip
-    cost_rows = [
-        [c["name"], c["model"], f"{c['parameters']:,}", f"{c['trainable_parameters']:,}",
-         "-" if c["flops_per_example"] is None else f"{c['flops_per_example'] / 1e9:.3f}"]
-        for c in costs
-    ]  # fmt: skip
-    if report.is_main_process():
-        print(f"\n{title}: test metrics (%, SSA positive; mean ± std over seeds)")
-    report.print_report(
-        ["run", "F1", "ROC AUC", "accuracy", "balanced acc"],
-        rows,
-        notes=["", report.format_table(
-            ["run", "model", "params", "trainable", "GFLOPs/image"], cost_rows)],
+    mhist_training.print_tables(
+        config, title, summary, costs,
         footer=f"Results: {path}  Plots: {', '.join(map(str, plots)) or '-'}  "
         f"Wall time: {document['wall_seconds']} s",
     )  # fmt: skip
@@ -336,6 +289,4 @@ def run(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments.config import command
-
     command(Config, run, user_errors=(WeightFileError,))

@@ -36,15 +36,22 @@ import numpy as np
 from PIL import Image
 
 from experiments import report
-from experiments.config import CommonConfig, at_least_one, each, existing_path, finite, option
-from experiments.config import positive as positive_check
-from experiments.mhist_training import INPUT_SCALING, execution
+from experiments.mhist_training import INPUT_SCALING
 from kdjax.data import DataError, Dataset, Split
 from kdjax.data.image_folder import CIFAR10_CLASSES, load_cifar10
 from kdjax.data.mhist import LABEL_COLUMN, NAME_COLUMN, PARTITION_COLUMN, VOTES_COLUMN
 from kdjax.models import get_model
 from kdjax.models.pretrained import save_keras_weights
-from kdjax.runs import train_run
+from kdjax.runs.cli import (
+    CommonConfig,
+    at_least_one,
+    command,
+    each,
+    existing_path,
+    finite,
+    option,
+)
+from kdjax.runs.cli import positive as positive_check
 from kdjax.runs.spec import RunSpec
 from kdjax.training import evaluate, recompute_batch_stats
 
@@ -156,52 +163,59 @@ def write_target_folder(cifar: Dataset, config: Config, rng: np.random.Generator
     return counts
 
 
+def pretrain(config: Config, name: str, pretrain_set: Dataset, out: Path):
+    """Trains backbone ``name`` on the pretraining classes and exports it as a Keras
+    no-top file in ``out``; returns its spec, result and what ``standin.json`` says of
+    it."""
+    spec = RunSpec(
+        role=f"pretrain_{name}",
+        model=name,
+        model_settings={"num_classes": pretrain_set.num_classes},
+        epochs=config.pretrain_epochs,
+        batch_size=config.pretrain_batch_size,
+        learning_rate=config.pretrain_learning_rate,
+        seed=config.seed,
+        **INPUT_SCALING,
+    )
+    result = report.train(config, spec, pretrain_set)
+    # The exported BatchNorm statistics are recomputed over the pretraining images:
+    # after a short run the running averages (momentum 0.999 in MobileNetV2) lag
+    # the weights, and every frozen layer of the transfer runs reads them.
+    model, preprocess = get_model(spec.model, **spec.model_settings), spec.preprocess()
+    variables = recompute_batch_stats(
+        model, result.variables, pretrain_set.train.images, preprocess=preprocess,
+        batch_size=config.pretrain_batch_size,
+    )  # fmt: skip
+    accuracy = evaluate(model, variables, pretrain_set.test, preprocess=preprocess,
+                        batch_size=config.eval_batch_size)  # fmt: skip
+    path = out / f"{name}_standin_notop.h5"
+    save_keras_weights(path, variables, name)
+    report.log(
+        f"{name}: {accuracy:.2%} on the 8 classes with BatchNorm statistics recomputed "
+        f"over the pretraining images ({result.test_accuracy[0]:.2%} with the running "
+        f"averages); wrote {path}."
+    )
+    described = {
+        "file": path.name,
+        "test_accuracy_8_classes": accuracy,
+        "test_accuracy_8_classes_running_averages": result.test_accuracy[0],
+    }
+    return spec, result, described
+
+
 def run(config: Config) -> dict:
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     cifar = load_cifar10(
         config.cifar10, download=False, allow_partial=config.allow_partial, log=report.log
     )
-    pretrain = pretraining_set(cifar, config, rng)
+    pretrain_set = pretraining_set(cifar, config, rng)
     counts = write_target_folder(cifar, config, rng)
     report.log(f"Wrote the stand-in folder {config.out}: {counts}.")
     out, runs, pretrained = Path(config.out), {}, {}
     for name in BACKBONE_NAMES:
-        spec = RunSpec(
-            role=f"pretrain_{name}",
-            model=name,
-            model_settings={"num_classes": pretrain.num_classes},
-            epochs=config.pretrain_epochs,
-            batch_size=config.pretrain_batch_size,
-            learning_rate=config.pretrain_learning_rate,
-            seed=config.seed,
-            **INPUT_SCALING,
-        )
-        result = train_run(spec, pretrain, config.workdir, execution=execution(config),
-                           log=report.log)  # fmt: skip
-        # The exported BatchNorm statistics are recomputed over the pretraining images:
-        # after a short run the running averages (momentum 0.999 in MobileNetV2) lag
-        # the weights, and every frozen layer of the transfer runs reads them.
-        model, preprocess = get_model(spec.model, **spec.model_settings), spec.preprocess()
-        variables = recompute_batch_stats(
-            model, result.variables, pretrain.train.images, preprocess=preprocess,
-            batch_size=config.pretrain_batch_size,
-        )  # fmt: skip
-        accuracy = evaluate(model, variables, pretrain.test, preprocess=preprocess,
-                            batch_size=config.eval_batch_size)  # fmt: skip
-        path = out / f"{name}_standin_notop.h5"
-        save_keras_weights(path, variables, name)
+        spec, result, pretrained[name] = pretrain(config, name, pretrain_set, out)
         runs[spec.role] = report.run_entry(spec, result)
-        pretrained[name] = {
-            "file": path.name,
-            "test_accuracy_8_classes": accuracy,
-            "test_accuracy_8_classes_running_averages": result.test_accuracy[0],
-        }
-        report.log(
-            f"{name}: {accuracy:.2%} on the 8 classes with BatchNorm statistics recomputed "
-            f"over the pretraining images ({result.test_accuracy[0]:.2%} with the running "
-            f"averages); wrote {path}."
-        )
     hp, ssa = config.target_classes
     label = (
         f"CIFAR-10 {hp} (as HP) vs {ssa} (as SSA), backbones pretrained on the other 8 "
@@ -211,7 +225,7 @@ def run(config: Config) -> dict:
                    "config": dataclasses.asdict(config)}  # fmt: skip
     (out / "standin.json").write_text(json.dumps(description, indent=2) + "\n")
     document = report.results_document(
-        "mhist_standin", config, pretrain, runs, description, started
+        "mhist_standin", config, pretrain_set, runs, description, started
     )
     path = report.write_results(config.workdir, document)
     if report.is_main_process():
@@ -226,6 +240,4 @@ def run(config: Config) -> dict:
 
 
 if __name__ == "__main__":
-    from experiments.config import command
-
     command(Config, run)

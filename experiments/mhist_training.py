@@ -1,25 +1,17 @@
-"""The pieces of ``experiments.mhist_kd`` that are not the study itself: the backbones in
-the model registry, augmentations by name, training a run with image augmentation,
-pretrained starting weights, scoring a finished run, model costs, plots and the
-seed-protocol table.
+"""What ``experiments.mhist_kd`` trains and reports besides the study itself: the runs'
+specs (the teacher, the MobileNetV2 students, the KD weights), augmentations by name,
+pretrained starting weights, the F1/ROC AUC sweep plots and the printed tables.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 from pathlib import Path
 
-import jax
-import numpy as np
-
 from experiments import report
-from kdjax.models import count_params, get_model
-from kdjax.models.costs import forward_flops
-from kdjax.models.freezing import count_trainable
-from kdjax.runs import load_run, train_run
-from kdjax.training import Execution, FitResult
-from kdjax.training.metrics import classification_report
+from kdjax.distill.objectives import alpha_weights
+from kdjax.models.freezing import LayerSelection, frozen_patterns
+from kdjax.runs.spec import RunSpec
 
 # Keras' scaling for both backbones, x/127.5 − 1, as RunSpec's normalisation
 # (x/255 − mean)/std.
@@ -27,25 +19,56 @@ INPUT_SCALING = {"input_mean": 0.5, "input_std": 0.5}
 
 # --augment → RunSpec.image_augment (kdjax.data.image_augment.PRESETS; "" for none).
 AUGMENTS = {"seed": "seed003", "symmetries": "symmetries", "none": ""}
+TEACHER_SEED = 42
+# The test metrics summarised over seeds, and those the closing table shows.
+METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall")
+SHOWN_METRICS = ("f1", "roc_auc", "accuracy", "balanced_accuracy")
 
 
-def execution(config) -> Execution:
-    """The common execution flags (devices, feed, TensorBoard, ...) and the config's
-    inference batch size."""
-    return dataclasses.replace(report.execution(config), eval_batch_size=config.eval_batch_size)
-
-
-def train(config, spec, dataset, *, teacher=None, initial_variables=None) -> FitResult:
-    """Trains (or resumes, or reuses) ``spec`` in the config's workdir."""
-    return train_run(
-        spec,
-        dataset,
-        config.workdir,
-        teacher=teacher,
-        initial_variables=initial_variables,
-        execution=execution(config),
-        log=report.log,
+def teacher_spec(config) -> RunSpec:
+    """ResNet50V2 training ``--teacher_trainable`` layers (the rest frozen)."""
+    selection = LayerSelection(tuple(config.teacher_trainable))
+    return RunSpec(
+        role="teacher",
+        model="resnet50v2",
+        model_settings={"num_classes": 2, "trainable": selection.patterns},
+        epochs=config.teacher_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.teacher_learning_rate,
+        seed=TEACHER_SEED,
+        image_augment=AUGMENTS[config.augment],
+        frozen=frozen_patterns(selection),
+        **INPUT_SCALING,
     )
+
+
+def student_spec(config, role, seed, *, selection, **fields) -> RunSpec:
+    """A MobileNetV2 student (or a population of them: tuples in ``fields``)."""
+    settings = {"num_classes": 2, "trainable": selection.patterns}
+    count = max((len(v) for v in fields.values() if isinstance(v, tuple)), default=0)
+    return RunSpec(
+        role=role,
+        model="mobilenetv2",
+        model_settings=settings,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=(seed,) * count if count else seed,
+        teacher_mode=config.teacher_mode,
+        image_augment=AUGMENTS[config.augment],
+        frozen=frozen_patterns(selection),
+        **INPUT_SCALING,
+        **fields,
+    )
+
+
+def kd_fields(temperature, alpha) -> dict:
+    """RunSpec fields of ``alpha·CE + (1 − alpha)·T²·KL`` (tuples: one per student)."""
+    if isinstance(alpha, tuple):
+        weights = {"hard_weight": alpha, "soft_weight": tuple(1.0 - a for a in alpha)}
+    else:
+        weights = alpha_weights(alpha)
+    return {"objective": "kd", "temperature": temperature, **weights}
 
 
 def pretrained_start(weights) -> dict | None:
@@ -55,61 +78,20 @@ def pretrained_start(weights) -> dict | None:
     return None if weights is None else weights[1]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.asarray(logits, np.float64) - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def evaluate_run(run_dir, dataset, config) -> list[dict]:
-    """Test-set metrics of every member of the finished run in ``run_dir``, each loaded
-    back from its checkpoint and scored from its probabilities."""
-    first = load_run(run_dir)
-    count = first.spec.population or 1
-    reports = []
-    for member in range(count):
-        trained = first if member == 0 else load_run(run_dir, member=member)
-        logits = trained.predict(dataset.test.images, batch_size=config.eval_batch_size)
-        reports.append(classification_report(dataset.test.labels, softmax(logits)))
-    return reports
-
-
-def model_costs(specs: dict, image_shape, *, flops: bool = True) -> list[dict]:
-    """Parameters (Keras' count: params and BatchNorm statistics), trainable parameters
-    and forward FLOPs per image of each distinct (model, trainable layers)."""
-    costs, seen = [], set()
-    for name, spec in specs.items():
-        key = (spec.model, tuple(spec.model_settings.get("trainable", ())))
-        if key in seen:
-            continue
-        seen.add(key)
-        model = get_model(spec.model, **spec.model_settings)
-        sample = np.zeros((1, *image_shape), np.float32)
-        variables = jax.jit(lambda model=model, sample=sample: model.init(
-            jax.random.PRNGKey(0), sample))()  # fmt: skip
-        costs.append({
-            "name": name.rsplit("_seed", 1)[0],
-            "model": spec.model,
-            "parameters": count_params(variables),
-            "trainable_parameters": count_trainable(
-                variables["params"], spec.model_settings.get("trainable", ("*",))
-            ),
-            "flops_per_example": forward_flops(model, variables, image_shape, batch_size=1)
-            if flops else None,
-        })  # fmt: skip
-    return costs
+def summarise(cells: dict[str, list[dict]]) -> dict:
+    """Every metric of every cell (a run, or one setting of a sweep) as mean ± std over
+    its seeds."""
+    return {
+        name: {metric: report.mean_std([r[metric] for r in scores]) for metric in METRICS}
+        for name, scores in cells.items()
+    }
 
 
 def plot_sweep(path: Path, values, summaries: list[dict], kind: str, title: str) -> Path:
     """F1 and ROC AUC (mean ± std over seeds) against the swept value (process 0 only)."""
     if not report.is_main_process():
         return path
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.5, 4))
+    figure, axes = report.figure((6.5, 4))
     for metric, label in (("f1", "F1 (SSA positive)"), ("roc_auc", "ROC AUC")):
         means = [100 * s[metric]["mean"] for s in summaries]
         stds = [100 * s[metric]["std"] for s in summaries]
@@ -122,10 +104,8 @@ def plot_sweep(path: Path, values, summaries: list[dict], kind: str, title: str)
     axes.set_title(textwrap.fill(title, 80), fontsize=9)  # stand-in labels are long
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    report.save_figure(figure, path)
     return path
 
 
@@ -160,15 +140,27 @@ def seed_protocol_rows(config) -> list[list[str]]:
     ]  # fmt: skip
 
 
-__all__ = [
-    "AUGMENTS",
-    "INPUT_SCALING",
-    "evaluate_run",
-    "execution",
-    "model_costs",
-    "plot_sweep",
-    "pretrained_start",
-    "seed_protocol_rows",
-    "softmax",
-    "train",
-]
+def print_tables(config, title: str, summary: dict, costs: list[dict], footer: str) -> None:
+    """The run beside seed 003's protocol, the test metrics over seeds and the models'
+    costs (process 0 only)."""
+    if report.is_main_process():
+        print(f"\n{title}: the run beside seed 003's protocol")
+        print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
+    rows = [
+        [name, *(report.format_mean_std(summary[name][m]) for m in SHOWN_METRICS)]
+        for name in summary
+    ]
+    cost_rows = [
+        [c["name"], c["model"], f"{c['parameters']:,}", f"{c['trainable_parameters']:,}",
+         "-" if c["flops_per_example"] is None else f"{c['flops_per_example'] / 1e9:.3f}"]
+        for c in costs
+    ]  # fmt: skip
+    if report.is_main_process():
+        print(f"\n{title}: test metrics (%, SSA positive; mean ± std over seeds)")
+    report.print_report(
+        ["run", "F1", "ROC AUC", "accuracy", "balanced acc"],
+        rows,
+        notes=["", report.format_table(
+            ["run", "model", "params", "trainable", "GFLOPs/image"], cost_rows)],
+        footer=footer,
+    )  # fmt: skip

@@ -26,7 +26,9 @@ import dataclasses
 import time
 
 from experiments import mnist_setup, report
-from experiments.config import (
+from experiments.mnist_setup import MnistConfig
+from experiments.report import log
+from kdjax.runs.cli import (
     at_least_one,
     command,
     non_negative,
@@ -34,9 +36,6 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.mnist_setup import MnistConfig
-from experiments.report import log
-from kdjax.runs import parameter_count
 from kdjax.training import accuracy
 
 # Seed 000's networks: the teacher is the standard MNIST CNN (seed 000 loads one from
@@ -85,62 +84,50 @@ def student_epochs(config: Config, dataset) -> int:
     return SAMPLE_EPOCHS if dataset.source == "embedded-sample" else FULL_DATA_EPOCHS
 
 
+def student_specs(config: Config, seeds: tuple[int, ...]) -> dict:
+    """The distilled arm and, with ``--scratch``, the baseline: one population each."""
+    seed = seeds[0] if len(seeds) == 1 else seeds
+    kd = mnist_setup.kd_fields(config.temperature, config.alpha)
+    specs = {"student_kd": mnist_setup.student_spec(
+        config, "student_kd", STUDENT_MODEL, seed=seed, **kd)}  # fmt: skip
+    if config.scratch:
+        specs["student_scratch"] = mnist_setup.student_spec(
+            config, "student_scratch", STUDENT_MODEL, seed=seed
+        )
+    return specs
+
+
 def run(config: Config) -> dict:
     started = time.perf_counter()
     dataset = mnist_setup.load_data(config)
-    epochs = student_epochs(config, dataset)
     seeds = tuple(range(config.seed, config.seed + config.seeds))
-    config = dataclasses.replace(config, epochs=epochs)
+    config = dataclasses.replace(config, epochs=student_epochs(config, dataset))
     log(
         f"mnist_kd: T={config.temperature:g}, alpha={config.alpha:g} "
         f"(loss {config.alpha:g}·CE + {1 - config.alpha:g}·T²·KL); "
-        f"{len(seeds)} student(s) per arm (seeds {_seed_range(seeds)}), {epochs} epochs"
-        + (
-            " (the embedded-sample default; --epochs overrides)"
-            if epochs == SAMPLE_EPOCHS
-            and dataset.source == "embedded-sample"
-            and config.epochs is None
-            else ""
-        )
-        + f", batch {config.batch_size}, Adam lr {config.learning_rate:g}."
+        f"{len(seeds)} student(s) per arm (seeds {_seed_range(seeds)}), {config.epochs} epochs"
+        f", batch {config.batch_size}, Adam lr {config.learning_rate:g}."
     )
     teacher, teacher_run, logits = mnist_setup.teacher(config, dataset, TEACHER_MODEL)
-    student_seed = seeds[0] if len(seeds) == 1 else seeds
-    specs = {"teacher": teacher.spec}
-    specs["student_kd"] = mnist_setup.student_spec(
-        config,
-        "student_kd",
-        STUDENT_MODEL,
-        seed=student_seed,
-        **mnist_setup.kd_fields(config.temperature, config.alpha),
-    )
+    specs = {"teacher": teacher.spec, **student_specs(config, seeds)}
     results = {"teacher": teacher_run}
-    results["student_kd"] = mnist_setup.train(config, specs["student_kd"], dataset, teacher)
-    if config.scratch:
-        specs["student_scratch"] = mnist_setup.student_spec(
-            config, "student_scratch", STUDENT_MODEL, seed=student_seed
-        )
-        results["student_scratch"] = mnist_setup.train(config, specs["student_scratch"], dataset)
+    for name in list(specs)[1:]:
+        mentor = teacher if name == "student_kd" else None
+        results[name] = report.train(config, specs[name], dataset, teacher=mentor)
     checked = min(1000, len(dataset.train))
     agreement = accuracy(logits["train"][:checked], dataset.train.labels[:checked])
-    image_shape = dataset.train.images.shape[1:]
-    runs = {
-        name: report.run_entry(specs[name], result, parameter_count(specs[name], image_shape))
-        for name, result in results.items()
-    }
+    runs = report.run_entries(specs, results, dataset.train.images.shape[1:])
     summaries = {name: report.mean_std(result.test_accuracy) for name, result in results.items()}
     study = {
         "test_accuracy": {name: summary["mean"] for name, summary in summaries.items()},
         "test_accuracy_summary": summaries,
-        "student_epochs": epochs,
+        "student_epochs": config.epochs,
         "student_seeds": list(seeds),
         "teacher_first_1000_train_label_agreement": agreement,
         "teacher_fingerprint": teacher.fingerprint,
     }
-    gain = None
     if config.scratch:
-        gain = kd_gain(summaries["student_kd"], summaries["student_scratch"])
-        study["kd_minus_scratch"] = gain
+        study["kd_minus_scratch"] = kd_gain(summaries["student_kd"], summaries["student_scratch"])
     document = report.results_document("mnist_kd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
     plot = report.plot_learning_curves(
@@ -149,32 +136,43 @@ def run(config: Config) -> dict:
         f"MNIST KD (T={config.temperature:g}, alpha={config.alpha:g}), {dataset.source}"
         + (f", mean of {len(seeds)} students" if len(seeds) > 1 else ""),
     )
-    rows = [
+    report.print_report(
+        ["run", "model", "params", "test acc", "each seed", "epochs", "s/epoch"],
+        table(runs, summaries),
+        notes=[*notes(study, checked), *report.data_notes(dataset)],
+        footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",
+    )
+    return document
+
+
+def table(runs: dict, summaries: dict) -> list[list[str]]:
+    """One line per run: model, parameters, accuracy (mean ± std and per seed), epochs
+    and seconds per epoch."""
+    return [
         [
             name,
-            runs[name]["spec"]["model"],
-            f"{runs[name]['parameters']:,}",
+            entry["spec"]["model"],
+            f"{entry['parameters']:,}",
             _percent(summaries[name]),
             " ".join(f"{100 * value:.2f}" for value in summaries[name]["each"]),
-            str(len(result.history)),
-            f"{runs[name]['mean_epoch_seconds']}",
+            str(len(entry["history"])),
+            f"{entry['mean_epoch_seconds']}",
         ]
-        for name, result in results.items()
+        for name, entry in runs.items()
     ]
-    notes = [
+
+
+def notes(study: dict, checked: int) -> list[str]:
+    """The teacher's agreement with the labels and, with a baseline, the KD gain."""
+    agreement = study["teacher_first_1000_train_label_agreement"]
+    lines = [
         f"\nThe teacher predicts the true label for {round(agreement * checked)} of the "
         f"first {checked:,} training images (a check that the stored soft targets belong "
         "to these images; seed 000 reports 988 of 1,000)."
     ]
-    if gain is not None:
-        notes.append(describe_gain(gain))
-    report.print_report(
-        ["run", "model", "params", "test acc", "each seed", "epochs", "s/epoch"],
-        rows,
-        notes=[*notes, *report.data_notes(dataset)],
-        footer=f"Results: {path}  Plot: {plot}  Wall time: {document['wall_seconds']} s",
-    )
-    return document
+    if "kd_minus_scratch" in study:
+        lines.append(describe_gain(study["kd_minus_scratch"]))
+    return lines
 
 
 def kd_gain(kd: dict, scratch: dict) -> dict:

@@ -21,8 +21,14 @@ import dataclasses
 import time
 
 from experiments import mnist_setup, report
-from experiments.config import at_least_one, command, option, temperature_range, unit_interval
 from experiments.mnist_setup import MnistConfig
+from kdjax.runs.cli import (
+    at_least_one,
+    command,
+    option,
+    temperature_range,
+    unit_interval,
+)
 
 # Seed 004's networks: registry model and settings.
 PRESETS = {
@@ -82,8 +88,8 @@ def run(config: Config) -> dict:
     }
     results = {
         "teacher": teacher_run,
-        "student_scratch": mnist_setup.train(config, specs["student_scratch"], transfer),
-        "student_kd": mnist_setup.train(config, specs["student_kd"], transfer, teacher),
+        "student_scratch": report.train(config, specs["student_scratch"], transfer),
+        "student_kd": report.train(config, specs["student_kd"], transfer, teacher=teacher),
     }
 
     test_size = len(dataset.test)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import report
-from experiments.config import CommonConfig, at_least_one, existing_path, finite, option, positive
-from experiments.report import log
 from kdjax.data import Dataset, load_mnist
 from kdjax.distill.objectives import alpha_weights
 from kdjax.distill.teachers import Teacher
-from kdjax.runs import train_run
+from kdjax.runs.cli import CommonConfig, at_least_one, existing_path, finite, option, positive
+from kdjax.runs.execution import train
+from kdjax.runs.results import log
 from kdjax.runs.spec import RunSpec
-from kdjax.training import Execution, FitResult
+from kdjax.training import FitResult
 
 # The teacher is trained once per workdir with this seed, whatever the students' seeds.
 TEACHER_SEED = 42
@@ -42,10 +41,6 @@ class MnistConfig(CommonConfig):
     download: bool = option(True, "Let TFDS download MNIST when no copy is found.")
 
 
-def execution(config: CommonConfig) -> Execution:
-    return report.execution(config)
-
-
 def load_data(config: MnistConfig) -> Dataset:
     dataset = load_mnist(config.data_dir, download=config.download, log=log)
     log(
@@ -55,13 +50,6 @@ def load_data(config: MnistConfig) -> Dataset:
     if dataset.notice:
         log("NOTE: " + dataset.notice)
     return dataset
-
-
-def train(config: CommonConfig, spec: RunSpec, dataset: Dataset, teacher=None) -> FitResult:
-    """Trains (or reuses) ``spec`` in the config's workdir, with its execution flags."""
-    return train_run(
-        spec, dataset, config.workdir, teacher=teacher, execution=execution(config), log=log
-    )
 
 
 def student_spec(config: MnistConfig, role: str, model: str, settings=None, **fields) -> RunSpec:

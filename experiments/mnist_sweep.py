@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 from experiments import mnist_setup, report
-from experiments.config import (
+from experiments.mnist_kd import STUDENT_MODEL, TEACHER_MODEL
+from experiments.mnist_setup import MnistConfig
+from kdjax.runs.cli import (
     at_least_one,
     command,
     each,
@@ -32,8 +34,6 @@ from experiments.config import (
     temperature_range,
     unit_interval,
 )
-from experiments.mnist_kd import STUDENT_MODEL, TEACHER_MODEL
-from experiments.mnist_setup import MnistConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +80,7 @@ def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict 
     only)."""
     if not report.is_main_process():
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    figure, axes = report.figure((6.5, 4.2))
     for line_value in sorted({row[line_key] for row in rows}):
         line = sorted((r for r in rows if r[line_key] == line_value), key=lambda r: r[x_key])
         axes.errorbar(
@@ -110,9 +105,26 @@ def plot_sweep(path, rows: list[dict], x_key: str, line_key: str, scratch: dict 
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    report.save_figure(figure, path)
+
+
+def sweep_specs(config: Config, grid: list[tuple], seeds: list[int]) -> dict:
+    """The grid's distilled students as one population and, with ``--scratch``, as
+    many seeds trained from scratch."""
+    specs = {
+        "student_sweep": mnist_setup.student_spec(
+            config,
+            "student_sweep",
+            STUDENT_MODEL,
+            seed=tuple(seed for _, _, seed in grid),
+            **mnist_setup.kd_fields(tuple(t for t, _, _ in grid), tuple(a for _, a, _ in grid)),
+        )
+    }
+    if config.scratch:
+        specs["student_scratch_seeds"] = mnist_setup.student_spec(
+            config, "student_scratch_seeds", STUDENT_MODEL, seed=tuple(seeds)
+        )
+    return specs
 
 
 def run(config: Config) -> dict:
@@ -125,22 +137,14 @@ def run(config: Config) -> dict:
         f"Training {len(grid)} distilled students together ({len(config.temperatures)} "
         f"temperatures × {len(config.alphas)} alphas × {len(seeds)} seeds)."
     )
-    specs = {"teacher": teacher.spec}
-    specs["student_sweep"] = mnist_setup.student_spec(
-        config,
-        "student_sweep",
-        STUDENT_MODEL,
-        seed=tuple(seed for _, _, seed in grid),
-        **mnist_setup.kd_fields(tuple(t for t, _, _ in grid), tuple(a for _, a, _ in grid)),
-    )
+    specs = {"teacher": teacher.spec, **sweep_specs(config, grid, seeds)}
     results = {"teacher": teacher_run}
-    results["student_sweep"] = mnist_setup.train(config, specs["student_sweep"], dataset, teacher)
+    results["student_sweep"] = report.train(
+        config, specs["student_sweep"], dataset, teacher=teacher
+    )
     scratch = None
     if config.scratch:
-        specs["student_scratch_seeds"] = mnist_setup.student_spec(
-            config, "student_scratch_seeds", STUDENT_MODEL, seed=tuple(seeds)
-        )
-        results["student_scratch_seeds"] = mnist_setup.train(
+        results["student_scratch_seeds"] = report.train(
             config, specs["student_scratch_seeds"], dataset
         )
         scratch = _summary(results["student_scratch_seeds"].test_accuracy)
@@ -153,24 +157,23 @@ def run(config: Config) -> dict:
     path = report.write_results(out, document)
     write_csv(out / "results.csv", cells)
     title = f"{STUDENT_MODEL} test accuracy vs {{}} ({len(seeds)} seeds, {dataset.source})"
-    plot_sweep(
-        out / "accuracy_vs_temperature.png",
-        cells,
-        "temperature",
-        "alpha",
-        scratch,
-        title.format("T"),
-    )
+    plot_sweep(out / "accuracy_vs_temperature.png", cells, "temperature", "alpha", scratch,
+               title.format("T"))  # fmt: skip
     if len(config.alphas) > 1:
-        plot_sweep(
-            out / "accuracy_vs_alpha.png",
-            cells,
-            "alpha",
-            "temperature",
-            scratch,
-            title.format("alpha"),
-        )
-    table = [
+        plot_sweep(out / "accuracy_vs_alpha.png", cells, "alpha", "temperature", scratch,
+                   title.format("alpha"))  # fmt: skip
+    report.print_report(
+        ["T", "alpha", "test acc % (mean ± std)", "n"],
+        table(cells, scratch),
+        notes=report.data_notes(dataset),
+        footer=f"Results: {path}  Plots: {out}/  Wall time: {document['wall_seconds']} s",
+    )
+    return document
+
+
+def table(cells: list[dict], scratch: dict | None) -> list[list[str]]:
+    """One line per (T, alpha) cell, then the scratch students."""
+    rows = [
         [
             f"{cell['temperature']:g}",
             f"{cell['alpha']:g}",
@@ -181,14 +184,8 @@ def run(config: Config) -> dict:
     ]
     if scratch:
         mean_std = f"{100 * scratch['mean']:.2f} ± {100 * scratch['std']:.2f}"
-        table.append(["scratch", "-", mean_std, str(scratch["n"])])
-    report.print_report(
-        ["T", "alpha", "test acc % (mean ± std)", "n"],
-        table,
-        notes=report.data_notes(dataset),
-        footer=f"Results: {path}  Plots: {out}/  Wall time: {document['wall_seconds']} s",
-    )
-    return document
+        rows.append(["scratch", "-", mean_std, str(scratch["n"])])
+    return rows
 
 
 def write_csv(path: Path, cells: list[dict]) -> None:

@@ -25,9 +25,15 @@ import dataclasses
 import time
 
 from experiments import mnist_mlp_kd, mnist_setup, report
-from experiments.config import at_least_one, command, option, temperature_range, unit_interval
 from experiments.mnist_setup import MnistConfig
 from kdjax.distill.teachers import Teacher
+from kdjax.runs.cli import (
+    at_least_one,
+    command,
+    option,
+    temperature_range,
+    unit_interval,
+)
 
 # The networks a chain may name: registry model and settings. Seed 003's three, and
 # seed 004's two MLPs (a quick all-MLP chain).
@@ -73,7 +79,7 @@ def run(config: Config) -> dict:
         specs[name] = mnist_setup.student_spec(
             config, name, *PRESETS[network], seed=mnist_setup.TEACHER_SEED, **kd
         )
-        results[name] = mnist_setup.train(config, specs[name], dataset, mentor)
+        results[name] = report.train(config, specs[name], dataset, teacher=mentor)
         mentor = Teacher(specs[name], results[name].variables, results[name].run_dir)
         chain.append({"position": position, "network": network, "run": name})
 
@@ -83,7 +89,7 @@ def run(config: Config) -> dict:
         arms["student_through_chain"] = (mentor, kd)
     for arm, (arm_teacher, fields) in arms.items():
         specs[arm] = mnist_setup.student_spec(config, arm, *PRESETS[student], seed=seeds, **fields)
-        results[arm] = mnist_setup.train(config, specs[arm], dataset, arm_teacher)
+        results[arm] = report.train(config, specs[arm], dataset, teacher=arm_teacher)
 
     for link in chain:
         link["test_accuracy"] = results[link["run"]].test_accuracy[0]

@@ -19,8 +19,8 @@ import dataclasses
 import time
 
 from experiments import cifar10_kd, hinton_mnist, mnist_kd, mnist_takd, report
-from experiments.config import CommonConfig, command, finite, option, positive
 from kdjax.models.costs import model_cost
+from kdjax.runs.cli import CommonConfig, command, finite, option, positive
 
 MNIST_IMAGE = (28, 28, 1)
 CIFAR_IMAGE = (32, 32, 3)

@@ -18,7 +18,7 @@ import pytest
 from test_experiments import read_json, run_command, write_tiny_mnist
 
 from experiments import mnist_kd
-from experiments.config import process_layout
+from kdjax.runs.distributed import process_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("--teacher_epochs=1", "--batch_size=32", "--noscratch")

@@ -27,9 +27,10 @@ from experiments import (
     mnist_sweep,
     mnist_takd,
     model_costs,
-    report,
 )
 from kdjax.data import DataError
+from kdjax.runs import results as results_file
+from kdjax.runs import statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = (
@@ -173,8 +174,8 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
 
 def test_every_temperature_flag_refuses_what_the_losses_do_not_support():
     from experiments import biovid_kd, mhist_kd
-    from experiments.config import failed_check
     from kdjax.losses import MAX_TEMPERATURE
+    from kdjax.runs.cli import failed_check
 
     checked = set()
     for command in (*COMMANDS, biovid_kd, mhist_kd):
@@ -194,13 +195,14 @@ def test_every_temperature_flag_refuses_what_the_losses_do_not_support():
 
 
 def test_the_population_strategy_flag_reaches_the_training_core():
-    from experiments import config, report
+    from kdjax.runs.cli import POPULATION_STRATEGIES
+    from kdjax.runs.execution import execution
     from kdjax.training import STRATEGIES
 
-    assert config.POPULATION_STRATEGIES == ("auto", *STRATEGIES)  # the flag's choices
+    assert POPULATION_STRATEGIES == ("auto", *STRATEGIES)  # the flag's choices
 
-    assert report.execution(mnist_sweep.Config()).population_strategy == "auto"
-    chosen = report.execution(mnist_sweep.Config(population_strategy="unroll"))
+    assert execution(mnist_sweep.Config()).population_strategy == "auto"
+    chosen = execution(mnist_sweep.Config(population_strategy="unroll"))
     assert chosen.population_strategy == "unroll"
 
 
@@ -519,8 +521,8 @@ def test_mnist_kd_student_epochs_default_by_data_and_flag_wins():
 
 
 def test_mnist_kd_gain_is_paired_by_seed():
-    kd = report.mean_std([0.95, 0.96, 0.94])
-    scratch = report.mean_std([0.94, 0.955, 0.945])
+    kd = statistics.mean_std([0.95, 0.96, 0.94])
+    scratch = statistics.mean_std([0.94, 0.955, 0.945])
     gain = mnist_kd.kd_gain(kd, scratch)
     assert gain["points_per_seed"] == pytest.approx([1.0, 0.5, -0.5])
     assert gain["kd_ahead"] == 2 and gain["seeds"] == 3
@@ -529,16 +531,17 @@ def test_mnist_kd_gain_is_paired_by_seed():
 
 
 def test_results_record_installed_versions_and_lock_differences():
-    environment = report.environment()
+    environment = results_file.environment()
     assert environment["installed"]["jax"] == environment["packages"]["jax"]
-    lock = Path(report.__file__).resolve().parents[1] / "requirements.lock"
+    lock = results_file.lock_file()
+    assert lock == ROOT / "requirements.lock"
     pinned = dict(line.split("==", 1) for line in lock.read_text().splitlines() if "==" in line)
     assert {"jax", "jaxlib", "flax", "optax", "numpy"} <= set(pinned)
     installed = {name.lower(): version for name, version in pinned.items()}
-    assert report.lock_differences(installed) == {}
+    assert results_file.lock_differences(installed) == {}
     installed["jax"] = "0.0.1"
     del installed["numpy"]
-    assert report.lock_differences(installed) == {
+    assert results_file.lock_differences(installed) == {
         "jax": [pinned["jax"], "0.0.1"],
         "numpy": [pinned["numpy"], None],
     }

@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import keras_mnist_kd, method_table
+from experiments import keras_mnist_kd
 from kdjax.distill.objectives import OBJECTIVES, alpha_weights, make_hyperparams
 from kdjax.models import count_params, get_model
+from kdjax.runs.statistics import SPREAD_RULE
 
 IMAGES = np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32)
 
@@ -102,6 +103,6 @@ def test_the_command_trains_both_arms_over_seeds_with_an_online_teacher(tmp_path
     assert runs["student_kd"]["seeds"] == runs["student_scratch"]["seeds"] == [0, 1]
     assert [row["published"] for row in study["comparison"]] == [97.6, 97.6, 98.1]
     assert set(study["gains_over_scratch"]) == {"student_kd"}
-    assert study["spread_rule"] == method_table.SPREAD_RULE
+    assert study["spread_rule"] == SPREAD_RULE
     for name in ("comparison.png", "learning_curves.png"):
         assert (tmp_path / "work" / name).stat().st_size > 0

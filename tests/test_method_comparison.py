@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from test_experiments import write_tiny_cifar
 
-from experiments import cifar10_kd, cifar_pairs, method_table, report
+from experiments import cifar10_kd, cifar_pairs
 from kdjax.data import Dataset, Split
+from kdjax.runs import execution, statistics
 
 
 def _row(method, accuracies):
-    return {"method": method, "accuracy": report.mean_std(accuracies)}
+    return {"method": method, "accuracy": statistics.mean_std(accuracies)}
 
 
 def test_a_gain_exceeds_the_spread_only_beyond_both_standard_deviations():
@@ -22,14 +23,14 @@ def test_a_gain_exceeds_the_spread_only_beyond_both_standard_deviations():
         _row("at", [0.75, 0.76, 0.77]),  # +0.04 > 0.02 + 0.01
         _row("sp", [0.70, 0.73, 0.76]),  # +0.01 < 0.02 + 0.03
     ]
-    verdicts = method_table.gains_over(rows, "kd")
+    verdicts = statistics.gains_over(rows, "kd")
     assert set(verdicts) == {"at", "sp"}
     assert verdicts["at"]["gain"] == pytest.approx(0.04)
     assert verdicts["at"]["spread"] == pytest.approx(0.03)
     assert verdicts["at"]["exceeds_spread"] and not verdicts["sp"]["exceeds_spread"]
     one_seed = [_row("kd", [0.7]), _row("at", [0.8])]
-    assert method_table.gains_over(one_seed, "kd") == {}  # no spread, no verdict
-    assert method_table.gains_over(rows, "ce") == {}  # no baseline
+    assert statistics.gains_over(one_seed, "kd") == {}  # no spread, no verdict
+    assert statistics.gains_over(rows, "ce") == {}  # no baseline
 
 
 def test_the_cost_per_step_leaves_out_the_compiling_epoch_and_compares_with_ce():
@@ -45,7 +46,7 @@ def test_the_cost_per_step_leaves_out_the_compiling_epoch_and_compares_with_ce()
         "student_at": entry(40.0, compile_seconds=5.0, resumed=1),  # reused: with compile
     }
     names = {"teacher": "teacher", "ce": "student_ce", "kd": "student_kd", "at": "student_at"}
-    costs = method_table.step_costs(runs, names, steps_per_epoch=10)
+    costs = statistics.step_costs(runs, names, steps_per_epoch=10)
     assert costs["ce"]["seconds_per_step"] == pytest.approx(1.0)
     assert costs["ce"]["train_seconds"] == 62.0
     assert costs["kd"]["seconds_per_step"] == pytest.approx(1.5)
@@ -53,7 +54,7 @@ def test_the_cost_per_step_leaves_out_the_compiling_epoch_and_compares_with_ce()
     assert costs["at"]["with_compile"] and costs["at"]["seconds_per_step"] == pytest.approx(4.0)
     assert costs["ce"]["extra_over_baseline"] == 0.0
     assert costs["teacher"]["extra_over_baseline"] is None
-    assert method_table.step_costs(runs, names, 10, baseline="kd")["ce"][
+    assert statistics.step_costs(runs, names, 10, baseline="kd")["ce"][
         "extra_over_baseline"
     ] == pytest.approx(1 / 1.5 - 1)
 
@@ -124,7 +125,7 @@ def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     assert results["data"]["train_examples"] == 30
     assert "TRAINING SUBSET: 30 of the 40" in results["data"]["notice"]
     assert study["gains_over_kd"].keys() == {"ce"} and study["gains_over_ce"].keys() == {"kd"}
-    assert study["spread_rule"] == method_table.SPREAD_RULE
+    assert study["spread_rule"] == statistics.SPREAD_RULE
     assert set(study["costs"]) == {"teacher", "ce", "kd"}
     assert study["costs"]["kd"]["seconds_per_step"] > 0
     assert study["costs"]["kd"]["extra_over_baseline"] is not None
@@ -138,14 +139,14 @@ def test_a_method_that_diverges_is_reported_and_the_others_still_run(tmp_path, m
     from kdjax.data.image_folder import CIFAR10_CLASSES
     from kdjax.training.monitor import NonFiniteLossError
 
-    trained = cifar10_kd.train_run
+    trained = execution.train_run
 
     def hint_diverges(spec, *args, **kwargs):  # as the ResNet pair's hint at weight 100 did
         if spec.objective == "hint":
             raise NonFiniteLossError("student_hint: loss became nan at step 5 (epoch 1)")
         return trained(spec, *args, **kwargs)
 
-    monkeypatch.setattr(cifar10_kd, "train_run", hint_diverges)
+    monkeypatch.setattr(execution, "train_run", hint_diverges)
     data_dir = write_tiny_cifar(tmp_path / "cifar", classes=CIFAR10_CLASSES)
     config = cifar10_kd.Config(
         data_dir=str(data_dir), workdir=str(tmp_path / "work"), allow_partial=True,

@@ -16,13 +16,14 @@ import pytest
 from PIL import Image
 
 from experiments import mhist_kd
-from experiments.mhist_training import INPUT_SCALING, softmax
+from experiments.mhist_training import INPUT_SCALING
 from kdjax.data import DataError, normalize
 from kdjax.data.image_folder import load_cifar10
 from kdjax.data.mhist import VOTES_COLUMN
 from kdjax.models.backbones import backbone, keras_preprocess
 from kdjax.models.pretrained import WeightFileError, save_keras_weights
 from kdjax.runs import load_run
+from kdjax.runs.scoring import softmax
 from kdjax.training import recompute_batch_stats
 
 HEADER = ["Image Name", "Majority Vote Label", VOTES_COLUMN, "Partition"]

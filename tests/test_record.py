@@ -396,7 +396,7 @@ def test_the_record_module_imports_neither_jax_nor_the_rest_of_kdjax():
 
 
 def test_results_files_record_the_command_line_that_started_them(monkeypatch):
-    from experiments import report
+    from kdjax.runs import results as report
 
     argv = ["/repo/experiments/mnist_kd.py", "--seeds=5", "--data_dir=my mnist"]
     monkeypatch.setattr(sys, "argv", argv)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax.models import count_params
+from kdjax.models import MODELS, count_params, get_model
 from kdjax.models.signal_models import (
     SIGNAL_MODELS,
     Conv1DNet,
@@ -148,6 +148,16 @@ def test_the_registry_builds_every_model_with_the_asked_classes():
         assert outputs["logits"].shape == (1, 2)
     with pytest.raises(ValueError, match="unknown signal model"):
         get_signal_model("resnet")
+
+
+def test_the_signal_models_are_entries_of_the_one_model_registry():
+    assert set(SIGNAL_MODELS) <= set(MODELS)
+    relu = get_model("conv1d_net_relu", num_classes=3)
+    assert isinstance(relu, Conv1DNet) and relu.dense_relu and relu.num_classes == 3
+    assert get_model("signal_cnn", dropout=0.0) == SignalCNN(dropout=0.0)
+    assert get_signal_model("conv1d_net") == get_model("conv1d_net", num_classes=5)
+    with pytest.raises(ValueError, match="does not take the settings"):
+        get_model("signal_cnn", width=3)
 
 
 def test_signal_cnn_learns_rising_against_flat_windows():

@@ -10,6 +10,10 @@ dropout randomness from the ``"dropout"`` RNG stream.
 Layouts are NHWC (JAX's native layout). Flattening NHWC instead of PyTorch's
 NCHW permutes the inputs of the first dense layer; it changes no parameter
 count and no function the network can express.
+
+:data:`MODELS` is the one registry of every network by name, the 1-D networks of
+:mod:`kdjax.models.signal_models` (``[B, length, channels]`` signals in, the same
+outputs) among them: :func:`get_model` builds any of them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import jax
 from kdjax.models.backbones import MobileNetV2, ResNet50V2
 from kdjax.models.cifar_resnets import CIFAR_RESNETS
 from kdjax.models.layers import Conv, Dense, max_pool, strided_conv2d
+from kdjax.models.signal_models import SIGNAL_MODELS
 
 Outputs = dict[str, jax.Array]
 
@@ -273,6 +278,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": MobileNetV2,
     # RepDistiller's CIFAR ResNets with BatchNorm, resnet8 … resnet110 (kdjax.models.cifar_resnets).
     **CIFAR_RESNETS,
+    # 1-D networks for physiological signals, [B, length, channels] in (kdjax.models.signal_models).
+    **SIGNAL_MODELS,
 }
 
 

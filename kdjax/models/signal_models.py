@@ -167,16 +167,22 @@ class SignalCNN(nn.Module):
         return {"logits": logits, "features": features, "feature_map": feature_map}
 
 
+# The 1-D networks by name, as entries of the one model registry (kdjax.models.MODELS):
+# their settings (widths, dropout, classes) are keyword arguments.
 SIGNAL_MODELS = {
     "conv1d_net": Conv1DNet,
-    "conv1d_net_relu": lambda: Conv1DNet(dense_relu=True),
+    "conv1d_net_relu": functools.partial(Conv1DNet, dense_relu=True),
     "signal_cnn": SignalCNN,
 }
 
 
 def get_signal_model(name: str, num_classes: int = 5) -> nn.Module:
-    """A signal model by registry name, with ``num_classes`` outputs."""
+    """A signal model by registry name, with ``num_classes`` outputs (BioVid's five
+    pain levels by default): :func:`kdjax.models.get_model` for the names of
+    :data:`SIGNAL_MODELS`."""
+    from kdjax.models import get_model
+
     if name not in SIGNAL_MODELS:
         known = ", ".join(sorted(SIGNAL_MODELS))
         raise ValueError(f"unknown signal model {name!r}; known: {known}.")
-    return SIGNAL_MODELS[name]().clone(num_classes=num_classes)
+    return get_model(name, num_classes=num_classes)

@@ -21,15 +21,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from kdjax.distill import soft_targets
-from kdjax.store.checkpoints import load_state, read_config
 from kdjax.data import Dataset, Split
-from kdjax.models.heads import StudentWithHead, deployed_variables
-from kdjax.store.locking import run_lock
-from kdjax.models import count_params, get_model
+from kdjax.distill import soft_targets
 from kdjax.distill.objectives import get_objective, make_hyperparams
-from kdjax.runs.spec import RunSpec, config_hash
 from kdjax.distill.teachers import Teacher, check_stored_outputs
+from kdjax.models import count_params, get_model
+from kdjax.models.heads import StudentWithHead, deployed_variables
+from kdjax.runs.spec import RunSpec, config_hash
+from kdjax.store.checkpoints import load_state, read_config
+from kdjax.store.locking import run_lock
 from kdjax.training import (
     Execution,
     FitResult,

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from kdjax.data import image_augment
+from kdjax.data import image_augment, normalize
 from kdjax.data.augment import shift_count, translate_batch
-from kdjax.data import normalize
 from kdjax.data.image_augment import PRESETS as IMAGE_AUGMENTS
 from kdjax.distill.objectives import get_objective
 from kdjax.losses import MAX_TEMPERATURE
