@@ -290,7 +290,8 @@ def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
     """Defines the flags of ``config_class``, parses them and runs ``run(config)``.
 
     User errors (bad flags, bad data, a diverged run, a workdir of other settings)
-    print ``error: <one line>`` and exit 1, without a traceback.
+    print ``error: <one line>`` and exit 1, without a traceback; Ctrl-C prints one line
+    and exits 130 at once.
     """
     define_flags(config_class)
     errors = (*USER_ERRORS, *user_errors)
@@ -307,5 +308,14 @@ def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
             run(config)
         except errors as error:
             sys.exit(f"error: {error}")
+        except KeyboardInterrupt:
+            # XLA may still be compiling on a thread of its own, and tearing the
+            # interpreter down under it crashes (a segmentation fault; docs/reliability.md).
+            # Checkpoints, stores and results are written atomically and a lock held by a
+            # dead process is taken over, so leaving at once loses nothing a rerun needs.
+            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
 
     app.run(functools.partial(main))
