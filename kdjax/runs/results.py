@@ -32,9 +32,12 @@ import platform
 import shlex
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from kdjax.runs import parameter_count
+from kdjax.runs.spec import config_hash
+from kdjax.store.integrity import WorkdirError
 
 SCHEMA = "kdjax.results/1"
 # The packages whose versions every results file names first.
@@ -166,15 +169,88 @@ def results_document(
     }
 
 
+# Settings that change where and how a study is kept, not what it reports.
+PLACE_FIELDS = ("workdir", "cache_dir", "tensorboard", "checkpoint_every")
+STUDIES = "studies"
+
+
+def study_name(results: dict) -> str:
+    """``<command>-<8 hex digits of its settings>``: what names a study's results file."""
+    settings = {k: v for k, v in (results.get("config") or {}).items() if k not in PLACE_FIELDS}
+    return f"{results.get('command') or 'study'}-{config_hash(settings)}"
+
+
+def write_json_atomically(path: Path, document) -> None:
+    """Writes ``document`` to ``path`` through a temporary file of this writer's own, so
+    that concurrent writers never share one and a reader sees the old file or the new."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise WorkdirError(
+            f"cannot write {path}: {error.strerror or error}; free some space or pass "
+            "another --workdir (the trained runs are kept: rerunning writes the results)"
+        ) from None
+
+
 def write_results(workdir: str | Path, results: dict, filename: str = "results.json") -> Path:
     """Writes ``results`` (plus the process's peak resident memory) as JSON, atomically
-    (process 0 only)."""
+    (process 0 only), to ``<workdir>/<filename>`` and to the study's own file
+    ``<workdir>/studies/<study_name>.json``, listed in ``studies/index.json``. Studies
+    of other commands or settings in one workdir therefore coexist: when ``filename``
+    held another study's results, they stay in its study file, and a line says so."""
     results = {**results, "peak_resident_memory_mib": peak_resident_mib()}
     path = Path(workdir) / filename
     if not is_main_process():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    temporary.replace(path)
+    studies = path.parent / STUDIES
+    try:
+        studies.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WorkdirError(f"cannot create {studies}: {error.strerror or error}") from None
+    name = study_name(results)
+    _keep_other_study(path, name, studies)
+    write_json_atomically(studies / f"{name}.json", results)
+    write_json_atomically(path, results)
+    write_json_atomically(studies / "index.json", study_index(studies))
     return path
+
+
+def _keep_other_study(path: Path, name: str, studies: Path) -> None:
+    """Keeps the results ``path`` holds in their study file when they are another
+    study's (files written before study files existed have none yet)."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    other = study_name(previous)
+    if other == name:
+        return
+    kept = studies / f"{other}.json"
+    if not kept.exists():
+        write_json_atomically(kept, previous)
+    log(
+        f"{path.name} now holds the results of {name}; those of {other} stay in {kept} "
+        f"({studies / 'index.json'} lists every study of this workdir)."
+    )
+
+
+def study_index(studies: Path) -> dict:
+    """``{study: {command, command_line, date, file}}`` over the study files present."""
+    index = {}
+    for file in sorted(studies.glob("*.json")):
+        if file.name == "index.json":
+            continue
+        try:
+            document = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        index[file.stem] = {
+            "command": document.get("command"),
+            "command_line": document.get("command_line"),
+            "date": document.get("date"),
+            "file": f"{STUDIES}/{file.name}",
+        }
+    return {"schema": "kdjax.studies/1", "studies": index}
