@@ -9,8 +9,9 @@ Loads BioVid Heat Pain part A (``--data_dir``, either folder layout; see
 data are synthetic. Studies (``--study``):
 
 * ``cv`` — the preset's model on ``--channels`` under ``--cv`` folds (all folds in
-  one compiled program: :func:`kdjax.training.fit` with ``member_rows``), plus an
-  80/20 holdout (random for ``--cv=random``, by subject otherwise);
+  one compiled program: :func:`kdjax.training.fit` with a folds plan,
+  :class:`kdjax.training.Folds`), plus an 80/20 holdout (random for ``--cv=random``,
+  by subject otherwise);
 * ``leakage`` — the same model under random and under subject-grouped folds;
 * ``kd`` — a teacher on all five channels and a GSR-only student trained from
   scratch and distilled from it (stored teacher logits, fold by fold: student
@@ -63,8 +64,12 @@ from kdjax.models.signal_models import get_signal_model
 from kdjax.runs.spec import config_hash
 from kdjax.store.locking import run_lock
 from kdjax.training import (
+    Folds,
     OnlineTeacher,
+    Plan,
+    Run,
     Training,
+    TrainingData,
     fit,
     make_optimizer,
     metrics,
@@ -295,17 +300,13 @@ class Study:
             preprocess,
             teacher=online,
         )
+        plan = Plan(hyper["epochs"], hyper["batch_size"], identity["seeds"],
+                    make_hyperparams(learning_rate=hyper["learning_rate"],
+                                     temperature=config.temperature, **weights),
+                    folds=Folds(tuple(member_rows), tuple(test_rows)))  # fmt: skip
         with run_lock(run_dir, log=log, per_process=True):
-            result = fit(
-                training, name=name, run_dir=run_dir, run_config=identity,
-                hyperparams=make_hyperparams(learning_rate=hyper["learning_rate"],
-                                             temperature=config.temperature, **weights),
-                train_split=train_split, test_split=test_split, epochs=hyper["epochs"],
-                batch_size=hyper["batch_size"], seed=identity["seeds"],
-                train_extras=extras, member_rows=member_rows, member_test_rows=test_rows,
-                execution=self.execution,
-                log=log,
-            )  # fmt: skip
+            result = fit(training, TrainingData(train_split, test_split, extras), plan,
+                         Run(name, run_dir, identity), self.execution, log=log)  # fmt: skip
         arm = {"result": result, "model": model, "split": split, "folds": fold_list,
                "identity": identity, "run_dir": run_dir,
                "fingerprint": f"{run_dir.name}@{len(result.history)}"}  # fmt: skip

@@ -21,19 +21,22 @@ from typing import Any
 import jax
 import numpy as np
 
-from kdjax.distill import soft_targets
-from kdjax.store.checkpoints import load_state, read_config
 from kdjax.data import Dataset, Split
-from kdjax.models.heads import StudentWithHead, deployed_variables
-from kdjax.store.locking import run_lock
-from kdjax.models import count_params, get_model
+from kdjax.distill import soft_targets
 from kdjax.distill.objectives import get_objective, make_hyperparams
-from kdjax.runs.spec import RunSpec, config_hash
 from kdjax.distill.teachers import Teacher, check_stored_outputs
+from kdjax.models import count_params, get_model
+from kdjax.models.heads import StudentWithHead, deployed_variables
+from kdjax.runs.spec import RunSpec, config_hash
+from kdjax.store.checkpoints import load_state, read_config
+from kdjax.store.locking import run_lock
 from kdjax.training import (
     Execution,
     FitResult,
+    Plan,
+    Run,
     Training,
+    TrainingData,
     evaluate,
     fit,
     make_optimizer,
@@ -117,28 +120,21 @@ def train_run(
     # A second command on the same run waits here (naming the holder), then reuses
     # or resumes what the first one trained; the processes of one multi-process job
     # train it together.
+    plan = Plan(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=list(spec.seed) if spec.population else spec.seed,
+        hyperparams=make_hyperparams(
+            learning_rate=spec.learning_rate,
+            temperature=spec.temperature,
+            hard_weight=spec.hard_weight,
+            soft_weight=spec.soft_weight,
+        ),
+    )
     with run_lock(run_dir, log=log, per_process=True):
-        return fit(
-            training,
-            name=spec.role,
-            run_dir=run_dir,
-            run_config=identity,
-            hyperparams=make_hyperparams(
-                learning_rate=spec.learning_rate,
-                temperature=spec.temperature,
-                hard_weight=spec.hard_weight,
-                soft_weight=spec.soft_weight,
-            ),
-            train_split=dataset.train,
-            test_split=dataset.test,
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            seed=list(spec.seed) if spec.population else spec.seed,
-            train_extras=extras,
-            execution=execution,
-            log=log,
-            on_epoch_end=on_epoch_end,
-        )
+        data = TrainingData(dataset.train, dataset.test, extras)
+        run = Run(spec.role, run_dir, identity)
+        return fit(training, data, plan, run, execution, log=log, on_epoch_end=on_epoch_end)
 
 
 def parameter_count(spec: RunSpec, image_shape: tuple[int, ...]) -> int:
