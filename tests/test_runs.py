@@ -12,6 +12,7 @@ from kdjax.distill.teachers import Teacher
 from kdjax.runs import load_run, run_directory, run_identity, train_run
 from kdjax.runs.spec import RunSpec
 from kdjax.store.checkpoints import write_config
+from kdjax.training.recipe import check_settings, schedule_of
 
 QUIET = {"log": lambda message: None}
 MLP_SMALL = {"model": "mlp", "model_settings": {"hidden_sizes": (32,)}}
@@ -42,12 +43,12 @@ def test_run_names_do_not_change_for_runs_without_the_new_regularisers():
 def test_a_decaying_schedule_puts_the_epoch_count_in_the_run_name():
     constant = RunSpec(role="s", model="mlp", epochs=3)
     assert "epochs" not in constant.identity() and "lr_schedule" not in constant.identity()
-    assert constant.schedule(1000) is None
+    assert schedule_of(constant, 1000) is None
     cosine = RunSpec(role="s", model="mlp", epochs=3, lr_schedule="cosine")
     assert cosine.identity()["epochs"] == 3
     longer = RunSpec(role="s", model="mlp", epochs=4, lr_schedule="cosine")
     assert longer.identity() != cosine.identity()
-    factor = cosine.schedule(1280)  # 3 epochs × 10 steps of 128
+    factor = schedule_of(cosine, 1280)  # 3 epochs × 10 steps of 128
     assert float(factor(jnp.asarray(30))) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         RunSpec(role="s", model="mlp", lr_schedule="linear")
@@ -89,8 +90,10 @@ def test_identity_is_role_model_and_every_field_off_its_default():
     ],
 )
 def test_bad_settings_are_refused_before_any_work(settings, message):
+    """Values are checked when the spec is made, names against their registries by
+    check_settings (which train_run calls first)."""
     with pytest.raises(ValueError, match=message):
-        RunSpec(role="s", model="mlp", **settings)
+        check_settings(RunSpec(role="s", model="mlp", **settings))
 
 
 def test_a_finished_run_restores_with_its_preprocessing_from_a_relative_path(tmp_path, monkeypatch):

@@ -27,8 +27,8 @@ import numpy as np
 from kdjax.data import Dataset
 from kdjax.data.augment import every_shift, translate
 from kdjax.distill import soft_targets
-from kdjax.models import get_model
 from kdjax.training import OnlineTeacher, predict
+from kdjax.training.recipe import model_of, per_shift_extras, preprocess_of, shift_count_of
 
 if TYPE_CHECKING:  # the run layer sits above this one; the spec is only a type here
     from kdjax.runs.spec import RunSpec
@@ -46,7 +46,7 @@ class Teacher:
 
     @property
     def model(self):
-        return get_model(self.spec.model, **self.spec.model_settings)
+        return model_of(self.spec)
 
     @property
     def fingerprint(self) -> str:
@@ -56,7 +56,7 @@ class Teacher:
 
     def online(self) -> OnlineTeacher:
         """The teacher as it runs inside a student's step."""
-        return OnlineTeacher(self.model, self.variables, self.spec.preprocess())
+        return OnlineTeacher(self.model, self.variables, preprocess_of(self.spec))
 
     def outputs(
         self,
@@ -96,7 +96,7 @@ class Teacher:
         return self.run_dir / "soft_targets" / f"{stem}{suffix}.npz"
 
     def _compute(self, images: np.ndarray, wanted: tuple[str, ...], *, max_shift: int, log):
-        model, preprocess = self.model, self.spec.preprocess()
+        model, preprocess = self.model, preprocess_of(self.spec)
         if not max_shift:
             log(f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples ...")
             return predict(
@@ -124,8 +124,8 @@ class Teacher:
 def check_stored_outputs(spec: RunSpec, extras: dict[str, Any]) -> None:
     """Stored teacher logits must be ``[N, C]``, or ``[N, shifts, C]`` for a student
     with ``consistent_jitter``; other per-shift outputs need their shift axis."""
-    shifts = spec.shift_count()
-    per_shift = spec.per_shift_extras()
+    shifts = shift_count_of(spec)
+    per_shift = per_shift_extras(spec)
     for key, rows in extras.items():
         shape = np.shape(rows)
         name = key[len("teacher_") :]

@@ -19,7 +19,8 @@ run and how it executes. A single run::
     )
 
 The folds of a cross-validation train as one population: ``Plan(seed=[0, 1, 2],
-folds=Folds.of(k_fold(n, 3)), ...)``.
+folds=Folds.of(k_fold(n, 3)), ...)``. :mod:`.recipe` builds the records a
+:class:`kdjax.runs.spec.RunSpec` describes.
 """
 
 from kdjax.training.evaluation import (
