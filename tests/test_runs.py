@@ -1,6 +1,8 @@
 """Run specs and run directories: identities, teachers (stored and online) and
 restoring a finished run with its preprocessing."""
 
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from kdjax.distill.teachers import Teacher
 from kdjax.runs import load_run, run_directory, run_identity, train_run
 from kdjax.runs.spec import RunSpec
 from kdjax.store.checkpoints import write_config
-from kdjax.training.recipe import check_settings, schedule_of
+from kdjax.training.recipe import check_settings, preprocess_of, schedule_of
 
 QUIET = {"log": lambda message: None}
 MLP_SMALL = {"model": "mlp", "model_settings": {"hidden_sizes": (32,)}}
@@ -189,3 +191,15 @@ def test_a_second_process_on_the_same_run_waits_for_the_first(tmp_path):
         assert any(str(holder.pid) in message for message in messages), messages
     finally:
         holder.wait(timeout=30)
+
+
+def test_a_spec_reads_its_input_channels_and_a_population_teacher_teaches_one_per_student():
+    spec = RunSpec(role="s", model="signal_cnn", model_settings={"num_classes": 5},
+                   input_channels=(2,), input_scale=1.0, seed=(0, 1))  # fmt: skip
+    inputs = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    np.testing.assert_array_equal(preprocess_of(spec)(inputs), inputs[..., [2]])
+    assert "input_channels" not in RunSpec(role="s", model="mlp").identity()
+    teachers = Teacher(spec, {"params": {"w": np.zeros((2, 3))}}, Path("unused"))
+    assert teachers.online().per_member and teachers.model.num_classes == 5
+    with pytest.raises(ValueError, match="one teacher per student"):
+        teachers.outputs(_dataset())

@@ -14,7 +14,7 @@ reuses a finished run. A restored run carries its preprocessing::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from kdjax.store.locking import run_lock
 from kdjax.training import (
     Execution,
     FitResult,
+    Folds,
     Plan,
     Run,
     TrainingData,
@@ -69,27 +70,36 @@ def train_run(
     workdir: str | Path,
     *,
     teacher: Teacher | None = None,
+    teacher_outputs: Mapping[str, np.ndarray] | None = None,
+    folds: Folds | None = None,
     initial_variables: Any = None,
     execution: Execution | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains (or resumes, or reuses) the run ``spec`` describes: one student, or a
-    population trained together (:attr:`RunSpec.population`).
+    population trained together (:attr:`RunSpec.population`), the folds of a
+    cross-validation included (``folds``: each student's training and test rows;
+    they join the run's identity).
 
     An objective that reads teacher outputs needs ``teacher``; with
     ``spec.teacher_mode == "stored"`` its outputs are read from (or written to) its
-    store, with ``"online"`` it runs inside the step. ``initial_variables`` (e.g.
-    pretrained weights) start the model; their fingerprint joins the run's identity.
+    store, or taken from ``teacher_outputs`` (``{name: rows aligned with
+    dataset.train}``) when the caller computes them, e.g. each fold's teacher on its
+    own inputs; with ``"online"`` it runs inside the step (a teacher trained as a
+    population: one per student). ``initial_variables`` (e.g. pretrained weights)
+    start the model; their fingerprint joins the run's identity.
     """
     check_settings(spec)  # refused before any work
     reads_teacher = bool(get_objective(spec.objective).teacher_outputs)
     if reads_teacher and teacher is None:
         raise ValueError(f"objective {spec.objective!r} needs a teacher.")
-    extras, online = _teacher_inputs(spec, dataset, teacher, log)
+    extras, online = _teacher_inputs(spec, dataset, teacher, teacher_outputs, log)
     identity = run_identity(spec, dataset, teacher if reads_teacher else None)
     if initial_variables is not None:  # a run from other starting weights is another run
         identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
+    if folds is not None:
+        identity["folds"] = folds.fingerprint()
     training = training_of(
         spec, len(dataset.train), teacher=online, initial_variables=initial_variables
     )
@@ -98,6 +108,7 @@ def train_run(
         batch_size=spec.batch_size,
         seed=list(spec.seed) if spec.population else spec.seed,
         hyperparams=hyperparams_of(spec),
+        folds=folds,
     )
     run = Run(spec.role, run_directory(workdir, spec, identity), identity)
     settings = ", ".join(
@@ -112,16 +123,23 @@ def train_run(
         return fit(training, data, plan, run, execution, log=log, on_epoch_end=on_epoch_end)
 
 
-def _teacher_inputs(spec: RunSpec, dataset: Dataset, teacher, log):
+def _teacher_inputs(spec: RunSpec, dataset: Dataset, teacher, given, log):
     """``(stored outputs as batch entries, online teacher)`` for the spec's objective."""
     names = get_objective(spec.objective).teacher_outputs
+    if given is not None and (not names or spec.teacher_mode == "online"):
+        raise ValueError(
+            f"run {spec.role!r}: teacher_outputs are stored outputs, for an objective that "
+            "reads a teacher with teacher_mode='stored'."
+        )
     if not names:
         return {}, None
     if spec.teacher_mode == "online":
         return {}, teacher.online()
-    shifts = spec.translate_pixels if spec.consistent_jitter else 0
-    stored = teacher.outputs(dataset, names, splits=("train",), train_shifts=shifts, log=log)
-    extras = {f"teacher_{name}": rows["train"] for name, rows in stored.items()}
+    if given is None:
+        shifts = spec.translate_pixels if spec.consistent_jitter else 0
+        stored = teacher.outputs(dataset, names, splits=("train",), train_shifts=shifts, log=log)
+        given = {name: rows["train"] for name, rows in stored.items()}
+    extras = {f"teacher_{name}": given[name] for name in names}
     check_stored_outputs(spec, extras)
     return extras, None
 

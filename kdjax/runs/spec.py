@@ -66,6 +66,10 @@ class RunSpec:
     # Raw inputs are divided by this before the mean/std normalisation: 255 for uint8
     # pixels, 1 for signals already in [0, 1].
     input_scale: float = 255.0
+    # The channels (positions on the inputs' last axis) the model reads; () reads them
+    # all. A student reading part of a teacher's inputs (BioVid's GSR among five
+    # signals) trains on the inputs the teacher reads.
+    input_channels: tuple[int, ...] = ()
     # Random translations of up to this many pixels (0: none), and a max-norm
     # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
     translate_pixels: int = 0
@@ -109,6 +113,8 @@ class RunSpec:
                 problems.append(f"{name} must be finite and {bound}, got {getattr(self, name)}")
         if np.any(np.asarray(self.seed) < 0):
             problems.append(f"seeds must be >= 0, got {self.seed}")
+        if any(channel < 0 for channel in self.input_channels):
+            problems.append(f"input_channels must be >= 0, got {self.input_channels}")
         if self.consistent_jitter and not self.translate_pixels:
             problems.append("consistent_jitter needs translate_pixels > 0")
         if self.consistent_jitter and self.teacher_mode == "online":

@@ -20,6 +20,7 @@ from kdjax.data.augment import shift_count, translate_batch
 from kdjax.distill.objectives import get_objective, make_hyperparams
 from kdjax.models import get_model
 from kdjax.models.heads import StudentWithHead
+from kdjax.models.signal_models import SIGNAL_MODELS, get_signal_model
 from kdjax.training.precision import COMPUTE_DTYPES, with_compute_dtype
 from kdjax.training.records import Training
 from kdjax.training.state import cosine_decay, make_optimizer, max_norm_constraint, step_decay
@@ -59,14 +60,26 @@ def check_settings(spec: RunSpec) -> None:
 
 
 def model_of(spec: RunSpec) -> nn.Module:
-    """The spec's network (in float32), from :data:`kdjax.models.MODELS`."""
+    """The spec's network (in float32): an image model of :data:`kdjax.models.MODELS`
+    or a signal model of :data:`kdjax.models.signal_models.SIGNAL_MODELS`."""
+    if spec.model in SIGNAL_MODELS:
+        return get_signal_model(spec.model, **spec.model_settings)
     return get_model(spec.model, **spec.model_settings)
 
 
 def preprocess_of(spec: RunSpec) -> Preprocess:
-    """Raw inputs (as stored: MNIST's uint8 pixels, say) to model inputs: scale, then
-    mean/std normalisation."""
-    return partial(normalize, mean=spec.input_mean, std=spec.input_std, scale=spec.input_scale)
+    """Raw inputs (as stored: MNIST's uint8 pixels, say) to model inputs: the channels
+    the spec reads (``input_channels``), then scale and mean/std normalisation."""
+    scaled = partial(normalize, mean=spec.input_mean, std=spec.input_std, scale=spec.input_scale)
+    if not spec.input_channels:
+        return scaled
+    return partial(_read_channels, columns=tuple(spec.input_channels), then=scaled)
+
+
+def _read_channels(inputs, *, columns: tuple[int, ...], then: Preprocess):
+    """The channels at ``columns`` of the last axis, preprocessed: a student's view
+    of inputs it shares with a teacher that reads them all."""
+    return then(inputs[..., list(columns)])
 
 
 def per_shift_extras(spec: RunSpec) -> tuple[str, ...]:

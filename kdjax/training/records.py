@@ -110,6 +110,20 @@ class Folds:
         """From ``(train rows, test rows)`` pairs, as :mod:`kdjax.data.folds` gives them."""
         return cls(tuple(train for train, _ in folds), tuple(test for _, test in folds))
 
+    def stack(self, split: Split) -> tuple[Split, Folds]:
+        """Every student's training rows of ``split`` copied one student after another
+        (ids made unique per copy), and the folds over the copy: a row that several
+        students train on gets one copy each, so that per-student extras (fold *i*'s
+        own teacher logits) can sit beside it. The test rows stay as they are."""
+        sizes = [len(rows) for rows in self.train]
+        offsets = np.cumsum([0, *sizes])
+        every = np.concatenate(self.train)
+        copy = np.repeat(np.arange(len(sizes)), sizes)
+        ids = split.ids[every] + copy * (int(split.ids.max()) + 1)
+        stacked = Split(split.images[every], split.labels[every], ids.astype(np.int64))
+        rows = tuple(np.arange(offsets[i], offsets[i + 1]) for i in range(len(sizes)))
+        return stacked, Folds(rows, self.test)
+
     def fingerprint(self) -> str:
         """Sixteen hex digits naming the rows of every fold."""
         digest = hashlib.blake2b(digest_size=8)
