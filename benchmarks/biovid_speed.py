@@ -17,7 +17,7 @@ Every measurement runs in its own process, one after the other (``--parts``):
   shuffled batches drawn by indexing one tensor (cheaper than the seed's
   ``DataLoader`` over a ``TensorDataset``, which collates example by example);
 * ``folds`` and ``one_fold`` — the 5 folds of ``k_fold`` trained together as one
-  population (``member_rows``) against the first fold alone; ``folds_unroll`` and
+  population (a folds plan) against the first fold alone; ``folds_unroll`` and
   ``folds_vmap`` the folds with the students unrolled in the program or vmapped
   instead of the CPU's default ``lax.map`` (:func:`kdjax.training.population_step`);
 * ``steps`` — one compiled train step, outside ``fit``: one student, and the 5
@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from absl import app, flags
@@ -83,21 +84,26 @@ def kdjax_epoch(part: str) -> dict:
     from kdjax.data.folds import k_fold
     from kdjax.distill.objectives import get_objective, make_hyperparams
     from kdjax.models.signal_models import get_signal_model
-    from kdjax.training import Execution, Training, fit, make_optimizer
+    from kdjax.training import (
+        Execution,
+        Folds,
+        Plan,
+        Run,
+        Training,
+        TrainingData,
+        fit,
+        make_optimizer,
+    )
 
     signals, labels = _data(FLAGS.examples, FLAGS.length)
     split = Split(signals, labels, np.arange(len(labels), dtype=np.int64))
     test = split.take(min(len(split), FLAGS.batch_size))
-    rows = {}
+    folds, seeds = None, 0
     if part in ("folds", "one_fold", "folds_unroll", "folds_vmap"):
         fold_list = k_fold(len(split), FLAGS.folds, seed=0)
         if part == "one_fold":
             fold_list = fold_list[:1]
-        rows = {
-            "member_rows": [train for train, _ in fold_list],
-            "member_test_rows": [held_out for _, held_out in fold_list],
-            "seed": list(range(len(fold_list))),
-        }
+        folds, seeds = Folds.of(fold_list), list(range(len(fold_list)))
         test = split
     training = Training(
         get_signal_model("conv1d_net", NUM_CLASSES),
@@ -107,17 +113,18 @@ def kdjax_epoch(part: str) -> dict:
     )
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(
-            training, name=part, run_dir=run_dir, run_config={"part": part},
-            hyperparams=make_hyperparams(learning_rate=LEARNING_RATE), train_split=split,
-            test_split=test, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-            log=lambda message: None, **{"seed": 0, **rows},
-            execution=Execution(population_strategy=PART_STRATEGIES.get(part, "auto")),
+            training, TrainingData(split, test),
+            Plan(FLAGS.epochs, FLAGS.batch_size, seeds,
+                 make_hyperparams(learning_rate=LEARNING_RATE), folds=folds),
+            Run(part, Path(run_dir), {"part": part}),
+            Execution(population_strategy=PART_STRATEGIES.get(part, "auto")),
+            log=lambda message: None,
         )  # fmt: skip
     seconds = result.history[-1]["seconds"]
     if FLAGS.epochs == 1:
         seconds -= result.compile_seconds
-    steps = (min(len(r) for r in rows["member_rows"]) if rows else len(split)) // FLAGS.batch_size
-    return {"seconds": seconds, "steps": steps, "students": len(rows.get("seed", [0])),
+    steps = (min(len(r) for r in folds.train) if folds else len(split)) // FLAGS.batch_size
+    return {"seconds": seconds, "steps": steps, "students": len(folds.train) if folds else 1,
             **_arithmetic(training, signals)}  # fmt: skip
 
 

@@ -37,7 +37,17 @@ from absl import app, flags
 from kdjax.data import MNIST_MEAN, MNIST_STD, Dataset, Split, load_mnist_idx, normalize
 from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import get_model
-from kdjax.training import FEEDS, Execution, Training, fit, make_optimizer, resolve_feed
+from kdjax.training import (
+    FEEDS,
+    Execution,
+    Plan,
+    Run,
+    Training,
+    TrainingData,
+    fit,
+    make_optimizer,
+    resolve_feed,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "MNIST IDX files; default: random MNIST-shaped data.")
@@ -99,24 +109,20 @@ def kdjax_epoch_seconds(
         preprocess=PREPROCESS,
     )
     with tempfile.TemporaryDirectory() as workdir:
+        hyperparams = make_hyperparams(
+            learning_rate=1e-3,
+            temperature=3.0,
+            hard_weight=0.7 if objective == "kd" else 1.0,
+            soft_weight=0.3 if objective == "kd" else 0.0,
+        )
         result = fit(
             training,
-            name=f"{name}-{objective}",
-            run_dir=Path(workdir) / "run",
-            run_config={},
-            hyperparams=make_hyperparams(
-                learning_rate=1e-3,
-                temperature=3.0,
-                hard_weight=0.7 if objective == "kd" else 1.0,
-                soft_weight=0.3 if objective == "kd" else 0.0,
+            TrainingData(
+                split, test, {"teacher_logits": teacher_logits} if objective == "kd" else {}
             ),
-            train_split=split,
-            test_split=test,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seeds,
-            train_extras={"teacher_logits": teacher_logits} if objective == "kd" else None,
-            execution=Execution(feed=feed),
+            Plan(epochs=epochs, batch_size=batch_size, seed=seeds, hyperparams=hyperparams),
+            Run(f"{name}-{objective}", Path(workdir) / "run", {}),
+            Execution(feed=feed),
             log=lambda message: None,
         )
     if epochs > 1:  # the last epoch: compiled, warm, nothing to subtract

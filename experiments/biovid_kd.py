@@ -9,8 +9,9 @@ Loads BioVid Heat Pain part A (``--data_dir``, either folder layout; see
 data are synthetic. Studies (``--study``):
 
 * ``cv`` — the preset's model on ``--channels`` under ``--cv`` folds (all folds in
-  one compiled program: :func:`kdjax.training.fit` with ``member_rows``), plus an
-  80/20 holdout (random for ``--cv=random``, by subject otherwise);
+  one compiled program: :func:`kdjax.runs.train_run` with a folds plan,
+  :class:`kdjax.training.Folds`), plus an 80/20 holdout (random for ``--cv=random``,
+  by subject otherwise);
 * ``leakage`` — the same model under random and under subject-grouped folds;
 * ``kd`` — a teacher on all five channels and a GSR-only student trained from
   scratch and distilled from it (stored teacher logits, fold by fold: student
@@ -36,19 +37,23 @@ import time
 from functools import partial
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from experiments import report
-from experiments.biovid_plots import write_plots
+from experiments.biovid_plots import (
+    difference,
+    fold_scores,
+    print_table,
+    run_entry,
+    write_plots,
+)
 from experiments.report import log
-from kdjax.data import Split, normalize
+from kdjax.data import Dataset, Split, normalize
 from kdjax.data import folds as folding
 from kdjax.data.biovid_synthetic import write_dataset
-from kdjax.data.signals import CHANNELS, binary_task, level_errors, load_biovid
-from kdjax.distill.objectives import get_objective, make_hyperparams
-from kdjax.models import count_params
-from kdjax.models.signal_models import get_signal_model
+from kdjax.data.signals import CHANNELS, binary_task, load_biovid
+from kdjax.distill.teachers import Teacher
+from kdjax.runs import train_run
 from kdjax.runs.cli import (
     CommonConfig,
     at_least_one,
@@ -61,17 +66,10 @@ from kdjax.runs.cli import (
     temperature_range,
     unit_interval,
 )
-from kdjax.runs.spec import config_hash
+from kdjax.runs.spec import RunSpec
 from kdjax.store.locking import run_lock
-from kdjax.training import (
-    OnlineTeacher,
-    Training,
-    fit,
-    make_optimizer,
-    metrics,
-    predict,
-    with_compute_dtype,
-)
+from kdjax.training import Folds, predict, with_compute_dtype
+from kdjax.training.recipe import model_of
 
 # Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
 PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
@@ -247,7 +245,8 @@ class Study:
         # Every arm trains over the same devices (the folds split each batch over them).
         self.execution = report.execution(config, batch_size=self.hyper["batch_size"])
         self.num_classes = data.signals.num_classes
-        self.arms: dict[str, dict] = {}  # name -> {"result", "identity", "folds", "model"}
+        # name -> {"spec", "result", "model", "split", "folds", "identity", "teacher", "scores"}
+        self.arms: dict[str, dict] = {}
 
     def train(
         self, name, model_name, split, fold_list, *, teacher=None, stacked=None, view=None
@@ -259,70 +258,45 @@ class Study:
         teacher's inputs, of which they read the channels at positions ``view``."""
         if name in self.arms:
             return self.arms[name]
-        config, hyper = self.config, self.hyper
-        model = with_compute_dtype(get_signal_model(model_name, self.num_classes),
-                                   config.compute_dtype)  # fmt: skip
-        test_rows = [test for _, test in fold_list]
-        train_split, member_rows, extras = split, [train for train, _ in fold_list], {}
-        test_split, preprocess, online = split, PREPROCESS, None
+        online = teacher is not None and self.config.teacher_mode == "online"
+        spec = self.spec(name, model_name, len(fold_list), teacher=teacher is not None,
+                         view=view if online else None)  # fmt: skip
+        folds = Folds.of(fold_list)
+        train_split, test_split, outputs = split, split, None
         if stacked is not None:
-            train_split, member_rows = stacked
-        if teacher is not None and config.teacher_mode == "online":
+            train_split, folds = stacked[0], Folds(tuple(stacked[1]), folds.test)
+        if online:
             train_split = test_split = teacher["split"]
-            preprocess = partial(_read_channels, columns=tuple(view))
-            online = OnlineTeacher(teacher["model"], self.fold_teachers(teacher), PREPROCESS,
-                                   per_member=True)  # fmt: skip
         elif teacher is not None:
-            extras = {"teacher_logits": self.stored_logits(teacher, fold_list)}
-        identity = {
-            "arm": name, "model": model_name, "channels": int(split.images.shape[-1]),
-            "compute_dtype": config.compute_dtype,
-            "optimizer": hyper["optimizer"], "learning_rate": hyper["learning_rate"],
-            "batch_size": hyper["batch_size"], "seeds": self.seeds(len(fold_list)),
-            "data": split.fingerprint(), "task": config.task,
-            "folds": config_hash({"test": [rows.tolist() for rows in test_rows]}),
-            "teacher": None if teacher is None else teacher["fingerprint"],
-            "temperature": config.temperature if teacher else None,
-            "alpha": config.alpha if teacher else None,
-        }  # fmt: skip
-        if online is not None:  # stored runs keep the identity (and directory) they had
-            identity["teacher_mode"] = "online"
-        weights = {"hard_weight": config.alpha, "soft_weight": 1 - config.alpha} if teacher else {}
-        run_dir = Path(config.workdir) / f"{name}-{config_hash(identity)}"
-        training = Training(
-            model,
-            get_objective("kd" if teacher else "ce"),
-            make_optimizer(hyper["optimizer"], momentum=0.9),
-            preprocess,
-            teacher=online,
-        )
-        with run_lock(run_dir, log=log, per_process=True):
-            result = fit(
-                training, name=name, run_dir=run_dir, run_config=identity,
-                hyperparams=make_hyperparams(learning_rate=hyper["learning_rate"],
-                                             temperature=config.temperature, **weights),
-                train_split=train_split, test_split=test_split, epochs=hyper["epochs"],
-                batch_size=hyper["batch_size"], seed=identity["seeds"],
-                train_extras=extras, member_rows=member_rows, member_test_rows=test_rows,
-                execution=self.execution,
-                log=log,
-            )  # fmt: skip
-        arm = {"result": result, "model": model, "split": split, "folds": fold_list,
-               "identity": identity, "run_dir": run_dir,
-               "fingerprint": f"{run_dir.name}@{len(result.history)}"}  # fmt: skip
-        arm["scores"] = self.score(arm)
+            outputs = {"logits": self.stored_logits(teacher, fold_list)}
+        data = Dataset("biovid", self.data.source, self.data.location, train_split, test_split,
+                       self.num_classes)  # fmt: skip
+        result = train_run(
+            spec, data, self.config.workdir, teacher=teacher["teacher"] if teacher else None,
+            teacher_outputs=outputs, folds=folds, execution=self.execution, log=log,
+        )  # fmt: skip
+        arm = {"spec": spec, "result": result, "split": split, "folds": fold_list,
+               "model": with_compute_dtype(model_of(spec), spec.compute_dtype),
+               "identity": {**result.config, "channels": int(split.images.shape[-1])},
+               "teacher": Teacher(spec, result.variables, result.run_dir)}  # fmt: skip
+        arm["scores"] = fold_scores(arm, self.num_classes, PREPROCESS)
         self.arms[name] = arm
         return arm
 
-    def seeds(self, count: int) -> list[int]:
-        return [self.config.seed + index for index in range(count)]
-
-    @staticmethod
-    def fold_teachers(teacher: dict):
-        """Every fold's teacher variables, stacked (fold i's first)."""
-        count = len(teacher["folds"])
-        parts = [teacher["result"].member_variables(index) for index in range(count)]
-        return jax.tree.map(lambda *leaves: np.stack(leaves), *parts)
+    def spec(self, name, model_name, folds: int, *, teacher: bool, view=None) -> RunSpec:
+        """The run of one arm: the preset's training of ``model_name``, one student per
+        fold; distilled (T, alpha) from a teacher, reading the channels at ``view``."""
+        config, hyper = self.config, self.hyper
+        weights = dict(temperature=config.temperature, hard_weight=config.alpha,
+                       soft_weight=1 - config.alpha, teacher_mode=config.teacher_mode)  # fmt: skip
+        return RunSpec(
+            role=name, model=model_name, model_settings={"num_classes": self.num_classes},
+            objective="kd" if teacher else "ce", epochs=hyper["epochs"], input_scale=1.0,
+            batch_size=hyper["batch_size"], learning_rate=hyper["learning_rate"],
+            optimizer=hyper["optimizer"], seed=tuple(config.seed + i for i in range(folds)),
+            input_channels=tuple(view or ()), compute_dtype=config.compute_dtype,
+            **(weights if teacher else {}),
+        )  # fmt: skip
 
     def stored_logits(self, teacher: dict, fold_list) -> np.ndarray:
         """Teacher *i*'s logits on fold *i*'s training rows, stacked fold after fold
@@ -336,40 +310,11 @@ class Study:
 
     @staticmethod
     def stack(split: Split, fold_list) -> tuple[Split, list[np.ndarray]]:
-        """Every fold's training rows copied one fold after another (ids made unique
-        per copy), and each fold's rows in the copy: a row trains several folds, and
-        each fold's student must read its own teacher's logits for it."""
-        rows = [train for train, _ in fold_list]
-        offsets = np.cumsum([0] + [len(train) for train in rows])
-        every = np.concatenate(rows)
-        copy = np.repeat(np.arange(len(rows)), [len(train) for train in rows])
-        ids = split.ids[every] + copy * (int(split.ids.max()) + 1)
-        stacked = Split(split.images[every], split.labels[every], ids.astype(np.int64))
-        return stacked, [np.arange(offsets[i], offsets[i + 1]) for i in range(len(rows))]
-
-    def score(self, arm: dict) -> dict:
-        """Per-fold accuracy, macro-F1, MAE, RMSE; mean ± std; summed confusion matrix."""
-        per_fold, confusion = [], np.zeros((self.num_classes,) * 2, np.int64)
-        for index, (_, test) in enumerate(arm["folds"]):
-            variables = arm["result"].member_variables(index)
-            images = arm["split"].images[test]
-            logits = predict(arm["model"], variables, images, preprocess=PREPROCESS)["logits"]
-            labels, predicted = arm["split"].labels[test], np.argmax(logits, -1)
-            per_fold.append({
-                "test_examples": len(test),
-                "accuracy": metrics.accuracy(labels, predicted),
-                "macro_f1": metrics.f1_score(labels, predicted, average="macro"),
-                **level_errors(labels, predicted),
-            })  # fmt: skip
-            confusion += metrics.confusion_matrix(labels, predicted, self.num_classes)
-        summary = {key: report.mean_std([fold[key] for fold in per_fold])
-                   for key in ("accuracy", "macro_f1", "mae", "rmse")}  # fmt: skip
-        return {"per_fold": per_fold, **summary, "confusion_matrix": confusion.tolist()}
-
-
-def _read_channels(signals, *, columns: tuple[int, ...]):
-    """The student's view of the teacher's inputs: the channels at ``columns``."""
-    return PREPROCESS(signals[..., list(columns)])
+        """Every fold's training rows copied one fold after another, and each fold's
+        rows in the copy (:meth:`kdjax.training.Folds.stack`): each fold's student
+        reads its own teacher's logits for a row several folds train on."""
+        stacked, folds = Folds.of(fold_list).stack(split)
+        return stacked, list(folds.train)
 
 
 def kd_study(study: Study, signals) -> dict:
@@ -404,17 +349,10 @@ def kd_study(study: Study, signals) -> dict:
             stacked=stacked, view=[0],
         )  # fmt: skip
     table = {name: arm["scores"] for name, arm in arms.items()}
-    table["kd_gain_all"] = _difference(table["student_kd_all"], table["student_scratch"])
+    table["kd_gain_all"] = difference(table["student_kd_all"], table["student_scratch"])
     if config.large_teacher_model:
-        table["kd_gain_large"] = _difference(table["student_kd_large"], table["student_scratch"])
+        table["kd_gain_large"] = difference(table["student_kd_large"], table["student_scratch"])
     return table
-
-
-def _difference(distilled: dict, scratch: dict) -> dict:
-    """Per-fold accuracy of the distilled student minus the scratch one (same folds)."""
-    pairs = zip(distilled["per_fold"], scratch["per_fold"], strict=True)
-    gains = [ours["accuracy"] - theirs["accuracy"] for ours, theirs in pairs]
-    return {"accuracy": report.mean_std(gains)}
 
 
 def run(config: Config) -> dict:
@@ -430,7 +368,7 @@ def run(config: Config) -> dict:
     if "cv" in wanted:
         arm = study.train(f"cv_{config.cv}", hyper["model"], split,
                           make_folds(signals, config.cv, config.folds, config.seed))  # fmt: skip
-        tables["cv"] = {arm["identity"]["arm"]: arm["scores"]}
+        tables["cv"] = {arm["spec"].role: arm["scores"]}
         if config.holdout:
             scheme = "holdout_random" if config.cv == "random" else "holdout_subject"
             holdout = study.train(
@@ -448,30 +386,14 @@ def run(config: Config) -> dict:
         )
     if "kd" in wanted:
         tables["kd"] = kd_study(study, signals)
-    runs = {name: _run_entry(arm) for name, arm in study.arms.items()}
+    runs = {name: run_entry(arm) for name, arm in study.arms.items()}
     document = report.results_document("biovid_kd", config, data, runs, tables, started)
     path = report.write_results(config.workdir, document)
     if config.plots and report.is_main_process():
         write_plots(Path(config.workdir), study.arms, data)
-    rows = [
-        [name, arm["identity"]["model"], str(len(arm["folds"])),
-         *(report.format_mean_std(arm["scores"][key], scale) for key, scale in
-           (("accuracy", 100), ("macro_f1", 100), ("mae", 1), ("rmse", 1)))]
-        for name, arm in study.arms.items()
-    ]  # fmt: skip
-    report.print_report(
-        ["run", "model", "folds", "accuracy %", "macro-F1 %", "MAE", "RMSE"], rows,
-        notes=["NOTE: " + data.notice] if data.notice else [],
-        footer=f"Results: {path}  Wall time: {document['wall_seconds']} s",
-    )  # fmt: skip
+    print_table(study.arms, data.notice,
+                f"Results: {path}  Wall time: {document['wall_seconds']} s")  # fmt: skip
     return document
-
-
-def _run_entry(arm: dict) -> dict:
-    sample = arm["split"].images[:1]
-    shapes = jax.eval_shape(lambda: arm["model"].init(jax.random.PRNGKey(0), sample)["params"])
-    return {"spec": arm["identity"], **arm["result"].summary(), "history": arm["result"].history,
-            "parameters": count_params(shapes), "scores": arm["scores"]}  # fmt: skip
 
 
 if __name__ == "__main__":

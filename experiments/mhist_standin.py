@@ -54,6 +54,7 @@ from kdjax.runs.cli import (
 from kdjax.runs.cli import positive as positive_check
 from kdjax.runs.spec import RunSpec
 from kdjax.training import evaluate, recompute_batch_stats
+from kdjax.training.recipe import preprocess_of
 
 # MHIST's own partition sizes per class (HP, SSA): 2,175 train and 977 test images.
 MHIST_TRAIN_COUNTS = (1545, 630)
@@ -181,7 +182,7 @@ def pretrain(config: Config, name: str, pretrain_set: Dataset, out: Path):
     # The exported BatchNorm statistics are recomputed over the pretraining images:
     # after a short run the running averages (momentum 0.999 in MobileNetV2) lag
     # the weights, and every frozen layer of the transfer runs reads them.
-    model, preprocess = get_model(spec.model, **spec.model_settings), spec.preprocess()
+    model, preprocess = get_model(spec.model, **spec.model_settings), preprocess_of(spec)
     variables = recompute_batch_stats(
         model, result.variables, pretrain_set.train.images, preprocess=preprocess,
         batch_size=config.pretrain_batch_size,

@@ -35,7 +35,16 @@ import numpy as np  # noqa: E402
 from kdjax.data import Split, normalize  # noqa: E402
 from kdjax.distill.objectives import OBJECTIVES, make_hyperparams  # noqa: E402
 from kdjax.models import SmallConvNet  # noqa: E402
-from kdjax.training import Execution, Training, fit, make_optimizer  # noqa: E402
+from kdjax.training import (  # noqa: E402
+    Execution,
+    Folds,
+    Plan,
+    Run,
+    Training,
+    TrainingData,
+    fit,
+    make_optimizer,
+)
 from kdjax.training.parallel import data_mesh  # noqa: E402
 
 BATCH = 32
@@ -68,7 +77,7 @@ FOLD_ROWS = [np.arange(0, 64), np.arange(32, 96)]
 
 def train(run_dir: Path, train_split: Split, mesh, feed="auto", seed=0, **fields) -> dict:
     """Two epochs of KD; ``seed`` a list trains a population (with one temperature per
-    student), ``fields`` are further arguments of ``fit`` (``member_rows``)."""
+    student), ``fields`` are further fields of the plan (``folds``)."""
     teacher_logits = np.random.default_rng(7).normal(size=(COUNT, 10)).astype(np.float32)
     temperature = 3.0 if isinstance(seed, int) else np.linspace(2.0, 4.0, len(seed))
     training = Training(
@@ -77,23 +86,22 @@ def train(run_dir: Path, train_split: Split, mesh, feed="auto", seed=0, **fields
         optimizer=make_optimizer("adam"),
         preprocess=partial(normalize, mean=0.1307, std=0.3081),
     )
-    result = fit(
-        training,
-        name="student",
-        run_dir=run_dir,
-        run_config={"test": "parallel"},
-        hyperparams=make_hyperparams(
-            learning_rate=1e-3, temperature=temperature, hard_weight=0.7, soft_weight=0.3
-        ),
-        train_split=train_split,
-        test_split=tiny_split(32, 1),
+    plan = Plan(
         epochs=2,
         batch_size=BATCH,
         seed=seed,
-        train_extras={"teacher_logits": teacher_logits},
-        execution=Execution(mesh=mesh, feed=feed),
-        log=lambda message: None,
+        hyperparams=make_hyperparams(
+            learning_rate=1e-3, temperature=temperature, hard_weight=0.7, soft_weight=0.3
+        ),
         **fields,
+    )
+    result = fit(
+        training,
+        TrainingData(train_split, tiny_split(32, 1), {"teacher_logits": teacher_logits}),
+        plan,
+        Run("student", run_dir, {"test": "parallel"}),
+        Execution(mesh=mesh, feed=feed),
+        log=lambda message: None,
     )
     leaves = jax.tree_util.tree_leaves_with_path(result.params)
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
@@ -110,7 +118,7 @@ def main() -> None:
             params = train(out / f"run_eight_{feed}", split, data_mesh(), feed)
             np.savez(out / f"eight_devices_{feed}.npz", **params)
         return
-    folds = {"seed": [0, 1], "member_rows": FOLD_ROWS}
+    folds = {"seed": [0, 1], "folds": Folds(tuple(FOLD_ROWS))}
     if mode == "populations":
         assert jax.device_count() == 8, jax.devices()
         for name, fields in (("population", {"seed": [0, 1, 2]}), ("folds", folds)):

@@ -94,6 +94,7 @@ def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     from kdjax.runs import train_run
     from kdjax.runs.spec import RunSpec
     from kdjax.training import predict
+    from kdjax.training.recipe import check_settings, preprocess_of
 
     mlp = {"model": "mlp", "model_settings": {"hidden_sizes": (200, 200)}}
     dataset = Dataset("synthetic", "test", "memory", _split(96), _split(32, seed=1), 10)
@@ -117,7 +118,7 @@ def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
         per_shift=("teacher_logits",),
     )
     direct = predict(teacher.model, teacher.variables, np.asarray(shown["images"]),
-                     preprocess=teacher_spec.preprocess())["logits"]  # fmt: skip
+                     preprocess=preprocess_of(teacher_spec))["logits"]  # fmt: skip
     np.testing.assert_allclose(shown["teacher_logits"], direct, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(every_shift(1)[[1, 3]], [[0, 1], [1, 0]])
     messages.clear()
@@ -140,4 +141,4 @@ def test_a_student_distils_from_the_teacher_outputs_for_every_shift(tmp_path):
     with pytest.raises(ValueError, match="consistent_jitter needs translate_pixels"):
         RunSpec(consistent_jitter=True, **{**settings, "translate_pixels": 0})
     with pytest.raises(ValueError, match="consistent_jitter needs"):
-        RunSpec(role="s", translate_pixels=1, consistent_jitter=True, **mlp)
+        check_settings(RunSpec(role="s", translate_pixels=1, consistent_jitter=True, **mlp))

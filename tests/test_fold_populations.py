@@ -12,7 +12,16 @@ from kdjax.data import Split, normalize
 from kdjax.data.folds import k_fold
 from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
-from kdjax.training import Execution, Training, fit, make_optimizer
+from kdjax.training import (
+    Execution,
+    Folds,
+    Plan,
+    Run,
+    Training,
+    TrainingData,
+    fit,
+    make_optimizer,
+)
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
 
@@ -30,19 +39,34 @@ def _take(split, rows):
     return Split(split.images[rows], split.labels[rows], split.ids[rows])
 
 
+def _folds(member_rows=None, member_test_rows=None):
+    """The folds plan of each student's training rows and held-out rows."""
+    if member_rows is None:
+        return None
+    return Folds(tuple(member_rows), None if member_test_rows is None else tuple(member_test_rows))
+
+
+def _call_fit(training, name, tmp_path, train, test, *, hyperparams, epochs, batch_size, seed,
+              data_seed=None, member_rows=None, member_test_rows=None, execution=None):  # fmt: skip
+    """``fit`` with this file's arguments as its records."""
+    plan = Plan(epochs, batch_size, seed, hyperparams, data_seed,
+                _folds(member_rows, member_test_rows))  # fmt: skip
+    return fit(training, TrainingData(train, test), plan,
+               Run(name, tmp_path / name, {"name": name}), execution,
+               log=lambda message: None)  # fmt: skip
+
+
 def _fit(tmp_path, name, train, test, seed, **kwargs):
-    return fit(
+    return _call_fit(
         Training(MLP(hidden_sizes=(16,)), OBJECTIVES["ce"], make_optimizer("adam"), UNIT),
-        name=name,
-        run_dir=tmp_path / name,
-        run_config={"name": name},
+        name,
+        tmp_path,
+        train,
+        test,
         hyperparams=make_hyperparams(learning_rate=3e-3),
-        train_split=train,
-        test_split=test,
         epochs=2,
         batch_size=16,
         seed=seed,
-        log=lambda message: None,
         **kwargs,
     )
 
@@ -88,12 +112,11 @@ def test_float_signals_train_through_the_same_core(tmp_path):
     time = np.linspace(0, 1, 128, dtype=np.float32)
     signals = np.stack([np.sin(2 * np.pi * (label + 1) * time) for label in labels])[..., None]
     split = Split(signals.astype(np.float32), labels, np.arange(96, dtype=np.int64))
-    result = fit(
+    result = _call_fit(
         Training(get_signal_model("signal_cnn", num_classes=5), OBJECTIVES["ce"],
                  make_optimizer("adam"), partial(normalize, mean=0.0, std=1.0, scale=1.0)),
-        name="signals", run_dir=tmp_path / "signals", run_config={"name": "signals"},
-        hyperparams=make_hyperparams(learning_rate=3e-3), train_split=split, test_split=split,
-        epochs=3, batch_size=32, seed=0, log=lambda message: None,
+        "signals", tmp_path, split, split,
+        hyperparams=make_hyperparams(learning_rate=3e-3), epochs=3, batch_size=32, seed=0,
     )  # fmt: skip
     assert np.isfinite(result.history[-1]["train_loss"]).all()
     assert jax.tree.leaves(result.variables)[0].dtype == np.float32
@@ -120,9 +143,8 @@ def test_folds_distilled_online_each_from_its_own_teacher(tmp_path, strategy):
     def distil(name, teacher, train, test, seed, **kwargs):
         training = Training(MLP(hidden_sizes=(16,)), OBJECTIVES["kd"], make_optimizer("adam"),
                             UNIT, teacher=teacher)  # fmt: skip
-        return fit(training, name=name, run_dir=tmp_path / name, run_config={"name": name},
-                   hyperparams=hyper, train_split=train, test_split=test, epochs=2,
-                   batch_size=16, seed=seed, log=lambda message: None, **kwargs)  # fmt: skip
+        return _call_fit(training, name, tmp_path, train, test, hyperparams=hyper, epochs=2,
+                         batch_size=16, seed=seed, **kwargs)  # fmt: skip
 
     teacher_model = MLP(hidden_sizes=(16,))
     together = distil(

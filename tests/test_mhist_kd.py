@@ -314,7 +314,7 @@ def test_standin_writes_an_mhist_folder_and_keras_files_of_its_pretrained_backbo
         # The files hold the trained weights and BatchNorm statistics recomputed over
         # the pretraining images (not the running averages).
         expected = recompute_batch_stats(
-            run.model, trained, pretrain.train.images, preprocess=run.spec.preprocess(),
+            run.model, trained, pretrain.train.images, preprocess=run.preprocess,
             batch_size=config.pretrain_batch_size,
         )  # fmt: skip
         loaded = load_keras_weights(out / f"{name}_standin_notop.h5", name)

@@ -16,7 +16,10 @@ from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
 from kdjax.training import (
     Execution,
+    Plan,
+    Run,
     Training,
+    TrainingData,
     create_state,
     fit,
     make_optimizer,
@@ -66,17 +69,10 @@ def _fit(tmp_path, name, *, model=None, seed=0, epochs=2, optimizer=None, execut
             UNIT,
             **training,
         ),  # fmt: skip
-        name=name,
-        run_dir=tmp_path / name,
-        run_config={"name": name},
-        hyperparams=make_hyperparams(learning_rate=1e-2),
-        train_split=_split(128),
-        test_split=_split(64, seed=1),
-        epochs=epochs,
-        batch_size=32,
-        seed=seed,
-        data_seed=data_seed,
-        execution=execution or Execution(),
+        TrainingData(_split(128), _split(64, seed=1)),
+        Plan(epochs, 32, seed, make_hyperparams(learning_rate=1e-2), data_seed=data_seed),
+        Run(name, tmp_path / name, {"name": name}),
+        execution or Execution(),
         log=lambda message: None,
     )
 
@@ -158,10 +154,10 @@ def test_batch_statistics_are_checkpointed_and_a_resumed_run_matches(tmp_path):
     with pytest.raises(Crash):  # the same run, stopped after its first epoch
         fit(
             Training(BatchNormMLP(), OBJECTIVES["ce"], make_optimizer("adam"), UNIT),
-            name="crashed", run_dir=tmp_path / "crashed", run_config={"name": "crashed"},
-            hyperparams=make_hyperparams(learning_rate=1e-2), train_split=_split(128),
-            test_split=_split(64, seed=1), epochs=3, batch_size=32, seed=0,
-            data_seed=0, log=lambda message: None, on_epoch_end=crash,
+            TrainingData(_split(128), _split(64, seed=1)),
+            Plan(3, 32, 0, make_hyperparams(learning_rate=1e-2), data_seed=0),
+            Run("crashed", tmp_path / "crashed", {"name": "crashed"}),
+            log=lambda message: None, on_epoch_end=crash,
         )  # fmt: skip
     resumed = _fit(tmp_path, "crashed", epochs=3)
     assert resumed.resumed_from_epoch == 1
@@ -259,12 +255,12 @@ def test_a_population_shares_one_online_teacher_pass_per_step_and_matches_single
         return fit(
             Training(MLP(hidden_sizes=(8,)), OBJECTIVES["kd"], make_optimizer("adam"), UNIT,
                      teacher=teacher),
-            name=name, run_dir=tmp_path / name, run_config={"name": name},
-            hyperparams=make_hyperparams(learning_rate=1e-2, temperature=2.0,
-                                         hard_weight=0.5, soft_weight=0.5),
-            train_split=_split(128), test_split=_split(64, seed=1), epochs=1, batch_size=32,
-            seed=seed, data_seed=0, log=lambda message: None,
-            execution=Execution(feed="host", population_strategy=strategy),
+            TrainingData(_split(128), _split(64, seed=1)),
+            Plan(1, 32, seed, make_hyperparams(learning_rate=1e-2, temperature=2.0,
+                                               hard_weight=0.5, soft_weight=0.5), data_seed=0),
+            Run(name, tmp_path / name, {"name": name}),
+            Execution(feed="host", population_strategy=strategy),
+            log=lambda message: None,
         )  # fmt: skip
 
     TEACHER_PASSES.clear()

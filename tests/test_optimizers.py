@@ -12,6 +12,7 @@ from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import MLP
 from kdjax.runs.spec import RunSpec
 from kdjax.training import create_state, make_optimizer, make_train_step, step_decay
+from kdjax.training.recipe import schedule_of
 
 
 def test_step_decay_counts_the_boundaries_reached():
@@ -64,7 +65,7 @@ def test_sgd_with_momentum_weight_decay_and_steps_matches_pytorch():
 def test_a_step_schedule_counts_its_epochs_in_steps_as_repdistiller_does():
     spec = RunSpec(role="s", model="resnet20", optimizer="sgd", batch_size=64,
                    lr_schedule="step", lr_decay_epochs=(2, 3), lr_decay_rate=0.1)  # fmt: skip
-    factor = spec.schedule(train_examples=640 + 63)  # 10 steps per epoch, the rest dropped
+    factor = schedule_of(spec, train_examples=640 + 63)  # 10 steps per epoch, the rest dropped
     for epoch in range(5):  # RepDistiller: rate ** sum(epoch (1-based) > decay epochs)
         expected = 0.1 ** np.sum(epoch + 1 > np.asarray([2, 3]))
         for step in (10 * epoch, 10 * epoch + 9):

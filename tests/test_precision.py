@@ -13,6 +13,7 @@ from kdjax.models import SmallConvNet
 from kdjax.runs import train_run
 from kdjax.runs.spec import RunSpec
 from kdjax.training import create_state, make_optimizer, make_train_step, with_compute_dtype
+from kdjax.training.recipe import check_settings
 
 UNIT = partial(normalize, mean=0.0, std=1.0)
 
@@ -55,4 +56,4 @@ def test_a_bfloat16_run_learns_and_names_its_dtype(tmp_path):
     assert low.run_dir != full.run_dir
     assert low.test_accuracy[0] > 0.5 and abs(low.test_accuracy[0] - full.test_accuracy[0]) < 0.1
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
-        RunSpec(compute_dtype="float16", **common)
+        check_settings(RunSpec(compute_dtype="float16", **common))

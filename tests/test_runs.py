@@ -1,6 +1,8 @@
 """Run specs and run directories: identities, teachers (stored and online) and
 restoring a finished run with its preprocessing."""
 
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from kdjax.distill.teachers import Teacher
 from kdjax.runs import load_run, run_directory, run_identity, train_run
 from kdjax.runs.spec import RunSpec
 from kdjax.store.checkpoints import write_config
+from kdjax.training.recipe import check_settings, preprocess_of, schedule_of
 
 QUIET = {"log": lambda message: None}
 MLP_SMALL = {"model": "mlp", "model_settings": {"hidden_sizes": (32,)}}
@@ -42,12 +45,12 @@ def test_run_names_do_not_change_for_runs_without_the_new_regularisers():
 def test_a_decaying_schedule_puts_the_epoch_count_in_the_run_name():
     constant = RunSpec(role="s", model="mlp", epochs=3)
     assert "epochs" not in constant.identity() and "lr_schedule" not in constant.identity()
-    assert constant.schedule(1000) is None
+    assert schedule_of(constant, 1000) is None
     cosine = RunSpec(role="s", model="mlp", epochs=3, lr_schedule="cosine")
     assert cosine.identity()["epochs"] == 3
     longer = RunSpec(role="s", model="mlp", epochs=4, lr_schedule="cosine")
     assert longer.identity() != cosine.identity()
-    factor = cosine.schedule(1280)  # 3 epochs × 10 steps of 128
+    factor = schedule_of(cosine, 1280)  # 3 epochs × 10 steps of 128
     assert float(factor(jnp.asarray(30))) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="lr_schedule"):
         RunSpec(role="s", model="mlp", lr_schedule="linear")
@@ -90,8 +93,10 @@ def test_identity_is_role_model_and_every_field_off_its_default():
     ],
 )
 def test_bad_settings_are_refused_before_any_work(settings, message):
+    """Values are checked when the spec is made, names against their registries by
+    check_settings (which train_run calls first)."""
     with pytest.raises(ValueError, match=message):
-        RunSpec(role="s", model="mlp", **settings)
+        check_settings(RunSpec(role="s", model="mlp", **settings))
 
 
 def test_a_finished_run_restores_with_its_preprocessing_from_a_relative_path(tmp_path, monkeypatch):
@@ -187,3 +192,15 @@ def test_a_second_process_on_the_same_run_waits_for_the_first(tmp_path):
         assert any(str(holder.pid) in message for message in messages), messages
     finally:
         holder.wait(timeout=30)
+
+
+def test_a_spec_reads_its_input_channels_and_a_population_teacher_teaches_one_per_student():
+    spec = RunSpec(role="s", model="signal_cnn", model_settings={"num_classes": 5},
+                   input_channels=(2,), input_scale=1.0, seed=(0, 1))  # fmt: skip
+    inputs = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    np.testing.assert_array_equal(preprocess_of(spec)(inputs), inputs[..., [2]])
+    assert "input_channels" not in RunSpec(role="s", model="mlp").identity()
+    teachers = Teacher(spec, {"params": {"w": np.zeros((2, 3))}}, Path("unused"))
+    assert teachers.online().per_member and teachers.model.num_classes == 5
+    with pytest.raises(ValueError, match="one teacher per student"):
+        teachers.outputs(_dataset())

@@ -17,7 +17,10 @@ from kdjax.models import MLP, SmallConvNet
 from kdjax.training import (
     Execution,
     NonFiniteLossError,
+    Plan,
+    Run,
     Training,
+    TrainingData,
     create_state,
     epoch_permutation,
     evaluate,
@@ -166,38 +169,59 @@ def test_predict_pads_the_last_batch_and_keeps_order():
 
 TRAINING_FIELDS = {field for field in Training.__dataclass_fields__}
 EXECUTION_FIELDS = {field for field in Execution.__dataclass_fields__}
+PLAN_FIELDS = {field for field in Plan.__dataclass_fields__}
+# The helper's names for the fields of the data and run records.
+RECORD_FIELDS = {
+    "train_split": ("data", "train"),
+    "test_split": ("data", "test"),
+    "train_extras": ("data", "extras"),
+    "run_config": ("run", "config"),
+}
 
 
 def _fit(tmp_path, name, epochs, **overrides):
     """``fit`` on learnable synthetic data; keyword arguments replace the defaults
-    (fields of Training and Execution included)."""
-    training = dict(
-        model=SmallConvNet(),
-        objective=OBJECTIVES["ce"],
-        optimizer=make_optimizer("adam"),
-        preprocess=UNIT,
-    )
-    arguments = dict(
-        name=name,
-        run_dir=tmp_path / name,
-        run_config={"test": name, "model": "small_conv_net"},
-        hyperparams=make_hyperparams(learning_rate=1e-3),
-        train_split=_split(256, seed=0),
-        test_split=_split(64, seed=1),
-        epochs=epochs,
-        batch_size=32,
-        seed=7,
-        log=lambda message: None,
-    )
-    execution = {}
+    (fields of Training, Plan and Execution included)."""
+    records = {
+        "training": dict(
+            model=SmallConvNet(),
+            objective=OBJECTIVES["ce"],
+            optimizer=make_optimizer("adam"),
+            preprocess=UNIT,
+        ),
+        "data": dict(train=_split(256, seed=0), test=_split(64, seed=1)),
+        "plan": dict(
+            epochs=epochs,
+            batch_size=32,
+            seed=7,
+            hyperparams=make_hyperparams(learning_rate=1e-3),
+        ),
+        "run": dict(
+            name=name, directory=tmp_path / name, config={"test": name, "model": "small_conv_net"}
+        ),
+        "execution": {},
+    }
+    keywords = {"log": lambda message: None}
     for key, value in overrides.items():
         if key in TRAINING_FIELDS:
-            training[key] = value
+            records["training"][key] = value
         elif key in EXECUTION_FIELDS:
-            execution[key] = value
+            records["execution"][key] = value
+        elif key in PLAN_FIELDS:
+            records["plan"][key] = value
+        elif key in RECORD_FIELDS:
+            record, field = RECORD_FIELDS[key]
+            records[record][field] = value
         else:
-            arguments[key] = value
-    return fit(Training(**training), execution=Execution(**execution), **arguments)
+            keywords[key] = value
+    return fit(
+        Training(**records["training"]),
+        TrainingData(**records["data"]),
+        Plan(**records["plan"]),
+        Run(**records["run"]),
+        Execution(**records["execution"]),
+        **keywords,
+    )
 
 
 class SimulatedCrash(Exception):

@@ -11,6 +11,10 @@ stores of a jittered transfer set (rows in the order of
 :func:`kdjax.data.augment.every_shift`, the order :func:`kdjax.data.augment.translate_batch`
 reads). The teacher's fingerprint covers all its variables, so a retrained
 teacher never pairs with stores or students of the old one.
+
+A teacher trained as a population (a spec with several seeds, e.g. one teacher per
+cross-validation fold) teaches a population: student *i* learns from teacher *i*,
+online (:meth:`Teacher.online`) or from outputs its caller computes per student.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import numpy as np
 from kdjax.data import Dataset
 from kdjax.data.augment import every_shift, translate
 from kdjax.distill import soft_targets
-from kdjax.models import get_model
 from kdjax.training import OnlineTeacher, predict
+from kdjax.training.recipe import model_of, per_shift_extras, preprocess_of, shift_count_of
 
 if TYPE_CHECKING:  # the run layer sits above this one; the spec is only a type here
     from kdjax.runs.spec import RunSpec
@@ -37,7 +41,8 @@ if TYPE_CHECKING:  # the run layer sits above this one; the spec is only a type 
 @dataclasses.dataclass
 class Teacher:
     """A frozen, trained teacher: the spec it was trained from, its variables (one
-    model, no population axis) and its run directory (where its stores live)."""
+    model; for a population spec, a leading axis of one teacher per student) and
+    its run directory (where its stores live)."""
 
     spec: RunSpec
     variables: Any
@@ -46,7 +51,12 @@ class Teacher:
 
     @property
     def model(self):
-        return get_model(self.spec.model, **self.spec.model_settings)
+        return model_of(self.spec)
+
+    @property
+    def per_member(self) -> bool:
+        """One teacher per student: the spec trained a population."""
+        return self.spec.population is not None
 
     @property
     def fingerprint(self) -> str:
@@ -55,8 +65,11 @@ class Teacher:
         return self._cache["fingerprint"]
 
     def online(self) -> OnlineTeacher:
-        """The teacher as it runs inside a student's step."""
-        return OnlineTeacher(self.model, self.variables, self.spec.preprocess())
+        """The teacher as it runs inside a student's step (teacher *i* in student *i*'s,
+        for a population)."""
+        return OnlineTeacher(
+            self.model, self.variables, preprocess_of(self.spec), per_member=self.per_member
+        )
 
     def outputs(
         self,
@@ -74,6 +87,12 @@ class Teacher:
         translation by up to ``m`` pixels, ``[N, (2m+1)², ...]``, in the order of
         :func:`kdjax.data.augment.every_shift`.
         """
+        if self.per_member:
+            raise ValueError(
+                f"teacher {self.spec.role!r} is a population (one teacher per student): it "
+                "teaches online, or from outputs computed per student (train_run's "
+                "teacher_outputs), not from one store."
+            )
         by_split = {}
         for split_name in splits:
             shifts = train_shifts if split_name == "train" else 0
@@ -96,7 +115,7 @@ class Teacher:
         return self.run_dir / "soft_targets" / f"{stem}{suffix}.npz"
 
     def _compute(self, images: np.ndarray, wanted: tuple[str, ...], *, max_shift: int, log):
-        model, preprocess = self.model, self.spec.preprocess()
+        model, preprocess = self.model, preprocess_of(self.spec)
         if not max_shift:
             log(f"Computing the teacher's {', '.join(wanted)} for {len(images)} examples ...")
             return predict(
@@ -124,8 +143,8 @@ class Teacher:
 def check_stored_outputs(spec: RunSpec, extras: dict[str, Any]) -> None:
     """Stored teacher logits must be ``[N, C]``, or ``[N, shifts, C]`` for a student
     with ``consistent_jitter``; other per-shift outputs need their shift axis."""
-    shifts = spec.shift_count()
-    per_shift = spec.per_shift_extras()
+    shifts = shift_count_of(spec)
+    per_shift = per_shift_extras(spec)
     for key, rows in extras.items():
         shape = np.shape(rows)
         name = key[len("teacher_") :]

@@ -14,7 +14,7 @@ reuses a finished run. A restored run carries its preprocessing::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +23,30 @@ import numpy as np
 
 from kdjax.data import Dataset, Split
 from kdjax.distill import soft_targets
-from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.distill.objectives import get_objective
 from kdjax.distill.teachers import Teacher, check_stored_outputs
-from kdjax.models import count_params, get_model
-from kdjax.models.heads import StudentWithHead, deployed_variables
+from kdjax.models import count_params
+from kdjax.models.heads import deployed_variables
 from kdjax.runs.spec import RunSpec, config_hash
 from kdjax.store.checkpoints import load_state, read_config
 from kdjax.store.locking import run_lock
 from kdjax.training import (
     Execution,
     FitResult,
-    Training,
+    Folds,
+    Plan,
+    Run,
+    TrainingData,
     evaluate,
     fit,
-    make_optimizer,
     predict,
-    with_compute_dtype,
+)
+from kdjax.training.recipe import (
+    check_settings,
+    hyperparams_of,
+    model_of,
+    preprocess_of,
+    training_of,
 )
 
 
@@ -62,90 +70,85 @@ def train_run(
     workdir: str | Path,
     *,
     teacher: Teacher | None = None,
+    teacher_outputs: Mapping[str, np.ndarray] | None = None,
+    folds: Folds | None = None,
     initial_variables: Any = None,
     execution: Execution | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Trains (or resumes, or reuses) the run ``spec`` describes: one student, or a
-    population trained together (:attr:`RunSpec.population`).
+    population trained together (:attr:`RunSpec.population`), the folds of a
+    cross-validation included (``folds``: each student's training and test rows;
+    they join the run's identity).
 
     An objective that reads teacher outputs needs ``teacher``; with
     ``spec.teacher_mode == "stored"`` its outputs are read from (or written to) its
-    store, with ``"online"`` it runs inside the step. ``initial_variables`` (e.g.
-    pretrained weights) start the model; their fingerprint joins the run's identity.
+    store, or taken from ``teacher_outputs`` (``{name: rows aligned with
+    dataset.train}``) when the caller computes them, e.g. each fold's teacher on its
+    own inputs; with ``"online"`` it runs inside the step (a teacher trained as a
+    population: one per student). ``initial_variables`` (e.g. pretrained weights)
+    start the model; their fingerprint joins the run's identity.
     """
-    objective = get_objective(spec.objective)
-    if objective.teacher_outputs and teacher is None:
+    check_settings(spec)  # refused before any work
+    reads_teacher = bool(get_objective(spec.objective).teacher_outputs)
+    if reads_teacher and teacher is None:
         raise ValueError(f"objective {spec.objective!r} needs a teacher.")
-    extras, online = {}, None
-    if objective.teacher_outputs and spec.teacher_mode == "online":
-        online = teacher.online()
-    elif objective.teacher_outputs:
-        shifts = spec.translate_pixels if spec.consistent_jitter else 0
-        stored = teacher.outputs(
-            dataset, objective.teacher_outputs, splits=("train",), train_shifts=shifts, log=log
-        )
-        extras = {f"teacher_{name}": rows["train"] for name, rows in stored.items()}
-        check_stored_outputs(spec, extras)
-    identity = run_identity(spec, dataset, teacher if objective.teacher_outputs else None)
+    extras, online = _teacher_inputs(spec, dataset, teacher, teacher_outputs, log)
+    identity = run_identity(spec, dataset, teacher if reads_teacher else None)
     if initial_variables is not None:  # a run from other starting weights is another run
         identity["initial_variables"] = soft_targets.params_fingerprint(initial_variables)
-    model, frozen = get_model(spec.model, **spec.model_settings), spec.frozen
-    if objective.head is not None:  # the method's trainable parts beside the student
-        model = StudentWithHead(model, objective.head(len(dataset.train)))
-        frozen = tuple(f"student/{pattern}" for pattern in frozen)
-        if initial_variables is not None:
-            initial_variables = {key: {"student": tree} for key, tree in initial_variables.items()}
-    training = Training(
-        model=with_compute_dtype(model, spec.compute_dtype),
-        objective=objective,
-        optimizer=make_optimizer(spec.optimizer, weight_decay=spec.weight_decay, frozen=frozen),
-        preprocess=spec.preprocess(),
-        augment=spec.augment(),
-        constraint=spec.constraint(),
-        schedule=spec.schedule(len(dataset.train)),
-        teacher=online,
-        frozen=frozen,
-        initial_variables=initial_variables,
+    if folds is not None:
+        identity["folds"] = folds.fingerprint()
+    training = training_of(
+        spec, len(dataset.train), teacher=online, initial_variables=initial_variables
     )
-    run_dir = run_directory(workdir, spec, identity)
+    plan = Plan(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=list(spec.seed) if spec.population else spec.seed,
+        hyperparams=hyperparams_of(spec),
+        folds=folds,
+    )
+    run = Run(spec.role, run_directory(workdir, spec, identity), identity)
     settings = ", ".join(
-        f"{key}={value}" for key, value in spec.identity().items() if key not in ("role",)
+        f"{key}={value}" for key, value in spec.identity().items() if key != "role"
     )
-    log(f"{spec.role}: {settings}; {spec.epochs} epoch(s) → {run_dir}")
+    log(f"{spec.role}: {settings}; {spec.epochs} epoch(s) → {run.directory}")
     # A second command on the same run waits here (naming the holder), then reuses
     # or resumes what the first one trained; the processes of one multi-process job
     # train it together.
-    with run_lock(run_dir, log=log, per_process=True):
-        return fit(
-            training,
-            name=spec.role,
-            run_dir=run_dir,
-            run_config=identity,
-            hyperparams=make_hyperparams(
-                learning_rate=spec.learning_rate,
-                temperature=spec.temperature,
-                hard_weight=spec.hard_weight,
-                soft_weight=spec.soft_weight,
-            ),
-            train_split=dataset.train,
-            test_split=dataset.test,
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            seed=list(spec.seed) if spec.population else spec.seed,
-            train_extras=extras,
-            execution=execution,
-            log=log,
-            on_epoch_end=on_epoch_end,
+    with run_lock(run.directory, log=log, per_process=True):
+        data = TrainingData(dataset.train, dataset.test, extras)
+        return fit(training, data, plan, run, execution, log=log, on_epoch_end=on_epoch_end)
+
+
+def _teacher_inputs(spec: RunSpec, dataset: Dataset, teacher, given, log):
+    """``(stored outputs as batch entries, online teacher)`` for the spec's objective."""
+    names = get_objective(spec.objective).teacher_outputs
+    if given is not None and (not names or spec.teacher_mode == "online"):
+        raise ValueError(
+            f"run {spec.role!r}: teacher_outputs are stored outputs, for an objective that "
+            "reads a teacher with teacher_mode='stored'."
         )
+    if not names:
+        return {}, None
+    if spec.teacher_mode == "online":
+        return {}, teacher.online()
+    if given is None:
+        shifts = spec.translate_pixels if spec.consistent_jitter else 0
+        stored = teacher.outputs(dataset, names, splits=("train",), train_shifts=shifts, log=log)
+        given = {name: rows["train"] for name, rows in stored.items()}
+    extras = {f"teacher_{name}": given[name] for name in names}
+    check_stored_outputs(spec, extras)
+    return extras, None
 
 
 def parameter_count(spec: RunSpec, image_shape: tuple[int, ...]) -> int:
     """Trainable and frozen parameters of ``spec``'s model for images of this shape."""
-    model = get_model(spec.model, **spec.model_settings)
+    model, preprocess = model_of(spec), preprocess_of(spec)
     sample = np.zeros((1, *image_shape), np.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), sample)["params"])
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), preprocess(sample))["params"])
     return count_params(shapes)
 
 
@@ -161,7 +164,12 @@ class TrainedRun:
 
     @property
     def model(self):
-        return get_model(self.spec.model, **self.spec.model_settings)
+        return model_of(self.spec)
+
+    @property
+    def preprocess(self):
+        """Raw inputs to model inputs, as the run trained."""
+        return preprocess_of(self.spec)
 
     def predict(self, images: np.ndarray, *, outputs=("logits",), batch_size=1000):
         """Model outputs for raw images (as stored in the data set: MNIST's uint8
@@ -171,14 +179,14 @@ class TrainedRun:
             self.model,
             self.variables,
             np.asarray(images),
-            preprocess=self.spec.preprocess(),
+            preprocess=self.preprocess,
             batch_size=batch_size,
             output_names=tuple(outputs),
         )
         return result[outputs[0]] if len(outputs) == 1 else result
 
     def accuracy(self, split: Split) -> float:
-        return evaluate(self.model, self.variables, split, preprocess=self.spec.preprocess())
+        return evaluate(self.model, self.variables, split, preprocess=self.preprocess)
 
     def as_teacher(self, run_dir: str | Path) -> Teacher:
         return Teacher(self.spec, self.variables, Path(run_dir))

@@ -1,5 +1,7 @@
-"""What defines one training run: :class:`RunSpec`, and the hash that names its
-directory.
+"""What defines one training run: :class:`RunSpec`, settings only, and the hash
+that names its directory. What the settings build (model, preprocessing,
+augmentation, schedule, the whole :class:`kdjax.training.Training`) comes from
+:mod:`kdjax.training.recipe`, which also checks the names they give.
 
 A run's identity is its role, its model and every field that differs from the
 default (so adding a field with a default never renames existing runs), minus the
@@ -15,18 +17,11 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from kdjax.data import image_augment, normalize
-from kdjax.data.augment import shift_count, translate_batch
-from kdjax.data.image_augment import PRESETS as IMAGE_AUGMENTS
-from kdjax.distill.objectives import get_objective
 from kdjax.losses import MAX_TEMPERATURE
-from kdjax.training.precision import COMPUTE_DTYPES
-from kdjax.training.state import cosine_decay, max_norm_constraint, step_decay
 
 TEACHER_MODES = ("stored", "online")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -47,6 +42,11 @@ class RunSpec:
     The objective is ``hard_weight·CE + soft_weight·(its distillation term)``
     (:mod:`kdjax.distill.objectives`); seed 000's ``alpha`` is ``hard_weight=alpha,
     soft_weight=1−alpha``.
+
+    A spec checks its own values when made; the names it gives (objective, image
+    augmentation, compute dtype) are checked against their registries by
+    :func:`kdjax.training.recipe.check_settings`, which :func:`kdjax.runs.train_run`
+    calls before any work.
     """
 
     role: str
@@ -68,6 +68,10 @@ class RunSpec:
     # Raw inputs are divided by this before the mean/std normalisation: 255 for uint8
     # pixels, 1 for signals already in [0, 1].
     input_scale: float = 255.0
+    # The channels (positions on the inputs' last axis) the model reads; () reads them
+    # all. A student reading part of a teacher's inputs (BioVid's GSR among five
+    # signals) trains on the inputs the teacher reads.
+    input_channels: tuple[int, ...] = ()
     # Random translations of up to this many pixels (0: none), and a max-norm
     # constraint on dense kernels (None: none) — Hinton et al. 2015's teacher.
     translate_pixels: int = 0
@@ -86,7 +90,8 @@ class RunSpec:
     teacher_mode: str = "stored"
     # A named image augmentation (kdjax.data.image_augment.PRESETS) run in the step on
     # training batches; "" for none. Stored teacher outputs would not match the
-    # augmented image, so it needs teacher_mode="online" when a teacher is read.
+    # augmented image, so it needs teacher_mode="online" when a teacher is read
+    # (checked with the names, by kdjax.training.recipe.check_settings).
     image_augment: str = ""
     # Parameter-path patterns that are not trained (see kdjax.training.trainable_mask).
     frozen: tuple[str, ...] = ()
@@ -95,7 +100,6 @@ class RunSpec:
     compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        objective = get_objective(self.objective)
         problems = []
         if self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
@@ -116,12 +120,10 @@ class RunSpec:
                 )
         if np.any(np.asarray(self.seed) < 0):
             problems.append(f"seeds must be >= 0, got {self.seed}")
-        if self.consistent_jitter and not (self.translate_pixels and objective.teacher_outputs):
-            problems.append(
-                "consistent_jitter needs translate_pixels > 0 and an objective that reads "
-                f"teacher outputs (got translate_pixels={self.translate_pixels}, "
-                f"objective {self.objective!r})"
-            )
+        if any(channel < 0 for channel in self.input_channels):
+            problems.append(f"input_channels must be >= 0, got {self.input_channels}")
+        if self.consistent_jitter and not self.translate_pixels:
+            problems.append("consistent_jitter needs translate_pixels > 0")
         if self.consistent_jitter and self.teacher_mode == "online":
             problems.append(
                 "consistent_jitter is for stored teachers; an online one sees the shift"
@@ -131,19 +133,6 @@ class RunSpec:
         problems += self._step_schedule_problems()
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             problems.append(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
-        if self.image_augment and self.image_augment not in IMAGE_AUGMENTS:
-            problems.append(
-                f"image_augment must be one of {sorted(IMAGE_AUGMENTS)}, got {self.image_augment!r}"
-            )
-        if self.image_augment and objective.teacher_outputs and self.teacher_mode != "online":
-            problems.append(
-                "an augmented student needs teacher_mode='online' (stored teacher outputs "
-                "belong to the unaugmented images)"
-            )
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            problems.append(
-                f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"
-            )
         if self.teacher_mode not in TEACHER_MODES:
             problems.append(
                 f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}"
@@ -175,51 +164,6 @@ class RunSpec:
     def population(self) -> int | None:
         """The number of students trained together (None for a single run)."""
         return len(self.seed) if isinstance(self.seed, tuple) else None
-
-    def preprocess(self):
-        return partial(normalize, mean=self.input_mean, std=self.input_std, scale=self.input_scale)
-
-    def per_shift_extras(self) -> tuple[str, ...]:
-        """The batch entries stored once per shift (empty unless ``consistent_jitter``)."""
-        if not self.consistent_jitter:
-            return ()
-        return tuple(f"teacher_{name}" for name in get_objective(self.objective).teacher_outputs)
-
-    def augment(self):
-        """The step's augmentation: translations and/or a named image augmentation."""
-        augments = []
-        if self.translate_pixels:
-            augments.append(
-                partial(
-                    translate_batch,
-                    max_shift=self.translate_pixels,
-                    per_shift=self.per_shift_extras(),
-                )
-            )
-        if self.image_augment:
-            augments.append(image_augment.preset(self.image_augment))
-        if len(augments) > 1:
-            return image_augment.compose(*augments)
-        return augments[0] if augments else None
-
-    def shift_count(self) -> int:
-        return shift_count(self.translate_pixels)
-
-    def constraint(self):
-        if self.max_norm is None:
-            return None
-        return partial(max_norm_constraint, max_norm=self.max_norm)
-
-    def schedule(self, train_examples: int):
-        """The learning-rate factor per step, for a training set of this size (None for
-        a constant rate)."""
-        steps_per_epoch = train_examples // self.batch_size
-        if self.lr_schedule == "step":
-            boundaries = [epoch * steps_per_epoch for epoch in self.lr_decay_epochs]
-            return step_decay(boundaries, self.lr_decay_rate)
-        if self.lr_schedule == "cosine":
-            return cosine_decay(self.epochs * steps_per_epoch)
-        return None
 
     def identity(self) -> dict:
         """The settings that name the run directory: role, model and every field that
