@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -268,6 +269,30 @@ def test_mnist_kd_end_to_end_then_reuse_in_process(tmp_path, mnist_dir, capsys):
     assert written == as_json(again)
     for name, entry in results["runs"].items():
         assert again["runs"][name]["test_accuracy"] == entry["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_reused_run_reports_its_accuracy_on_the_test_files_it_is_given(tmp_path, mnist_dir):
+    """Same training files, other test files (the same images, other labels): the
+    finished runs are reused, and what they report is scored on the new test files, as
+    a fresh run on those files reports it."""
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(mnist_dir, relabelled)
+    labels_file = relabelled / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz", "rb") as handle:
+        header, labels = (lambda raw: (raw[:8], np.frombuffer(raw[8:], np.uint8)))(handle.read())
+    with gzip.open(labels_file, "wb") as handle:
+        handle.write(header + ((labels + 3) % 10).astype(np.uint8).tobytes())
+    flags = {"workdir": str(tmp_path / "work"), "seeds": 2, **TINY}
+    first = mnist_kd.run(mnist_kd.Config(data_dir=str(mnist_dir), **flags))
+    reused = mnist_kd.run(mnist_kd.Config(data_dir=str(relabelled), **flags))
+    fresh = mnist_kd.run(
+        mnist_kd.Config(data_dir=str(relabelled), **{**flags, "workdir": str(tmp_path / "new")})
+    )
+    for name, entry in reused["runs"].items():
+        assert entry["run_dir"] == first["runs"][name]["run_dir"]  # reused, not retrained
+        assert entry["test_accuracy"] == fresh["runs"][name]["test_accuracy"], name
+        assert entry["test_accuracy"] != first["runs"][name]["test_accuracy"], name
 
 
 # --- Every other command, in-process ------------------------------------------------------

@@ -42,7 +42,11 @@ def fit(
     program = build_program(training, data, plan, execution or Execution())
     write_config(run.directory, dict(run.config))
     checkpoints = RunCheckpoints(run.directory, log=log)
-    state, start_epoch, history = _resume(checkpoints, program.state, plan.epochs, run.name, log)
+    state, start_epoch, history, scored_on = _resume(
+        checkpoints, program.state, plan.epochs, run.name, log
+    )
+    test_data = data.test.fingerprint()
+    stale = start_epoch == plan.epochs and scored_on != test_data  # reused, other test set
     tensorboard = program.execution.tensorboard and jax.process_index() == 0
     writer = RunWriter(run.directory, run.config, enabled=tensorboard)
     train_seconds, feed = 0.0, None
@@ -62,7 +66,7 @@ def fit(
             history.append(entry)
             writer.epoch(epoch + 1, entry, program.learning_rate(hyperparams, state))
             if (epoch + 1) % program.execution.checkpoint_every == 0 or epoch + 1 == plan.epochs:
-                checkpoints.save(epoch + 1, state, {"history": history})
+                checkpoints.save(epoch + 1, state, {"history": history, "test_data": test_data})
             log(_epoch_line(run.name, plan.epochs, entry, seconds))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
@@ -74,7 +78,7 @@ def fit(
         variables=program.variables(state),
         members=program.members,
         history=history,
-        test_accuracy=history[-1]["test_accuracy"] if history else program.score(state),
+        test_accuracy=_test_accuracy(program, state, history, stale, run.name, log),
         epochs_trained_now=plan.epochs - start_epoch,
         resumed_from_epoch=start_epoch,
         train_seconds=train_seconds,
@@ -94,11 +98,27 @@ def _resume(checkpoints: RunCheckpoints, state, epochs: int, name: str, log):
             f"the {epochs} requested; ask for at least that many or use another --workdir."
         )
     if not start_epoch:
-        return state, 0, []
+        return state, 0, [], None
     state, meta = checkpoints.restore(start_epoch, state)
     verb = "Reusing finished" if start_epoch == epochs else "Resuming"
     log(f"{verb} {name} from {checkpoints.directory.parent} (epoch {start_epoch}/{epochs}).")
-    return state, start_epoch, list(meta["history"])
+    return state, start_epoch, list(meta["history"]), meta.get("test_data")
+
+
+def _test_accuracy(program: Program, state, history: list, stale: bool, name: str, log):
+    """The run's final test accuracy: its last epoch's, or, when that was scored on other
+    test data than the given (a finished run reused on a changed test set, or a
+    checkpoint that does not say which), the final state scored on the given test set.
+    A run's identity covers what trains it, not what it is scored on."""
+    if history and not stale:
+        return history[-1]["test_accuracy"]
+    accuracy = program.score(state)
+    if history:
+        log(
+            f"{name}'s checkpoint does not record these test data as the ones it was scored on: "
+            f"scored again on them, {describe(accuracy)} (its history keeps the earlier scores)."
+        )
+    return accuracy
 
 
 def _epoch_entry(
