@@ -223,6 +223,12 @@ def test_a_data_dir_without_the_data_set_is_a_clean_error(tmp_path):
         ("experiments.mnist_kd", "--temperature=inf", "--temperature must be > 0 and finite"),
         ("experiments.mnist_kd", "--temperature=1e30", "--temperature must be <= 1e+06"),
         ("experiments.mnist_kd", "--workdir=", "--workdir must name a folder"),
+        ("experiments.mnist_kd", "--workdir=README.md", "--workdir must name a folder, but"),
+        (
+            "experiments.mnist_kd",
+            "--workdir=README.md/run",
+            "--workdir must name a folder, but README.md is",
+        ),
         ("experiments.mnist_kd", "--seed=-5", "--seed must be >= 0"),
         ("experiments.mnist_kd", "--data_dir=/nonexistent/kdjax", "--data_dir must be an exist"),
         ("experiments.mnist_sweep", "--temperatures=1,zero", "--temperatures must be a comma-"),

@@ -28,6 +28,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from absl import app, flags, logging
@@ -192,6 +193,8 @@ class CommonConfig:
                 problems.append(f"--{field.name} {message}, got {_show(value)}")
         if not str(self.workdir).strip():
             problems.append("--workdir must name a folder (it is empty)")
+        else:
+            problems += _workdir_problems(str(self.workdir))
         problems += self._process_layout_problems()
         problems += self.problems()
         if problems:
@@ -284,6 +287,17 @@ USER_ERRORS = (
     ValueError,
     FileNotFoundError,
 )
+
+
+def _workdir_problems(workdir: str) -> list[str]:
+    """A workdir, or a folder above it, that exists as something other than a folder."""
+    path = Path(workdir).expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if folder.is_dir():
+                return []
+            return [f"--workdir must name a folder, but {folder} is a file, got {workdir!r}"]
+    return []
 
 
 def command(config_class: type, run: Callable, user_errors: tuple = ()) -> None:
