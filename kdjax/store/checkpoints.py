@@ -506,6 +506,18 @@ def read_config(run_dir: str | Path) -> dict:
     return _read_json(path)
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl's log records below ERROR are dropped inside the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_state(
     run_dir: str | Path, epoch: int | None = None, *, log: Callable[[str], None] = print
 ) -> tuple[dict, int]:
@@ -524,9 +536,10 @@ def load_state(
     directory = Path(run_dir).absolute() / "checkpoints"
     if not directory.is_dir():  # read only: never create the folder
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
-    )
+    with _quiet_absl():  # orbax warns that a read-only manager saves nothing: known
+        manager = ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+        )
     try:
         epochs = sorted(manager.all_steps(), reverse=True)
         if not epochs:
