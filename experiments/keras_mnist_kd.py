@@ -71,7 +71,7 @@ TEACHER_SEED = 42
 
 @dataclasses.dataclass(frozen=True)
 class Config(MnistConfig):
-    # The example's settings, where they differ from seed 000's.
+    # The example's settings, where they differ from the R MNIST notebook's.
     workdir: str = option("runs/keras_mnist_kd", "Checkpoints and results.")
     epochs: int = option(3, "Student epochs, both arms (example: 3).", check=at_least_one)
     teacher_epochs: int = option(

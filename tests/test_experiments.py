@@ -164,7 +164,7 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     assert "temperature" not in flags.FLAGS and "workdir" not in flags.FLAGS
     # Each seed's protocol stays the default.
     assert mnist_mlp_kd.Config().batch_size == 32 and mnist_mlp_kd.Config().epochs == 50
-    assert mnist_takd.Config().chain == ("seed003_teacher", "seed003_assistant", "mlp_784")
+    assert mnist_takd.Config().chain == ("tf_notebook_teacher", "tf_notebook_assistant", "mlp_784")
     assert hinton_mnist.Config().teacher_epochs == 300 and hinton_mnist.Config().temperature == 20
     assert mnist_sweep.Config().workdir == mnist_kd.Config().workdir  # they share a teacher
     keras = keras_mnist_kd.Config()  # the Keras example's settings
@@ -310,7 +310,7 @@ def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path, mnist_dir):
     )  # fmt: skip
     results = mnist_mlp_kd.run(config)
     check_schema(results, "mnist_mlp_kd", ["teacher", "student_scratch", "student_kd"])
-    assert results["config"]["batch_size"] == 32  # seed 004's default
+    assert results["config"]["batch_size"] == 32  # the MLP notebook's default
     assert results["study"]["transfer_examples"] == 128
     for arm in ("student_kd", "student_scratch"):
         counts = results["study"]["correct_out_of_test"][arm]["each"]
@@ -405,7 +405,7 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     check_schema(results, "cifar10_kd", ["teacher", *(f"student_{m}" for m in methods)])
     runs, study = results["runs"], results["study"]
     assert runs["teacher"]["parameters"] == 1_186_986
-    assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # seed 002's nets
+    assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # the tutorial's nets
     assert runs["student_ce"]["parameters"] == 267_738
     assert runs["student_hint"]["spec"]["objective"] == "hint"  # its regressor is a head
     assert results["data"]["notice"].startswith("PARTIAL DATA SET")
@@ -428,12 +428,12 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     assert "student CE + hint" in capsys.readouterr().out
 
     # A rerun reuses every finished run and the decoded-image cache; one method with the
-    # seed-001 preset and a weight override trains new runs.
+    # cnn_notebook preset and a weight override trains new runs.
     cifar10_kd.run(cifar10_kd.Config(**tiny, seeds=2))
     output = capsys.readouterr().out
     assert output.count("Reusing finished") == 5 and "read from the cache" in output
     kd_only = cifar10_kd.run(
-        cifar10_kd.Config(**tiny, method=("kd",), preset="seed001", soft_weight=0.5)
+        cifar10_kd.Config(**tiny, method=("kd",), preset="cnn_notebook", soft_weight=0.5)
     )
     assert list(kd_only["runs"]) == ["teacher", "student_kd"]
     assert "model_settings" not in kd_only["runs"]["teacher"]["spec"]  # no dropout

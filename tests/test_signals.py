@@ -36,8 +36,8 @@ HEADER = "time\tgsr\tecg\temg_trapezius\temg_corrugator\temg_zygomaticus"
 ROWS = 40
 
 
-def seed_preprocess(signal: np.ndarray) -> np.ndarray:
-    """Seed 002's ``preprocess_gsr_signal``, copied as the reference (valid inputs)."""
+def pipeline_preprocess(signal: np.ndarray) -> np.ndarray:
+    """The BioVid pipeline's ``preprocess_gsr_signal``, copied as the reference (valid inputs)."""
     signal = np.array(signal)
     signal = signal[~np.isnan(signal)]
     smoothed = savgol_filter(signal, window_length=5, polyorder=2)
@@ -93,7 +93,7 @@ def test_smoothing_keeps_a_parabola_and_averages_a_spike():
     np.testing.assert_allclose(smooth(spike)[3:8], np.array([-3, 12, 17, 12, -3]) / 35)
 
 
-def test_outliers_are_dropped_one_sided_as_in_the_seed():
+def test_outliers_are_dropped_one_sided_as_in_the_pipeline():
     signal = np.r_[np.zeros(30), 10.0, -10.0]
     kept, count = drop_outliers(signal)
     z = (signal - signal.mean()) / signal.std()
@@ -112,13 +112,13 @@ def test_fit_length_pads_with_zeros_or_truncates():
     np.testing.assert_array_equal(fit_length(np.arange(5.0), 3), [0.0, 1.0, 2.0])
 
 
-def test_preprocess_equals_the_seeds_function():
+def test_preprocess_equals_the_pipelines_function():
     rng = np.random.default_rng(0)
     signal = np.cumsum(rng.normal(size=300))
     signal[[17, 150]] = np.nan
     signal[200] = 80.0  # an artefact far above the rest
     clean, dropped = preprocess(signal)
-    reference = seed_preprocess(signal)
+    reference = pipeline_preprocess(signal)
     np.testing.assert_allclose(clean, reference)
     assert dropped.nans == 2
     assert dropped.outliers == 298 - reference.size > 0
@@ -149,7 +149,7 @@ def test_per_subject_layout_gives_classes_subjects_and_preprocessed_signals(tmp_
     np.testing.assert_array_equal(dataset.subjects, [0] * 5 + [1] * 5)
     np.testing.assert_array_equal(dataset.ids, np.arange(10))
     first = dataset.names.tolist().index("081609_w_40/081609_w_40-PA3-030_bio.csv")
-    expected = fit_length(seed_preprocess(gsr_values(3, 0)), ROWS)
+    expected = fit_length(pipeline_preprocess(gsr_values(3, 0)), ROWS)
     np.testing.assert_allclose(dataset.signals[first, :, 0], expected, rtol=1e-6, atol=1e-7)
     summary = dataset.summary()
     assert summary["class_counts"] == [2] * 5 and summary["subjects"] == 2

@@ -1,7 +1,8 @@
-"""Physiological signals in the BioVid Heat Pain format (seed 002's second half).
+"""Physiological signals in the BioVid Heat Pain format, for the BioVid pain-recognition
+pipeline.
 
 * :mod:`kdjax.data.signals.files` — the two folder layouts and reading one CSV;
-* :mod:`kdjax.data.signals.preprocess` — the seed's per-signal preprocessing;
+* :mod:`kdjax.data.signals.preprocess` — the pipeline's per-signal preprocessing;
 * :mod:`kdjax.data.signals.dataset` — :func:`load_biovid` (check, preprocess, cache)
   and :class:`SignalSet`;
 * :mod:`kdjax.data.signals.tasks` — two-class tasks and level errors (MAE, RMSE).

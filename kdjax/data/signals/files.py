@@ -2,7 +2,7 @@
 
 Two folder layouts are understood (see :func:`find_samples`):
 
-* **pain-level folders** (seed 002's): ``DATA/<level>/<any name>.csv`` with
+* **pain-level folders** (the BioVid pipeline's): ``DATA/<level>/<any name>.csv`` with
   ``<level>`` one of ``0 1 2 3 4`` or ``BL1 PA1 PA2 PA3 PA4``. The class is the
   folder; the subject is read from the file name when it follows the
   database's pattern (else it is unknown, ``""``).
