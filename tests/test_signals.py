@@ -29,6 +29,7 @@ from kdjax.data.signals import (
     parse_file_name,
     preprocess,
     read_channels,
+    samples_folder,
     smooth,
 )
 
@@ -153,6 +154,36 @@ def test_per_subject_layout_gives_classes_subjects_and_preprocessed_signals(tmp_
     np.testing.assert_allclose(dataset.signals[first, :, 0], expected, rtol=1e-6, atol=1e-7)
     summary = dataset.summary()
     assert summary["class_counts"] == [2] * 5 and summary["subjects"] == 2
+
+
+def test_the_databases_extracted_folder_is_read_from_its_filtered_signals(tmp_path):
+    part_a = tmp_path / "PartA"
+    filtered = per_subject_tree(part_a / "biosignals_filtered")
+    # The raw signals beside them (another scale: reading them would change the data),
+    # the videos and the database's sample list are not read.
+    raw = per_subject_tree(part_a / "biosignals_raw", subjects=("072414_m_23",))
+    for path in raw.rglob("*.csv"):
+        path.write_text(sample_text(1000 + np.arange(ROWS, dtype=np.float64)))
+    write(part_a / "video" / "072414_m_23" / "072414_m_23-BL1-000.mp4", "")
+    write(part_a / "samples.csv", "subject_id\tsubject_name\n")
+    assert samples_folder(part_a) == filtered and samples_folder(filtered) == filtered
+    messages = []
+    whole = load_biovid(part_a, cache_dir=tmp_path / "cache", log=messages.append)
+    direct = load_biovid(filtered, log=lambda _: None)
+    np.testing.assert_array_equal(whole.signals, direct.signals)
+    assert whole.names.tolist() == direct.names.tolist()
+    assert whole.names[0] == "072414_m_23/072414_m_23-BL1-000_bio.csv"
+    assert f"from {filtered} " in messages[-2]
+    # The same samples: the preprocessed cache written through one path serves the other.
+    cached = []
+    load_biovid(filtered, cache_dir=tmp_path / "cache", log=cached.append)
+    assert "from the cache" in cached[0]
+
+
+def test_a_folder_without_samples_names_the_folder_to_pass(tmp_path):
+    (tmp_path / "PartA" / "biosignals_raw" / "072414_m_23").mkdir(parents=True)
+    with pytest.raises(DataError, match="the one that holds biosignals_filtered/"):
+        load_biovid(tmp_path / "PartA", log=lambda _: None)
 
 
 def test_pain_level_layout_with_numbered_or_named_folders(tmp_path):

@@ -23,6 +23,7 @@ from kdjax.data.signals.files import (
     find_samples,
     parse_file_name,
     read_channels,
+    samples_folder,
 )
 from kdjax.data.signals.preprocess import (
     Dropped,
@@ -57,5 +58,6 @@ __all__ = [
     "parse_file_name",
     "preprocess",
     "read_channels",
+    "samples_folder",
     "smooth",
 ]
