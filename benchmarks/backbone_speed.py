@@ -310,7 +310,8 @@ def main(argv: list[str]) -> None:
               f"{row['kdjax_tflops']:10.4f} {row['torch_tflops']:10.4f} "
               f"{row['matmul_peak_tflops']:9.4f}")  # fmt: skip
         if "stored_features_gain" in row:
-            print(f"{'':28} stored features, {FLAGS.epochs} epochs: "
+            epochs = f"{FLAGS.epochs} epoch" + ("" if FLAGS.epochs == 1 else "s")
+            print(f"{'':28} stored features, {epochs}: "
                   f"{row['stored_features_seconds']:.1f} s vs {row['full_steps_seconds']:.1f} s "
                   f"of full steps ({row['stored_features_gain']:.1f}×)")  # fmt: skip
     print(f"Epochs extrapolated from {FLAGS.steps} timed steps, the fastest of "

@@ -265,7 +265,8 @@ def run(config: Config) -> dict:
     methods, protocol = config.methods(), config.training_protocol()
     dataset = load_data(config)
     report.log(
-        f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each; "
+        f"Preset {config.preset}; methods: {', '.join(methods)}; "
+        f"{report.plural(config.seeds, 'seed')} each; "
         f"epochs {config.run_epochs()}; {protocol}."
     )
     # Built once: a data-parallel mesh is announced once for every run.
@@ -347,14 +348,15 @@ def print_comparison(config: Config, dataset: Dataset, document: dict, path) -> 
     rows = study["comparison"]
     title = (
         f"{CIFAR_SETS[config.dataset][0]} ({config.preset}, {len(dataset.train):,} train): "
-        f"students {config.run_epochs()['student']} epochs × {config.seeds} seed(s)"
+        f"students {report.plural(config.run_epochs()['student'], 'epoch')} × "
+        f"{report.plural(config.seeds, 'seed')}"
     )
     plot = report.plot_comparison(f"{config.workdir}/comparison.png", rows, SHORT_LABELS, title,
                                   f"published ({preset['published_source']})")  # fmt: skip
     curves = report.plot_learning_curves(
         f"{config.workdir}/learning_curves.png",
         {LABELS[row["method"]]: report.mean_history(runs[row["run"]]["history"]) for row in rows},
-        title + " (mean over seeds)",
+        title + (" (mean ± std over seeds)" if config.seeds > 1 else ""),
     )
     notes = [f"Gain over KD counts as beyond the spread when {report.SPREAD_RULE}."]
     notes += [f"{LABELS[name]}: DIVERGED ({error})" for name, error in study["diverged"].items()]
@@ -365,7 +367,8 @@ def print_comparison(config: Config, dataset: Dataset, document: dict, path) -> 
         for name, v in study["gains_over_ce"].items()
     ]
     notes.append(
-        f"ms/step: one step of the {config.seeds} student(s) of a method together, batch "
+        f"ms/step: one step of the {report.plural(config.seeds, 'student')} of a method "
+        "together, batch "
         f"{protocol.batch_size} (* includes compilation); extra vs CE includes the "
         + ("teacher's forward pass (online)." if protocol.teacher_mode == "online" else "method.")
     )

@@ -119,7 +119,8 @@ def notebook_protocol_rows(config) -> list[list[str]]:
          f"MobileNetV2, trains the head + last {config.student_trainable_blocks} blocks"],
         ["optimiser", "Adam 1e-4 (teacher), 1e-3 (students), batch 32, 25 epochs",
          f"Adam {config.teacher_learning_rate:g} / {config.learning_rate:g}, batch "
-         f"{config.batch_size}, {config.teacher_epochs} / {config.epochs} epochs"],
+         f"{config.batch_size}, {config.teacher_epochs} / {config.epochs} "
+         + ("epoch" if config.teacher_epochs == config.epochs == 1 else "epochs")],
         ["inputs", "x/255 (Keras' backbones expect x/127.5 − 1)", "x/127.5 − 1"],
         ["augmentation", "drawn once per image before training, test images too",
          f"'{config.augment}', per step in the compiled step, training batches only"],

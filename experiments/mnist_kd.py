@@ -106,8 +106,10 @@ def run(config: Config) -> dict:
     log(
         f"mnist_kd: T={config.temperature:g}, alpha={config.alpha:g} "
         f"(loss {config.alpha:g}·CE + {1 - config.alpha:g}·T²·KL); "
-        f"{len(seeds)} student(s) per arm (seeds {_seed_range(seeds)}), {config.epochs} epochs"
-        f", batch {config.batch_size}, Adam lr {config.learning_rate:g}."
+        f"{report.plural(len(seeds), 'student')} per arm "
+        f"({'seed' if len(seeds) == 1 else 'seeds'} {_seed_range(seeds)}), "
+        f"{report.plural(config.epochs, 'epoch')}, batch {config.batch_size}, "
+        f"Adam lr {config.learning_rate:g}."
     )
     teacher, teacher_run, logits = mnist_setup.teacher(config, dataset, TEACHER_MODEL)
     specs = {"teacher": teacher.spec, **student_specs(config, seeds)}
@@ -135,7 +137,7 @@ def run(config: Config) -> dict:
         f"{config.workdir}/learning_curves.png",
         {name: report.mean_history(result.history) for name, result in results.items()},
         f"MNIST KD (T={config.temperature:g}, alpha={config.alpha:g}), {dataset.source}"
-        + (f", mean of {len(seeds)} students" if len(seeds) > 1 else ""),
+        + (f", mean ± std of {len(seeds)} students" if len(seeds) > 1 else ""),
     )
     report.print_report(
         ["run", "model", "params", "test acc", "each seed", "epochs", "s/epoch"],

@@ -45,12 +45,13 @@ class MnistConfig(CommonConfig):
 
 def load_data(config: MnistConfig) -> Dataset:
     dataset = load_mnist(config.data_dir, download=config.download, log=log)
+    # The data set's notice (the embedded sample, say) is printed once, among the notes
+    # after the results (report.data_notes); this line points to it.
     log(
         f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
-        f"{len(dataset.train)} train / {len(dataset.test)} test examples."
+        f"{len(dataset.train)} train / {len(dataset.test)} test examples"
+        + ("; see the NOTE after the results." if dataset.notice else ".")
     )
-    if dataset.notice:
-        log("NOTE: " + dataset.notice)
     return dataset
 
 

@@ -27,6 +27,7 @@ from experiments import (
     mnist_sweep,
     mnist_takd,
     model_costs,
+    report,
 )
 from kdjax.data import DataError
 from kdjax.runs import results as results_file
@@ -528,6 +529,56 @@ def test_mnist_kd_gain_is_paired_by_seed():
     assert gain["kd_ahead"] == 2 and gain["seeds"] == 3
     assert gain["mean_points"] == pytest.approx(1 / 3, abs=1e-4)
     assert "2 of 3 seeds" in mnist_kd.describe_gain(gain)
+
+
+def test_a_data_notice_is_printed_once_after_the_results(tmp_path, mnist_dir, monkeypatch, capsys):
+    notice = "Using the EMBEDDED sample, not full MNIST."
+    loaded = mnist_kd.mnist_setup.load_mnist(str(mnist_dir))
+    monkeypatch.setattr(
+        mnist_kd.mnist_setup,
+        "load_mnist",
+        lambda *args, **kwargs: dataclasses.replace(loaded, notice=notice),
+    )
+    dataset = mnist_kd.mnist_setup.load_data(mnist_kd.Config(workdir=str(tmp_path)))
+    start = capsys.readouterr().out
+    assert notice not in start and "see the NOTE after the results" in start
+    report.print_report(["run"], [["x"]], notes=report.data_notes(dataset), footer="")
+    assert capsys.readouterr().out.count(notice) == 1
+
+
+def test_counts_agree_with_their_nouns():
+    assert report.plural(1, "epoch") == "1 epoch" and report.plural(3, "epoch") == "3 epochs"
+    assert report.plural(0, "seed") == "0 seeds" and report.plural(2, "x", "xs!") == "2 xs!"
+
+
+def test_learning_curves_carry_the_spread_over_seeds_and_a_title_that_fits(tmp_path, monkeypatch):
+    population = [
+        {"epoch": 1, "test_accuracy": [0.5, 0.7]},
+        {"epoch": 2, "test_accuracy": [0.8, 0.8]},
+    ]
+    curve = report.mean_history(population)
+    assert [point["test_accuracy"] for point in curve] == pytest.approx([0.6, 0.8])
+    assert [point["test_accuracy_std"] for point in curve] == pytest.approx([2**-0.5 / 5, 0.0])
+    single = report.mean_history([{"epoch": 1, "test_accuracy": 0.9}])
+    assert single == [{"epoch": 1, "test_accuracy": 0.9}]
+
+    drawn = {}
+
+    def keep(drawing, path):  # the figure as it would be saved
+        drawn["figure"] = drawing
+        return Path(path)
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    title = "MNIST KD (T=3, alpha=0.7), embedded-sample, mean ± std of 3 students " * 2
+    report.plot_learning_curves(tmp_path / "c.png", {"kd": curve, "teacher": single}, title)
+    (axes,) = drawn["figure"].axes
+    assert len(axes.collections) == 1  # one band: the population's, not the single run's
+    lines = axes.get_title().splitlines()
+    assert len(lines) > 1 and max(map(len, lines)) <= 6 * report.TITLE_CHARACTERS_PER_INCH
+    assert " ".join(lines) == title.strip()
+    import matplotlib.pyplot as plt
+
+    plt.close(drawn["figure"])
 
 
 def test_results_record_installed_versions_and_lock_differences():
