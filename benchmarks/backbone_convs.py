@@ -30,7 +30,7 @@ from kdjax.models.layers import general_conv2d
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "resnet50v2", ["resnet50v2", "mobilenetv2"], "Which backbone.")
 flags.DEFINE_integer("size", 32, "Square input size.")
-flags.DEFINE_integer("batch", 32, "Batch size (seed 003: 32).")
+flags.DEFINE_integer("batch", 32, "Batch size (TensorFlow notebook: 32).")
 flags.DEFINE_integer("rounds", 3, "Rounds of the alternated measurements; the best is kept.")
 flags.DEFINE_string("json_output", None, "Optional JSON file for the rows.")
 

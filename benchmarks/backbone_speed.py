@@ -4,8 +4,9 @@
     python -m benchmarks.backbone_speed --sizes=32 --steps=3 --output=speed.json
     python -m benchmarks.backbone_speed --sizes=32 --steps=10 --repeats=2  # alternated
 
-For MobileNetV2 (head trained, base frozen: seed 003's student) and ResNet50V2 (the
-seed's split: ``conv5_block3_3_conv``, ``post_bn`` and the head trained) at each
+For MobileNetV2 (head trained, base frozen: the TensorFlow notebook's student) and
+ResNet50V2 (the notebook's split: ``conv5_block3_3_conv``, ``post_bn`` and the head
+trained) at each
 ``--sizes``, it times ``--steps`` training steps (after one warm-up step, compile
 excluded) of
 
@@ -41,26 +42,27 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["224", "32"], "Square input sizes.")
-flags.DEFINE_integer("batch_size", 32, "Batch size of every measurement (seed 003: 32).")
+flags.DEFINE_integer("batch_size", 32, "Batch size of every measurement (TensorFlow notebook: 32).")
 flags.DEFINE_integer("steps", 3, "Timed steps per measurement (after one warm-up step).")
 flags.DEFINE_integer("repeats", 1, "Alternated runs of each framework; the fastest is kept.")
 flags.DEFINE_integer("train_examples", 2175, "Examples per epoch (MHIST's training set).")
-flags.DEFINE_integer("epochs", 25, "Epochs for the stored-feature gain (seed 003: 25).")
+flags.DEFINE_integer("epochs", 25, "Epochs for the stored-feature gain (TensorFlow notebook: 25).")
 flags.DEFINE_enum("framework", "both", ["both", "jax", "torch"], "Which side(s) to time.")
 flags.DEFINE_string("output", "runs/backbone_speed.json", "Where to write the JSON results.")
 flags.DEFINE_string("jax_results", None, "(For the PyTorch process) kdjax's results, whose "
                     "parameter counts the PyTorch networks must match.")  # fmt: skip
 
-# name -> (backbone, trainable layer patterns): seed 003's two frozen/trainable splits,
+# name -> (backbone, trainable layer patterns): the TensorFlow notebook's two
+# frozen/trainable splits,
 # and every layer trained (the student from scratch, pretraining).
 CASES = {
     "mobilenetv2_head": ("mobilenetv2", ("head",)),
-    "resnet50v2_seed_split": ("resnet50v2", ("conv5_block3_3_conv", "post_bn", "head")),
+    "resnet50v2_notebook_split": ("resnet50v2", ("conv5_block3_3_conv", "post_bn", "head")),
     "mobilenetv2_all": ("mobilenetv2", ("*",)),
     "resnet50v2_all": ("resnet50v2", ("*",)),
 }
 MATMUL_SIZE = 2048
-flags.DEFINE_list("cases", ["mobilenetv2_head", "resnet50v2_seed_split"],
+flags.DEFINE_list("cases", ["mobilenetv2_head", "resnet50v2_notebook_split"],
                   f"Which networks and splits: {', '.join(CASES)}.")  # fmt: skip
 flags.register_validator("cases", lambda names: set(names) <= set(CASES),
                          message=f"--cases must name cases among {', '.join(CASES)}")  # fmt: skip
@@ -308,7 +310,8 @@ def main(argv: list[str]) -> None:
               f"{row['kdjax_tflops']:10.4f} {row['torch_tflops']:10.4f} "
               f"{row['matmul_peak_tflops']:9.4f}")  # fmt: skip
         if "stored_features_gain" in row:
-            print(f"{'':28} stored features, {FLAGS.epochs} epochs: "
+            epochs = f"{FLAGS.epochs} epoch" + ("" if FLAGS.epochs == 1 else "s")
+            print(f"{'':28} stored features, {epochs}: "
                   f"{row['stored_features_seconds']:.1f} s vs {row['full_steps_seconds']:.1f} s "
                   f"of full steps ({row['stored_features_gain']:.1f}×)")  # fmt: skip
     print(f"Epochs extrapolated from {FLAGS.steps} timed steps, the fastest of "

@@ -1,20 +1,20 @@
-"""Epoch time of seed 002's signal network: kdjax against the seed's PyTorch loop, and
-cross-validation folds trained together against one fold.
+"""Epoch time of the BioVid pipeline's signal network: kdjax against the pipeline's
+PyTorch loop, and cross-validation folds trained together against one fold.
 
-    python -m benchmarks.biovid_speed                                   # the seed's sizes
+    python -m benchmarks.biovid_speed                                   # the pipeline's sizes
     python -m benchmarks.biovid_speed --examples=2000 --parts=kdjax,torch   # smaller
 
 Every measurement runs in its own process, one after the other (``--parts``):
 
-* ``kdjax`` — one epoch of :class:`kdjax.models.signal_models.Conv1DNet` (the seed's
-  network, no ReLU between the dense layers) through :func:`kdjax.training.fit`:
+* ``kdjax`` — one epoch of :class:`kdjax.models.signal_models.Conv1DNet` (the
+  pipeline's network, no ReLU between the dense layers) through :func:`kdjax.training.fit`:
   SGD lr 1e-4 momentum 0.9, batch 1,024, ``--examples`` windows of ``--length``
   samples, one channel;
-* ``torch`` — the seed's PyTorch loop on the same layers written in plain
+* ``torch`` — the pipeline's PyTorch loop on the same layers written in plain
   ``torch.nn`` (``Conv1d(1, 32, 5, stride=2)``, ReLU, ``MaxPool1d(2)``,
   ``Conv1d(32, 64, 5)``, ReLU, ``MaxPool1d(2)``, flatten, ``Linear(·, 512)``,
   ``Linear(512, 5)``), ``CrossEntropyLoss``, ``optim.SGD(lr=1e-4, momentum=0.9)``,
-  shuffled batches drawn by indexing one tensor (cheaper than the seed's
+  shuffled batches drawn by indexing one tensor (cheaper than the pipeline's
   ``DataLoader`` over a ``TensorDataset``, which collates example by example);
 * ``folds`` and ``one_fold`` — the 5 folds of ``k_fold`` trained together as one
   population (a folds plan) against the first fold alone; ``folds_unroll`` and
@@ -52,7 +52,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("examples", 8700, "Training windows (BioVid part A: 8,700).")
 flags.DEFINE_integer("length", 2816, "Samples per window (5.5 s at 512 Hz).")
-flags.DEFINE_integer("batch_size", 1024, "Batch size (seed 002: 1,024).")
+flags.DEFINE_integer("batch_size", 1024, "Batch size (BioVid pipeline: 1,024).")
 flags.DEFINE_integer("epochs", 2, "Epochs per measurement; the last is reported.")
 flags.DEFINE_integer("folds", 5, "Folds trained together in the folds measurement.")
 flags.DEFINE_list(
@@ -78,7 +78,7 @@ def _data(examples: int, length: int):
 
 
 def kdjax_epoch(part: str) -> dict:
-    """Seconds of the last epoch of ``fit`` on the seed's network (one student, or
+    """Seconds of the last epoch of ``fit`` on the pipeline's network (one student, or
     the folds together, or the first fold alone)."""
     from kdjax.data import Split, normalize
     from kdjax.data.folds import k_fold
@@ -217,7 +217,7 @@ def step_times() -> dict:
 
 
 def torch_epoch() -> dict:
-    """Seconds of the last epoch of the seed's PyTorch loop on the same layers."""
+    """Seconds of the last epoch of the pipeline's PyTorch loop on the same layers."""
     import torch
     from torch import nn
 

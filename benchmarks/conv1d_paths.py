@@ -1,5 +1,5 @@
 """The 1-D convolution and pooling paths of the signal models, timed against each other
-on the seed 002 network's layer sizes (forward + both gradients, one process, the
+on the BioVid pipeline network's layer sizes (forward + both gradients, one process, the
 paths alternated in rounds so that load on the machine hits them alike).
 
     python -m benchmarks.conv1d_paths                 # batch 1,024, 3 rounds
@@ -30,11 +30,11 @@ from kdjax.models.layers import conv1d, conv2d, xla_conv1d
 from kdjax.models.signal_models import max_pool_1d
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch", 1024, "Windows per batch (seed 002: 1,024).")
+flags.DEFINE_integer("batch", 1024, "Windows per batch (BioVid pipeline: 1,024).")
 flags.DEFINE_integer("rounds", 3, "Rounds of the alternated measurements; the best is kept.")
 flags.DEFINE_bool("skip_slow", True, "Skip XLA's own gradient inside lax.map.")
 
-# Seed 002's layers: (input length, in channels, out channels, taps, stride).
+# The BioVid pipeline network's layers: (input length, in channels, out channels, taps, stride).
 LAYERS = {"conv1 1→32 k5 s2": (2816, 1, 32, 5, 2), "conv2 32→64 k5": (703, 32, 64, 5, 1)}
 
 

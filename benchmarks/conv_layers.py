@@ -33,7 +33,7 @@ LAYERS = [  # (batch, spatial size, in channels, out channels)
     (128, 32, 3, 128),  # CIFAR teacher conv1
     (128, 16, 64, 32),  # CIFAR teacher conv4
     (128, 32, 3, 16),  # CIFAR student conv1
-    (128, 28, 8, 16),  # seed 000 StudentNet conv2
+    (128, 28, 8, 16),  # the R MNIST notebook's StudentNet conv2
 ]
 
 

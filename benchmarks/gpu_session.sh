@@ -3,17 +3,18 @@
 #   1. the GPU path is right: both feeds train alike, populations (also with their
 #      own fold rows) equal separate runs, BatchNorm state, frozen parameters, the
 #      online teacher, bfloat16, heads (float32 matmuls for the equality checks);
-#   2. epoch time of the seed students, host feed vs device feed vs PyTorch on the
+#   2. epoch time of the notebooks' students, host feed vs device feed vs PyTorch on the
 #      same GPU (benchmarks.train_speed);
 #   3. the main command on full MNIST in float32 and in bfloat16 (accuracy and
 #      epoch time of mixed precision);
 #   4. the long MNIST studies a CPU cannot afford (Hinton et al. 2015 with a
-#      long-trained teacher; seed 003's teacher-assistant chain at full length);
+#      long-trained teacher; the TensorFlow notebook's teacher-assistant chain at full
+#      length);
 #   5. (hours; only when asked for, STEPS="5") the full-length CIFAR comparison of every
 #      distillation method, 3 seeds each, under RepDistiller's protocol (240 epochs, SGD
 #      0.05, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210, batch 64,
-#      crops and flips, teacher online): the seed-002 pair (also at its own 10-epoch
-#      Adam protocol) and resnet56 -> resnet20, on CIFAR-10 (CIFAR10_DIR) and on CIFAR-100
+#      crops and flips, teacher online): the PyTorch KD tutorial's pair (also at its own
+#      10-epoch Adam protocol) and resnet56 -> resnet20, on CIFAR-10 (CIFAR10_DIR) and on CIFAR-100
 #      when CIFAR100_DIR names a copy; each run resumes where it stopped when re-run;
 #   6. the Keras knowledge-distillation example on full MNIST, 3 students per arm.
 #
@@ -113,7 +114,7 @@ if wants 5; then
   [[ -z "$sets" ]] && stamp "   skipped: set CIFAR10_DIR (and CIFAR100_DIR) to an image folder, .tar or TFDS dir"
   for set in $sets; do
     name=${set%%=*}
-    for run in seed002:seed seed002:repdistiller resnet56_resnet20:repdistiller; do
+    for run in pytorch_tutorial:notebook pytorch_tutorial:repdistiller resnet56_resnet20:repdistiller; do
       preset=${run%%:*} protocol=${run#*:}
       log="$out/cifar_${name}_${preset}_${protocol}.log"
       timeout "$cifar_timeout" "$py" -m experiments.cifar10_kd --data_dir="${set#*=}" \

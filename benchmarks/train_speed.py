@@ -72,8 +72,8 @@ flags.register_validator(
 flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto (cuda if available), cpu, cuda.")
 
 STUDENTS = {
-    # name: (registry model, settings, batch size, training examples) as in the seeds:
-    # seeds 000, 004 and 001.
+    # name: (registry model, settings, batch size, training examples) as in the R MNIST
+    # notebook, the MLP notebook and the CIFAR-10 CNN notebook.
     "small_conv_net": ("small_conv_net", {}, 128, 60000),
     "mlp_200": ("mlp", {"hidden_sizes": (200, 200)}, 32, 10000),
     "two_conv_net": ("two_conv_net", {}, 128, 50000),
@@ -140,7 +140,7 @@ def kdjax_epoch_seconds(
 def torch_model(name):
     import torch.nn as nn
 
-    if name == "two_conv_net":  # seed 001's student, as the seed writes it
+    if name == "two_conv_net":  # the CIFAR-10 CNN notebook's student, as written there
         return nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
@@ -160,8 +160,8 @@ def torch_model(name):
 
 
 def torch_epoch_seconds(model_name, split, teacher_logits, batch_size, device, epochs):
-    """Seconds of one steady-state epoch of the seed-style PyTorch eager loop. On a GPU
-    the data sits on the device (the fastest way to run the seed's loop there)."""
+    """Seconds of one steady-state epoch of the notebooks' PyTorch eager loop. On a GPU
+    the data sits on the device (the fastest way to run the notebooks' loop there)."""
     import torch
     import torch.nn.functional as F
 

@@ -1,5 +1,6 @@
-"""Distillation methods compared on CIFAR: seeds 001/002's 4-conv teacher and 2-conv
-student, or RepDistiller's resnet56 → resnet20, every method over several seeds.
+"""Distillation methods compared on CIFAR: the 4-conv teacher and 2-conv student of the
+PyTorch KD tutorial and the CIFAR-10 CNN notebook, or RepDistiller's resnet56 →
+resnet20, every method over several seeds.
 
     python -m experiments.cifar10_kd --data_dir=path/to/cifar10 --method=all --seeds=3
     python -m experiments.cifar10_kd --data_dir=path/to/cifar10 --method=compare --seeds=3 \
@@ -10,14 +11,15 @@ logits), ``cosine`` (CE + cosine loss between the student's flattened features a
 the teacher's, average-pooled to the student's width), ``hint`` (CE + MSE between
 the student's trainable regressor output and the teacher's last conv map) and the
 methods of :data:`experiments.cifar_pairs.COMPARED_METHODS`; ``all`` is the first
-four (with the teacher, seed 002's five-run comparison), ``compare`` every method.
+four (with the teacher, the PyTorch KD tutorial's five-run comparison), ``compare`` every method.
 The teacher is trained once per workdir; every method trains ``--seeds`` students
 together in one compiled program.
 
 ``--preset`` picks the pair, its protocol and its loss weights
-(:mod:`experiments.cifar_pairs`): ``seed002`` (default), ``seed001`` or
-``resnet56_resnet20`` (RepDistiller's networks and 240-epoch SGD protocol with
-crop-and-flip augmentation and the teacher online); ``--protocol=seed|repdistiller``
+(:mod:`experiments.cifar_pairs`): ``pytorch_tutorial`` (default: the PyTorch KD
+tutorial), ``cnn_notebook`` (the CIFAR-10 CNN notebook) or ``resnet56_resnet20``
+(RepDistiller's networks and 240-epoch SGD protocol with crop-and-flip augmentation
+and the teacher online); ``--protocol=notebook|repdistiller``
 trains a pair under the other protocol. ``--epochs``,
 ``--teacher_epochs``, ``--batch_size`` and ``--learning_rate`` override the
 protocol (a shorter run keeps the learning-rate drops at the same fractions of
@@ -54,8 +56,8 @@ from experiments.cifar_pairs import (
     METHODS,
     PRESETS,
     PROTOCOLS,
-    SEED_METHODS,
     SHORT_LABELS,
+    TUTORIAL_METHODS,
     method_weights,
     spec_fields,
 )
@@ -88,22 +90,23 @@ class Config(CommonConfig):
     workdir: str = option("runs/cifar10_kd", "Checkpoints, teacher outputs and results.")
     method: tuple[str, ...] = option(
         ("all",),
-        "Student runs: any of " + ",".join(METHODS) + "; 'all' for the seed's four "
-        "(ce,kd,cosine,hint), 'compare' for every method.",
+        "Student runs: any of " + ",".join(METHODS) + "; 'all' for the PyTorch KD "
+        "tutorial's four (ce,kd,cosine,hint), 'compare' for every method.",
         check=(
             lambda names: bool(names) and set(names) <= {*METHODS, "all", "compare"},
             f"must list methods among {', '.join(METHODS)} (or all, compare)",
         ),
     )
     preset: str = option(
-        "seed002",
-        "Teacher-student pair, its protocol and loss weights: seed002, seed001 or "
-        "resnet56_resnet20 (experiments.cifar_pairs).",
+        "pytorch_tutorial",
+        "Teacher-student pair, its protocol and loss weights: pytorch_tutorial (the PyTorch "
+        "KD tutorial), cnn_notebook (the CIFAR-10 CNN notebook) or resnet56_resnet20 "
+        "(RepDistiller's); see experiments.cifar_pairs.",
         choices=tuple(PRESETS),
     )
     protocol: str | None = option(
         None,
-        "Training protocol: seed (Adam 1e-3, batch 128, 10 epochs) or repdistiller (SGD "
+        "Training protocol: notebook (Adam 1e-3, batch 128, 10 epochs) or repdistiller (SGD "
         "0.05, batch 64, 240 epochs, crops and flips, teacher online); default: the preset's.",
         choices=tuple(PROTOCOLS),
     )
@@ -161,7 +164,7 @@ class Config(CommonConfig):
         """The selected methods in canonical order, without repeats."""
         names = set(self.method)
         if "all" in names:
-            names |= set(SEED_METHODS)
+            names |= set(TUTORIAL_METHODS)
         if "compare" in names:
             names |= set(METHODS)
         return [method for method in METHODS if method in names]
@@ -262,7 +265,8 @@ def run(config: Config) -> dict:
     methods, protocol = config.methods(), config.training_protocol()
     dataset = load_data(config)
     report.log(
-        f"Preset {config.preset}; methods: {', '.join(methods)}; {config.seeds} seed(s) each; "
+        f"Preset {config.preset}; methods: {', '.join(methods)}; "
+        f"{report.plural(config.seeds, 'seed')} each; "
         f"epochs {config.run_epochs()}; {protocol}."
     )
     # Built once: a data-parallel mesh is announced once for every run.
@@ -344,14 +348,15 @@ def print_comparison(config: Config, dataset: Dataset, document: dict, path) -> 
     rows = study["comparison"]
     title = (
         f"{CIFAR_SETS[config.dataset][0]} ({config.preset}, {len(dataset.train):,} train): "
-        f"students {config.run_epochs()['student']} epochs × {config.seeds} seed(s)"
+        f"students {report.plural(config.run_epochs()['student'], 'epoch')} × "
+        f"{report.plural(config.seeds, 'seed')}"
     )
     plot = report.plot_comparison(f"{config.workdir}/comparison.png", rows, SHORT_LABELS, title,
                                   f"published ({preset['published_source']})")  # fmt: skip
     curves = report.plot_learning_curves(
         f"{config.workdir}/learning_curves.png",
         {LABELS[row["method"]]: report.mean_history(runs[row["run"]]["history"]) for row in rows},
-        title + " (mean over seeds)",
+        title + (" (mean ± std over seeds)" if config.seeds > 1 else ""),
     )
     notes = [f"Gain over KD counts as beyond the spread when {report.SPREAD_RULE}."]
     notes += [f"{LABELS[name]}: DIVERGED ({error})" for name, error in study["diverged"].items()]
@@ -362,7 +367,8 @@ def print_comparison(config: Config, dataset: Dataset, document: dict, path) -> 
         for name, v in study["gains_over_ce"].items()
     ]
     notes.append(
-        f"ms/step: one step of the {config.seeds} student(s) of a method together, batch "
+        f"ms/step: one step of the {report.plural(config.seeds, 'student')} of a method "
+        "together, batch "
         f"{protocol.batch_size} (* includes compilation); extra vs CE includes the "
         + ("teacher's forward pass (online)." if protocol.teacher_mode == "online" else "method.")
     )

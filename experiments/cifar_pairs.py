@@ -3,10 +3,11 @@ each pair's networks, training protocol and loss weights, the accuracies publish
 for it, and the RunSpec fields and loss weights a config gives its runs
 (:func:`spec_fields`, :func:`method_weights`).
 
-- ``seed002`` (default) and ``seed001``: the seeds' 4-conv teacher and 2-conv student
-  ("DeepNN" → "LightNN"), Adam 1e-3, batch 128, 10 epochs, no augmentation, the
-  teacher's outputs stored once; seed 002's nets have dropout 0.1 and KD at T=2 with
-  0.75 CE / 0.25 soft, seed 001's none and KD at T=10 with weights 1 / 1.
+- ``pytorch_tutorial`` (default: the PyTorch KD tutorial) and ``cnn_notebook`` (the
+  CIFAR-10 CNN notebook): their 4-conv teacher and 2-conv student ("DeepNN" →
+  "LightNN"), Adam 1e-3, batch 128, 10 epochs, no augmentation, the teacher's outputs
+  stored once; the tutorial's nets have dropout 0.1 and KD at T=2 with 0.75 CE /
+  0.25 soft, the notebook's none and KD at T=10 with weights 1 / 1.
 - ``resnet56_resnet20``: RepDistiller's CIFAR ResNets (:mod:`kdjax.models.cifar_resnets`) and
   its protocol (``train_teacher.py`` / ``train_student.py``): SGD 0.05, momentum 0.9,
   weight decay 5e-4, batch 64, 240 epochs with the learning rate ×0.1 at epochs 150,
@@ -18,7 +19,7 @@ for it, and the RunSpec fields and loss weights a config gives its runs
 
 Every other method uses RepDistiller's CIFAR weights (:data:`COMPARED_METHODS`) on
 every pair. A pair may also train under the other protocol (:data:`PROTOCOLS`:
-``seed`` or ``repdistiller``), e.g. the seed nets for RepDistiller's 240 epochs.
+``notebook`` or ``repdistiller``), e.g. the tutorial's nets for RepDistiller's 240 epochs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import dataclasses
 
 from kdjax.data import IMAGENET_MEAN, IMAGENET_STD
 
-SEED_METHODS = ("ce", "kd", "cosine", "hint")
+# The PyTorch KD tutorial's student runs.
+TUTORIAL_METHODS = ("ce", "kd", "cosine", "hint")
 # The methods researchers compare against (kdjax.distill.objectives), with the loss weights
 # RepDistiller uses on CIFAR (CE weight 1, the method's term beta; AT's 1000 is its
 # ×1000), DKD's T=4 and DIST's T=4 (their CIFAR settings); KD's T is the pair's.
@@ -44,7 +46,7 @@ COMPARED_METHODS = {
     "vid": {"hard_weight": 1.0, "soft_weight": 1.0},
     "crd": {"hard_weight": 1.0, "soft_weight": 0.8},
 }
-METHODS = (*SEED_METHODS, *COMPARED_METHODS)
+METHODS = (*TUTORIAL_METHODS, *COMPARED_METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ class Protocol:
     image_augment: str = ""
     # "stored": the teacher's outputs computed once; "online": in every student step.
     teacher_mode: str = "stored"
-    # "imagenet" (the seeds' ImageNet mean/std) or "dataset" (the data set's own).
+    # "imagenet" (the tutorial's and the notebook's ImageNet mean/std) or "dataset" (the
+    # data set's own).
     normalisation: str = "imagenet"
 
     def decay_epochs(self, epochs: int) -> tuple[int, ...]:
@@ -73,7 +76,8 @@ class Protocol:
         return tuple(sorted(scaled))
 
 
-SEED_PROTOCOL = Protocol(epochs=10, batch_size=128, learning_rate=1e-3)
+# The PyTorch KD tutorial's and the CIFAR-10 CNN notebook's protocol.
+NOTEBOOK_PROTOCOL = Protocol(epochs=10, batch_size=128, learning_rate=1e-3)
 REPDISTILLER_PROTOCOL = Protocol(
     epochs=240,
     batch_size=64,
@@ -85,7 +89,7 @@ REPDISTILLER_PROTOCOL = Protocol(
     teacher_mode="online",
     normalisation="dataset",
 )
-PROTOCOLS = {"seed": SEED_PROTOCOL, "repdistiller": REPDISTILLER_PROTOCOL}
+PROTOCOLS = {"notebook": NOTEBOOK_PROTOCOL, "repdistiller": REPDISTILLER_PROTOCOL}
 # Per-channel mean and std of each training set (RepDistiller's CIFAR-100 values).
 DATASET_NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -109,10 +113,10 @@ REPDISTILLER_RESNET56_RESNET20 = {
 # Each pair's networks (registry model and settings), protocol, loss weights of the
 # methods whose weights are the pair's own, and published accuracies by data set.
 PRESETS = {
-    "seed002": {
+    "pytorch_tutorial": {
         "teacher": ("four_conv_net", {"dropout": 0.1}),
         "student": ("two_conv_net", {"dropout": 0.1}),
-        "protocol": SEED_PROTOCOL,
+        "protocol": NOTEBOOK_PROTOCOL,
         "kd": {"temperature": 2.0, "hard_weight": 0.75, "soft_weight": 0.25},
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
@@ -121,23 +125,23 @@ PRESETS = {
         },
         "published_source": "PyTorch KD tutorial, one docs build",
     },
-    "seed001": {
+    "cnn_notebook": {
         "teacher": ("four_conv_net", {}),
         "student": ("two_conv_net", {}),
-        "protocol": SEED_PROTOCOL,
+        "protocol": NOTEBOOK_PROTOCOL,
         "kd": {"temperature": 10.0, "hard_weight": 1.0, "soft_weight": 1.0},
-        # Seed 001 has no cosine or hint run; seed 002's weights are used.
+        # The notebook has no cosine or hint run; the tutorial's weights are used.
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
         "published": {"cifar10": {"teacher": 74.43, "ce": 69.51, "kd": 71.38}},
-        "published_source": "seed 001, one run",
+        "published_source": "CIFAR-10 CNN notebook, one run",
     },
     "resnet56_resnet20": {
         "teacher": ("resnet56", {}),
         "student": ("resnet20", {}),
         "protocol": REPDISTILLER_PROTOCOL,
         "kd": {"temperature": 4.0, "hard_weight": 0.1, "soft_weight": 0.9},
-        # RepDistiller has no cosine run; seed 002's weights are used.
+        # RepDistiller has no cosine run; the PyTorch KD tutorial's weights are used.
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 1.0, "soft_weight": 100.0},
         "published": {"cifar100": REPDISTILLER_RESNET56_RESNET20},

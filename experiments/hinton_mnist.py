@@ -191,7 +191,7 @@ def run(config: Config) -> dict:
     plot = report.plot_learning_curves(
         f"{config.workdir}/learning_curves{suffix}.png",
         {names[name]: report.mean_history(result.history) for name, result in results.items()},
-        "Hinton et al. 2015 MNIST (mean over seeds)",
+        "Hinton et al. 2015 MNIST" + (" (mean ± std over seeds)" if config.seeds > 1 else ""),
     )
     report.print_report(
         ["run", f"test errors / {len(dataset.test):,}", "n", "epochs", "paper"],

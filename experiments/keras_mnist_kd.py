@@ -71,7 +71,7 @@ TEACHER_SEED = 42
 
 @dataclasses.dataclass(frozen=True)
 class Config(MnistConfig):
-    # The example's settings, where they differ from seed 000's.
+    # The example's settings, where they differ from the R MNIST notebook's.
     workdir: str = option("runs/keras_mnist_kd", "Checkpoints and results.")
     epochs: int = option(3, "Student epochs, both arms (example: 3).", check=at_least_one)
     teacher_epochs: int = option(
@@ -159,8 +159,8 @@ def run(config: Config) -> dict:
     document = report.results_document("keras_mnist_kd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
     title = (
-        f"Keras KD example, MNIST ({dataset.source}): students {config.epochs} epochs "
-        f"× {config.seeds} seed(s)"
+        f"Keras KD example, MNIST ({dataset.source}): students "
+        f"{report.plural(config.epochs, 'epoch')} × {report.plural(config.seeds, 'seed')}"
     )
     plot = report.plot_comparison(
         f"{config.workdir}/comparison.png", rows, LABELS, title, "Keras example (one run)"
@@ -168,7 +168,7 @@ def run(config: Config) -> dict:
     curves = report.plot_learning_curves(
         f"{config.workdir}/learning_curves.png",
         {LABELS[name]: report.mean_history(runs[name]["history"]) for name in arms},
-        title + " (mean over seeds)",
+        title + (" (mean ± std over seeds)" if config.seeds > 1 else ""),
     )
     report.print_report(
         ["run", "params", "test acc %", "Keras example %", "train s", "ms/step"],

@@ -1,4 +1,5 @@
-"""Seed 003, Task 2: transfer learning and distillation on MHIST (ResNet50V2 → MobileNetV2).
+"""Transfer learning and distillation on MHIST (ResNet50V2 → MobileNetV2), as in the
+TensorFlow notebook's Task 2.
 
     python -m experiments.mhist_kd --data_dir=MHIST \\
         --teacher_weights=resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
@@ -8,14 +9,14 @@
 Runs (every student with each of ``--seeds`` seeds; the teacher once):
 
 - ``teacher``: ResNet50V2 from the ImageNet weights, every layer frozen but the
-  seed's last five Keras layers (``conv5_block3_3_conv``, ``post_bn``; the Add and
+  notebook's last five Keras layers (``conv5_block3_3_conv``, ``post_bn``; the Add and
   ReLU layers among them have no weights) and the new head; Adam 1e-4;
 - ``student_scratch``: MobileNetV2 from random weights, everything trained; Adam 1e-3;
 - ``student_transfer``: MobileNetV2 from the ImageNet weights, base frozen, head
-  trained, cross-entropy only (what the seed calls its student "from scratch");
+  trained, cross-entropy only (what the notebook calls its student "from scratch");
 - ``student_kd``: the same with ``alpha·CE + (1 − alpha)·T²·KL`` (alpha 0.5, T 1);
 - ``--study=temperature`` / ``alpha``: one population per seed over T ∈ {1, 2, 4,
-  16, 32, 64} (alpha 0.5), or over alpha ∈ {0.1, …, 0.9} (T 2, the seed's);
+  16, 32, 64} (alpha 0.5), or over alpha ∈ {0.1, …, 0.9} (T 2, the notebook's);
 - ``--study=chain``: ResNet50V2 → assistant (MobileNetV2, last block and head
   trained) → student (head only), each step with the KD loss.
 
@@ -25,7 +26,7 @@ without augmentation (``--teacher_mode``). After training, each student is loade
 back (``load_run``) and scored on the test split from its probabilities: accuracy,
 balanced accuracy, F1 and precision/recall with SSA positive, ROC AUC, confusion
 matrix; mean ± std over seeds. Writes ``results.json``, F1/AUC plots against T and
-alpha, and prints the results beside the seed's protocol.
+alpha, and prints the results beside the notebook's protocol.
 
 A folder written by ``experiments.mhist_standin`` (CIFAR-10 classes in MHIST's
 format) carries a ``standin.json``; every table and figure then says "stand-in".
@@ -61,8 +62,9 @@ from kdjax.runs.cli import (
 from kdjax.runs.scoring import evaluate_run, model_costs
 
 STUDIES = ("kd", "temperature", "alpha", "chain", "all")
-# Seed 003: ResNet50V2.layers[-5:] trainable (the weighted ones of them), plus the head.
-SEED_TEACHER_TRAINABLE = ("conv5_block3_3_conv", "post_bn", "head")
+# The TensorFlow notebook: ResNet50V2.layers[-5:] trainable (the weighted ones of them),
+# plus the head.
+NOTEBOOK_TEACHER_TRAINABLE = ("conv5_block3_3_conv", "post_bn", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +90,9 @@ class Config(CommonConfig):
     study: str = option("kd", "Which runs: kd, temperature, alpha, chain or all.", choices=STUDIES)
     seeds: int = option(3, "Students per setting (seeds 0 … N−1).", check=at_least_one)
     image_size: int = option(224, "Images are resized to this square size.", check=at_least_one)
-    epochs: int = option(25, "Student (and assistant) epochs (seed: 25).", check=at_least_one)
-    teacher_epochs: int = option(25, "Teacher epochs (seed: 25).", check=at_least_one)
-    batch_size: int = option(32, "Training batch size (Keras' default, the seed's).",
+    epochs: int = option(25, "Student (and assistant) epochs (notebook: 25).", check=at_least_one)
+    teacher_epochs: int = option(25, "Teacher epochs (notebook: 25).", check=at_least_one)
+    batch_size: int = option(32, "Training batch size (Keras' default, the notebook's).",
                              check=at_least_one)  # fmt: skip
     teacher_learning_rate: float = option(1e-4, "Teacher's Adam rate.", check=finite(positive))
     learning_rate: float = option(1e-3, "Students' Adam rate.", check=finite(positive))
@@ -104,10 +106,10 @@ class Config(CommonConfig):
         (0.1, 0.3, 0.5, 0.7, 0.9), "The alpha sweep.", check=each(unit_interval)
     )
     alpha_sweep_temperature: float = option(
-        2.0, "T of the alpha sweep (seed: 2).", check=temperature_range
+        2.0, "T of the alpha sweep (notebook: 2).", check=temperature_range
     )
     teacher_trainable: tuple[str, ...] = option(
-        SEED_TEACHER_TRAINABLE, "Layer-name patterns the teacher trains (the rest is frozen)."
+        NOTEBOOK_TEACHER_TRAINABLE, "Layer-name patterns the teacher trains (the rest is frozen)."
     )
     student_trainable_blocks: int = option(
         0, "Last MobileNetV2 blocks the transfer students train besides the head.",
@@ -118,9 +120,10 @@ class Config(CommonConfig):
         check=non_negative,
     )  # fmt: skip
     augment: str = option(
-        "seed",
-        "Training augmentation in the step: 'seed' (flips, rotation ±180°, zoom 0.5–1, "
-        "brightness 0.2–1), 'symmetries' (flips and 90° turns) or 'none'.",
+        "notebook",
+        "Training augmentation in the step: 'notebook' (the TensorFlow notebook's: flips, "
+        "rotation ±180°, zoom 0.5–1, brightness 0.2–1), 'symmetries' (flips and 90° turns) "
+        "or 'none'.",
         choices=tuple(AUGMENTS),
     )
     teacher_mode: str = option(

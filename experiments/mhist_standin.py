@@ -220,7 +220,8 @@ def run(config: Config) -> dict:
     hp, ssa = config.target_classes
     label = (
         f"CIFAR-10 {hp} (as HP) vs {ssa} (as SSA), backbones pretrained on the other 8 "
-        f"classes ({config.pretrain_per_class}/class, {config.pretrain_epochs} epochs)"
+        f"classes ({config.pretrain_per_class}/class, "
+        f"{report.plural(config.pretrain_epochs, 'epoch')})"
     )
     description = {"label": label, "counts": counts, "pretrained": pretrained,
                    "config": dataclasses.asdict(config)}  # fmt: skip

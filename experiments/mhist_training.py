@@ -18,7 +18,7 @@ from kdjax.runs.spec import RunSpec
 INPUT_SCALING = {"input_mean": 0.5, "input_std": 0.5}
 
 # --augment → RunSpec.image_augment (kdjax.data.image_augment.PRESETS; "" for none).
-AUGMENTS = {"seed": "seed003", "symmetries": "symmetries", "none": ""}
+AUGMENTS = {"notebook": "tf_notebook", "symmetries": "symmetries", "none": ""}
 TEACHER_SEED = 42
 # The test metrics summarised over seeds, and those the closing table shows.
 METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "precision", "recall")
@@ -109,8 +109,8 @@ def plot_sweep(path: Path, values, summaries: list[dict], kind: str, title: str)
     return path
 
 
-def seed_protocol_rows(config) -> list[list[str]]:
-    """Seed 003's Task 2 protocol beside this command's settings."""
+def notebook_protocol_rows(config) -> list[list[str]]:
+    """The TensorFlow notebook's Task 2 protocol beside this command's settings."""
     kd = f"alpha {config.alpha:g}, T {config.temperature:g}"
     return [
         ["teacher", "ResNet50V2 ImageNet, layers[:185] frozen, last 5 trainable",
@@ -119,7 +119,8 @@ def seed_protocol_rows(config) -> list[list[str]]:
          f"MobileNetV2, trains the head + last {config.student_trainable_blocks} blocks"],
         ["optimiser", "Adam 1e-4 (teacher), 1e-3 (students), batch 32, 25 epochs",
          f"Adam {config.teacher_learning_rate:g} / {config.learning_rate:g}, batch "
-         f"{config.batch_size}, {config.teacher_epochs} / {config.epochs} epochs"],
+         f"{config.batch_size}, {config.teacher_epochs} / {config.epochs} "
+         + ("epoch" if config.teacher_epochs == config.epochs == 1 else "epochs")],
         ["inputs", "x/255 (Keras' backbones expect x/127.5 − 1)", "x/127.5 − 1"],
         ["augmentation", "drawn once per image before training, test images too",
          f"'{config.augment}', per step in the compiled step, training batches only"],
@@ -141,11 +142,12 @@ def seed_protocol_rows(config) -> list[list[str]]:
 
 
 def print_tables(config, title: str, summary: dict, costs: list[dict], footer: str) -> None:
-    """The run beside seed 003's protocol, the test metrics over seeds and the models'
-    costs (process 0 only)."""
+    """The run beside the TensorFlow notebook's protocol, the test metrics over seeds and
+    the models' costs (process 0 only)."""
     if report.is_main_process():
-        print(f"\n{title}: the run beside seed 003's protocol")
-        print(report.format_table(["", "seed 003", "here"], seed_protocol_rows(config)))
+        print(f"\n{title}: the run beside the TensorFlow notebook's protocol")
+        header = ["", "TensorFlow notebook", "here"]
+        print(report.format_table(header, notebook_protocol_rows(config)))
     rows = [
         [name, *(report.format_mean_std(summary[name][m]) for m in SHOWN_METRICS)]
         for name in summary

@@ -1,4 +1,5 @@
-"""Seed 000: distil an MNIST CNN teacher into a small CNN student with stored soft targets.
+"""Distil an MNIST CNN teacher into a small CNN student with stored soft targets, as the
+R MNIST notebook does.
 
     python -m experiments.mnist_kd --temperature=3 --alpha=0.7
 
@@ -13,7 +14,7 @@ unfinished run.
 
 Without ``--data_dir`` and without a TFDS copy of MNIST it uses the embedded
 5,000-image sample, says so, and (unless ``--epochs`` is given) trains the students
-15 epochs instead of seed 000's 3, which on 4,000 images are only 93 steps. From
+15 epochs instead of the notebook's 3, which on 4,000 images are only 93 steps. From
 Python::
 
     from experiments import mnist_kd
@@ -38,11 +39,11 @@ from kdjax.runs.cli import (
 )
 from kdjax.training import accuracy
 
-# Seed 000's networks: the teacher is the standard MNIST CNN (seed 000 loads one from
-# a file), the student its "StudentNet".
+# The R MNIST notebook's networks: the teacher is the standard MNIST CNN (the notebook
+# loads one from a file), the student its "StudentNet".
 TEACHER_MODEL = "conv_net"
 STUDENT_MODEL = "small_conv_net"
-# Student epochs when --epochs is not given: seed 000's 3 on full MNIST (1,407 steps);
+# Student epochs when --epochs is not given: the notebook's 3 on full MNIST (1,407 steps);
 # on the embedded sample 3 epochs are 93 steps and the students have not converged.
 FULL_DATA_EPOCHS = 3
 SAMPLE_EPOCHS = 15
@@ -52,7 +53,7 @@ SAMPLE_EPOCHS = 15
 class Config(MnistConfig):
     epochs: int | None = option(
         None,
-        f"Student training epochs (default: seed 000's {FULL_DATA_EPOCHS}; "
+        f"Student training epochs (default: the R MNIST notebook's {FULL_DATA_EPOCHS}; "
         f"{SAMPLE_EPOCHS} on the embedded 4,000-image sample, where {FULL_DATA_EPOCHS} "
         "epochs leave the students unconverged).",
         check=at_least_one,
@@ -105,8 +106,10 @@ def run(config: Config) -> dict:
     log(
         f"mnist_kd: T={config.temperature:g}, alpha={config.alpha:g} "
         f"(loss {config.alpha:g}·CE + {1 - config.alpha:g}·T²·KL); "
-        f"{len(seeds)} student(s) per arm (seeds {_seed_range(seeds)}), {config.epochs} epochs"
-        f", batch {config.batch_size}, Adam lr {config.learning_rate:g}."
+        f"{report.plural(len(seeds), 'student')} per arm "
+        f"({'seed' if len(seeds) == 1 else 'seeds'} {_seed_range(seeds)}), "
+        f"{report.plural(config.epochs, 'epoch')}, batch {config.batch_size}, "
+        f"Adam lr {config.learning_rate:g}."
     )
     teacher, teacher_run, logits = mnist_setup.teacher(config, dataset, TEACHER_MODEL)
     specs = {"teacher": teacher.spec, **student_specs(config, seeds)}
@@ -134,7 +137,7 @@ def run(config: Config) -> dict:
         f"{config.workdir}/learning_curves.png",
         {name: report.mean_history(result.history) for name, result in results.items()},
         f"MNIST KD (T={config.temperature:g}, alpha={config.alpha:g}), {dataset.source}"
-        + (f", mean of {len(seeds)} students" if len(seeds) > 1 else ""),
+        + (f", mean ± std of {len(seeds)} students" if len(seeds) > 1 else ""),
     )
     report.print_report(
         ["run", "model", "params", "test acc", "each seed", "epochs", "s/epoch"],
@@ -168,7 +171,7 @@ def notes(study: dict, checked: int) -> list[str]:
     lines = [
         f"\nThe teacher predicts the true label for {round(agreement * checked)} of the "
         f"first {checked:,} training images (a check that the stored soft targets belong "
-        "to these images; seed 000 reports 988 of 1,000)."
+        "to these images; the R MNIST notebook reports 988 of 1,000)."
     ]
     if "kd_minus_scratch" in study:
         lines.append(describe_gain(study["kd_minus_scratch"]))

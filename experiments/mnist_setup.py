@@ -25,13 +25,15 @@ INPUT_NORMALISATION = {"input_mean": 0.1307, "input_std": 0.3081}
 @dataclasses.dataclass(frozen=True)
 class MnistConfig(CommonConfig):
     workdir: str = option("runs/mnist_kd", "Where checkpoints, soft targets and results go.")
-    epochs: int = option(3, "Student training epochs (seed 000: 3).", check=at_least_one)
+    epochs: int = option(3, "Student training epochs (R MNIST notebook: 3).", check=at_least_one)
     teacher_epochs: int = option(
         5, "Teacher training epochs, when it is not in the workdir.", check=at_least_one
     )
-    batch_size: int = option(128, "Training batch size (seed 000: 128).", check=at_least_one)
+    batch_size: int = option(
+        128, "Training batch size (R MNIST notebook: 128).", check=at_least_one
+    )
     learning_rate: float = option(
-        1e-3, "Adam learning rate (seed 000: 1e-3).", check=finite(positive)
+        1e-3, "Adam learning rate (R MNIST notebook: 1e-3).", check=finite(positive)
     )
     data_dir: str | None = option(
         None,
@@ -43,12 +45,13 @@ class MnistConfig(CommonConfig):
 
 def load_data(config: MnistConfig) -> Dataset:
     dataset = load_mnist(config.data_dir, download=config.download, log=log)
+    # The data set's notice (the embedded sample, say) is printed once, among the notes
+    # after the results (report.data_notes); this line points to it.
     log(
         f"Data: {dataset.name} from {dataset.source} ({dataset.location}): "
-        f"{len(dataset.train)} train / {len(dataset.test)} test examples."
+        f"{len(dataset.train)} train / {len(dataset.test)} test examples"
+        + ("; see the NOTE after the results." if dataset.notice else ".")
     )
-    if dataset.notice:
-        log("NOTE: " + dataset.notice)
     return dataset
 
 

@@ -1,5 +1,6 @@
-"""Seed 000/003's temperature and alpha studies, done with error bars: every
-(temperature, alpha, seed) student is trained **together** in one vmapped program.
+"""The temperature and alpha studies of the R MNIST notebook and the TensorFlow notebook,
+done with error bars: every (temperature, alpha, seed) student is trained **together**
+in one vmapped program.
 
     python -m experiments.mnist_sweep --temperatures=1,2,4,16,32,64 --alphas=0.5 --seeds=5
 

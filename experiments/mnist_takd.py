@@ -1,17 +1,18 @@
-"""Seed 003: teacher-assistant knowledge distillation (TAKD, Mirzadeh et al. 2020) on MNIST.
+"""Teacher-assistant knowledge distillation (TAKD, Mirzadeh et al. 2020) on MNIST, as in
+the TensorFlow notebook.
 
     python -m experiments.mnist_takd --data_dir=/path/to/mnist
 
 ``--chain`` lists networks (names of :data:`PRESETS`) from the teacher to the
-student (default: seed 003's CNN teacher → its teacher assistant → the
-784–784–784–10 MLP student). The first network is trained on the labels; every
+student (default: the TensorFlow notebook's CNN teacher → its teacher assistant →
+the 784–784–784–10 MLP student). The first network is trained on the labels; every
 later one is distilled from the one before it with ``alpha·CE + (1 − alpha)·T²·KL``
-(alpha 0.5, T 4 as in the seed; the seed's soft term is the soft-target
+(alpha 0.5, T 4 as in the notebook; the notebook's soft term is the soft-target
 cross-entropy, whose gradient is the same). Intermediate networks are trained once
 (seed 42) and their logits stored. The student is then trained three ways,
 ``--seeds`` students each, trained together: from scratch, distilled directly from
 the teacher, and distilled through the chain. Assistants and students train for
-``--epochs``, the teacher for ``--teacher_epochs``. The seed reports 99.26 % for its
+``--epochs``, the teacher for ``--teacher_epochs``. The notebook reports 99.26 % for its
 student through the TA; it does not show its epoch count or batch size (the
 defaults here: 5 and 256). From Python::
 
@@ -35,15 +36,16 @@ from kdjax.runs.cli import (
     unit_interval,
 )
 
-# The networks a chain may name: registry model and settings. Seed 003's three, and
-# seed 004's two MLPs (a quick all-MLP chain).
+# The networks a chain may name: registry model and settings. The TensorFlow notebook's
+# three, and the MLP notebook's two MLPs (a quick all-MLP chain).
 PRESETS = {
-    "seed003_teacher": ("overlap_pool_conv_net", {}),
-    "seed003_assistant": ("conv_mlp", {}),
+    "tf_notebook_teacher": ("overlap_pool_conv_net", {}),
+    "tf_notebook_assistant": ("conv_mlp", {}),
     "mlp_784": ("mlp", {"hidden_sizes": (784, 784)}),
     **mnist_mlp_kd.PRESETS,
 }
-SEED_003_STUDENT_THROUGH_TA = 0.9926
+# The TensorFlow notebook's student through its teacher assistant (test accuracy).
+TF_NOTEBOOK_STUDENT_THROUGH_TA = 0.9926
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Config(MnistConfig):
     epochs: int = option(5, "Assistant and student training epochs.", check=at_least_one)
     batch_size: int = option(256, "Training batch size.", check=at_least_one)
     chain: tuple[str, ...] = option(
-        ("seed003_teacher", "seed003_assistant", "mlp_784"),
+        ("tf_notebook_teacher", "tf_notebook_assistant", "mlp_784"),
         "Networks from the teacher to the student; each learns from the previous. "
         f"Any of: {', '.join(PRESETS)}.",
         check=(
@@ -60,8 +62,12 @@ class Config(MnistConfig):
             f"must list at least two models among {', '.join(PRESETS)}",
         ),
     )
-    temperature: float = option(4.0, "Softmax temperature (seed 003: 4).", check=temperature_range)
-    alpha: float = option(0.5, "Weight of the hard-label CE (seed 003: 0.5).", check=unit_interval)
+    temperature: float = option(
+        4.0, "Softmax temperature (TensorFlow notebook: 4).", check=temperature_range
+    )
+    alpha: float = option(
+        0.5, "Weight of the hard-label CE (TensorFlow notebook: 0.5).", check=unit_interval
+    )
     seeds: int = option(3, "Students per arm, trained together.", check=at_least_one)
 
 
@@ -99,7 +105,7 @@ def run(config: Config) -> dict:
         "chain": chain,
         "student": student,
         "accuracy": accuracy,
-        "seed_003_reported": {"student_through_chain": SEED_003_STUDENT_THROUGH_TA},
+        "tf_notebook_reported": {"student_through_chain": TF_NOTEBOOK_STUDENT_THROUGH_TA},
     }
     document = report.results_document("mnist_takd", config, dataset, runs, study, started)
     path = report.write_results(config.workdir, document)
@@ -113,13 +119,13 @@ def run(config: Config) -> dict:
                 f"{arm} ({student})",
                 str(len(summary["each"])),
                 f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}",
-                f"{100 * SEED_003_STUDENT_THROUGH_TA:.2f}"
+                f"{100 * TF_NOTEBOOK_STUDENT_THROUGH_TA:.2f}"
                 if arm == "student_through_chain"
                 else "",
             ]
         )
     report.print_report(
-        ["run", "n", "test acc % (mean ± std)", "seed 003"],
+        ["run", "n", "test acc % (mean ± std)", "TensorFlow notebook"],
         rows,
         notes=report.data_notes(dataset),
         footer=f"Results: {path}  Wall time: {document['wall_seconds']} s",

@@ -4,8 +4,8 @@
 
 ``--models`` names networks of :data:`PRESETS`: the teachers, assistants and
 students of the experiment commands (registry model and settings), each measured on
-the images it is trained on (MNIST 28×28×1, CIFAR-10 32×32×3). Seed 003 reported
-identical FLOPs for its teacher and its student; this table counts them from the
+the images it is trained on (MNIST 28×28×1, CIFAR-10 32×32×3). The TensorFlow
+notebook reports identical FLOPs for its teacher and its student; this table counts them from the
 compiled forward pass (XLA cost analysis) instead. Writes ``results.json`` in the
 workdir (the networks under ``"study": {"models": [...]}``). From Python::
 
@@ -24,8 +24,8 @@ from kdjax.runs.cli import CommonConfig, command, finite, option, positive
 
 MNIST_IMAGE = (28, 28, 1)
 CIFAR_IMAGE = (32, 32, 3)
-# name: (registry model, settings, image shape). Dropout changes no cost, so seed 001's
-# CIFAR nets stand for seed 002's too.
+# name: (registry model, settings, image shape). Dropout changes no cost, so the CIFAR-10
+# CNN notebook's nets stand for the PyTorch KD tutorial's too.
 PRESETS = {
     mnist_kd.TEACHER_MODEL: (mnist_kd.TEACHER_MODEL, {}, MNIST_IMAGE),
     mnist_kd.STUDENT_MODEL: (mnist_kd.STUDENT_MODEL, {}, MNIST_IMAGE),
@@ -33,8 +33,8 @@ PRESETS = {
         name: (model, settings, MNIST_IMAGE)
         for name, (model, settings) in {**mnist_takd.PRESETS, **hinton_mnist.PRESETS}.items()
     },
-    "four_conv_net": (*cifar10_kd.PRESETS["seed001"]["teacher"], CIFAR_IMAGE),
-    "two_conv_net": (*cifar10_kd.PRESETS["seed001"]["student"], CIFAR_IMAGE),
+    "four_conv_net": (*cifar10_kd.PRESETS["cnn_notebook"]["teacher"], CIFAR_IMAGE),
+    "two_conv_net": (*cifar10_kd.PRESETS["cnn_notebook"]["student"], CIFAR_IMAGE),
     **{
         model: (model, settings, CIFAR_IMAGE)
         for model, settings in (

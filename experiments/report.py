@@ -9,6 +9,7 @@ names they call (``report.train``, ``report.write_results``, ``report.mean_std``
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from kdjax.runs.execution import execution, train
 from kdjax.runs.results import (
     is_main_process,
     log,
+    plural,
     results_document,
     run_entries,
     run_entry,
@@ -49,6 +51,7 @@ __all__ = [
     "mean_std",
     "plot_comparison",
     "plot_learning_curves",
+    "plural",
     "print_report",
     "results_document",
     "run_entries",
@@ -98,6 +101,16 @@ def figure(size: tuple[float, float]):
     return plt.subplots(figsize=size)
 
 
+# Characters of a 10-point title that fit one line per inch of figure width, with a margin.
+TITLE_CHARACTERS_PER_INCH = 10
+
+
+def wrapped(title: str, drawing) -> str:
+    """``title`` broken into lines that fit the width of the figure ``drawing``."""
+    width = drawing.get_figwidth() * TITLE_CHARACTERS_PER_INCH
+    return textwrap.fill(title, int(width))
+
+
 def save_figure(figure, path) -> Path:
     """Writes ``figure`` to ``path`` at 120 dpi and closes it."""
     import matplotlib.pyplot as plt
@@ -109,23 +122,27 @@ def save_figure(figure, path) -> Path:
 
 
 def plot_learning_curves(path: str | Path, curves: dict[str, list[dict]], title: str) -> Path:
-    """Test accuracy per epoch, one line per run (process 0 only)."""
+    """Test accuracy per epoch, one line per run: the mean over a population's students
+    (:func:`mean_history`) with a band of ± one standard deviation around it where the
+    curve has one (process 0 only). The title is wrapped to fit the figure."""
     if not is_main_process():
         return Path(path)
     from matplotlib.ticker import MaxNLocator
 
     drawing, axes = figure((6, 4))
     for label, history in curves.items():
-        axes.plot(
-            [entry["epoch"] for entry in history],
-            [100 * entry["test_accuracy"] for entry in history],
-            marker="o",
-            label=label,
-        )
+        epochs = np.array([entry["epoch"] for entry in history])
+        means = np.array([100 * entry["test_accuracy"] for entry in history])
+        (line,) = axes.plot(epochs, means, marker="o", label=label)
+        if history and all("test_accuracy_std" in entry for entry in history):
+            spread = np.array([100 * entry["test_accuracy_std"] for entry in history])
+            axes.fill_between(
+                epochs, means - spread, means + spread, color=line.get_color(), alpha=0.2
+            )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
+    axes.set_title(wrapped(title, drawing), fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend()
     return save_figure(drawing, path)
@@ -198,7 +215,7 @@ def plot_comparison(path, rows: list[dict], labels: dict, title: str, published_
     high = max([max(means) + spread, *shown]) + 2
     axes.set_ylim(max(0, low), min(100, high))
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
+    axes.set_title(wrapped(title, drawing), fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="lower right")
     save_figure(drawing, path)

@@ -1,4 +1,5 @@
-"""Seeds 001/002: the CIFAR-10 nets and the cosine and hint objectives against numpy."""
+"""The CIFAR-10 nets of the CIFAR-10 CNN notebook and the PyTorch KD tutorial, and the
+cosine and hint objectives against numpy."""
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +21,9 @@ def _init(model):
 @pytest.mark.parametrize(
     ("name", "settings", "expected"),
     [
-        ("four_conv_net", {}, 1_186_986),  # seed 001's count
+        ("four_conv_net", {}, 1_186_986),  # the CIFAR-10 CNN notebook's count
         ("four_conv_net", {"dropout": 0.1}, 1_186_986),  # dropout adds no parameters
-        ("two_conv_net", {}, 267_738),  # seed 001's count
+        ("two_conv_net", {}, 267_738),  # the CIFAR-10 CNN notebook's count
         ("two_conv_net", {"dropout": 0.1}, 267_738),
     ],
 )
@@ -31,7 +32,7 @@ def test_cifar_parameter_counts_match_the_seeds(name, settings, expected):
 
 
 def _hint_student(teacher_map):
-    """Seed 002's regressor student: the hint method's head beside the student."""
+    """The PyTorch KD tutorial's regressor student: the hint method's head beside the student."""
     model = StudentWithHead(TwoConvNet(dropout=0.1), HintHead())
     teacher = {"feature_map": teacher_map}
     variables = model.init(jax.random.PRNGKey(0), IMAGES[:1],
@@ -39,7 +40,7 @@ def _hint_student(teacher_map):
     return model, variables, teacher
 
 
-def test_the_hint_student_has_seed_002s_regressor():
+def test_the_hint_student_has_the_tutorials_regressor():
     teacher = FourConvNet()
     t = teacher.apply({"params": _init(teacher)}, IMAGES)
     model, variables, teacher_outputs = _hint_student(t["feature_map"])

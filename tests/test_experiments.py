@@ -28,6 +28,7 @@ from experiments import (
     mnist_sweep,
     mnist_takd,
     model_costs,
+    report,
 )
 from kdjax.data import DataError
 from kdjax.runs import results as results_file
@@ -165,7 +166,7 @@ def test_every_default_config_is_valid_and_importing_defines_no_flags():
     assert "temperature" not in flags.FLAGS and "workdir" not in flags.FLAGS
     # Each seed's protocol stays the default.
     assert mnist_mlp_kd.Config().batch_size == 32 and mnist_mlp_kd.Config().epochs == 50
-    assert mnist_takd.Config().chain == ("seed003_teacher", "seed003_assistant", "mlp_784")
+    assert mnist_takd.Config().chain == ("tf_notebook_teacher", "tf_notebook_assistant", "mlp_784")
     assert hinton_mnist.Config().teacher_epochs == 300 and hinton_mnist.Config().temperature == 20
     assert mnist_sweep.Config().workdir == mnist_kd.Config().workdir  # they share a teacher
     keras = keras_mnist_kd.Config()  # the Keras example's settings
@@ -341,7 +342,7 @@ def test_mnist_mlp_kd_reports_correct_counts_per_arm(tmp_path, mnist_dir):
     )  # fmt: skip
     results = mnist_mlp_kd.run(config)
     check_schema(results, "mnist_mlp_kd", ["teacher", "student_scratch", "student_kd"])
-    assert results["config"]["batch_size"] == 32  # seed 004's default
+    assert results["config"]["batch_size"] == 32  # the MLP notebook's default
     assert results["study"]["transfer_examples"] == 128
     for arm in ("student_kd", "student_scratch"):
         counts = results["study"]["correct_out_of_test"][arm]["each"]
@@ -436,7 +437,7 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     check_schema(results, "cifar10_kd", ["teacher", *(f"student_{m}" for m in methods)])
     runs, study = results["runs"], results["study"]
     assert runs["teacher"]["parameters"] == 1_186_986
-    assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # seed 002's nets
+    assert runs["teacher"]["spec"]["model_settings"] == {"dropout": 0.1}  # the tutorial's nets
     assert runs["student_ce"]["parameters"] == 267_738
     assert runs["student_hint"]["spec"]["objective"] == "hint"  # its regressor is a head
     assert results["data"]["notice"].startswith("PARTIAL DATA SET")
@@ -459,12 +460,12 @@ def test_cifar10_kd_runs_every_method_then_resumes(tmp_path, capsys):
     assert "student CE + hint" in capsys.readouterr().out
 
     # A rerun reuses every finished run and the decoded-image cache; one method with the
-    # seed-001 preset and a weight override trains new runs.
+    # cnn_notebook preset and a weight override trains new runs.
     cifar10_kd.run(cifar10_kd.Config(**tiny, seeds=2))
     output = capsys.readouterr().out
     assert output.count("Reusing finished") == 5 and "read from the cache" in output
     kd_only = cifar10_kd.run(
-        cifar10_kd.Config(**tiny, method=("kd",), preset="seed001", soft_weight=0.5)
+        cifar10_kd.Config(**tiny, method=("kd",), preset="cnn_notebook", soft_weight=0.5)
     )
     assert list(kd_only["runs"]) == ["teacher", "student_kd"]
     assert "model_settings" not in kd_only["runs"]["teacher"]["spec"]  # no dropout
@@ -559,6 +560,56 @@ def test_mnist_kd_gain_is_paired_by_seed():
     assert gain["kd_ahead"] == 2 and gain["seeds"] == 3
     assert gain["mean_points"] == pytest.approx(1 / 3, abs=1e-4)
     assert "2 of 3 seeds" in mnist_kd.describe_gain(gain)
+
+
+def test_a_data_notice_is_printed_once_after_the_results(tmp_path, mnist_dir, monkeypatch, capsys):
+    notice = "Using the EMBEDDED sample, not full MNIST."
+    loaded = mnist_kd.mnist_setup.load_mnist(str(mnist_dir))
+    monkeypatch.setattr(
+        mnist_kd.mnist_setup,
+        "load_mnist",
+        lambda *args, **kwargs: dataclasses.replace(loaded, notice=notice),
+    )
+    dataset = mnist_kd.mnist_setup.load_data(mnist_kd.Config(workdir=str(tmp_path)))
+    start = capsys.readouterr().out
+    assert notice not in start and "see the NOTE after the results" in start
+    report.print_report(["run"], [["x"]], notes=report.data_notes(dataset), footer="")
+    assert capsys.readouterr().out.count(notice) == 1
+
+
+def test_counts_agree_with_their_nouns():
+    assert report.plural(1, "epoch") == "1 epoch" and report.plural(3, "epoch") == "3 epochs"
+    assert report.plural(0, "seed") == "0 seeds" and report.plural(2, "x", "xs!") == "2 xs!"
+
+
+def test_learning_curves_carry_the_spread_over_seeds_and_a_title_that_fits(tmp_path, monkeypatch):
+    population = [
+        {"epoch": 1, "test_accuracy": [0.5, 0.7]},
+        {"epoch": 2, "test_accuracy": [0.8, 0.8]},
+    ]
+    curve = report.mean_history(population)
+    assert [point["test_accuracy"] for point in curve] == pytest.approx([0.6, 0.8])
+    assert [point["test_accuracy_std"] for point in curve] == pytest.approx([2**-0.5 / 5, 0.0])
+    single = report.mean_history([{"epoch": 1, "test_accuracy": 0.9}])
+    assert single == [{"epoch": 1, "test_accuracy": 0.9}]
+
+    drawn = {}
+
+    def keep(drawing, path):  # the figure as it would be saved
+        drawn["figure"] = drawing
+        return Path(path)
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    title = "MNIST KD (T=3, alpha=0.7), embedded-sample, mean ± std of 3 students " * 2
+    report.plot_learning_curves(tmp_path / "c.png", {"kd": curve, "teacher": single}, title)
+    (axes,) = drawn["figure"].axes
+    assert len(axes.collections) == 1  # one band: the population's, not the single run's
+    lines = axes.get_title().splitlines()
+    assert len(lines) > 1 and max(map(len, lines)) <= 6 * report.TITLE_CHARACTERS_PER_INCH
+    assert " ".join(lines) == title.strip()
+    import matplotlib.pyplot as plt
+
+    plt.close(drawn["figure"])
 
 
 def test_results_record_installed_versions_and_lock_differences():

@@ -31,7 +31,7 @@ def same(first, second) -> bool:
 
 def test_holdout_split_sizes_and_seed():
     train, test = folds.holdout_split(8700, test_fraction=0.2, seed=42)
-    assert (len(train), len(test)) == (6960, 1740)  # the seed's 80/20
+    assert (len(train), len(test)) == (6960, 1740)  # the BioVid pipeline's 80/20
     assert np.intersect1d(train, test).size == 0
     again = folds.holdout_split(8700, test_fraction=0.2, seed=42)
     assert np.array_equal(again[1], test)

@@ -29,7 +29,7 @@ ALL = {
     "brightness": aug.brightness(0.2, 1.0),
     "pad_crop": aug.pad_crop(4),
     "crop_flip": aug.preset("crop_flip"),
-    "seed003": aug.compose(
+    "affine_brightness": aug.compose(
         aug.random_affine(max_degrees=180, zoom_range=(0.5, 1.0)), aug.brightness(0.2, 1.0)
     ),
 }

@@ -64,7 +64,7 @@ def test_a_shorter_run_keeps_the_learning_rate_drops_at_the_same_fractions():
     assert protocol.decay_epochs(240) == (150, 180, 210)
     assert protocol.decay_epochs(24) == (15, 18, 21)
     assert protocol.decay_epochs(2) == (1, 2)  # rounded, never before the first epoch
-    assert cifar_pairs.SEED_PROTOCOL.decay_epochs(10) == ()
+    assert cifar_pairs.NOTEBOOK_PROTOCOL.decay_epochs(10) == ()
 
 
 def test_the_resnet_pair_uses_repdistillers_protocol_and_weights():
@@ -77,13 +77,13 @@ def test_the_resnet_pair_uses_repdistillers_protocol_and_weights():
         "temperature": 4.0, "hard_weight": 0.1, "soft_weight": 0.9,
     }  # fmt: skip
     assert cifar10_kd.method_weights(config, "hint")["soft_weight"] == 100.0
-    seed = cifar10_kd.Config(learning_rate=5e-4).training_protocol()
-    assert (seed.optimizer, seed.learning_rate, seed.epochs) == ("adam", 5e-4, 10)
-    # The seed nets under RepDistiller's protocol keep their own loss weights.
-    long_seed = cifar10_kd.Config(preset="seed002", protocol="repdistiller")
-    assert long_seed.training_protocol() == cifar_pairs.REPDISTILLER_PROTOCOL
-    assert long_seed.run_epochs() == {"teacher": 240, "student": 240}
-    assert cifar10_kd.method_weights(long_seed, "kd")["temperature"] == 2.0
+    notebook = cifar10_kd.Config(learning_rate=5e-4).training_protocol()
+    assert (notebook.optimizer, notebook.learning_rate, notebook.epochs) == ("adam", 5e-4, 10)
+    # The tutorial's nets under RepDistiller's protocol keep their own loss weights.
+    long_tutorial = cifar10_kd.Config(preset="pytorch_tutorial", protocol="repdistiller")
+    assert long_tutorial.training_protocol() == cifar_pairs.REPDISTILLER_PROTOCOL
+    assert long_tutorial.run_epochs() == {"teacher": 240, "student": 240}
+    assert cifar10_kd.method_weights(long_tutorial, "kd")["temperature"] == 2.0
     with pytest.raises(ValueError, match="--protocol must be one of"):
         cifar10_kd.Config(protocol="adamw")
 
@@ -130,7 +130,7 @@ def test_cifar10_kd_compares_methods_over_seeds_on_a_training_subset(tmp_path):
     assert study["costs"]["kd"]["seconds_per_step"] > 0
     assert study["costs"]["kd"]["extra_over_baseline"] is not None
     assert [row["published"] for row in study["comparison"]] == [75.60, 70.41, 70.19]
-    assert results["runs"]["student_kd"]["spec"]["temperature"] == 2.0  # seed 002's KD
+    assert results["runs"]["student_kd"]["spec"]["temperature"] == 2.0  # the tutorial's KD
 
 
 @pytest.mark.slow

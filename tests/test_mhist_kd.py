@@ -83,7 +83,7 @@ def test_keras_scaling_is_the_specs_normalisation():
 
 def test_a_stored_teacher_with_augmentation_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--teacher_mode=stored .* --augment=none"):
-        tiny_config(tmp_path, tmp_path, teacher_mode="stored", augment="seed")
+        tiny_config(tmp_path, tmp_path, teacher_mode="stored", augment="notebook")
     with pytest.raises(ValueError, match="--data_dir must name"):
         mhist_kd.Config()
 
@@ -104,7 +104,9 @@ def test_kd_study_imports_the_weights_trains_and_scores_from_probabilities(tmp_p
     document = mhist_kd.run(config)
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert results["schema"] == "kdjax.results/1" and results["command"] == "mhist_kd"
-    assert results["study"]["augment"] == "seed" and results["study"]["teacher_mode"] == "online"
+    assert (
+        results["study"]["augment"] == "notebook" and results["study"]["teacher_mode"] == "online"
+    )
     expected = {"teacher"} | {
         f"{role}_seed{seed}"
         for role in ("student_scratch", "student_transfer", "student_kd")

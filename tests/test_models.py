@@ -162,7 +162,7 @@ def test_general_conv2d_matches_xla_values_and_gradients(size, spatial, padding,
 @pytest.mark.parametrize(
     ("taps", "padding", "stride", "length"),
     [
-        (5, (0, 0), 1, 20),  # seed 002's second convolution
+        (5, (0, 0), 1, 20),  # the BioVid pipeline's second convolution
         (5, (0, 0), 2, 20),  # its first: every position read
         (5, (0, 0), 2, 21),  # a tail the strided convolution never reads
         (9, (4, 4), 4, 23),  # the SignalCNN stem, "SAME" at stride 4

@@ -1,6 +1,6 @@
-"""Tests for kdjax.models.signal_models: the seed's network against PyTorch with the same
-weights, hand-computed parameter counts, output shapes, dropout, and a recipe
-that learns a toy task."""
+"""Tests for kdjax.models.signal_models: the BioVid pipeline's network against PyTorch
+with the same weights, hand-computed parameter counts, output shapes, dropout, and a
+recipe that learns a toy task."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def shapes(model, length=LENGTH, channels=1):
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, length, channels)))
 
 
-def test_the_seed_network_has_the_hand_computed_parameter_count():
+def test_the_pipeline_network_has_the_hand_computed_parameter_count():
     params = shapes(Conv1DNet())["params"]
     # conv 1→32 k5: 5·32 + 32; conv 32→64 k5: 5·32·64 + 64;
     # dense 22,336→512 (64 channels × 349 steps); dense 512→5.
@@ -60,7 +60,7 @@ def test_conv1d_net_equals_the_seeds_pytorch_model_with_the_same_weights(dense_r
     conv2 = nn.Conv1d(32, 64, kernel_size=5)
     fc1, fc2 = nn.Linear(22336, 512), nn.Linear(512, 5)
 
-    def seed_forward(x):  # the seed's Conv1D_model.forward; relu3 only if asked
+    def pipeline_forward(x):  # the pipeline's Conv1D_model.forward; relu3 only if asked
         x = nn.functional.max_pool1d(torch.relu(conv1(x)), 2)
         x = nn.functional.max_pool1d(torch.relu(conv2(x)), 2)
         x = fc1(x.view(x.size(0), -1))
@@ -83,14 +83,14 @@ def test_conv1d_net_equals_the_seeds_pytorch_model_with_the_same_weights(dense_r
     }
     signals = np.random.default_rng(0).uniform(size=(4, LENGTH, 1)).astype(np.float32)
     with torch.no_grad():
-        expected = seed_forward(torch.from_numpy(signals.transpose(0, 2, 1))).numpy()
+        expected = pipeline_forward(torch.from_numpy(signals.transpose(0, 2, 1))).numpy()
     model = Conv1DNet(dense_relu=dense_relu)
     logits = jax.jit(model.apply)({"params": params}, signals)["logits"]
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_without_the_relu_the_seeds_head_is_one_linear_map():
-    model = Conv1DNet(hidden=16)  # the seed's layout, a narrower hidden layer
+    model = Conv1DNet(hidden=16)  # the pipeline's layout, a narrower hidden layer
     variables = init(model, length=256)
     params = variables["params"]
     signals = jax.random.uniform(jax.random.key(1), (2, 256, 1))

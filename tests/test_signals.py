@@ -29,6 +29,7 @@ from kdjax.data.signals import (
     parse_file_name,
     preprocess,
     read_channels,
+    samples_folder,
     smooth,
 )
 
@@ -36,8 +37,8 @@ HEADER = "time\tgsr\tecg\temg_trapezius\temg_corrugator\temg_zygomaticus"
 ROWS = 40
 
 
-def seed_preprocess(signal: np.ndarray) -> np.ndarray:
-    """Seed 002's ``preprocess_gsr_signal``, copied as the reference (valid inputs)."""
+def pipeline_preprocess(signal: np.ndarray) -> np.ndarray:
+    """The BioVid pipeline's ``preprocess_gsr_signal``, copied as the reference (valid inputs)."""
     signal = np.array(signal)
     signal = signal[~np.isnan(signal)]
     smoothed = savgol_filter(signal, window_length=5, polyorder=2)
@@ -93,7 +94,7 @@ def test_smoothing_keeps_a_parabola_and_averages_a_spike():
     np.testing.assert_allclose(smooth(spike)[3:8], np.array([-3, 12, 17, 12, -3]) / 35)
 
 
-def test_outliers_are_dropped_one_sided_as_in_the_seed():
+def test_outliers_are_dropped_one_sided_as_in_the_pipeline():
     signal = np.r_[np.zeros(30), 10.0, -10.0]
     kept, count = drop_outliers(signal)
     z = (signal - signal.mean()) / signal.std()
@@ -112,13 +113,13 @@ def test_fit_length_pads_with_zeros_or_truncates():
     np.testing.assert_array_equal(fit_length(np.arange(5.0), 3), [0.0, 1.0, 2.0])
 
 
-def test_preprocess_equals_the_seeds_function():
+def test_preprocess_equals_the_pipelines_function():
     rng = np.random.default_rng(0)
     signal = np.cumsum(rng.normal(size=300))
     signal[[17, 150]] = np.nan
     signal[200] = 80.0  # an artefact far above the rest
     clean, dropped = preprocess(signal)
-    reference = seed_preprocess(signal)
+    reference = pipeline_preprocess(signal)
     np.testing.assert_allclose(clean, reference)
     assert dropped.nans == 2
     assert dropped.outliers == 298 - reference.size > 0
@@ -149,10 +150,40 @@ def test_per_subject_layout_gives_classes_subjects_and_preprocessed_signals(tmp_
     np.testing.assert_array_equal(dataset.subjects, [0] * 5 + [1] * 5)
     np.testing.assert_array_equal(dataset.ids, np.arange(10))
     first = dataset.names.tolist().index("081609_w_40/081609_w_40-PA3-030_bio.csv")
-    expected = fit_length(seed_preprocess(gsr_values(3, 0)), ROWS)
+    expected = fit_length(pipeline_preprocess(gsr_values(3, 0)), ROWS)
     np.testing.assert_allclose(dataset.signals[first, :, 0], expected, rtol=1e-6, atol=1e-7)
     summary = dataset.summary()
     assert summary["class_counts"] == [2] * 5 and summary["subjects"] == 2
+
+
+def test_the_databases_extracted_folder_is_read_from_its_filtered_signals(tmp_path):
+    part_a = tmp_path / "PartA"
+    filtered = per_subject_tree(part_a / "biosignals_filtered")
+    # The raw signals beside them (another scale: reading them would change the data),
+    # the videos and the database's sample list are not read.
+    raw = per_subject_tree(part_a / "biosignals_raw", subjects=("072414_m_23",))
+    for path in raw.rglob("*.csv"):
+        path.write_text(sample_text(1000 + np.arange(ROWS, dtype=np.float64)))
+    write(part_a / "video" / "072414_m_23" / "072414_m_23-BL1-000.mp4", "")
+    write(part_a / "samples.csv", "subject_id\tsubject_name\n")
+    assert samples_folder(part_a) == filtered and samples_folder(filtered) == filtered
+    messages = []
+    whole = load_biovid(part_a, cache_dir=tmp_path / "cache", log=messages.append)
+    direct = load_biovid(filtered, log=lambda _: None)
+    np.testing.assert_array_equal(whole.signals, direct.signals)
+    assert whole.names.tolist() == direct.names.tolist()
+    assert whole.names[0] == "072414_m_23/072414_m_23-BL1-000_bio.csv"
+    assert f"from {filtered} " in messages[-2]
+    # The same samples: the preprocessed cache written through one path serves the other.
+    cached = []
+    load_biovid(filtered, cache_dir=tmp_path / "cache", log=cached.append)
+    assert "from the cache" in cached[0]
+
+
+def test_a_folder_without_samples_names_the_folder_to_pass(tmp_path):
+    (tmp_path / "PartA" / "biosignals_raw" / "072414_m_23").mkdir(parents=True)
+    with pytest.raises(DataError, match="the one that holds biosignals_filtered/"):
+        load_biovid(tmp_path / "PartA", log=lambda _: None)
 
 
 def test_pain_level_layout_with_numbered_or_named_folders(tmp_path):

@@ -31,7 +31,8 @@ import numpy as np
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
-# ImageNet statistics, which seeds 001 and 002 use for CIFAR-10.
+# ImageNet statistics, which the CIFAR-10 CNN notebook and the PyTorch KD tutorial use
+# for CIFAR-10.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -100,7 +101,7 @@ class Split:
         return digest.hexdigest()
 
     def take(self, count: int) -> Split:
-        """The first ``count`` examples (e.g. seed 004's 10k transfer set)."""
+        """The first ``count`` examples (e.g. the MLP notebook's 10k transfer set)."""
         return Split(self.images[:count], self.labels[:count], self.ids[:count])
 
 
@@ -343,7 +344,7 @@ def load_mnist_embedded() -> Dataset:
         rows = np.flatnonzero(labels == label)
         is_test[rows[-_EMBEDDED_TEST_PER_CLASS:]] = True
     # The file is sorted by class; a fixed shuffle makes "the first N training
-    # images" (seed 004's transfer set) a class-balanced sample, as in real MNIST.
+    # images" (the MLP notebook's transfer set) a class-balanced sample, as in real MNIST.
     shuffle = np.random.default_rng(0).permutation(len(labels))
     images, labels, ids, is_test = images[shuffle], labels[shuffle], ids[shuffle], is_test[shuffle]
     notice = (

@@ -1,6 +1,6 @@
 """Cross-validation splits as lists of ``(train_indices, test_indices)``.
 
-Seed 002 evaluates on random splits (an 80/20 hold-out and sklearn's
+The BioVid pipeline evaluates on random splits (an 80/20 hold-out and sklearn's
 ``KFold(shuffle=True)``, not stratified), which put windows of the same person
 in training and test. The pain-recognition literature reports
 subject-independent results instead; :func:`subject_k_fold` and
@@ -38,7 +38,7 @@ def _complement(test: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
 def holdout_split(
     num_examples: int, *, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random split, ``round(test_fraction · N)`` examples in test (the seed's
+    """One random split, ``round(test_fraction · N)`` examples in test (the pipeline's
     ``train_test_split(test_size=0.2)``; 8,700 → 6,960 / 1,740).
 
     Example:
@@ -56,7 +56,7 @@ def holdout_split(
 
 
 def k_fold(num_examples: int, num_folds: int, *, seed: int = 0) -> Folds:
-    """Random k-fold, not stratified (the seed's ``KFold(shuffle=True)``): the
+    """Random k-fold, not stratified (the pipeline's ``KFold(shuffle=True)``): the
     examples are shuffled and cut into ``num_folds`` parts whose sizes differ by at
     most one; each part is the test set once.
 

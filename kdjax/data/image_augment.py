@@ -4,9 +4,9 @@ Every augmentation has the form ``augment(key, batch) -> batch``: ``batch`` is a
 whose ``"images"`` are ``[B, H, W, C]`` raw pixel values (``uint8``, or floats in
 ``[0, 255]``); other entries pass through untouched, and the images keep their shape
 and dtype (``uint8`` results are rounded and clipped). Draws are per image, so a batch
-sees many transformations, and fresh each step — unlike seed 003, which drew one
-random transformation per image once, before training, and applied it to the test
-images too. Apply augmentations to training batches only.
+sees many transformations, and fresh each step — unlike the TensorFlow notebook, which
+drew one random transformation per image once, before training, and applied it to the
+test images too. Apply augmentations to training batches only.
 
 Factories (each returns an augmentation):
 
@@ -18,7 +18,7 @@ Factories (each returns an augmentation):
 - :func:`brightness` — multiply by a uniform factor, clip to ``[0, 255]``;
 - :func:`compose` — chain augmentations, each with its own sub-key.
 
-Seed 003's ``ImageDataGenerator(rotation_range=180, zoom_range=[0.5, 1.0],
+The TensorFlow notebook's ``ImageDataGenerator(rotation_range=180, zoom_range=[0.5, 1.0],
 brightness_range=[0.2, 1.0])`` is::
 
     augment = compose(random_affine(max_degrees=180, zoom_range=(0.5, 1.0)),
@@ -267,9 +267,9 @@ def compose(*augments: Augment) -> Augment:
 
 # Named augmentations (the name a run records, RunSpec.image_augment), built lazily.
 PRESETS = {
-    # Seed 003's ImageDataGenerator (rotation 180°, zoom 0.5–1, brightness 0.2–1),
+    # The TensorFlow notebook's ImageDataGenerator (rotation 180°, zoom 0.5–1, brightness 0.2–1),
     # plus flips; drawn per image and per step, training batches only.
-    "seed003": lambda: compose(
+    "tf_notebook": lambda: compose(
         flip(horizontal=True, vertical=True),
         random_affine(max_degrees=180.0, zoom_range=(0.5, 1.0)),
         brightness(0.2, 1.0),

@@ -6,8 +6,9 @@ An objective maps ``(outputs, batch, hyperparams)`` to ``(per_example_loss, part
 the labels and the teacher's outputs under ``"teacher_<name>"`` (stored rows, or
 computed in the step by an online teacher), ``hyperparams`` the traced scalars
 ``temperature``, ``hard_weight`` and ``soft_weight``. The weights are the loss
-convention of seeds 001/002; seed 000's ``alpha`` is ``hard_weight = alpha,
-soft_weight = 1 − alpha`` (:func:`alpha_weights`).
+convention of the CIFAR-10 CNN notebook and the PyTorch KD tutorial; the R MNIST
+notebook's ``alpha`` is ``hard_weight = alpha, soft_weight = 1 − alpha``
+(:func:`alpha_weights`).
 
 Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``;
 feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``, ``sp``; feature
@@ -71,7 +72,8 @@ def _kd_term(outputs, teacher, hyperparams, batch):
 
 def _cosine_term(outputs, teacher, hyperparams, batch):
     """``1 − cos`` between the student's flattened features and the teacher's,
-    average-pooled to the student's width (seed 002's cosine run: 2048 → 1024)."""
+    average-pooled to the student's width (the PyTorch KD tutorial's cosine run:
+    2048 → 1024)."""
     del hyperparams, batch
     student = outputs["features"]
     return losses.cosine_embedding_loss(
@@ -170,7 +172,7 @@ def get_objective(name: str) -> Objective:
 
 
 def alpha_weights(alpha: float) -> dict[str, float]:
-    """Seed 000's convention ``alpha·CE + (1 − alpha)·soft`` as the two weights
+    """The R MNIST notebook's convention ``alpha·CE + (1 − alpha)·soft`` as the two weights
     (``1 − alpha`` rounded to 12 digits, so 0.7 gives 0.3, not 0.30000000000000004)."""
     return {"hard_weight": alpha, "soft_weight": round(1.0 - alpha, 12)}
 

@@ -1,7 +1,7 @@
 """The soft-target store: a frozen teacher's logits, computed once, keyed by example id.
 
-Seed 000 keeps the teacher's outputs for all training images as arrays beside the
-images and labels. kdjax does the same, with two corrections: it stores
+The R MNIST notebook keeps the teacher's outputs for all training images as arrays
+beside the images and labels. kdjax does the same, with two corrections: it stores
 **logits** (so any temperature can be applied later, to teacher and student
 alike), and it stores the **example ids** with them, so a row is found by id, never
 by position in a loader.

@@ -281,8 +281,8 @@ def soft_target_cross_entropy(
     """Temperature-scaled cross-entropy against the teacher's soft targets, per example.
 
     ``T² · (−Σ_c p_c log q_c)`` with ``p = softmax(teacher/T)``, ``q = softmax(student/T)``:
-    the soft term of seed 003 (Keras' ``CategoricalCrossentropy`` on softened
-    outputs, times ``T²``). It differs from :func:`distillation_kl` by
+    the soft term of the TensorFlow notebook (Keras' ``CategoricalCrossentropy`` on
+    softened outputs, times ``T²``). It differs from :func:`distillation_kl` by
     ``T² · H(p)``, a constant with respect to the student, so both give the same
     gradient; only the reported value differs. It is computed as that sum, so its
     gradient keeps the KL's precision at a high temperature.
@@ -329,13 +329,14 @@ def kd_loss(
 
     ``alpha · CE(student, labels) + (1 − alpha) · T² · KL(softmax(t/T) ‖ softmax(s/T))``:
     ``alpha`` weights the hard labels, ``1 − alpha`` the teacher (the convention
-    of seeds 000, 003 and 004). The batch mean equals PyTorch::
+    of the R MNIST, TensorFlow and MLP notebooks). The batch mean equals PyTorch::
 
         alpha * F.cross_entropy(s, y) + (1 - alpha) * T**2 * F.kl_div(
             F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction='batchmean')
 
-    which is seed 000's loss with the temperature applied to both sides (the seed
-    softens only the student). For two independent weights (seeds 001/002), add
+    which is the R MNIST notebook's loss with the temperature applied to both sides
+    (the notebook softens only the student). For two independent weights (the CIFAR-10
+    CNN notebook, the PyTorch KD tutorial), add
     :func:`cross_entropy` and :func:`distillation_kl` yourself. With
     ``standardize=True`` only the KL term sees z-scored logits (as in Sun et al.'s
     code); the cross-entropy keeps the raw student logits. Their CIFAR-100 weights,

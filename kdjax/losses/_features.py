@@ -128,9 +128,9 @@ def pool_features(features: ArrayLike, size: int) -> Array:
     """Average-pools flattened ``[batch, D]`` features to ``[batch, size]``.
 
     Adjacent groups of ``D / size`` elements are averaged: PyTorch
-    ``F.avg_pool1d(features, D // size)``, as seed 002 uses to match the teacher's
-    2048 features to the student's 1024 before the cosine loss. ``D`` must be a
-    multiple of ``size``.
+    ``F.avg_pool1d(features, D // size)``, as the PyTorch KD tutorial uses to match the
+    teacher's 2048 features to the student's 1024 before the cosine loss. ``D`` must be
+    a multiple of ``size``.
 
     Examples:
       >>> import jax.numpy as jnp

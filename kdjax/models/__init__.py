@@ -38,8 +38,8 @@ def _flatten(x: jax.Array) -> jax.Array:
 
 class SmallConvNet(nn.Module):
     """Two 3×3 convolutions (8 and 16 channels, pad 1), max-pool 2, channel dropout
-    (PyTorch ``Dropout2d``), dense 32, dense ``num_classes``: seed 000's student
-    ("StudentNet", 101,962 parameters on MNIST)."""
+    (PyTorch ``Dropout2d``), dense 32, dense ``num_classes``: the R MNIST
+    notebook's student ("StudentNet", 101,962 parameters on MNIST)."""
 
     num_classes: int = 10
     channel_dropout: float = 0.25
@@ -62,7 +62,8 @@ class SmallConvNet(nn.Module):
 class ConvNet(nn.Module):
     """Conv 32 (3×3 same), max-pool 2, conv 64 (3×3 same),
     max-pool 2, dropout 0.25, dense 3136→128, dropout 0.5, dense 10 (421,642
-    parameters, about 99% test accuracy; seed 000's own teacher reached 98.75%).
+    parameters, about 99% test accuracy; the R MNIST notebook's own teacher reached
+    98.75%).
 
     Pooling after the first convolution, as in the TensorFlow MNIST tutorials,
     runs the 32→64 convolution on 14×14 maps: a quarter of the FLOPs of the
@@ -88,8 +89,8 @@ class ConvNet(nn.Module):
 class MLP(nn.Module):
     """A ReLU multilayer perceptron on flattened images.
 
-    ``hidden_sizes=(800, 800), dropout=0.5`` is seed 004's teacher; ``(200, 200)``
-    with no dropout its student; ``(784, 784)`` seed 003's student;
+    ``hidden_sizes=(800, 800), dropout=0.5`` is the MLP notebook's teacher; ``(200,
+    200)`` with no dropout its student; ``(784, 784)`` the TensorFlow notebook's student;
     ``(1200, 1200)`` with input dropout 0.2 and hidden dropout 0.5 Hinton et al.'s
     2015 MNIST teacher (the dropout net of Srivastava et al. 2014).
     """
@@ -115,7 +116,7 @@ class MLP(nn.Module):
 class OverlapPoolConvNet(nn.Module):
     """Conv 32 (3×3 same), an overlapping max-pool (2×2, stride 1, same), conv 64
     (3×3 same), max-pool 2×2 stride 2, dropout 0.5, dense 128, dropout 0.5, dense
-    ``num_classes``: seed 003's MNIST teacher."""
+    ``num_classes``: the TensorFlow notebook's MNIST teacher."""
 
     num_classes: int = 10
 
@@ -135,8 +136,8 @@ class OverlapPoolConvNet(nn.Module):
 
 class ConvMLP(nn.Module):
     """One convolution feeding an MLP: conv 32 (3×3 same), max-pool 2×2 stride 1
-    (same), dense 784, dense 784, dropout 0.5, dense ``num_classes``: seed 003's
-    teacher assistant (TAKD)."""
+    (same), dense 784, dense 784, dropout 0.5, dense ``num_classes``: the
+    TensorFlow notebook's teacher assistant (TAKD)."""
 
     num_classes: int = 10
 
@@ -158,14 +159,14 @@ def _flatten_channels_first(x: jax.Array) -> jax.Array:
 
 
 class FourConvNet(nn.Module):
-    """Four 3×3 convolutions in two pooled stages (seeds 001/002's CIFAR-10 teacher,
-    "DeepNN"): conv 3→128, conv 128→64, max-pool,
+    """Four 3×3 convolutions in two pooled stages (the CIFAR-10 teacher "DeepNN" of the
+    CIFAR-10 CNN notebook and the PyTorch KD tutorial): conv 3→128, conv 128→64, max-pool,
     conv 64→64, conv 64→32, max-pool (all 3×3, pad 1, ReLU), flatten 2048, dense 512,
-    ReLU, [dropout], dense 10 — 1,186,986 parameters. Seed 001 has no dropout,
-    seed 002 has 0.1.
+    ReLU, [dropout], dense 10 — 1,186,986 parameters. The notebook has no dropout,
+    the tutorial 0.1.
 
     ``features`` is the flattened last conv map in PyTorch's channel-first order, so
-    seed 002's ``avg_pool1d`` over it (the cosine run) pairs the same elements.
+    the tutorial's ``avg_pool1d`` over it (the cosine run) pairs the same elements.
     """
 
     num_classes: int = 10
@@ -188,10 +189,11 @@ class FourConvNet(nn.Module):
 
 
 class TwoConvNet(nn.Module):
-    """Two 3×3 convolutions, each pooled (seeds 001/002's CIFAR-10 student, "LightNN"):
+    """Two 3×3 convolutions, each pooled (the CIFAR-10 student "LightNN" of the CIFAR-10
+    CNN notebook and the PyTorch KD tutorial):
     conv 3→16, max-pool, conv 16→16,
     max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
-    267,738 parameters. Seed 002's hint regressor (conv 16→32, 3×3) is the ``hint``
+    267,738 parameters. The tutorial's hint regressor (conv 16→32, 3×3) is the ``hint``
     method's head beside the student (:class:`kdjax.models.heads.HintHead`), not part of it.
     """
 

@@ -2,11 +2,12 @@
 
 :class:`ResNet50V2` and :class:`MobileNetV2` reproduce ``keras.applications.ResNet50V2``
 and ``keras.applications.MobileNetV2(alpha=1.0)`` with ``include_top=False``, then add
-global average pooling and a fresh dense head of ``num_classes`` (seed 003's MHIST
-models). Every Flax submodule carries the Keras layer's name (``conv4_block6_2_conv``,
-``block_13_depthwise_BN``), all at the top level of the parameter tree, so importing
-Keras weights (:mod:`kdjax.models.pretrained`) is a rename, and layer-name patterns select
-layers to freeze (:mod:`kdjax.models.freezing`). The head is ``head``.
+global average pooling and a fresh dense head of ``num_classes`` (the TensorFlow
+notebook's MHIST models). Every Flax submodule carries the Keras layer's name
+(``conv4_block6_2_conv``, ``block_13_depthwise_BN``), all at the top level of the
+parameter tree, so importing Keras weights (:mod:`kdjax.models.pretrained`) is a rename,
+and layer-name patterns select layers to freeze (:mod:`kdjax.models.freezing`). The head
+is ``head``.
 
 Like every kdjax model, a backbone maps ``[B, H, W, 3]`` float images to
 ``{"logits", "features", "feature_map"}``: ``features`` is the pooled vector,

@@ -48,7 +48,7 @@ def deployed_variables(variables: dict) -> dict:
 
 class HintHead(nn.Module):
     """FitNets: a linear ``kernel_size`` convolution maps the student's last conv map to
-    the teacher's channels (seed 002's 16→32 3×3 regressor); output ``"hint"``."""
+    the teacher's channels (the PyTorch KD tutorial's 16→32 3×3 regressor); output ``"hint"``."""
 
     kernel_size: int = 3
 

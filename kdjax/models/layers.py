@@ -314,8 +314,8 @@ def conv1d(
 
 class Dense(nn.Module):
     """A dense layer, parameters named as ``nn.Dense``'s, initialised as PyTorch's
-    ``nn.Linear`` (the seeds' networks are PyTorch models; their reported
-    accuracies were reached from that initialisation)."""
+    ``nn.Linear`` (the networks of the PyTorch notebooks and tutorial are PyTorch
+    models; their reported accuracies were reached from that initialisation)."""
 
     features: int
 

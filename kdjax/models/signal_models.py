@@ -6,15 +6,15 @@ classifier head) and, for the convolutional trunk, ``"feature_map"``, like
 :mod:`kdjax.models`. Dropout is active only with ``train=True`` and draws from
 the ``"dropout"`` RNG stream.
 
-* :class:`Conv1DNet` — seed 002's network, by default exactly: conv 1→32 (k5,
+* :class:`Conv1DNet` — the BioVid pipeline's network, by default exactly: conv 1→32 (k5,
   stride 2), ReLU, max-pool 2, conv 32→64 (k5), ReLU, max-pool 2, flatten
   (22,336 for 2,816 samples), dense 512, dense 5 — **no ReLU between the two
-  dense layers**: the seed defines ``relu3`` but never calls it, so its head is
+  dense layers**: the pipeline defines ``relu3`` but never calls it, so its head is
   one linear map of rank ≤ 512. ``dense_relu=True`` adds it.
 * :class:`SignalCNN` — a small recipe that learns on a CPU: a strided first
   convolution, three conv/ReLU/max-pool blocks, global mean and max pooling
   over time (so it does not care where in the window a response falls;
-  47,301 parameters, about 240× fewer than the seed's network), dropout, a
+  47,301 parameters, about 240× fewer than the pipeline's network), dropout, a
   small dense head.
 
 Convolutions are :func:`kdjax.models.layers.conv1d` (XLA's 1-D convolution, gradients
@@ -94,14 +94,14 @@ def max_pool_1d(signals: jax.Array, window: int = 2) -> jax.Array:
 
 
 def _flatten_channels_first(feature_map: jax.Array) -> jax.Array:
-    """Flatten ``[B, L, C]`` in PyTorch's ``[B, C, L]`` order, so the seed's dense
-    weights line up element for element."""
+    """Flatten ``[B, L, C]`` in PyTorch's ``[B, C, L]`` order, so the pipeline's
+    dense weights line up element for element."""
     return feature_map.transpose(0, 2, 1).reshape(feature_map.shape[0], -1)
 
 
 class Conv1DNet(nn.Module):
     """Convolutions (ReLU, max-pool 2 after each), flatten, dense ``hidden``, dense
-    ``num_classes``. The defaults are seed 002's network (11,449,605 parameters
+    ``num_classes``. The defaults are the BioVid pipeline's network (11,449,605 parameters
     for 2,816 samples and one channel), its missing ReLU included.
 
     Example:

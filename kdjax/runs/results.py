@@ -57,6 +57,12 @@ def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``count`` and ``noun`` in agreement: ``plural(1, "epoch")`` is ``"1 epoch"``,
+    ``plural(3, "epoch")`` is ``"3 epochs"`` (``plural_form`` for irregular nouns)."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def peak_resident_mib() -> float:
     """This process's peak resident memory so far, in MiB."""
     import resource

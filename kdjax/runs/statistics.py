@@ -37,12 +37,17 @@ def count_summary(accuracies, test_size: int, *, errors: bool = False) -> dict:
 
 
 def mean_history(history: list[dict]) -> list[dict]:
-    """Per-epoch test accuracy averaged over a population's students (a single run's
-    history passes through unchanged)."""
-    return [
-        {"epoch": entry["epoch"], "test_accuracy": float(np.mean(entry["test_accuracy"]))}
-        for entry in history
-    ]
+    """Per-epoch test accuracy averaged over a population's students, with its sample
+    standard deviation as ``test_accuracy_std`` when there are several (a single run's
+    history passes through without it)."""
+    curve = []
+    for entry in history:
+        summary = mean_std(entry["test_accuracy"])
+        point = {"epoch": entry["epoch"], "test_accuracy": summary["mean"]}
+        if len(summary["each"]) > 1:
+            point["test_accuracy_std"] = summary["std"]
+        curve.append(point)
+    return curve
 
 
 def format_mean_std(summary: dict, scale: float = 100.0, digits: int = 2) -> str:

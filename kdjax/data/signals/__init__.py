@@ -1,7 +1,8 @@
-"""Physiological signals in the BioVid Heat Pain format (seed 002's second half).
+"""Physiological signals in the BioVid Heat Pain format, for the BioVid pain-recognition
+pipeline.
 
 * :mod:`kdjax.data.signals.files` — the two folder layouts and reading one CSV;
-* :mod:`kdjax.data.signals.preprocess` — the seed's per-signal preprocessing;
+* :mod:`kdjax.data.signals.preprocess` — the pipeline's per-signal preprocessing;
 * :mod:`kdjax.data.signals.dataset` — :func:`load_biovid` (check, preprocess, cache)
   and :class:`SignalSet`;
 * :mod:`kdjax.data.signals.tasks` — two-class tasks and level errors (MAE, RMSE).
@@ -22,6 +23,7 @@ from kdjax.data.signals.files import (
     find_samples,
     parse_file_name,
     read_channels,
+    samples_folder,
 )
 from kdjax.data.signals.preprocess import (
     Dropped,
@@ -56,5 +58,6 @@ __all__ = [
     "parse_file_name",
     "preprocess",
     "read_channels",
+    "samples_folder",
     "smooth",
 ]

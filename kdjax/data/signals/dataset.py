@@ -36,6 +36,7 @@ from kdjax.data.signals.files import (
     SAMPLING_RATE,
     find_samples,
     read_channels,
+    samples_folder,
 )
 
 LENGTH_TOLERANCE = 0.10
@@ -239,7 +240,8 @@ def load_biovid(
     sample ids numbered in sorted relative-path order.
 
     Args:
-      data_dir: the data folder.
+      data_dir: the data folder, or the database's extracted folder (the one that
+        holds ``biosignals_filtered/``, which is then read).
       channels: which columns to read, any of :data:`CHANNELS`.
       length: the common length; default the longest preprocessed signal.
       cache_dir: where to keep the preprocessed arrays (none kept when None).
@@ -311,7 +313,8 @@ def load_biovid(
     )
     log(
         f"Read and preprocessed {len(samples)} samples ({layout} layout, "
-        f"{', '.join(channels)} at {SAMPLING_RATE} Hz, length {length}) from {data_dir} "
+        f"{', '.join(channels)} at {SAMPLING_RATE} Hz, length {length}) from "
+        f"{samples_folder(data_dir)} "
         f"in {time.perf_counter() - start:.1f} s."
     )
     if cache_path is not None and _write_cache(cache_path, dataset, log):

@@ -2,7 +2,7 @@
 
 Two folder layouts are understood (see :func:`find_samples`):
 
-* **pain-level folders** (seed 002's): ``DATA/<level>/<any name>.csv`` with
+* **pain-level folders** (the BioVid pipeline's): ``DATA/<level>/<any name>.csv`` with
   ``<level>`` one of ``0 1 2 3 4`` or ``BL1 PA1 PA2 PA3 PA4``. The class is the
   folder; the subject is read from the file name when it follows the
   database's pattern (else it is unknown, ``""``).
@@ -11,6 +11,11 @@ Two folder layouts are understood (see :func:`find_samples`):
   ``072414_m_23/072414_m_23-PA2-034_bio.csv``; class and subject come from the
   file name, and the subject must match its folder. CSV files directly in
   ``DATA`` are read the same way.
+
+``DATA`` may also be the database's extracted folder (part A's, which holds
+``biosignals_filtered/``, ``biosignals_raw/`` and ``video/``): the samples are then
+read from its ``biosignals_filtered/`` (:func:`samples_folder`), with the same
+relative names as when that folder is given itself.
 
 Files may be gzip-compressed (``.csv.gz``), but one window must not be stored
 both ways. Every problem — a missing column, an unparsable or infinite number, an
@@ -36,6 +41,9 @@ CHANNELS = ("gsr", "ecg", "emg_trapezius", "emg_corrugator", "emg_zygomaticus")
 CLASS_NAMES = ("BL1", "PA1", "PA2", "PA3", "PA4")
 SAMPLING_RATE = 512
 WINDOW_LENGTH = 2816  # 5.5 s at 512 Hz
+# The folder of the database's extracted part A that holds the filtered signals, one
+# sub-folder per subject.
+FILTERED_FOLDER = "biosignals_filtered"
 
 _LEVEL_FOLDERS = {str(level): level for level in range(5)} | {
     name: level for level, name in enumerate(CLASS_NAMES)
@@ -88,17 +96,33 @@ def _from_name(path: Path, root: Path) -> SampleFile:
     return SampleFile(path, path.relative_to(root).as_posix(), label, subject)
 
 
+def samples_folder(data_dir: str | os.PathLike) -> Path:
+    """The folder the samples of ``data_dir`` are read from: its
+    :data:`FILTERED_FOLDER` when it is the database's extracted folder (it holds one),
+    else ``data_dir`` itself.
+
+    Example:
+      >>> samples_folder("biovid/PartA")  # doctest: +SKIP
+      PosixPath('biovid/PartA/biosignals_filtered')
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: the data folder does not exist or is not a folder.")
+    filtered = root / FILTERED_FOLDER
+    return filtered if filtered.is_dir() else root
+
+
 def find_samples(data_dir: str | os.PathLike) -> tuple[str, list[SampleFile]]:
     """Every sample file under ``data_dir``, sorted by relative path, and the layout
     found (``"pain-level"`` or ``"per-subject"``).
 
     A folder counts as pain-level layout when any sub-folder is named as a class;
     then every sub-folder must be. In the per-subject layout a file whose subject
-    differs from its folder's name is an error (a misplaced file).
+    differs from its folder's name is an error (a misplaced file). The database's
+    extracted folder is read from its ``biosignals_filtered/`` (:func:`samples_folder`);
+    relative paths start there.
     """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: the data folder does not exist or is not a folder.")
+    root = samples_folder(data_dir)
     folders = [child for child in _sorted_children(root) if child.is_dir()]
     samples: list[SampleFile] = []
     if any(folder.name in _LEVEL_FOLDERS for folder in folders):
@@ -135,7 +159,9 @@ def find_samples(data_dir: str | os.PathLike) -> tuple[str, list[SampleFile]]:
     if not samples:
         raise DataError(
             f"{root}: no sample files (*.csv) found in pain-level folders (0..4 or BL1, "
-            "PA1..PA4) or per-subject folders."
+            "PA1..PA4) or per-subject folders; for the BioVid database pass its extracted "
+            f"folder (the one that holds {FILTERED_FOLDER}/) or that {FILTERED_FOLDER} "
+            "folder itself."
         )
     samples.sort(key=lambda sample: sample.relative)
     _refuse_duplicates(samples)

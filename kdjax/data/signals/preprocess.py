@@ -1,21 +1,21 @@
-"""Seed 002's per-signal preprocessing as small pure numpy/scipy functions.
+"""The BioVid pipeline's per-signal preprocessing as small pure numpy/scipy functions.
 
-One channel of one sample goes through, in this order (the seed's order):
+One channel of one sample goes through, in this order (the pipeline's order):
 
 1. :func:`drop_nans` — missing values are removed (the signal gets shorter);
 2. :func:`smooth` — Savitzky–Golay filter, window 5, polynomial order 2;
 3. :func:`drop_outliers` — points whose z-score (of the smoothed signal) is
-   ``>= 3`` are removed. One-sided, as in the seed (``signal[z < 3]``): large
+   ``>= 3`` are removed. One-sided, as in the pipeline (``signal[z < 3]``): large
    *negative* excursions stay;
 4. :func:`min_max` — rescaled to ``[0, 1]``;
 5. :func:`fit_length` — zero-padded at the end or truncated to a common length.
 
 Steps 1 and 3 remove points from inside the signal and splice the rest
-together; that is what the seed does, and it is kept so results can be compared.
+together; that is what the pipeline does, and it is kept so results can be compared.
 :func:`preprocess` runs steps 1–4 and returns how many points each step dropped,
 so a command can report it.
 
-Two corner cases the seed leaves undefined are decided here: a constant signal
+Two corner cases the pipeline leaves undefined are decided here: a constant signal
 has no z-scores (its standard deviation is 0), so no point is an outlier and
 min–max maps it to all zeros; a signal too short for the smoothing window
 (fewer than 5 points) is a :class:`ValueError` — the loader's length rule
@@ -80,7 +80,7 @@ def smooth(
 def drop_outliers(signal: np.ndarray, *, threshold: float = OUTLIER_Z) -> tuple[np.ndarray, int]:
     """Removes the points with ``z = (x − mean) / std >= threshold`` (population std).
 
-    One-sided like the seed's ``signal[z < 3]``. A constant signal (std 0) keeps
+    One-sided like the pipeline's ``signal[z < 3]``. A constant signal (std 0) keeps
     every point.
 
     Example:

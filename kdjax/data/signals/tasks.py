@@ -1,7 +1,7 @@
 """The classification tasks the BioVid literature reports, and errors on the pain scale.
 
 The five classes are ordered levels (BL1 = 0 < PA1 < … < PA4 = 4), so besides
-accuracy the seed reports how far off a predicted level is: :func:`level_errors`.
+accuracy the BioVid pipeline reports how far off a predicted level is: :func:`level_errors`.
 The two-class tasks are built from the five-class set by :func:`binary_task`.
 """
 
@@ -54,7 +54,7 @@ def binary_task(dataset: SignalSet, task: str) -> SignalSet:
 def level_errors(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """Mean absolute and root-mean-square error of predicted levels, in levels:
     ``mae = mean |ŷ − y|``, ``rmse = sqrt(mean (ŷ − y)²)`` (sklearn's
-    ``mean_absolute_error`` and ``mean_squared_error(...) ** 0.5``, as the seed uses).
+    ``mean_absolute_error`` and ``mean_squared_error(...) ** 0.5``, as the pipeline uses).
 
     Example:
       >>> level_errors(np.array([0, 2, 4]), np.array([0, 3, 1]))
