@@ -1,7 +1,7 @@
 """How learnable is the synthetic BioVid stand-in? (The measurement in docs/biovid.md.)
 
 Writes the stand-in (GSR column only, unless it is already there), loads it through
-:func:`kdjax.data.signals.load_biovid` (the seed's preprocessing), and trains two
+:func:`kdjax.data.signals.load_biovid` (the pipeline's preprocessing), and trains two
 classifiers with optax on each fold of random and subject-grouped 5-fold
 cross-validation, for the five-class task and BL1 vs PA4 (with subject-grouped
 folds, also the spread of accuracy over the test subjects):

@@ -76,7 +76,7 @@ PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
 # preset -> (model, optimizer, learning rate, batch size, epochs)
 PRESETS = {
     # Seed 002 as written: its Conv1DNet (no ReLU between the dense layers), SGD.
-    "seed002": ("conv1d_net", "sgd", 1e-4, 1024, 100),
+    "pipeline": ("conv1d_net", "sgd", 1e-4, 1024, 100),
     # The working recipe: SignalCNN with Adam (docs/biovid.md, "Measured").
     "recipe": ("signal_cnn", "adam", 1e-3, 64, 20),
 }
@@ -114,15 +114,17 @@ class Config(CommonConfig):
         choices=("5class", "bl1_vs_pa4", "bl1_vs_rest"),
     )  # fmt: skip
     cv: str = option(
-        "subject", "Folds: 'random' (the seed's KFold), 'subject' (grouped), 'loso'.",
+        "subject", "Folds: 'random' (the pipeline's KFold), 'subject' (grouped), 'loso'.",
         choices=("subject", "random", "loso"),
     )  # fmt: skip
     folds: int = option(
         5, "Folds of --cv=random or subject.", check=(lambda v: v >= 2, "must be >= 2")
     )
-    holdout: bool = option(True, "The cv study also trains on an 80/20 split (the seed's).")
+    holdout: bool = option(True, "The cv study also trains on an 80/20 split (the pipeline's).")
     preset: str = option(
-        "recipe", "Model and optimiser: 'seed002' or 'recipe'.", choices=tuple(PRESETS)
+        "recipe",
+        "Model and optimiser: 'pipeline' (the BioVid pipeline's) or 'recipe'.",
+        choices=tuple(PRESETS),
     )
     epochs: int | None = option(None, "Epochs (default: the preset's).", check=at_least_one)
     batch_size: int | None = option(None, "Batch size (default: the preset's).", check=at_least_one)
@@ -142,10 +144,12 @@ class Config(CommonConfig):
         choices=("stored", "online"),
     )
     temperature: float = option(
-        2.0, "Distillation temperature (seed 002: 2).", check=temperature_range
+        2.0, "Distillation temperature (the pipeline: 2).", check=temperature_range
     )
     alpha: float = option(
-        0.75, "Weight of CE; 1 - alpha weights T²·KL (seed 002: 0.75 / 0.25).", check=unit_interval
+        0.75,
+        "Weight of CE; 1 - alpha weights T²·KL (the pipeline: 0.75 / 0.25).",
+        check=unit_interval,
     )
     seed: int = option(0, "Seed of the folds, initialisation and shuffling.", check=non_negative)
     plots: bool = option(True, "Write the plots.")
@@ -194,7 +198,10 @@ def load_data(config: Config, channels: tuple[str, ...]) -> SignalData:
         data_dir = full if needs_all or (full / "synthetic.json").is_file() else (
             cache / f"synthetic-biovid-seed0-{size}-gsr")  # fmt: skip
         notice, source = SYNTHETIC_NOTICE, "kdjax.data.biovid_synthetic"
-        log("NOTE: " + notice)
+        log(
+            "NOTE: no --data_dir: training on a SYNTHETIC stand-in for BioVid (see the NOTE "
+            "after the results)."
+        )
         with run_lock(data_dir, log=log):  # the other processes of a job wait, then reuse it
             write_dataset(
                 data_dir,

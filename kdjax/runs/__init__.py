@@ -114,7 +114,8 @@ def train_run(
     settings = ", ".join(
         f"{key}={value}" for key, value in spec.identity().items() if key != "role"
     )
-    log(f"{spec.role}: {settings}; {spec.epochs} epoch(s) → {run.directory}")
+    epochs = f"{spec.epochs} epoch{'' if spec.epochs == 1 else 's'}"
+    log(f"{spec.role}: {settings}; {epochs} → {run.directory}")
     # A second command on the same run waits here (naming the holder), then reuses
     # or resumes what the first one trained; the processes of one multi-process job
     # train it together.

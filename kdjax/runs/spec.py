@@ -40,7 +40,7 @@ class RunSpec:
     A tuple of seeds makes a population trained together; ``temperature``,
     ``hard_weight`` and ``soft_weight`` may then be tuples too, one value per student.
     The objective is ``hard_weight·CE + soft_weight·(its distillation term)``
-    (:mod:`kdjax.distill.objectives`); seed 000's ``alpha`` is ``hard_weight=alpha,
+    (:mod:`kdjax.distill.objectives`); the R MNIST notebook's ``alpha`` is ``hard_weight=alpha,
     soft_weight=1−alpha``.
 
     A spec checks its own values when made; the names it gives (objective, image

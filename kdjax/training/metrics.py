@@ -4,7 +4,7 @@ recall, F1, balanced accuracy and ROC AUC, plus a report of all of them.
 Labels and predictions are 1-D integer class ids. ROC AUC takes *scores* (the
 probability or logit of the positive class), never argmax predictions: the AUC of
 hard predictions is the balanced accuracy of one threshold, not the ranking quality
-the metric is meant to measure (seed 003 computed it from argmax labels).
+the metric is meant to measure (the TensorFlow notebook computed it from argmax labels).
 
 Conventions follow scikit-learn where it has a choice: a ratio with a zero
 denominator is 0; ``average="macro"`` and balanced accuracy average over the classes

@@ -214,9 +214,9 @@ def population_step(
     XLA's CPU grouped convolutions (what a vmapped convolution becomes) are slow;
     ``"unroll"`` writes the students out one after another in the program, which
     keeps a CPU's cores busier than ``lax.map`` for a few large students (11–27 %
-    faster for seed 002's five folds in three runs) at a compile time that grows with the students
-    (:func:`over_members`). All give the same numbers; BUILD_NOTES.md records the
-    measurements.
+    faster for the BioVid pipeline's five folds in three runs) at a compile time that
+    grows with the students (:func:`over_members`). All give the same numbers;
+    docs/performance.md records the measurements.
     ``own_batches``: every student has its own batch (a leading student axis on the
     batch too), e.g. the folds of a cross-validation trained together;
     ``member_context``: likewise for the context (a teacher per student).
