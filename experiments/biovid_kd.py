@@ -1,4 +1,4 @@
-"""Seed 002, second half: pain levels from BioVid physiological signals, with
+"""The BioVid pain-recognition pipeline: pain levels from physiological signals, with
 cross-validation folds trained together and a distillation study.
 
     python -m experiments.biovid_kd --preset=recipe --cv=subject --study=all
@@ -13,18 +13,16 @@ data are synthetic. Studies (``--study``):
   :class:`kdjax.training.Folds`), plus an 80/20 holdout (random for ``--cv=random``,
   by subject otherwise);
 * ``leakage`` — the same model under random and under subject-grouped folds;
-* ``kd`` — a teacher on all five channels and a GSR-only student trained from
-  scratch and distilled from it (stored teacher logits, fold by fold: student
-  *i* learns from teacher *i*, which never saw fold *i*'s test windows; or with
-  ``--teacher_mode=online`` every fold's teacher inside its student's step, the
-  students reading the GSR column of the teacher's five-channel inputs), and a
-  large → small pair on GSR (``--large_teacher_model`` → ``--student_model``);
+* ``kd`` — a teacher on all five channels and a GSR-only student from scratch and
+  distilled from it (student *i* learns from teacher *i*, which never saw fold *i*'s
+  test windows: stored logits, or with ``--teacher_mode=online`` each fold's teacher
+  in its student's step, on the GSR column of its inputs), and a large → small pair
+  on GSR (``--large_teacher_model`` → ``--student_model``);
 * ``all`` — the three.
 
 Per fold and as mean ± std over folds: accuracy, macro-F1, MAE and RMSE of the
-predicted level, and the confusion matrix summed over folds. Writes
-``results.json`` (runs by name, tables under ``"study"``), ``confusion.png``,
-``fold_accuracy.png`` and ``signals.png``. From Python::
+predicted level, and the confusion matrix summed over folds, in ``results.json`` and
+``confusion.png``, ``fold_accuracy.png``, ``signals.png``. From Python::
 
     from experiments import biovid_kd
     results = biovid_kd.run(biovid_kd.Config(workdir="runs/x", epochs=1))
@@ -73,21 +71,17 @@ from kdjax.training.recipe import model_of
 
 # Signals are min–max normalised to [0, 1] by the loader: the model reads them as they are.
 PREPROCESS = partial(normalize, mean=0.0, std=1.0, scale=1.0)
-# preset -> (model, optimizer, learning rate, batch size, epochs)
-PRESETS = {
-    # Seed 002 as written: its Conv1DNet (no ReLU between the dense layers), SGD.
-    "pipeline": ("conv1d_net", "sgd", 1e-4, 1024, 100),
-    # The working recipe: SignalCNN with Adam (docs/biovid.md, "Measured").
-    "recipe": ("signal_cnn", "adam", 1e-3, 64, 20),
-}
+# preset -> (model, optimizer, learning rate, batch size, epochs): the pipeline as written
+# (its Conv1DNet, no ReLU between the dense layers; SGD), and the recipe that learns
+# (SignalCNN with Adam; docs/biovid.md, "Measured").
+PRESETS = {"pipeline": ("conv1d_net", "sgd", 1e-4, 1024, 100),
+           "recipe": ("signal_cnn", "adam", 1e-3, 64, 20)}  # fmt: skip
 STUDIES = ("cv", "leakage", "kd", "all")
-# The kd study's fold-stacked copy of the GSR training windows (see Study.stack)
-# must fit in memory beside everything else.
+# The kd study's fold-stacked copy of the GSR windows (Study.stack) must fit in memory.
 MAX_STACKED_BYTES = 4 * 2**30
-SYNTHETIC_NOTICE = (
-    "SYNTHETIC DATA: no --data_dir was given, so these results come from kdjax's "
-    "simulated stand-in for BioVid (kdjax.data.biovid_synthetic), not from BioVid."
-)
+SYNTHETIC_NOTICE = ("SYNTHETIC DATA: no --data_dir was given, so these results come from "
+                    "kdjax's simulated stand-in for BioVid (kdjax.data.biovid_synthetic), "
+                    "not from BioVid.")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,8 +246,7 @@ class Study:
         # Every arm trains over the same devices (the folds split each batch over them).
         self.execution = report.execution(config, batch_size=self.hyper["batch_size"])
         self.num_classes = data.signals.num_classes
-        # name -> {"spec", "result", "model", "split", "folds", "identity", "teacher", "scores"}
-        self.arms: dict[str, dict] = {}
+        self.arms: dict[str, dict] = {}  # name -> spec, result, model, split, folds, scores…
 
     def train(
         self, name, model_name, split, fold_list, *, teacher=None, stacked=None, view=None
@@ -263,7 +256,7 @@ class Study:
         through stored logits on a fold-stacked copy of the training rows, or with
         ``--teacher_mode=online`` inside the step: the students then train on the
         teacher's inputs, of which they read the channels at positions ``view``."""
-        if name in self.arms:
+        if name in self.arms:  # an arm two studies share trains once
             return self.arms[name]
         online = teacher is not None and self.config.teacher_mode == "online"
         spec = self.spec(name, model_name, len(fold_list), teacher=teacher is not None,

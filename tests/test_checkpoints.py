@@ -30,10 +30,9 @@ from kdjax.store.checkpoints import (
     INTEGRITY_KEY,
     RunCheckpoints,
     load_state,
-    read_config,
-    write_config,
 )
 from kdjax.store.integrity import DamagedFileError, WorkdirError
+from kdjax.store.run_config import read_config, write_config
 
 
 class TinyNet(nn.Module):

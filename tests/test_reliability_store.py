@@ -96,7 +96,7 @@ def test_load_state_of_a_run_without_checkpoints_creates_nothing(tmp_path):
 def test_load_run_of_a_run_without_checkpoints_is_one_line_and_creates_nothing(tmp_path):
     from kdjax.runs import load_run
     from kdjax.runs.spec import RunSpec
-    from kdjax.store.checkpoints import write_config
+    from kdjax.store.run_config import write_config
 
     run = tmp_path / "run"
     write_config(run, {**RunSpec(role="teacher", model="mlp").identity(), "data": "abc"})

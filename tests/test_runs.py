@@ -13,7 +13,7 @@ from kdjax.data import Dataset, Split
 from kdjax.distill.teachers import Teacher
 from kdjax.runs import load_run, run_directory, run_identity, train_run
 from kdjax.runs.spec import RunSpec
-from kdjax.store.checkpoints import write_config
+from kdjax.store.run_config import write_config
 from kdjax.training.recipe import check_settings, preprocess_of, schedule_of
 
 QUIET = {"log": lambda message: None}

@@ -31,27 +31,22 @@ import numpy as np
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
-# ImageNet statistics, which the CIFAR-10 CNN notebook and the PyTorch KD tutorial use
-# for CIFAR-10.
+# ImageNet statistics: the CIFAR-10 CNN notebook and the PyTorch KD tutorial use them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 FULL_MNIST_HINT = (
-    "For full MNIST pass data_dir=DIR (the commands' --data_dir flag) holding "
-    "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-    "t10k-labels-idx1-ubyte.gz "
-    "(or a prepared TFDS data dir), or run once with network access so TFDS can download mnist."
+    "For full MNIST pass data_dir=DIR (the commands' --data_dir flag) holding the four IDX "
+    "files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+    "and t10k-labels-idx1-ubyte.gz (or a prepared TFDS data dir), or run once with network "
+    "access so TFDS can download mnist."
 )
 
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_IDX_IMAGE_MAGIC = 2051
-_IDX_LABEL_MAGIC = 2049
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+_IDX_IMAGE_MAGIC, _IDX_LABEL_MAGIC = 2051, 2049
 _EMBEDDED_TEST_PER_CLASS = 100
-# Where TFDS downloads from; reachable means a download can start.
-TFDS_PROBE_HOST = ("storage.googleapis.com", 443)
+TFDS_PROBE_HOST = ("storage.googleapis.com", 443)  # reachable: a TFDS download can start
 
 
 class DataError(Exception):

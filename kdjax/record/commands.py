@@ -16,8 +16,8 @@ from kdjax.record.schema import (
     RENDER_HINT,
     SUMMARY_DIR,
     RecordError,
-    _read_json,
     load_record,
+    read_json,
     validate_references,
     validate_summary,
 )
@@ -47,8 +47,8 @@ def command_check(root: Path) -> str | None:
 
 def command_add(root: Path, results_path: Path, *, source: str, protocol: str, **given) -> Path:
     """Writes the summary of ``results_path``, renders RESULTS.md, returns the summary's path."""
-    sources = validate_references(_read_json(root / REFERENCES_FILE), REFERENCES_FILE)
-    results = _read_json(results_path)
+    sources = validate_references(read_json(root / REFERENCES_FILE), REFERENCES_FILE)
+    results = read_json(results_path)
     written = datetime.date.fromtimestamp(results_path.stat().st_mtime).isoformat()
     recorded = isinstance(results, dict) and results.get("date")
     given["date"] = given.get("date") or recorded or written

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import re
 
-from kdjax.record.schema import ABSOLUTE_PATH, RESULTS_SCHEMA, SUMMARY_SCHEMA, _check
+from kdjax.record.schema import ABSOLUTE_PATH, RESULTS_SCHEMA, SUMMARY_SCHEMA, check
 
 PERCENT_SCORES = {
     "accuracy": "test_accuracy",
@@ -104,16 +104,14 @@ def summary_from_results(results, *, source: str, protocol: str, **given) -> dic
     """A summary of ``results`` (a parsed results.json). ``protocol`` is ``"full"`` or
     ``"<label>: <what differs>"``; ``given`` may hold ``note``, and ``command``,
     ``machine`` and ``date`` where the results file does not record them."""
-    _check(
+    check(
         isinstance(results, dict) and results.get("schema") == RESULTS_SCHEMA,
         "results.json",
         f"schema is not {RESULTS_SCHEMA}",
     )
     label, _, protocol_note = (part.strip() for part in protocol.partition(":"))
     command = portable(given.get("command") or results.get("command_line"), "path")
-    _check(
-        bool(command), "results.json", "no command line recorded; pass --command='python -m ...'"
-    )
+    check(bool(command), "results.json", "no command line recorded; pass --command='python -m ...'")
     environment, data = results.get("environment") or {}, results.get("data")
     if data is not None:
         data = {

@@ -118,82 +118,82 @@ SOURCE_FIELDS = ("key", "title", "what", "document", "figures")
 FIGURE_FIELDS = ("run", "metric", "label", "value", "origin")
 
 
-def _check(condition: bool, where: str, message: str) -> None:
+def check(condition: bool, where: str, message: str) -> None:
     if not condition:
         raise RecordError(f"{where}: {message}")
 
 
 def _check_fields(entry: dict, fields, where: str) -> None:
     missing = [field for field in fields if field not in entry]
-    _check(not missing, where, f"missing '{missing[0] if missing else ''}'")
+    check(not missing, where, f"missing '{missing[0] if missing else ''}'")
 
 
 def validate_references(references, where: str) -> dict[str, dict]:
     """The sources of a reference table by key, after checking its shape."""
-    _check(isinstance(references, dict), where, "expected a JSON object")
-    _check(references.get("schema") == REFERENCES_SCHEMA, where, f"not {REFERENCES_SCHEMA}")
+    check(isinstance(references, dict), where, "expected a JSON object")
+    check(references.get("schema") == REFERENCES_SCHEMA, where, f"not {REFERENCES_SCHEMA}")
     sources = {}
     for index, source in enumerate(references.get("sources") or []):
         at = f"{where}: sources[{index}]"
         _check_fields(source, SOURCE_FIELDS, at)
-        _check(source["key"] not in sources, at, f"key '{source['key']}' appears twice")
-        _check(source.get("part_of") in (None, *sources), at, "part_of names no earlier source")
+        check(source["key"] not in sources, at, f"key '{source['key']}' appears twice")
+        check(source.get("part_of") in (None, *sources), at, "part_of names no earlier source")
         for number, figure in enumerate(source["figures"]):
             _check_fields(figure, FIGURE_FIELDS, f"{at}.figures[{number}]")
-            _check(figure["metric"] in METRICS, f"{at}.figures[{number}]", "unknown metric")
+            check(figure["metric"] in METRICS, f"{at}.figures[{number}]", "unknown metric")
         sources[source["key"]] = source
-    _check(bool(sources), where, "no sources")
+    check(bool(sources), where, "no sources")
     return sources
 
 
 def _validate_metric(value, metric: Metric, at: str) -> None:
     if isinstance(value, list):
-        _check(bool(value) and all(map(_is_number, value)), at, "expected a list of numbers")
+        check(bool(value) and all(map(_is_number, value)), at, "expected a list of numbers")
         return
-    _check(isinstance(value, dict), at, "expected a list of numbers or a {mean, n, ...} object")
+    check(isinstance(value, dict), at, "expected a list of numbers or a {mean, n, ...} object")
     unknown = sorted(set(value) - STATED_FIELDS)
-    _check(not unknown, at, f"unknown field '{unknown[0] if unknown else ''}'")
+    check(not unknown, at, f"unknown field '{unknown[0] if unknown else ''}'")
     each = value.get("each")
     if each is not None:
         _validate_metric(each, metric, f"{at}.each")
-    _check(each is not None or {"mean", "n"} <= set(value), at, "needs 'each', or 'mean' and 'n'")
-    _check(_is_number(value.get("mean", 0)), at, "'mean' is not a number")
-    _check(value.get("std") is None or _is_number(value["std"]), at, "'std' is not a number")
+    check(each is not None or {"mean", "n"} <= set(value), at, "needs 'each', or 'mean' and 'n'")
+    check(_is_number(value.get("mean", 0)), at, "'mean' is not a number")
+    check(value.get("std") is None or _is_number(value["std"]), at, "'std' is not a number")
     count = value.get("n", len(each or ()))
-    _check(isinstance(count, int) and count >= 1, at, "'n' is not a positive integer")
+    check(isinstance(count, int) and count >= 1, at, "'n' is not a positive integer")
     if each is None:
         return
-    _check(len(each) == count, at, f"'n' is {count} but 'each' has {len(each)} values")
+    check(len(each) == count, at, f"'n' is {count} but 'each' has {len(each)} values")
     # Stated figures are rounded: the mean (and std) of the stated values may differ from
     # the stated mean by the two roundings, and no more.
     stats = statistics_of(value, metric)
     tolerance = 0.5 * 10.0**-stats.decimals + 0.5 * 10.0**-stats.each_decimals + 1e-9
     if "mean" in value:
         gap = abs(statistics.fmean(each) - value["mean"])
-        _check(gap <= tolerance, at, f"mean {value['mean']} is {gap:.3g} from the mean of 'each'")
+        check(gap <= tolerance, at, f"mean {value['mean']} is {gap:.3g} from the mean of 'each'")
     if value.get("std") is not None and count > 1:
         gap = abs(statistics.stdev(each) - value["std"])
-        _check(gap <= 2 * tolerance, at, f"std {value['std']} is {gap:.3g} from the std of 'each'")
+        check(gap <= 2 * tolerance, at, f"std {value['std']} is {gap:.3g} from the std of 'each'")
 
 
 def validate_summary(summary, where: str, sources: dict[str, dict]) -> None:
     """Raises :class:`RecordError` (one line naming the field) unless ``summary`` follows
     the schema of the module docstring."""
-    _check(isinstance(summary, dict), where, "expected a JSON object")
+    check(isinstance(summary, dict), where, "expected a JSON object")
     for field, (required, test, problem) in SUMMARY_FIELDS.items():
-        _check(field in summary or not required, where, f"missing '{field}'")
-        _check(field not in summary or test(summary[field]), where, f"'{field}' {problem}")
+        check(field in summary or not required, where, f"missing '{field}'")
+        check(field not in summary or test(summary[field]), where, f"'{field}' {problem}")
     unknown = sorted(set(summary) - set(SUMMARY_FIELDS))
-    _check(not unknown, where, f"unknown field '{unknown[0] if unknown else ''}'")
-    _check(summary["source"] in sources, where, f"unknown source '{summary['source']}'")
+    check(not unknown, where, f"unknown field '{unknown[0] if unknown else ''}'")
+    check(summary["source"] in sources, where, f"unknown source '{summary['source']}'")
     stand_in = summary["protocol"] == "stand-in data"
     needs_note = summary["protocol"] != "full" and "protocol_note" not in summary
-    _check(not needs_note, where, f"protocol '{summary['protocol']}' needs a protocol_note")
+    check(not needs_note, where, f"protocol '{summary['protocol']}' needs a protocol_note")
     transcribed = summary["provenance"] == "transcribed"
-    _check(not transcribed or "provenance_note" in summary, where, "needs a provenance_note")
+    check(not transcribed or "provenance_note" in summary, where, "needs a provenance_note")
     if summary["data"] is not None:
         _check_fields(summary["data"], DATA_FIELDS, f"{where}: data")
-        _check(
+        check(
             summary["data"]["stand_in"] == stand_in,
             f"{where}: data",
             "stand_in must be true exactly when the protocol is 'stand-in data'",
@@ -201,18 +201,18 @@ def validate_summary(summary, where: str, sources: dict[str, dict]) -> None:
     figure_runs = {figure["run"] for figure in sources[summary["source"]]["figures"]}
     for name, run in summary["runs"].items():
         at = f"{where}: runs.{name}"
-        _check(isinstance(run, dict) and "epochs" in run, at, "missing 'epochs'")
-        _check(run.get("per", "seed") in ("seed", "fold"), at, "'per' is 'seed' or 'fold'")
+        check(isinstance(run, dict) and "epochs" in run, at, "missing 'epochs'")
+        check(run.get("per", "seed") in ("seed", "fold"), at, "'per' is 'seed' or 'fold'")
         reference = run.get("reference_run")
-        _check(reference is None or reference in figure_runs, at, "reference_run is no figure")
+        check(reference is None or reference in figure_runs, at, "reference_run is no figure")
         metrics = sorted(set(run) - RUN_FIELDS)
-        _check(bool(metrics), at, "no metric")
+        check(bool(metrics), at, "no metric")
         for metric in metrics:
-            _check(metric in METRICS, at, f"unknown metric '{metric}'")
+            check(metric in METRICS, at, f"unknown metric '{metric}'")
             _validate_metric(run[metric], METRICS[metric], f"{at}.{metric}")
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -223,11 +223,11 @@ def _read_json(path: Path):
 
 def load_record(root: Path) -> tuple[dict[str, dict], list[tuple[str, dict]]]:
     """The sources by key and every ``(relative path, summary)``, validated, in file order."""
-    sources = validate_references(_read_json(root / REFERENCES_FILE), REFERENCES_FILE)
+    sources = validate_references(read_json(root / REFERENCES_FILE), REFERENCES_FILE)
     summaries = []
     for path in sorted((root / SUMMARY_DIR).glob("*.json")):
         relative = path.relative_to(root).as_posix()
-        summaries.append((relative, _read_json(path)))
+        summaries.append((relative, read_json(path)))
         validate_summary(summaries[-1][1], relative, sources)
     return sources, summaries
 

@@ -28,8 +28,9 @@ from kdjax.distill.teachers import Teacher, check_stored_outputs
 from kdjax.models import count_params
 from kdjax.models.heads import deployed_variables
 from kdjax.runs.spec import RunSpec, config_hash
-from kdjax.store.checkpoints import load_state, read_config
+from kdjax.store.checkpoints import load_state
 from kdjax.store.locking import run_lock
+from kdjax.store.run_config import read_config
 from kdjax.training import (
     Execution,
     FitResult,

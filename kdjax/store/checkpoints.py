@@ -42,13 +42,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
-import sys
-import threading
-import traceback
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,87 +55,19 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 from kdjax.store.integrity import (
     DamagedFileError,
     check_file_manifest,
-    is_workdir_failure,
     leaf_digests,
     move_aside,
     tree_nbytes,
     workdir_error,
     write_file_manifest,
 )
+from kdjax.store.orbax_reports import quiet_absl, quiet_orbax
 
-CONFIG_FILE = "config.json"
 INTEGRITY_KEY = "kdjax_integrity"
 FILES_MANIFEST = "kdjax_files.json"
 LATEST_RECORD = "kdjax_latest.json"
 _KEEP_LATEST = 2
 _TENSORSTORE_ARRAY = re.compile(r"'path': '([^']+?)/?'")
-
-
-# --- orbax's own reports of a failed write ---------------------------------------------------
-#
-# When one array's write fails (disk full), orbax closes the asyncio event loop of the save
-# while TensorStore still finishes the other writes; each late completion then reports
-# "RuntimeError: Event loop is closed" through sys.unraisablehook (a 6-line traceback per
-# array, some after the save has failed), and orbax logs the failure with its traceback
-# from three threads. RunCheckpoints reports the same failure as one WorkdirError line.
-
-
-def _is_closed_loop_callback(unraisable: Any) -> bool:
-    """A TensorStore write that finished after orbax closed the save's event loop."""
-    error = unraisable.exc_value
-    if not isinstance(error, RuntimeError) or str(error) != "Event loop is closed":
-        return False
-    frames = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
-    return frames[-2:] == ["call_soon_threadsafe", "_check_closed"]
-
-
-def _drop_closed_loop_callbacks() -> None:
-    """Wraps ``sys.unraisablehook`` (once per hook) so it drops only those reports; every
-    other unraisable exception still reaches the hook that was in place."""
-    hook = sys.unraisablehook
-    if getattr(hook, "_kdjax_drops_closed_loop_callbacks", False):
-        return
-
-    def filtered(unraisable: Any) -> None:
-        if not _is_closed_loop_callback(unraisable):
-            hook(unraisable)
-
-    filtered._kdjax_drops_closed_loop_callbacks = True
-    sys.unraisablehook = filtered
-
-
-class _WorkdirFailureRecords(logging.Filter):
-    """Drops orbax's log records of a full disk or an unwritable folder while a
-    :class:`RunCheckpoints` is open: its WorkdirError says the same in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        error = record.exc_info[1] if record.exc_info else None
-        try:
-            text = record.getMessage()
-        except Exception:  # a malformed record is logging's to report
-            return True
-        return not is_workdir_failure(error if error is not None else Exception(text))
-
-
-_orbax_logger = logging.getLogger("absl")
-_records_filter = _WorkdirFailureRecords()
-_open_count = 0
-_open_guard = threading.Lock()
-
-
-def _quiet_orbax(opening: bool) -> None:
-    """Counts open RunCheckpoints; the log filter is on while any is open."""
-    global _open_count
-    with _open_guard:
-        _open_count += 1 if opening else -1
-        if opening and _open_count == 1:
-            _orbax_logger.addFilter(_records_filter)
-        elif not opening and _open_count == 0:
-            _orbax_logger.removeFilter(_records_filter)
-    if opening:
-        _drop_closed_loop_callbacks()
 
 
 # --- which epoch was saved last ----------------------------------------------------------------
@@ -328,7 +255,7 @@ class RunCheckpoints:
             if failure is None:
                 raise
             raise failure from None
-        _quiet_orbax(opening=True)
+        quiet_orbax(opening=True)
         self._open = True
 
     def latest_epoch(self) -> int | None:
@@ -402,7 +329,7 @@ class RunCheckpoints:
         finally:
             if self._open:
                 self._open = False
-                _quiet_orbax(opening=False)
+                quiet_orbax(opening=False)
 
     def _probe_writable(self) -> None:
         probe = self.directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
@@ -449,75 +376,6 @@ class RunCheckpoints:
             raise failure from None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        reason = "the file is empty" if path.stat().st_size == 0 else f"not valid JSON: {error}"
-        raise DamagedFileError(
-            f"{path} is damaged ({reason}); if this folder trained the same settings, delete "
-            "that file to write it again, else use another run folder (--workdir)."
-        ) from None
-    if not isinstance(value, dict):
-        raise DamagedFileError(f"{path} holds a JSON {type(value).__name__}, not an object.")
-    return value
-
-
-def write_config(run_dir: str | Path, config: dict) -> None:
-    """Records what a run trains; refuses to reuse a directory that trained something else.
-
-    Raises ``ValueError`` naming the settings that differ,
-    :class:`~kdjax.store.integrity.DamagedFileError` for a garbled ``config.json`` and
-    :class:`~kdjax.store.integrity.WorkdirError` when the folder cannot be written.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / CONFIG_FILE
-    # Compare in JSON form: tuples come back from the file as lists.
-    config = json.loads(json.dumps(config, default=str))
-    if path.exists():
-        existing = _read_json(path)
-        if existing != config:
-            changed = sorted(
-                key for key in set(existing) | set(config) if existing.get(key) != config.get(key)
-            )
-            raise ValueError(
-                f"{run_dir} holds a run with different settings ({', '.join(changed)}); "
-                "use another run folder (--workdir) or delete that folder."
-            )
-        return
-    # Every process of a multi-process job writes the same file: each its own temporary.
-    temporary = path.with_name(f"{CONFIG_FILE}.{uuid.uuid4().hex}.tmp")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        temporary.replace(path)  # atomic: a crash never leaves an empty config.json
-    except OSError as error:
-        failure = workdir_error(error, action="cannot write", path=path)
-        if failure is None:
-            raise
-        raise failure from None
-
-
-def read_config(run_dir: str | Path) -> dict:
-    """The ``config.json`` of a run directory (DamagedFileError if it is garbled)."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a kdjax run directory.")
-    return _read_json(path)
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    """absl's log records below ERROR are dropped inside the block."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def load_state(
     run_dir: str | Path, epoch: int | None = None, *, log: Callable[[str], None] = print
 ) -> tuple[dict, int]:
@@ -536,7 +394,7 @@ def load_state(
     directory = Path(run_dir).absolute() / "checkpoints"
     if not directory.is_dir():  # read only: never create the folder
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
-    with _quiet_absl():  # orbax warns that a read-only manager saves nothing: known
+    with quiet_absl():  # orbax warns that a read-only manager saves nothing: known
         manager = ocp.CheckpointManager(
             directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
         )

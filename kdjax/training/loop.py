@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import jax
 
-from kdjax.store.checkpoints import RunCheckpoints, write_config
+from kdjax.store.checkpoints import RunCheckpoints
+from kdjax.store.run_config import write_config
 from kdjax.training.monitor import EpochRecord, describe, rounded
 from kdjax.training.program import Program, build_program
 from kdjax.training.records import Execution, FitResult, Plan, Run, Training, TrainingData
