@@ -61,64 +61,13 @@ from kdjax.store.integrity import (
     workdir_error,
     write_file_manifest,
 )
+from kdjax.store.latest import say_missing, write_latest_record
 from kdjax.store.orbax_reports import quiet_absl, quiet_orbax
 
 INTEGRITY_KEY = "kdjax_integrity"
 FILES_MANIFEST = "kdjax_files.json"
-LATEST_RECORD = "kdjax_latest.json"
 _KEEP_LATEST = 2
 _TENSORSTORE_ARRAY = re.compile(r"'path': '([^']+?)/?'")
-
-
-# --- which epoch was saved last ----------------------------------------------------------------
-
-
-def _write_latest_record(directory: Path, epoch: int) -> None:
-    """Records ``epoch`` as the newest saved into the checkpoint folder ``directory``
-    (in the run folder, beside it), so a reader notices when it went missing."""
-    temporary = directory.parent / f"{LATEST_RECORD}.tmp"
-    temporary.write_text(json.dumps({"epoch": epoch}) + "\n")
-    temporary.replace(directory.parent / LATEST_RECORD)
-
-
-def _recorded_latest(directory: Path, log: Callable[[str], None]) -> int | None:
-    """The newest epoch saved into the checkpoint folder ``directory``, or None."""
-    path = directory.parent / LATEST_RECORD
-    try:
-        epoch = json.loads(path.read_text())["epoch"]
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        log(
-            f"{path} is unreadable ({type(error).__name__}); ignored (it only names the newest "
-            "epoch saved, to notice one that went missing)."
-        )
-        return None
-    return epoch if isinstance(epoch, int) else None
-
-
-def _say_missing(
-    directory: Path,
-    restored: int | None,
-    accounted: set[int],
-    log: Callable[[str], None],
-    *,
-    verb: str,
-) -> None:
-    """One line when the newest saved epoch is gone (not merely damaged, which is said)."""
-    recorded = _recorded_latest(directory, log)
-    if recorded is None or recorded in accounted or (restored or 0) >= recorded:
-        return
-    if restored is None:
-        log(
-            f"Checkpoint of epoch {recorded} in {directory} is missing (it was saved; its "
-            "folder is gone), and no earlier one remains."
-        )
-    else:
-        log(
-            f"Checkpoint of epoch {recorded} in {directory} is missing (it was saved; its "
-            f"folder is gone): {verb} epoch {restored}, the newest that remains."
-        )
 
 
 def _meta_digest(meta: dict) -> str:
@@ -271,7 +220,7 @@ class RunCheckpoints:
         for epoch in epochs:
             try:
                 _read_verified(self._manager, epoch, log=self._log)
-                _say_missing(self.directory, epoch, damaged, self._log, verb="restoring")
+                say_missing(self.directory, epoch, damaged, self._log, verb="restoring")
                 return epoch
             except DamagedFileError as error:
                 aside = move_aside(self.directory / str(epoch))
@@ -281,7 +230,7 @@ class RunCheckpoints:
                     f"Checkpoint of epoch {epoch} is damaged ({error}); moved it to {aside} "
                     "and falling back to the previous epoch."
                 )
-        _say_missing(self.directory, None, damaged, self._log, verb="restoring")
+        say_missing(self.directory, None, damaged, self._log, verb="restoring")
         if epochs:
             self._log(f"No checkpoint in {self.directory} verifies: training starts over.")
         return None
@@ -350,7 +299,7 @@ class RunCheckpoints:
             for epoch in saved:  # not already removed by the preservation policy
                 write_file_manifest(self.directory / str(epoch), FILES_MANIFEST)
             if self._unlisted:
-                _write_latest_record(self.directory, max(self._unlisted))
+                write_latest_record(self.directory, max(self._unlisted))
         self._unlisted = []
 
     def _guard(self, write: Callable[[], Any]) -> None:
@@ -401,7 +350,7 @@ def load_state(
     try:
         epochs = sorted(manager.all_steps(), reverse=True)
         if not epochs:
-            _say_missing(directory, None, set(), log, verb="loading")
+            say_missing(directory, None, set(), log, verb="loading")
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet.")
         all_epochs = list(epochs)
         if epoch is not None:
@@ -415,7 +364,7 @@ def load_state(
             try:
                 state, _ = _read_verified(manager, candidate, log=log)
                 if epoch is None:
-                    _say_missing(directory, candidate, set(all_epochs), log, verb="loading")
+                    say_missing(directory, candidate, set(all_epochs), log, verb="loading")
                 return state, candidate
             except DamagedFileError as error:
                 if epoch is not None:
