@@ -203,3 +203,22 @@ def test_without_data_dir_the_synthetic_stand_in_is_written_once_and_announced(t
     before = [path.stat().st_mtime_ns for path in written]
     biovid_kd.run(config)  # reuses the files and the finished run
     assert [path.stat().st_mtime_ns for path in written] == before
+
+
+def test_load_run_restores_a_biovid_arm(tmp_path, data_dir):
+    """A BioVid arm is a train_run run like any other: load_run reads it back, one
+    student per fold, and each predicts what the arm scored."""
+    from kdjax.runs import load_run
+
+    config = _config(tmp_path, data_dir, cv="random", holdout=False)
+    data = biovid_kd.load_data(config, ("gsr",))
+    fold_list = biovid_kd.make_folds(data.signals, "random", 2, 0)
+    arm = biovid_kd.Study(config, data).train(
+        "cv_random", "signal_cnn", biovid_kd.columns(data, ("gsr",)), fold_list
+    )
+    run = load_run(arm["result"].run_dir, member=1)
+    test = fold_list[1][1]
+    predicted = np.argmax(run.predict(data.signals.signals[test]), -1)
+    assert np.mean(predicted == data.signals.labels[test]) == pytest.approx(
+        arm["scores"]["per_fold"][1]["accuracy"]
+    )

@@ -9,6 +9,8 @@ sets the batch size of test-set inference.
 
 from __future__ import annotations
 
+import numpy as np
+
 from kdjax.runs import train_run
 from kdjax.runs.results import log
 from kdjax.training import Execution, FitResult
@@ -79,8 +81,8 @@ def train(
     """Trains (or resumes, or reuses) ``spec`` in the config's workdir with the
     config's :func:`execution`, logging as the command does. ``prepared``: an
     execution built once for several runs (a data-parallel mesh is then announced
-    once)."""
-    return train_run(
+    once). A teacher that ends at chance is said (its students learn nothing from it)."""
+    result = train_run(
         spec,
         dataset,
         config.workdir,
@@ -89,3 +91,22 @@ def train(
         execution=prepared or execution(config),
         log=log,
     )
+    if "teacher" in spec.role:
+        warn_at_chance(spec.role, result.test_accuracy, dataset.num_classes, log)
+    return result
+
+
+def warn_at_chance(name: str, test_accuracy, num_classes: int, log=log) -> bool:
+    """Says so, and returns True, when every student of run ``name`` scores below 1.5×
+    chance (``1 / num_classes``) on the test set: a run that learned nothing, e.g. from a
+    learning rate far too large, which the loss check alone does not catch."""
+    accuracies = np.atleast_1d(np.asarray(test_accuracy, dtype=float))
+    chance = 1.0 / num_classes
+    if num_classes < 2 or accuracies.max() >= 1.5 * chance:
+        return False
+    log(
+        f"WARNING: {name} scores {100 * accuracies.max():.1f} % on the test set, about chance "
+        f"({100 * chance:.0f} %): it learned nothing, and students distilled from it learn "
+        "nothing from it. Check the learning rate (--learning_rate) and the data."
+    )
+    return True
