@@ -64,6 +64,64 @@ def _try_lock(descriptor: int) -> bool:
         return False
 
 
+def _open(directory: Path, lock_path: Path) -> int:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        failure = workdir_error(error, action="cannot create the lock file", path=lock_path)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _still_there(descriptor: int, lock_path: Path) -> bool:
+    """Whether the locked file is still the one at ``lock_path`` (a holder that failed
+    before writing anything removes its folder, lock file included)."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(lock_path))
+    except OSError:
+        return False
+
+
+def _acquire(directory: Path, lock_path: Path, timeout, log, poll_seconds: float) -> int:
+    """A descriptor of ``lock_path`` holding its flock, waiting as :func:`run_lock` says."""
+    descriptor = _open(directory, lock_path)
+    try:
+        if not _try_lock(descriptor):
+            holder = _holder(lock_path)
+            if timeout is not None and timeout <= 0:
+                raise RunLockedError(
+                    f"{directory} is in use by {holder} (lock {lock_path}); wait for it to "
+                    "finish, stop it, or use another run folder (--workdir)."
+                )
+            log(f"{directory} is in use by {holder}: waiting for it to finish ...")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not _try_lock(descriptor):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RunLockedError(
+                        f"{directory} is still in use by {_holder(lock_path)} after "
+                        f"{timeout:g} s of waiting (lock {lock_path})."
+                    )
+                time.sleep(poll_seconds)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    if _still_there(descriptor, lock_path):
+        return descriptor
+    os.close(descriptor)  # the folder went with a failed holder: lock the new one
+    remaining = None if timeout is None else max(0.0, timeout)
+    return _acquire(directory, lock_path, remaining, log, poll_seconds)
+
+
+def _remove_if_only_the_lock(directory: Path, lock_path: Path) -> None:
+    """Removes ``directory`` when it holds nothing but ``lock_path`` (still locked)."""
+    with contextlib.suppress(OSError):
+        if [entry.name for entry in directory.iterdir()] == [lock_path.name]:
+            lock_path.unlink()
+            directory.rmdir()
+
+
 def _lock_name(per_process: bool) -> str:
     if not per_process:
         return LOCK_FILE
@@ -115,31 +173,9 @@ def run_lock(
                 _held[lock_path] -= 1
         return
 
+    created = not directory.exists()
+    descriptor = _acquire(directory, lock_path, timeout, log, poll_seconds)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        failure = workdir_error(error, action="cannot create the lock file", path=lock_path)
-        if failure is None:
-            raise
-        raise failure from None
-    try:
-        if not _try_lock(descriptor):
-            holder = _holder(lock_path)
-            if timeout is not None and timeout <= 0:
-                raise RunLockedError(
-                    f"{directory} is in use by {holder} (lock {lock_path}); wait for it to "
-                    "finish, stop it, or use another run folder (--workdir)."
-                )
-            log(f"{directory} is in use by {holder}: waiting for it to finish ...")
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while not _try_lock(descriptor):
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise RunLockedError(
-                        f"{directory} is still in use by {_holder(lock_path)} after "
-                        f"{timeout:g} s of waiting (lock {lock_path})."
-                    )
-                time.sleep(poll_seconds)
         holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
         try:
             os.pwrite(descriptor, holder, 0)  # then cut what a longer earlier text left
@@ -153,6 +189,10 @@ def run_lock(
             _held[lock_path] = 1
         try:
             yield lock_path
+        except BaseException:
+            if created:  # a run that failed before writing anything leaves no folder
+                _remove_if_only_the_lock(directory, lock_path)
+            raise
         finally:
             with _held_guard:
                 del _held[lock_path]
