@@ -42,15 +42,15 @@ mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # Several processes share the GPU in step 4: allocate on demand.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-session=$out/session.log
-stamp() { echo "[$(date +%T)] $*" | tee -a "$session"; }
+summary=$out/summary.log
+stamp() { echo "[$(date +%T)] $*" | tee -a "$summary"; }
 wants() { [[ " $steps " == *" $1 "* ]]; }
 # A command's closing table and what follows it, else (it failed) its last lines.
 report() {
   if grep -q '^run  ' "$1"; then
-    grep -v '^[IW][0-9]' "$1" | sed -n '/^run  /,$p' | tee -a "$session"
+    grep -v '^[IW][0-9]' "$1" | sed -n '/^run  /,$p' | tee -a "$summary"
   else
-    tail -n 5 "$1" | tee -a "$session"
+    tail -n 5 "$1" | tee -a "$summary"
   fi
 }
 
@@ -61,20 +61,20 @@ stamp "environment"
 print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax",
       optax.__version__, "orbax", o.__version__, "torch", torch.__version__)
 print(jax.devices())'
-} 2>&1 | tee -a "$session"
+} 2>&1 | tee -a "$summary"
 
 if wants 1; then
   stamp "1. correctness on the GPU"
   JAX_DEFAULT_MATMUL_PRECISION=float32 timeout 180 "$py" -m pytest -q -p no:cacheprovider \
     -x tests/test_model_state.py tests/test_fold_populations.py tests/test_precision.py \
-    tests/test_training.py -k "not every_registered" 2>&1 | tail -n 15 | tee -a "$session"
+    tests/test_training.py -k "not every_registered" 2>&1 | tail -n 15 | tee -a "$summary"
 fi
 
 if wants 2; then
   stamp "2. speed: kdjax host / device feed and PyTorch"
   timeout 150 "$py" -m benchmarks.train_speed --feeds=host,device $speed_args \
     --data_dir="$mnist" --output="$out/train_speed.json" 2>&1 \
-    | grep -v '^[IW][0-9]' | tail -n 12 | tee -a "$session"
+    | grep -v '^[IW][0-9]' | tail -n 12 | tee -a "$summary"
 fi
 
 if wants 3; then
@@ -84,7 +84,7 @@ if wants 3; then
       --tensorboard=false --workdir=runs/gpu_$dtype >"$out/main_$dtype.log" 2>&1
     echo "main $dtype exit $?" >>"$out/main_$dtype.log"
     grep -E "epoch [0-9]+/|^(teacher|student)|exit" "$out/main_$dtype.log" | tail -n 14 \
-      | tee -a "$session"
+      | tee -a "$summary"
   done
 fi
 
@@ -102,8 +102,8 @@ if wants 4; then
     echo "takd exit $?" >>"$out/takd.log"
   ) &
   wait
-  grep -v '^[IW][0-9]' "$out/hinton.log" | tail -n 12 | tee -a "$session"
-  grep -v '^[IW][0-9]' "$out/takd.log" | tail -n 12 | tee -a "$session"
+  grep -v '^[IW][0-9]' "$out/hinton.log" | tail -n 12 | tee -a "$summary"
+  grep -v '^[IW][0-9]' "$out/takd.log" | tail -n 12 | tee -a "$summary"
 fi
 
 if wants 5; then
