@@ -7,11 +7,11 @@ paths alternated in rounds so that load on the machine hits them alike).
 
 Convolutions: ``as_2d`` (a ``(k, 1)`` :func:`kdjax.models.layers.conv2d` over a
 ``[B, L, 1, C]`` view at stride 1, every ``s``-th output kept: the signal models'
-path before the seventh session), ``xla`` (XLA's own 1-D convolution, JAX's
+alternative to conv1d), ``xla`` (XLA's own 1-D convolution, JAX's
 gradients) and ``kdjax`` (:func:`kdjax.models.layers.conv1d`), each alone and inside a
 ``lax.map`` over 2 students (how fold populations train on the CPU; ``xla`` is
 skipped there with ``--skip_slow``, its default, since its kernel gradient takes
-minutes in the loop). Pooling: a reshape and a max (before) against
+minutes in the loop). Pooling: a reshape and a max against
 :func:`kdjax.models.signal_models.max_pool_1d` (the maximum of interleaved slices), after a
 ReLU, on the first convolution's output. Prints milliseconds per call.
 """
