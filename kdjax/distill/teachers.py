@@ -15,6 +15,9 @@ teacher never pairs with stores or students of the old one.
 A teacher trained as a population (a spec with several seeds, e.g. one teacher per
 cross-validation fold) teaches a population: student *i* learns from teacher *i*,
 online (:meth:`Teacher.online`) or from outputs its caller computes per student.
+
+Several teachers teach as one through a :class:`TeacherEnsemble`
+(:mod:`kdjax.distill.ensemble`, re-exported here).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from kdjax.data import Dataset
 from kdjax.data.augment import every_shift, translate
 from kdjax.distill import soft_targets
+from kdjax.distill.ensemble import TeacherEnsemble as TeacherEnsemble  # re-exported
 from kdjax.training import OnlineTeacher, predict
 from kdjax.training.recipe import model_of, per_shift_extras, preprocess_of, shift_count_of
 
