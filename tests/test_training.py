@@ -547,14 +547,15 @@ def test_device_memory_is_unknown_on_the_cpu():
 
 
 @pytest.mark.parametrize(
-    "name", ["kd_standardized", "dkd", "dist", "at", "nst", "sp", "pkt", "rkd", "cc"]
+    "name", ["kd_standardized", "dkd", "dist", "at", "nst", "sp", "pkt", "rkd"]
 )
 def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name):
     """Each objective reads the teacher outputs it declares, adds its loss to the
     weighted CE, and gives a finite loss and a gradient in one compiled step."""
     from kdjax.distill.objectives import get_objective
 
-    objective = get_objective(name)
+    # SmallConvNet sows no stages: the multi-stage methods read its one map here.
+    objective = get_objective(name, {name: {"layer": "feature_map"}} if name in ("at", "nst") else None)
     model, optimizer = SmallConvNet(), make_optimizer("adam")
     split = _split(16)
     state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)

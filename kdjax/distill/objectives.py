@@ -1,174 +1,157 @@
-"""What a student minimises: one registry of objectives, each ``hard_weight · CE +
-soft_weight · (a distillation term)``, declaring which teacher outputs it reads.
+"""What a student minimises: ``hard_weight · CE + Σᵢ wᵢ(step) · termᵢ``, one term per
+distillation method it combines (:mod:`kdjax.distill.methods`).
 
-An objective maps ``(outputs, batch, hyperparams)`` to ``(per_example_loss, parts)``:
-``outputs`` is the student's dict (``"logits"`` and named features), ``batch`` holds
-the labels and the teacher's outputs under ``"teacher_<name>"`` (stored rows, or
-computed in the step by an online teacher), ``hyperparams`` the traced scalars
-``temperature``, ``hard_weight`` and ``soft_weight``. The weights are the loss
-convention of the CIFAR-10 CNN notebook and the PyTorch KD tutorial; the R MNIST
-notebook's ``alpha`` is ``hard_weight = alpha, soft_weight = 1 − alpha``
-(:func:`alpha_weights`).
+    objective = get_objective("crd+kd", {"crd": {"negatives": 4096}, "kd": {"weight": 0.9}})
+    per_example, parts = objective(outputs, batch, hyperparams, step=step)
 
-Registered: ``ce``; logit methods ``kd``, ``kd_standardized``, ``dkd``, ``dist``;
-feature-map methods ``hint`` (FitNets), ``vid``, ``at``, ``nst``, ``sp``; feature
-methods ``cosine``, ``pkt``, ``rkd``, ``cc``, ``crd`` (see :mod:`kdjax.losses` for
-each loss and its reference). ``hint``, ``vid`` and ``crd`` train a head beside
-the student (:mod:`kdjax.models.heads`). Adding a method is one
-:class:`Objective` in :data:`OBJECTIVES`::
+An objective is named by its methods joined with ``+`` (``"ce"`` alone is the label
+CE). Each method's settings are its published defaults with the overrides given;
+``wᵢ(step)`` is the method's ``weight`` times its linear warm-up (``warmup_epochs``,
+0 at step 0, the full weight from the end of the warm-up on).
 
-    OBJECTIVES["my_kd"] = Objective("my_kd", ("logits",), my_soft_term)
+Traced values come from ``hyperparams`` (so one compiled program serves a sweep or
+a population): ``"<method>.<setting>"`` for every setting a method traces (weights,
+temperatures, DKD's α and β, DIST's β and γ); in an objective of one method, the
+step's ``soft_weight`` and ``temperature`` are its weight and temperature (the
+R MNIST notebook's ``alpha`` is ``hard_weight = alpha, soft_weight = 1 − alpha``:
+:func:`alpha_weights`). A traced value missing from ``hyperparams`` is the
+setting's static value.
+
+``batch`` holds the labels and the teacher's taps under ``"teacher_<tap>"`` (stored
+rows, or computed in the step by an online teacher). Adding a method is one
+:class:`kdjax.distill.methods.Method` in :data:`kdjax.distill.methods.METHODS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from kdjax import losses
-from kdjax.models import heads
+from kdjax.distill.methods import METHODS, Method, get_method, warmup_factor
+from kdjax.distill.methods import student_taps as _student_tap
+from kdjax.distill.methods import teacher_taps as _teacher_tap
 from kdjax.types import Batch, Hyperparams, Outputs
 
-# ``soft_term(outputs, teacher, hyperparams, batch) -> per_example`` (or a scalar, for
-# losses defined over the batch); ``teacher`` maps the declared output names to the
-# teacher's rows for this batch.
-SoftTerm = Callable[[Outputs, dict, Hyperparams, Batch], jax.Array]
+# What an objective of one method reads as its weight and temperature.
+SINGLE_METHOD_ALIASES = {"weight": "soft_weight", "temperature": "temperature"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """``hard_weight · CE(labels) + soft_weight · soft_term`` (CE alone without a term).
-
-    ``teacher_outputs`` names the teacher outputs the soft term reads; the batch
-    carries them as ``"teacher_<name>"``. ``head(num_training_examples)`` builds the
-    trainable parts the method adds beside the student (:mod:`kdjax.models.heads`); their
-    outputs join the student's.
-    """
+    """``hard_weight · CE + Σ wᵢ(step) · termᵢ`` over ``terms`` (module docstring):
+    each a method with its resolved settings. ``steps_per_epoch`` places warm-ups."""
 
     name: str
-    teacher_outputs: tuple[str, ...] = ()
-    soft_term: SoftTerm | None = None
-    head: Callable[[int], Any] | None = None
+    terms: tuple[tuple[Method, Mapping[str, Any]], ...] = ()
+    steps_per_epoch: int = 0
 
-    def __call__(self, outputs: Outputs, batch: Batch, hyperparams: Hyperparams):
+    @property
+    def teacher_outputs(self) -> tuple[str, ...]:
+        """The teacher taps the terms read (batch entries ``"teacher_<tap>"``)."""
+        return tuple(dict.fromkeys(_teacher_tap(settings) for _, settings in self.terms))
+
+    @property
+    def student_taps(self) -> tuple[str, ...]:
+        """The student taps the terms and heads read besides its logits."""
+        names = (_student_tap(settings) for _, settings in self.terms)
+        return tuple(name for name in dict.fromkeys(names) if name != "logits")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(method.name for method, _ in self.terms)
+
+    @property
+    def head(self):
+        """``head(train_examples, train_labels=None)`` building the trainable parts the methods add beside the
+        student (one method's head itself, several under their methods' names), or None."""
+        with_heads = [(m, s) for m, s in self.terms if m.head is not None]
+        if not with_heads:
+            return None
+        from kdjax.models import heads
+
+        def build(train_examples, train_labels=None):
+            built = {m.name: m.head(s, train_examples, train_labels) for m, s in with_heads}
+            if len(built) == 1:
+                return next(iter(built.values()))
+            return heads.Heads(tuple(built.items()))
+
+        return build
+
+    def teacher_batch(self, teacher_outputs: Outputs) -> dict:
+        """The teacher's taps as the batch entries the objective reads."""
+        return {f"teacher_{name}": teacher_outputs[name] for name in self.teacher_outputs}
+
+    def with_steps_per_epoch(self, steps_per_epoch: int) -> Objective:
+        return dataclasses.replace(self, steps_per_epoch=int(steps_per_epoch))
+
+    def values(self, method: Method, settings: Mapping, hyperparams: Hyperparams) -> dict:
+        """The method's settings with its traced ones taken from ``hyperparams``."""
+        values = dict(settings)
+        for key in method.traced:
+            alias = SINGLE_METHOD_ALIASES.get(key) if len(self.terms) == 1 else None
+            if f"{method.name}.{key}" in hyperparams:
+                values[key] = hyperparams[f"{method.name}.{key}"]
+            elif alias is not None and alias in hyperparams:
+                values[key] = hyperparams[alias]
+        return values
+
+    def __call__(self, outputs: Outputs, batch: Batch, hyperparams: Hyperparams, step=None):
         hard = losses.cross_entropy(outputs["logits"], batch["labels"])
-        if self.soft_term is None:
+        if not self.terms:
             return hard, {}
         teacher = {name: batch[f"teacher_{name}"] for name in self.teacher_outputs}
-        soft = self.soft_term(outputs, teacher, hyperparams, batch)
-        loss = hyperparams["hard_weight"] * hard + hyperparams["soft_weight"] * soft
-        return loss, {"hard_loss": hard, "soft_loss": soft}
+        total = jnp.asarray(hyperparams.get("hard_weight", 1.0), jnp.float32) * hard
+        parts = {"hard_loss": hard}
+        for method, settings in self.terms:
+            values = self.values(method, settings, hyperparams)
+            term = method.term(outputs, teacher, values, batch)
+            weight = values["weight"] * warmup_factor(settings, step, self.steps_per_epoch)
+            total = total + weight * term
+            parts["soft_loss" if len(self.terms) == 1 else f"{method.name}_loss"] = term
+        return total, parts
 
 
-def _kd_term(outputs, teacher, hyperparams, batch):
-    """``T²·KL(softmax(t/T) ‖ softmax(s/T))`` on logits (Hinton et al. 2015)."""
-    return losses.distillation_kl(
-        outputs["logits"], teacher["logits"], temperature=hyperparams["temperature"]
-    )
+def parse(name: str) -> tuple[str, ...]:
+    """The methods an objective's name joins with ``+`` (``"ce"``: none)."""
+    if name == "ce":
+        return ()
+    methods = tuple(part.strip() for part in name.split("+"))
+    if not all(methods) or len(set(methods)) != len(methods) or "ce" in methods:
+        raise ValueError(
+            f"an objective is 'ce' or methods joined with '+' (each once), got {name!r}."
+        )
+    for method in methods:
+        get_method(method)
+    return methods
 
 
-def _cosine_term(outputs, teacher, hyperparams, batch):
-    """``1 − cos`` between the student's flattened features and the teacher's,
-    average-pooled to the student's width (the PyTorch KD tutorial's cosine run:
-    2048 → 1024)."""
-    del hyperparams, batch
-    student = outputs["features"]
-    return losses.cosine_embedding_loss(
-        student, losses.pool_features(teacher["features"], student.shape[-1])
-    )
-
-
-def _hint_term(outputs, teacher, hyperparams, batch):
-    """MSE between the student's regressed map and the teacher's map (FitNets)."""
-    del hyperparams, batch
-    return losses.hint_loss(outputs["hint"], teacher["feature_map"])
-
-
-def _vid_term(outputs, teacher, hyperparams, batch):
-    """VID: negative log-likelihood of the teacher's map under the head's Gaussian."""
-    del hyperparams, batch
-    return losses.vid_loss(outputs["vid_mean"], teacher["feature_map"], outputs["vid_log_scale"])
-
-
-def _crd_term(outputs, teacher, hyperparams, batch):
-    """CRD: the head's NCE loss against its memory bank (a scalar over the batch)."""
-    del teacher, hyperparams, batch
-    return outputs["crd_loss"]
-
-
-def _between(output: str, loss: Callable) -> SoftTerm:
-    """A term comparing the student's and the teacher's ``output`` with ``loss``."""
-
-    def term(outputs, teacher, hyperparams, batch):
-        del hyperparams, batch
-        return loss(outputs[output], teacher[output])
-
-    term.__doc__ = f"``{loss.__name__}`` between the student's and teacher's {output}."
-    return term
-
-
-def _kd_standardized_term(outputs, teacher, hyperparams, batch):
-    """KD on z-score standardised logits (Sun et al., CVPR 2024)."""
-    del batch
-    return losses.distillation_kl(
-        outputs["logits"],
-        teacher["logits"],
-        temperature=hyperparams["temperature"],
-        standardize=True,
-    )
-
-
-def _dkd_term(outputs, teacher, hyperparams, batch):
-    """Decoupled KD: target-class and non-target-class terms (Zhao et al., CVPR 2022),
-    with the paper's CIFAR weights alpha 1, beta 8."""
-    return losses.dkd_loss(
-        outputs["logits"], teacher["logits"], batch["labels"],
-        temperature=hyperparams["temperature"],
-    )  # fmt: skip
-
-
-def _dist_term(outputs, teacher, hyperparams, batch):
-    """DIST: inter- and intra-class Pearson correlation of the softened predictions."""
-    del batch
-    return losses.dist_loss(
-        outputs["logits"], teacher["logits"], temperature=hyperparams["temperature"]
-    )
+def get_objective(name: str, settings: Mapping[str, Mapping[str, Any]] | None = None) -> Objective:
+    """The objective ``name`` (``"kd"``, ``"crd+kd"``, ``"ce"``) with each method's
+    ``settings`` over its defaults; a setting of a method the objective lacks is refused."""
+    try:
+        methods = parse(name)
+    except ValueError as error:
+        raise ValueError(f"unknown objective {name!r}: {error}") from None
+    settings = dict(settings or {})
+    stray = sorted(set(settings) - set(methods))
+    if stray:
+        raise ValueError(
+            f"settings for {', '.join(map(repr, stray))}, which objective {name!r} does not use."
+        )
+    terms = tuple((METHODS[m], METHODS[m].settings(settings.get(m))) for m in methods)
+    return Objective(name, terms)
 
 
 OBJECTIVES: dict[str, Objective] = {
-    objective.name: objective
-    for objective in (
-        Objective("ce"),
-        Objective("kd", ("logits",), _kd_term),
-        Objective("cosine", ("features",), _cosine_term),
-        Objective("hint", ("feature_map",), _hint_term, head=lambda count: heads.HintHead()),
-        Objective("vid", ("feature_map",), _vid_term, head=lambda count: heads.VIDHead()),
-        Objective("crd", ("features",), _crd_term, head=lambda count: heads.CRDHead(count)),
-        Objective("kd_standardized", ("logits",), _kd_standardized_term),
-        Objective("dkd", ("logits",), _dkd_term),
-        Objective("dist", ("logits",), _dist_term),
-        Objective("at", ("feature_map",), _between("feature_map", losses.attention_transfer_loss)),
-        Objective("nst", ("feature_map",), _between("feature_map", losses.nst_loss)),
-        # SP relates the last conv maps (RepDistiller's feat[-2]); the other relational
-        # methods the classifier's input (feat[-1]), as RepDistiller pairs them.
-        Objective(
-            "sp", ("feature_map",), _between("feature_map", losses.similarity_preserving_loss)
-        ),
-        Objective("pkt", ("features",), _between("features", losses.pkt_loss)),
-        Objective("rkd", ("features",), _between("features", losses.rkd_loss)),
-        Objective("cc", ("features",), _between("features", losses.correlation_congruence_loss)),
-    )
+    "ce": Objective("ce"),
+    **{name: get_objective(name) for name in METHODS},
 }
-
-
-def get_objective(name: str) -> Objective:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}") from None
 
 
 def alpha_weights(alpha: float) -> dict[str, float]:
@@ -183,15 +166,15 @@ def make_hyperparams(
     temperature=1.0,
     hard_weight=1.0,
     soft_weight=0.0,
+    **method_values,
 ) -> dict[str, jax.Array]:
     """The traced hyperparameters of a step, as float32 scalars (or vectors, one value
-    per student of a population)."""
-    import jax.numpy as jnp
-
+    per student of a population); ``method_values`` are ``{"<method>.<setting>": value}``."""
     values = {
         "learning_rate": learning_rate,
         "temperature": temperature,
         "hard_weight": hard_weight,
         "soft_weight": soft_weight,
+        **method_values,
     }
-    return {name: jnp.asarray(value, jnp.float32) for name, value in values.items()}
+    return {name: jnp.asarray(np.asarray(value), jnp.float32) for name, value in values.items()}

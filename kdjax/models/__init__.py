@@ -27,6 +27,7 @@ import jax
 from kdjax.models.backbones import MobileNetV2, ResNet50V2
 from kdjax.models.cifar_resnets import CIFAR_RESNETS
 from kdjax.models.layers import Conv, Dense, max_pool, strided_conv2d
+from kdjax.models.taps import INTERMEDIATES
 from kdjax.models.signal_models import SIGNAL_MODELS
 
 Outputs = dict[str, jax.Array]
@@ -167,6 +168,8 @@ class FourConvNet(nn.Module):
 
     ``features`` is the flattened last conv map in PyTorch's channel-first order, so
     the tutorial's ``avg_pool1d`` over it (the cosine run) pairs the same elements.
+    Its pooled stages are sown as ``stage1`` ([16, 16, 64]) and ``stage2`` (the
+    ``feature_map``, [8, 8, 32]; :mod:`kdjax.models.taps`).
     """
 
     num_classes: int = 10
@@ -177,9 +180,11 @@ class FourConvNet(nn.Module):
         x = nn.relu(Conv(128, (3, 3), padding=1, name="conv1")(images))
         x = nn.relu(Conv(64, (3, 3), padding=1, name="conv2")(x))
         x = max_pool(x)
+        self.sow(INTERMEDIATES, "stage1", x)
         x = nn.relu(Conv(64, (3, 3), padding=1, name="conv3")(x))
         x = nn.relu(Conv(32, (3, 3), padding=1, name="conv4")(x))
         feature_map = max_pool(x)
+        self.sow(INTERMEDIATES, "stage2", feature_map)
         features = _flatten_channels_first(feature_map)
         x = nn.relu(Dense(512, name="fc1")(features))
         if self.dropout > 0:
@@ -195,6 +200,8 @@ class TwoConvNet(nn.Module):
     max-pool (3×3, pad 1, ReLU), flatten 1024, dense 256, ReLU, [dropout], dense 10 —
     267,738 parameters. The tutorial's hint regressor (conv 16→32, 3×3) is the ``hint``
     method's head beside the student (:class:`kdjax.models.heads.HintHead`), not part of it.
+    Its pooled stages are sown as ``stage1`` ([16, 16, 16]) and ``stage2`` (the
+    ``feature_map``, [8, 8, 16]; :mod:`kdjax.models.taps`).
     """
 
     num_classes: int = 10
@@ -204,8 +211,10 @@ class TwoConvNet(nn.Module):
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
         x = nn.relu(Conv(16, (3, 3), padding=1, name="conv1")(images))
         x = max_pool(x)
+        self.sow(INTERMEDIATES, "stage1", x)
         x = nn.relu(Conv(16, (3, 3), padding=1, name="conv2")(x))
         feature_map = max_pool(x)
+        self.sow(INTERMEDIATES, "stage2", feature_map)
         features = _flatten_channels_first(feature_map)
         x = nn.relu(Dense(256, name="fc1")(features))
         if self.dropout > 0:

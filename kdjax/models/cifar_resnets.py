@@ -14,9 +14,11 @@ the classifier is initialised as PyTorch's ``nn.Linear``.
 Every model maps ``[B, 32, 32, 3]`` images to ``"logits"``, ``"features"`` (the
 pooled 64-vector: RepDistiller's ``feat[-1]``, what CRD, PKT, RKD and CC read) and
 ``"feature_map"`` (the last stage's output after its ReLU, ``[B, 8, 8, 64]``:
-RepDistiller's ``feat[-2]``, what SP reads). kdjax's AT, NST, VID and FitNets hint
-read that one map too, where RepDistiller sums AT, NST and VID over the three stages
-and takes the hint from the second stage.
+RepDistiller's ``feat[-2]``, what SP reads). The stages are sown under stable names
+(:mod:`kdjax.models.taps`): ``stem``, ``stage1``, ``stage2``, ``stage3`` (each stage's
+output after its ReLU: RepDistiller's ``feat[0]`` … ``feat[3]``, what AT, NST, VID and
+FSP read, FitNets ``stage2``) and ``stage1_preact`` … ``stage3_preact`` (before that
+ReLU: RepDistiller's ``preact=True`` features, what AB reads).
 
 Convolutions run through :func:`kdjax.models.layers.strided_conv2d`: on the CPU their
 gradients stay fast when the students of a population are trained one after another
@@ -40,6 +42,7 @@ import flax.linen as nn
 import jax
 
 from kdjax.models.layers import Dense, strided_conv2d
+from kdjax.models.taps import INTERMEDIATES
 
 Outputs = dict[str, jax.Array]
 # The widths of RepDistiller's resnet8 … resnet110: the stem, then the three stages.
@@ -81,8 +84,12 @@ class BasicBlock(nn.Module):
     channels: int
     strides: int = 1
 
-    @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return nn.relu(self.preact(x, train=train))
+
+    @nn.compact
+    def preact(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """The block's output before its last ReLU (RepDistiller's ``preact``)."""
         y = _conv(self.channels, 3, self.strides, "conv1")(x)
         y = nn.relu(_batch_norm(train, "bn1")(y))
         y = _conv(self.channels, 3, 1, "conv2")(y)
@@ -90,7 +97,7 @@ class BasicBlock(nn.Module):
         if self.strides != 1 or x.shape[-1] != self.channels:
             x = _conv(self.channels, 1, self.strides, "shortcut_conv")(x)
             x = _batch_norm(train, "shortcut_bn")(x)
-        return nn.relu(y + x)
+        return y + x
 
 
 class CifarResNet(nn.Module):
@@ -111,10 +118,18 @@ class CifarResNet(nn.Module):
         blocks = (self.depth - 2) // 6
         x = _conv(self.widths[0], 3, 1, "stem_conv")(images)
         x = nn.relu(_batch_norm(train, "stem_bn")(x))
+        self.sow(INTERMEDIATES, "stem", x)
         for stage, channels in enumerate(self.widths[1:], start=1):
             for index in range(blocks):
                 strides = 2 if stage > 1 and index == 0 else 1
-                x = BasicBlock(channels, strides, name=f"stage{stage}_block{index}")(x, train=train)
+                block = BasicBlock(channels, strides, name=f"stage{stage}_block{index}")
+                if index < blocks - 1:
+                    x = block(x, train=train)
+                    continue
+                preact = block.preact(x, train=train)
+                x = nn.relu(preact)
+                self.sow(INTERMEDIATES, f"stage{stage}_preact", preact)
+                self.sow(INTERMEDIATES, f"stage{stage}", x)
         features = x.mean(axis=(1, 2))
         logits = Dense(self.num_classes, name="fc")(features)
         return {"logits": logits, "features": features, "feature_map": x}

@@ -23,7 +23,6 @@ import numpy as np
 
 from kdjax.data import Dataset, Split
 from kdjax.distill import soft_targets
-from kdjax.distill.objectives import get_objective
 from kdjax.distill.teachers import Teacher, check_stored_outputs
 from kdjax.models import count_params
 from kdjax.models.heads import deployed_variables
@@ -46,6 +45,7 @@ from kdjax.training.recipe import (
     check_settings,
     hyperparams_of,
     model_of,
+    objective_of,
     preprocess_of,
     training_of,
 )
@@ -56,13 +56,18 @@ def run_directory(workdir: str | Path, spec: RunSpec, identity: dict) -> Path:
 
 
 def run_identity(spec: RunSpec, dataset: Dataset, teacher: Teacher | None) -> dict:
-    """What names the run: the spec's identity, the training data and the teacher."""
-    return {
+    """What names the run: the spec's identity, the training data and the teacher, and
+    the revision of any method whose definition changed (kdjax.distill.methods)."""
+    identity = {
         **spec.identity(),
         "image_shape": list(dataset.train.images.shape[1:]),
         "data": dataset.train.fingerprint(),
         "teacher": None if teacher is None else teacher.fingerprint,
     }
+    revisions = {m.name: m.revision for m, _ in objective_of(spec).terms if m.revision}
+    if revisions:
+        identity["method_revisions"] = revisions
+    return identity
 
 
 def train_run(
@@ -92,7 +97,7 @@ def train_run(
     start the model; their fingerprint joins the run's identity.
     """
     check_settings(spec)  # refused before any work
-    reads_teacher = bool(get_objective(spec.objective).teacher_outputs)
+    reads_teacher = bool(objective_of(spec).teacher_outputs)
     if reads_teacher and teacher is None:
         raise ValueError(f"objective {spec.objective!r} needs a teacher.")
     extras, online = _teacher_inputs(spec, dataset, teacher, teacher_outputs, log)
@@ -102,7 +107,11 @@ def train_run(
     if folds is not None:
         identity["folds"] = folds.fingerprint()
     training = training_of(
-        spec, len(dataset.train), teacher=online, initial_variables=initial_variables
+        spec,
+        len(dataset.train),
+        teacher=online,
+        initial_variables=initial_variables,
+        train_labels=dataset.train.labels,
     )
     plan = Plan(
         epochs=spec.epochs,
@@ -127,7 +136,7 @@ def train_run(
 
 def _teacher_inputs(spec: RunSpec, dataset: Dataset, teacher, given, log):
     """``(stored outputs as batch entries, online teacher)`` for the spec's objective."""
-    names = get_objective(spec.objective).teacher_outputs
+    names = objective_of(spec).teacher_outputs
     if given is not None and (not names or spec.teacher_mode == "online"):
         raise ValueError(
             f"run {spec.role!r}: teacher_outputs are stored outputs, for an objective that "
@@ -209,7 +218,7 @@ def load_run(
     spec = RunSpec.from_identity(config)
     state, epoch = load_state(run_dir, epoch, log=log)
     variables = {"params": state["params"], **state.get("model_state", {})}
-    if get_objective(spec.objective).head is not None:  # deploy the student alone
+    if objective_of(spec).head is not None:  # deploy the student alone
         variables = deployed_variables(variables)
     if spec.population is not None:
         if not 0 <= member < spec.population:

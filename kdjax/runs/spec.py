@@ -41,7 +41,9 @@ class RunSpec:
     ``hard_weight`` and ``soft_weight`` may then be tuples too, one value per student.
     The objective is ``hard_weight·CE + soft_weight·(its distillation term)``
     (:mod:`kdjax.distill.objectives`); the R MNIST notebook's ``alpha`` is ``hard_weight=alpha,
-    soft_weight=1−alpha``.
+    soft_weight=1−alpha``. An objective combining several methods (``"crd+kd"``)
+    takes each term's weight from ``method_settings`` (its ``soft_weight`` and
+    ``temperature`` stay at their defaults).
 
     A spec checks its own values when made; the names it gives (objective, image
     augmentation, compute dtype) are checked against their registries by
@@ -98,6 +100,10 @@ class RunSpec:
     # "bfloat16": activations and matmuls in bfloat16, parameters, optimizer state and
     # losses in float32 (kdjax.training.precision).
     compute_dtype: str = "float32"
+    # The objective's methods' settings over their defaults, by method:
+    # {"crd": {"negatives": 4096}, "kd": {"weight": 0.9, "temperature": 4.0}}
+    # (kdjax.distill.methods). A traced setting may hold one value per student.
+    method_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,13 +143,14 @@ class RunSpec:
             problems.append(
                 f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}"
             )
-        if self.population is not None:
-            for name in ("temperature", "hard_weight", "soft_weight"):
-                value = getattr(self, name)
-                if isinstance(value, tuple) and len(value) != self.population:
-                    problems.append(
-                        f"{name} has {len(value)} values for {self.population} students"
-                    )
+        values = {name: getattr(self, name) for name in ("temperature", "hard_weight", "soft_weight")}
+        for method, settings in self.method_settings.items():
+            values.update({f"{method}.{key}": value for key, value in settings.items()})
+        for name, value in values.items():
+            if isinstance(value, (tuple, list)) and len(value) != (self.population or 1):
+                problems.append(
+                    f"{name} has {len(value)} values for {self.population or 1} student(s)"
+                )
         if problems:
             raise ValueError(f"run {self.role!r}: " + "; ".join(problems) + ".")
 
@@ -194,6 +201,11 @@ class RunSpec:
         for name, value in identity.items():
             if name == "model_settings":
                 values[name] = {key: _tuples(item) for key, item in value.items()}
+            elif name == "method_settings":
+                values[name] = {
+                    method: {key: _tuples(item) for key, item in settings.items()}
+                    for method, settings in value.items()
+                }
             elif name in names:
                 values[name] = _tuples(value)
         return cls(**values)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.data import Split
+from kdjax.models import taps
 from kdjax.training.step import over_members
 from kdjax.types import Preprocess
 
@@ -43,12 +44,14 @@ def predict(
     batch_size: int = 1000,
     output_names: tuple[str, ...] = ("logits",),
 ) -> dict[str, np.ndarray]:
-    """Model outputs for every image, in order, as numpy arrays (inference mode)."""
+    """Model outputs for every image, in order, as numpy arrays (inference mode);
+    ``output_names`` may name any tap (:mod:`kdjax.models.taps`) that is one array."""
     batch_size = max(1, min(batch_size, len(images)))
+    extra = taps.extra_taps(output_names, ("logits",))
 
     @jax.jit
     def forward(variables, batch_images):
-        outputs = model.apply(variables, preprocess(batch_images), train=False)
+        outputs = taps.apply(model, variables, preprocess(batch_images), taps=extra, train=False)
         return {name: outputs[name] for name in output_names}
 
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in output_names}

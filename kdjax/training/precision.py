@@ -39,6 +39,11 @@ class MixedPrecisionModel:
     module: nn.Module
     compute_dtype: str
 
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """The wrapped module's taps (:class:`kdjax.models.heads.StudentWithHead`)."""
+        return getattr(self.module, "taps", ())
+
     def init(self, *args, **kwargs):
         return self.module.init(*args, **kwargs)
 

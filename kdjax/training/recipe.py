@@ -17,8 +17,8 @@ import flax.linen as nn
 
 from kdjax.data import image_augment, normalize
 from kdjax.data.augment import shift_count, translate_batch
-from kdjax.distill.objectives import get_objective, make_hyperparams
-from kdjax.models import get_model
+from kdjax.distill.objectives import Objective, get_objective, make_hyperparams
+from kdjax.models import get_model, taps
 from kdjax.models.heads import StudentWithHead
 from kdjax.models.signal_models import SIGNAL_MODELS, get_signal_model
 from kdjax.training.precision import COMPUTE_DTYPES, with_compute_dtype
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the run layer sits above this one; the spec is only a type 
 def check_settings(spec: RunSpec) -> None:
     """Refuses names no registry knows (objective, image augmentation, compute dtype)
     and settings that do not fit the objective they go with."""
-    objective = get_objective(spec.objective)  # raises for an unknown objective
+    objective = objective_of(spec)  # raises for an unknown objective or setting
     problems = []
     if spec.consistent_jitter and not objective.teacher_outputs:
         problems.append(
@@ -51,12 +51,45 @@ def check_settings(spec: RunSpec) -> None:
             "an augmented student needs teacher_mode='online' (stored teacher outputs "
             "belong to the unaugmented images)"
         )
+    if len(objective.terms) > 1 and (spec.soft_weight != 0.0 or spec.temperature != 1.0):
+        problems.append(
+            f"objective {spec.objective!r} combines methods: give each one's weight and "
+            "temperature in method_settings, not soft_weight or temperature"
+        )
+    sequences = [tap for tap in objective.teacher_outputs if taps.is_sequence_tap(tap)]
+    if sequences and spec.teacher_mode != "online":
+        problems.append(
+            f"the teacher's {', '.join(sequences)} (one map per stage) are read online: "
+            "set teacher_mode='online'"
+        )
     if spec.compute_dtype not in COMPUTE_DTYPES:
         problems.append(
             f"compute_dtype must be one of {COMPUTE_DTYPES}, got {spec.compute_dtype!r}"
         )
     if problems:
         raise ValueError(f"run {spec.role!r}: " + "; ".join(problems) + ".")
+
+
+def objective_of(spec: RunSpec, train_examples: int | None = None) -> Objective:
+    """The spec's objective with its methods' settings (``spec.method_settings``);
+    with ``train_examples``, its warm-ups placed in steps."""
+    objective = get_objective(spec.objective, _static_settings(spec))
+    if train_examples is not None:
+        objective = objective.with_steps_per_epoch(max(1, train_examples // spec.batch_size))
+    return objective
+
+
+def _static_settings(spec: RunSpec) -> dict:
+    """``spec.method_settings`` with one value per setting (a per-student tuple of a
+    traced setting is passed to the step as hyperparameters: its first value stands
+    in for the static default, which the step never reads)."""
+    return {
+        method: {
+            key: value[0] if isinstance(value, (tuple, list)) else value
+            for key, value in settings.items()
+        }
+        for method, settings in spec.method_settings.items()
+    }
 
 
 def model_of(spec: RunSpec) -> nn.Module:
@@ -86,7 +119,7 @@ def per_shift_extras(spec: RunSpec) -> tuple[str, ...]:
     """The batch entries stored once per shift (empty unless ``consistent_jitter``)."""
     if not spec.consistent_jitter:
         return ()
-    return tuple(f"teacher_{name}" for name in get_objective(spec.objective).teacher_outputs)
+    return tuple(f"teacher_{name}" for name in objective_of(spec).teacher_outputs)
 
 
 def shift_count_of(spec: RunSpec) -> int:
@@ -128,12 +161,22 @@ def schedule_of(spec: RunSpec, train_examples: int) -> Schedule | None:
 
 
 def hyperparams_of(spec: RunSpec) -> dict:
-    """The step's traced hyperparameters (vectors for per-student values)."""
+    """The step's traced hyperparameters (vectors for per-student values): the
+    learning rate, the loss weights and temperature, and every traced setting
+    ``spec.method_settings`` gives (``"<method>.<setting>"``)."""
+    objective = objective_of(spec)
+    traced = {
+        f"{method.name}.{key}": spec.method_settings[method.name][key]
+        for method, _ in objective.terms
+        for key in method.traced
+        if key in spec.method_settings.get(method.name, {})
+    }
     return make_hyperparams(
         learning_rate=spec.learning_rate,
         temperature=spec.temperature,
         hard_weight=spec.hard_weight,
         soft_weight=spec.soft_weight,
+        **traced,
     )
 
 
@@ -143,16 +186,19 @@ def training_of(
     *,
     teacher: OnlineTeacher | None = None,
     initial_variables: Any = None,
+    train_labels: Any = None,
 ) -> Training:
     """Everything ``spec`` trains, for a training set of ``train_examples``: its model
     (with a method's head beside the student, whose frozen patterns and initial
     variables then sit under ``student/``), objective, optimizer, preprocessing,
-    augmentation, constraint and schedule; ``teacher`` runs inside the step."""
+    augmentation, constraint and schedule; ``teacher`` runs inside the step;
+    ``train_labels`` are the training split's labels (CRD's class-aware negatives)."""
     check_settings(spec)
-    objective = get_objective(spec.objective)
+    objective = objective_of(spec, train_examples)
     model, frozen = model_of(spec), tuple(spec.frozen)
     if objective.head is not None:  # the method's trainable parts beside the student
-        model = StudentWithHead(model, objective.head(train_examples))
+        head = objective.head(train_examples, train_labels)
+        model = StudentWithHead(model, head, objective.student_taps)
         frozen = tuple(f"student/{pattern}" for pattern in frozen)
         if initial_variables is not None:
             initial_variables = {key: {"student": tree} for key, tree in initial_variables.items()}

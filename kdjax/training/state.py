@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from kdjax.models import taps
+
 
 class TrainState(struct.PyTreeNode):
     step: jax.Array
@@ -88,8 +90,14 @@ def make_optimizer(
 
 
 def _compiled_init(model: nn.Module) -> Callable:
+    # A student with a method's head records the taps the head reads at init too.
+    student_taps = getattr(model, "taps", ())
+    capture = taps.capture_filter(student_taps) if student_taps else False
+
     def initialise(key, images, inputs):
-        return model.init(key, images, train=False, **inputs)
+        variables = model.init(key, images, train=False, capture_intermediates=capture, **inputs)
+        # Sown and captured intermediates are outputs of this call, not model state.
+        return {name: tree for name, tree in variables.items() if name != taps.INTERMEDIATES}
 
     return jax.jit(initialise)
 

@@ -29,6 +29,7 @@ import optax
 
 from kdjax.data.augment import AUGMENT_STREAM
 from kdjax.distill.objectives import Objective
+from kdjax.models import taps
 from kdjax.training import parallel
 from kdjax.training.state import TrainState
 from kdjax.types import Augment, Batch, Constraint, Hyperparams, Preprocess, Schedule
@@ -56,7 +57,10 @@ class OnlineTeacher:
         return {"teacher": self.variables}
 
     def outputs(self, variables: Any, images: jax.Array, names: tuple[str, ...]) -> dict:
-        outputs = self.model.apply(variables, self.preprocess(images), train=False)
+        """The teacher's taps ``names`` (outputs or intermediates, :mod:`kdjax.models.taps`)
+        as batch entries ``"teacher_<name>"``."""
+        extra = taps.extra_taps(names, ("logits",))
+        outputs = taps.apply(self.model, variables, self.preprocess(images), taps=extra, train=False)
         return {f"teacher_{name}": jax.lax.stop_gradient(outputs[name]) for name in names}
 
 
@@ -96,18 +100,17 @@ def make_train_step(
         images = preprocess(batch["images"])
         mutable = list(state.model_state)
         head_inputs = head_inputs_of(objective, batch)
+        student_taps = objective.student_taps
 
         def loss_fn(params):
             variables = {"params": params, **state.model_state}
             rngs = {"dropout": dropout_key}
+            kwargs = dict(train=True, rngs=rngs, taps=student_taps, **head_inputs)
             if mutable:
-                outputs, model_state = model.apply(
-                    variables, images, train=True, rngs=rngs, mutable=mutable, **head_inputs
-                )
+                outputs, model_state = taps.apply(model, variables, images, mutable=mutable, **kwargs)
             else:
-                outputs = model.apply(variables, images, train=True, rngs=rngs, **head_inputs)
-                model_state = {}
-            per_example, parts = objective(outputs, batch, hyperparams)
+                outputs, model_state = taps.apply(model, variables, images, **kwargs), {}
+            per_example, parts = objective(outputs, batch, hyperparams, step=state.step)
             return jnp.mean(per_example), (outputs["logits"], parts, model_state)
 
         (loss, (logits, parts, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

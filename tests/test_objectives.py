@@ -1,0 +1,202 @@
+"""Objectives that combine methods, each with its settings and warm-up, reading any
+layer of any Flax model (kdjax.distill.objectives, kdjax.distill.methods,
+kdjax.models.taps), and the README's any-layer example, executed."""
+
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax import losses
+from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.models import get_model, taps
+from kdjax.runs import RunSpec
+from kdjax.training import OnlineTeacher, create_state
+from kdjax.training.recipe import check_settings, hyperparams_of, training_of
+from kdjax.training.step import make_train_step
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_any_layer_blocks() -> tuple[str, str]:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    example = [i for i, block in enumerate(blocks) if 'get_objective("at+kd"' in block]
+    assert len(example) == 1, "the README shows one any-layer example"
+    return blocks[example[0] - 1], blocks[example[0]]
+
+
+def test_the_readme_any_layer_example_runs_in_at_most_15_lines():
+    models, example = _readme_any_layer_blocks()
+    assert len([line for line in example.splitlines() if line.strip()]) <= 15
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(models + example, "README any-layer example", "exec"), namespace)
+    grads = namespace["grads"]
+    # Attention transfer reaches the student's Conv_0 through the loss.
+    assert float(jnp.abs(grads["Conv_0"]["kernel"]).sum()) > 0
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grads))
+    student = taps.apply(namespace["Student"](), namespace["student_vars"],
+                         namespace["images"], taps=("Conv_0",))  # fmt: skip
+    assert student["Conv_0"].shape == (16, 32, 32, 8) and student["logits"].shape == (16, 10)
+
+
+def _outputs(seed, batch=8, classes=10):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return {
+        "logits": jax.random.normal(keys[0], (batch, classes)),
+        "features": jax.random.normal(keys[1], (batch, 24)),
+        "stage?": (jax.random.normal(keys[2], (batch, 8, 8, 4)),) * 2,
+    }
+
+
+def test_a_combined_objective_is_ce_plus_the_weighted_sum_of_its_parts():
+    student, teacher = _outputs(0), _outputs(1)
+    labels = jnp.arange(8) % 10
+    objective = get_objective("kd+dist+at+pkt", {"kd": {"temperature": 3.0, "weight": 0.7}})
+    batch = {"labels": labels, **objective.teacher_batch(teacher)}
+    total, parts = objective(student, batch, {"hard_weight": 0.25})
+    expected = 0.25 * losses.cross_entropy(student["logits"], labels)
+    expected += 0.7 * losses.distillation_kl(student["logits"], teacher["logits"], temperature=3.0)
+    expected += 1.0 * losses.dist_loss(student["logits"], teacher["logits"], temperature=4.0)
+    expected += 1000.0 * losses.attention_transfer_loss(student["stage?"], teacher["stage?"])
+    expected += 30000.0 * losses.pkt_loss(student["features"], teacher["features"])
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+    assert set(parts) == {"hard_loss", "kd_loss", "dist_loss", "at_loss", "pkt_loss"}
+    # Each part is its method's own objective's soft term.
+    for method in ("kd", "dist", "pkt"):
+        single = get_objective(method, {"kd": {"temperature": 3.0}} if method == "kd" else None)
+        _, own = single(student, {"labels": labels, **single.teacher_batch(teacher)}, {})
+        np.testing.assert_allclose(parts[f"{method}_loss"], own["soft_loss"], rtol=1e-6)
+
+
+def test_a_warm_up_starts_at_zero_and_reaches_the_full_weight():
+    student, teacher = _outputs(0), _outputs(1)
+    labels = jnp.arange(8) % 10
+    objective = get_objective("dkd", {"dkd": {"warmup_epochs": 2.0, "beta": 2.0}})
+    objective = objective.with_steps_per_epoch(10)
+    batch = {"labels": labels, **objective.teacher_batch(teacher)}
+    hyper = make_hyperparams(learning_rate=0.1, temperature=4.0, hard_weight=1.0, soft_weight=1.0)
+    hard = losses.cross_entropy(student["logits"], labels)
+    term = losses.dkd_loss(student["logits"], teacher["logits"], labels, beta=2.0)
+    for step, factor in ((0, 0.0), (10, 0.5), (20, 1.0), (500, 1.0)):
+        total, _ = objective(student, batch, hyper, step=jnp.asarray(step))
+        np.testing.assert_allclose(total, hard + factor * term, rtol=1e-5, atol=1e-6)
+
+
+def test_traced_settings_come_from_the_hyperparameters():
+    student, teacher = _outputs(0), _outputs(1)
+    batch = {"labels": jnp.arange(8) % 10, **get_objective("kd+dkd").teacher_batch(teacher)}
+    objective = get_objective("kd+dkd", {"dkd": {"warmup_epochs": 0.0}})
+    base, _ = objective(student, batch, {})
+    swept = jax.jit(lambda beta: objective(student, batch, {"dkd.beta": beta})[0])
+    assert not np.allclose(swept(jnp.float32(2.0)), base)
+    np.testing.assert_allclose(swept(jnp.float32(8.0)), base, rtol=1e-6)
+    # One method alone reads the step's soft_weight and temperature.
+    kd = get_objective("kd")
+    one, _ = kd(student, batch, {"soft_weight": 0.5, "temperature": 2.0, "hard_weight": 0.0})
+    direct = losses.distillation_kl(student["logits"], teacher["logits"], temperature=2.0)
+    np.testing.assert_allclose(one, 0.5 * direct, rtol=1e-6)
+
+
+def test_bad_objectives_and_settings_are_refused_with_what_is_known():
+    with pytest.raises(ValueError, match="unknown objective 'kd\\+nope'.*unknown method 'nope'"):
+        get_objective("kd+nope")
+    with pytest.raises(ValueError, match="each once"):
+        get_objective("kd+kd")
+    with pytest.raises(ValueError, match="no setting 'negative'.*negatives"):
+        get_objective("crd", {"crd": {"negative": 3}})
+    with pytest.raises(ValueError, match="settings for 'at'"):
+        get_objective("kd", {"at": {"weight": 1.0}})
+
+
+class _Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv_a")(x))
+        self.sow("intermediates", "stage1", x)
+        x = nn.Conv(4, (3, 3), name="conv_b")(x)
+        self.sow("intermediates", "stage2", x)
+        return {"logits": nn.Dense(3)(x.mean((1, 2)))}
+
+
+def test_taps_read_outputs_sown_values_and_any_submodule():
+    model, x = _Tiny(), jnp.ones((2, 6, 6, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    out = taps.apply(model, variables, x, taps=("stage?", "conv_b", "stage2", "logits"))
+    assert len(out["stage?"]) == 2 and out["stage?"][1] is out["stage2"]
+    np.testing.assert_allclose(out["conv_b"], out["stage2"])  # captured == sown
+    with pytest.raises(ValueError, match="no output or intermediate named 'conv_c'.*stage1"):
+        taps.apply(model, variables, x, taps=("conv_c",))
+    with pytest.raises(ValueError, match="several"):
+        taps.select({}, {"a": {"x": (1,)}, "b": {"x": (2,)}}, ("x",))
+    assert [int(v) for v in taps.select({}, {f"s{i}": (i,) for i in (10, 2, 1)}, ("s*",))["s*"]] == [
+        1, 2, 10,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        ("resnet8", {"stem": 16, "stage1": 16, "stage2": 32, "stage3": 64, "stage3_preact": 64}),
+        ("four_conv_net", {"stage1": 64, "stage2": 32}),
+        ("two_conv_net", {"stage1": 16, "stage2": 16}),
+    ],
+)
+def test_the_built_in_networks_sow_their_stages(name, shapes):
+    model, x = get_model(name), jnp.ones((1, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+    out = jax.eval_shape(lambda v: taps.apply(model, v, x, taps=tuple(shapes)), variables)
+    assert {tap: out[tap].shape[-1] for tap in shapes} == shapes
+    assert out["stage2"].shape == out["feature_map"].shape or name == "resnet8"
+
+
+def _images(count=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (count, 32, 32, 3)).astype(np.uint8), np.arange(count) % 4
+
+
+@pytest.mark.parametrize(
+    ("objective", "settings"),
+    [
+        ("hint", {"hint": {"layer": "stage2", "regressor": "conv_bn_relu"}}),
+        ("vid", {}),
+        ("crd+kd", {"crd": {"negatives": 3}}),
+        ("cc+at", {}),
+    ],
+)
+def test_methods_with_heads_train_a_step_from_an_online_teacher(objective, settings):
+    """The student's stages, its heads and the teacher's stages meet in one step."""
+    images, labels = _images()
+    teacher_model = get_model("four_conv_net")
+    teacher_vars = teacher_model.init(jax.random.PRNGKey(1), images[:1] / np.float32(255))
+    spec = RunSpec("student", "two_conv_net", objective=objective, method_settings=settings,
+                   teacher_mode="online", batch_size=8, input_scale=255.0)  # fmt: skip
+    check_settings(spec)
+    teacher = OnlineTeacher(teacher_model, teacher_vars, lambda x: x / np.float32(255))
+    training = training_of(spec, len(images), teacher=teacher, train_labels=labels)
+    batch = {"images": images, "labels": labels, "rows": np.arange(8), "ids": np.arange(8)}
+    sample = {"teacher": {k[8:]: v for k, v in teacher.outputs(teacher_vars, images[:1],
+              training.objective.teacher_outputs).items()}, "rows": np.arange(1)}  # fmt: skip
+    state = create_state(training.model, training.optimizer,
+                         training.preprocess(images[:1]), 0, init_inputs=sample)  # fmt: skip
+    step = jax.jit(make_train_step(training.model, training.objective, training.optimizer,
+                                   training.preprocess, teacher=teacher))  # fmt: skip
+    new_state, metrics = step(state, batch, hyperparams_of(spec), teacher.context())
+    assert np.isfinite(float(metrics["loss"]))
+    assert "head" in new_state.params and "intermediates" not in new_state.model_state
+
+
+def test_specs_refuse_what_their_objective_cannot_do():
+    with pytest.raises(ValueError, match="read online"):
+        check_settings(RunSpec("s", "two_conv_net", objective="at"))
+    with pytest.raises(ValueError, match="combines methods"):
+        check_settings(RunSpec("s", "mlp", objective="kd+dist", soft_weight=0.5))
+    spec = RunSpec("s", "mlp", objective="kd+dist", seed=(0, 1),
+                   method_settings={"kd": {"weight": (0.5, 0.9)}})  # fmt: skip
+    np.testing.assert_allclose(hyperparams_of(spec)["kd.weight"], [0.5, 0.9])
+    assert spec.identity()["method_settings"] == {"kd": {"weight": [0.5, 0.9]}}
+    with pytest.raises(ValueError, match="kd.weight has 3 values for 2"):
+        RunSpec("s", "mlp", objective="kd", seed=(0, 1), method_settings={"kd": {"weight": (1, 2, 3)}})
