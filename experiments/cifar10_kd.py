@@ -58,12 +58,14 @@ from experiments.cifar_pairs import (
     PROTOCOLS,
     SHORT_LABELS,
     TUTORIAL_METHODS,
+    known_method,
     method_weights,
+    parse_settings,
     spec_fields,
+    teacher_mode,
 )
 from kdjax.data import Dataset, Split
 from kdjax.data.image_folder import CIFAR_SETS, load_cifar
-from kdjax.distill.objectives import get_objective
 from kdjax.distill.teachers import Teacher
 from kdjax.runs.cli import (
     CommonConfig,
@@ -78,6 +80,7 @@ from kdjax.runs.cli import (
 )
 from kdjax.runs.spec import RunSpec
 from kdjax.training.monitor import NonFiniteLossError
+from kdjax.training.recipe import objective_of
 
 __all__ = ["COMPARED_METHODS", "METHODS", "PRESETS", "Config", "run"]
 TEACHER_SEED = 42
@@ -93,9 +96,16 @@ class Config(CommonConfig):
         "Student runs: any of " + ",".join(METHODS) + "; 'all' for the PyTorch KD "
         "tutorial's four (ce,kd,cosine,hint), 'compare' for every method.",
         check=(
-            lambda names: bool(names) and set(names) <= {*METHODS, "all", "compare"},
-            f"must list methods among {', '.join(METHODS)} (or all, compare)",
+            lambda names: bool(names) and all(known_method(name) for name in names),
+            f"must list methods among {', '.join(METHODS)}, combinations of them joined "
+            "with + (e.g. crd+kd), all or compare",
         ),
+    )
+    method_settings: tuple[str, ...] = option(
+        (),
+        "Method settings over the preset's, method.setting=value, comma-separated: e.g. "
+        "crd.negatives=4096,dkd.beta=2,at.layer=stage3 (docs/methods.md lists them).",
+        check=(lambda items: bool(parse_settings(items)) or not items, "method.setting=value"),
     )
     preset: str = option(
         "pytorch_tutorial",
@@ -167,7 +177,8 @@ class Config(CommonConfig):
             names |= set(TUTORIAL_METHODS)
         if "compare" in names:
             names |= set(METHODS)
-        return [method for method in METHODS if method in names]
+        listed = [method for method in METHODS if method in names]
+        return listed + [name for name in self.method if name not in {*listed, "all", "compare"}]
 
     def base_protocol(self):
         """The protocol asked for, or the preset's."""
@@ -247,14 +258,13 @@ def student_spec(config: Config, dataset: Dataset, method: str, weights: dict) -
     seeds = tuple(range(config.first_seed, config.first_seed + config.seeds))
     fields, settings = spec_fields(config, dataset, config.run_epochs()["student"])
     model, model_settings = PRESETS[config.preset]["student"]
-    reads_teacher = bool(get_objective(method).teacher_outputs)
     return RunSpec(
         role=f"student_{method}",
         model=model,
         model_settings={**model_settings, **settings},
         objective=method,
         seed=seeds if len(seeds) > 1 else seeds[0],
-        teacher_mode=config.training_protocol().teacher_mode if reads_teacher else "stored",
+        teacher_mode=teacher_mode(config, method, weights),
         **weights,
         **fields,
     )
@@ -274,16 +284,22 @@ def run(config: Config) -> dict:
     specs = {"teacher": teacher_spec(config, dataset)}
     results = {"teacher": report.train(config, specs["teacher"], dataset, prepared=execution)}
     teacher = Teacher(specs["teacher"], results["teacher"].variables, results["teacher"].run_dir)
-    # Every output the methods read, computed in one pass over the training set.
-    needed = tuple(dict.fromkeys(n for m in methods for n in get_objective(m).teacher_outputs))
-    if needed and protocol.teacher_mode == "stored":
+    weights = {"teacher": {}, **{m: method_weights(config, m) for m in methods}}
+    specs.update({m: student_spec(config, dataset, m, weights[m]) for m in methods})
+    # Every stored output the methods read, computed in one pass over the training set.
+    needed = tuple(dict.fromkeys(
+        name for m in methods if specs[m].teacher_mode == "stored"
+        for name in objective_of(specs[m]).teacher_outputs
+    ))  # fmt: skip
+    if needed:
         teacher.outputs(dataset, needed, splits=("train",), log=report.log)
-    weights, diverged = {"teacher": {}}, {}
+    diverged = {}
     for method in methods:
-        weights[method] = method_weights(config, method)
-        spec = student_spec(config, dataset, method, weights[method])
-        mentor = teacher if get_objective(method).teacher_outputs else None
+        spec = specs.pop(method)
+        mentor = teacher if objective_of(spec).teacher_outputs else None
         report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
+        if mentor and spec.teacher_mode != protocol.teacher_mode:
+            report.log(f"Student {method}: the teacher runs online (it reads a map per stage).")
         try:
             results[spec.role] = report.train(
                 config, spec, dataset, teacher=mentor, prepared=execution

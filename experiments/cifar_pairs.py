@@ -25,16 +25,22 @@ every pair. A pair may also train under the other protocol (:data:`PROTOCOLS`:
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from kdjax.data import IMAGENET_MEAN, IMAGENET_STD
+from kdjax.distill.objectives import get_objective
+from kdjax.models import taps
 
 # The PyTorch KD tutorial's student runs.
 TUTORIAL_METHODS = ("ce", "kd", "cosine", "hint")
-# The methods researchers compare against (kdjax.distill.objectives), with the loss weights
-# RepDistiller uses on CIFAR (CE weight 1, the method's term beta; AT's 1000 is its
-# ×1000), DKD's T=4 and DIST's T=4 (their CIFAR settings); KD's T is the pair's.
+# The methods researchers compare against (kdjax.distill.methods), with the loss weights
+# RepDistiller uses on CIFAR (its `-r` CE weight 1, the method's `-b` weight: AT's 1000
+# is its ×1000), the logit-standardisation paper's 0.1 CE + 9 KD at T=2, DKD's and
+# DIST's T=4, and RepDistiller's best row, CRD + KD (`-a 1 -b 0.8`, KD at the pair's T).
+# Each method reads the layers RepDistiller's do (its defaults: every stage for AT, NST
+# and VID, the last map for SP, the pooled features for PKT, RKD, CC and CRD).
 COMPARED_METHODS = {
-    "kd_standardized": {"hard_weight": 1.0, "soft_weight": 1.0},
+    "kd_standardized": {"temperature": 2.0, "hard_weight": 0.1, "soft_weight": 9.0},
     "dkd": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
     "dist": {"temperature": 4.0, "hard_weight": 1.0, "soft_weight": 1.0},
     "at": {"hard_weight": 1.0, "soft_weight": 1000.0},
@@ -45,7 +51,13 @@ COMPARED_METHODS = {
     "cc": {"hard_weight": 1.0, "soft_weight": 0.02},
     "vid": {"hard_weight": 1.0, "soft_weight": 1.0},
     "crd": {"hard_weight": 1.0, "soft_weight": 0.8},
+    "crd+kd": {
+        "hard_weight": 1.0,
+        "method_settings": {"crd": {"weight": 0.8}, "kd": {"weight": 1.0}},
+    },
 }
+# mdistiller's DKD warm-up: 20 of its 240 CIFAR epochs, kept at that fraction of a run.
+DKD_WARMUP_FRACTION = 20 / 240
 METHODS = (*TUTORIAL_METHODS, *COMPARED_METHODS)
 
 
@@ -143,27 +155,63 @@ PRESETS = {
         "kd": {"temperature": 4.0, "hard_weight": 0.1, "soft_weight": 0.9},
         # RepDistiller has no cosine run; the PyTorch KD tutorial's weights are used.
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
-        "hint": {"hard_weight": 1.0, "soft_weight": 100.0},
+        # FitNets as RepDistiller trains it: stage 2 through conv + BN + ReLU, ×100.
+        "hint": {
+            "hard_weight": 1.0,
+            "soft_weight": 100.0,
+            "method_settings": {"hint": {"layer": "stage2", "regressor": "conv_bn_relu"}},
+        },
+        # mdistiller's res56_res20 DKD: β = 2 (its CIFAR default is 8).
+        "dkd": {
+            "temperature": 4.0,
+            "hard_weight": 1.0,
+            "soft_weight": 1.0,
+            "method_settings": {"dkd": {"beta": 2.0}},
+        },
         "published": {"cifar100": REPDISTILLER_RESNET56_RESNET20},
         "published_source": "RepDistiller README, CIFAR-100",
     },
 }
-LABELS = {
+
+
+class _Labels(dict):
+    """Row labels by method; a combination not listed is ``<prefix><method>``."""
+
+    def __init__(self, prefix: str, labels: dict):
+        super().__init__(labels)
+        self.prefix = prefix
+
+    def __missing__(self, method: str) -> str:
+        return f"{self.prefix}{method}"
+
+
+LABELS = _Labels("student CE + ", {
     "teacher": "teacher",
     "ce": "student CE",
     "kd": "student CE + KD",
-    "cosine": "student CE + cosine",
     "hint": "student CE + hint (regressor MSE)",
-    **{method: f"student CE + {method}" for method in COMPARED_METHODS},
-}
-SHORT_LABELS = {
-    "teacher": "teacher",
-    "ce": "CE",
-    "kd": "CE + KD",
-    "cosine": "CE + cosine",
-    "hint": "CE + hint",
-    **{method: f"CE + {method}" for method in COMPARED_METHODS},
-}
+})  # fmt: skip
+SHORT_LABELS = _Labels("CE + ", {"teacher": "teacher", "ce": "CE", "kd": "CE + KD"})
+
+
+def known_method(name: str) -> bool:
+    if name in (*METHODS, "all", "compare"):
+        return True
+    try:
+        return bool(get_objective(name).terms)
+    except ValueError:
+        return False
+
+
+def teacher_mode(config, method: str, weights: dict) -> str:
+    """The protocol's mode; online for a method reading one map per stage (several
+    maps of every training image would not fit a store)."""
+    teacher_taps = get_objective(method, weights.get("method_settings")).teacher_outputs
+    if not teacher_taps:
+        return "stored"
+    if any(taps.is_sequence_tap(tap) for tap in teacher_taps):
+        return "online"
+    return config.training_protocol().teacher_mode
 
 
 def input_normalisation(protocol: Protocol, dataset_name: str) -> dict:
@@ -175,19 +223,68 @@ def input_normalisation(protocol: Protocol, dataset_name: str) -> dict:
 
 
 def method_weights(config, method: str) -> dict:
-    """The loss weights (and T) of one method: the preset's, overridden by the config
-    (a ``cifar10_kd.Config``)."""
+    """The RunSpec loss fields of one method (``hard_weight``, ``soft_weight``,
+    ``temperature``, ``method_settings``): the preset's, overridden by the config (a
+    ``cifar10_kd.Config``: its weights and its ``--method_settings``). A combination
+    not listed takes CE weight 1 and each method's own weight and temperature."""
     if method == "ce":
         return {}
-    preset = PRESETS[config.preset]
-    weights = dict(preset.get(method) or COMPARED_METHODS[method])
-    if method == "kd_standardized":
-        weights["temperature"] = preset["kd"]["temperature"]
+    preset, parts = PRESETS[config.preset], method.split("+")
+    listed = preset.get(method) or COMPARED_METHODS.get(method)
+    weights = dict(listed) if listed else _combined(config, parts)
+    settings = {m: dict(v) for m, v in weights.pop("method_settings", {}).items()}
+    if len(parts) > 1 and "kd" in parts:  # KD in a combination: at the pair's temperature
+        settings.setdefault("kd", {}).setdefault("temperature", preset["kd"]["temperature"])
+    if "dkd" in parts:
+        epochs = config.run_epochs()["student"]
+        settings.setdefault("dkd", {})["warmup_epochs"] = round(DKD_WARMUP_FRACTION * epochs, 6)
     for name in ("temperature", "hard_weight", "soft_weight"):
         value = getattr(config, name)
         if value is not None and (name != "temperature" or method == "kd"):
             weights[name] = value
-    return weights
+    for key, value in parse_settings(config.method_settings).items():
+        target, setting = key.split(".", 1)
+        if target not in parts:
+            continue
+        if len(parts) == 1 and setting in ("weight", "temperature"):
+            weights["soft_weight" if setting == "weight" else setting] = value
+        else:
+            settings.setdefault(target, {})[setting] = value
+    return {**weights, **({"method_settings": settings} if settings else {})}
+
+
+def _combined(config, parts: list[str]) -> dict:
+    """CE weight 1 and each method's own weight (and temperature) as its term's."""
+    settings = {}
+    for part in parts:
+        own = method_weights(dataclasses.replace(config, method_settings=()), part)
+        settings[part] = {"weight": own.get("soft_weight", 1.0)}
+        if "temperature" in own:
+            settings[part]["temperature"] = own["temperature"]
+        for key, value in own.get("method_settings", {}).get(part, {}).items():
+            settings[part].setdefault(key, value)
+    return {"hard_weight": 1.0, "method_settings": settings}
+
+
+def parse_settings(items) -> dict:
+    """``["crd.negatives=4096", "kd.weight=0.9"]`` → ``{"crd.negatives": 4096, ...}``
+    (numbers and true/false parsed, anything else a string)."""
+    parsed = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or "." not in key:
+            raise ValueError(f"a method setting is method.setting=value, got {item!r}.")
+        try:
+            parsed[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = text
+    return parsed
+
+
+def label(method: str, short: bool = False) -> str:
+    """A method's row label (``"CE + crd+kd"`` for a combination not listed)."""
+    labels = SHORT_LABELS if short else LABELS
+    return labels.get(method, f"{'CE' if short else 'student CE'} + {method}")
 
 
 def spec_fields(config, dataset, epochs: int) -> tuple[dict, dict]:

@@ -555,7 +555,9 @@ def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name)
     from kdjax.distill.objectives import get_objective
 
     # SmallConvNet sows no stages: the multi-stage methods read its one map here.
-    objective = get_objective(name, {name: {"layer": "feature_map"}} if name in ("at", "nst") else None)
+    objective = get_objective(
+        name, {name: {"layer": "feature_map"}} if name in ("at", "nst") else None
+    )
     model, optimizer = SmallConvNet(), make_optimizer("adam")
     split = _split(16)
     state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)

@@ -39,10 +39,11 @@ STAGES = "stage?"
 class Method:
     """One distillation term (module docstring). ``defaults`` lists every setting the
     method takes; ``traced`` those that are traced arrays in the step (weights,
-    temperatures and other floats a sweep may vary); ``head(settings, train_examples, train_labels)``
-    builds its trainable parts (:mod:`kdjax.models.heads`). ``revision`` counts
-    changes of the method's definition; it joins the identity of a run, so a run of
-    an older definition is never reused as this one."""
+    temperatures and other floats a sweep may vary);
+    ``head(settings, train_examples, train_labels)`` builds its trainable parts
+    (:mod:`kdjax.models.heads`). ``revision`` counts changes of the method's
+    definition; it joins the identity of a run, so a run of an older definition is
+    never reused as this one."""
 
     name: str
     term: Term
@@ -88,7 +89,9 @@ def _pair(outputs, teacher, settings):
 
 def _kd(outputs, teacher, settings, batch):
     """``T²·KL(softmax(t/T) ‖ softmax(s/T))`` (Hinton et al. 2015)."""
-    return losses.distillation_kl(*_pair(outputs, teacher, settings), temperature=settings["temperature"])
+    return losses.distillation_kl(
+        *_pair(outputs, teacher, settings), temperature=settings["temperature"]
+    )
 
 
 def _kd_standardized(outputs, teacher, settings, batch):
@@ -119,7 +122,9 @@ def _cosine(outputs, teacher, settings, batch):
     average-pooled to the student's width (the PyTorch KD tutorial's cosine run)."""
     s, t = _pair(outputs, teacher, settings)
     s = s.reshape(s.shape[0], -1)
-    return losses.cosine_embedding_loss(s, losses.pool_features(t.reshape(t.shape[0], -1), s.shape[-1]))
+    return losses.cosine_embedding_loss(
+        s, losses.pool_features(t.reshape(t.shape[0], -1), s.shape[-1])
+    )
 
 
 def _hint(outputs, teacher, settings, batch):
@@ -129,7 +134,9 @@ def _hint(outputs, teacher, settings, batch):
 
 def _vid(outputs, teacher, settings, batch):
     """VID: negative log-likelihood of the teacher's maps under the head's Gaussians."""
-    return losses.vid_loss(outputs["vid_mean"], teacher[teacher_taps(settings)], outputs["vid_log_scale"])
+    return losses.vid_loss(
+        outputs["vid_mean"], teacher[teacher_taps(settings)], outputs["vid_log_scale"]
+    )
 
 
 def _crd(outputs, teacher, settings, batch):
@@ -168,53 +175,79 @@ METHODS: dict[str, Method] = {
     for method in (
         Method("kd", _kd, LOGITS, ("weight", "temperature")),
         Method(
-            "kd_standardized", _kd_standardized, {"weight": 9.0, "temperature": 2.0},
-            ("weight", "temperature"), revision=1,
+            "kd_standardized",
+            _kd_standardized,
+            {"weight": 9.0, "temperature": 2.0},
+            ("weight", "temperature"),
+            revision=1,
             doc="The paper's CIFAR weights are 0.1 CE + 9 KD at T=2 (its Table 7 setting).",
         ),
         Method(
-            "dkd", _dkd,
+            "dkd",
+            _dkd,
             {**LOGITS, "weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 20.0},
-            ("weight", "temperature", "alpha", "beta"), revision=1,
+            ("weight", "temperature", "alpha", "beta"),
+            revision=1,
             doc="mdistiller's CIFAR defaults: α 1, β 8 (2 for resnet56 → resnet20), T 4, "
             "and a 20-epoch linear warm-up of the term's weight, counted in steps.",
         ),
         Method(
-            "dist", _dist, {**LOGITS, "beta": 1.0, "gamma": 1.0},
+            "dist",
+            _dist,
+            {**LOGITS, "beta": 1.0, "gamma": 1.0},
             ("weight", "temperature", "beta", "gamma"),
         ),
         Method("cosine", _cosine, {"weight": 1.0, "layer": "features"}),
         Method(
-            "hint", _hint,
+            "hint",
+            _hint,
             {"weight": 1.0, "layer": "feature_map", "regressor": "linear", "kernel_size": 3},
             head=lambda settings, count, labels: heads.HintHead.of(settings),
             doc="Defaults: the PyTorch KD tutorial's hint (its last maps, a linear 3×3 "
             "regressor); RepDistiller's FitNets is layer='stage2', regressor='conv_bn_relu'.",
         ),
         Method(
-            "vid", _vid, {"weight": 1.0, "layer": STAGES},
-            head=lambda settings, count, labels: heads.VIDHead.of(settings), revision=1,
+            "vid",
+            _vid,
+            {"weight": 1.0, "layer": STAGES},
+            head=lambda settings, count, labels: heads.VIDHead.of(settings),
+            revision=1,
         ),
         Method(
-            "crd", _crd,
-            {"weight": 0.8, "layer": "features", "negatives": 16384, "dim": 128,
-             "nce_temperature": 0.07, "momentum": 0.5, "class_aware": True},
-            head=lambda settings, count, labels: heads.CRDHead.of(settings, count, labels), revision=1,
+            "crd",
+            _crd,
+            {
+                "weight": 0.8,
+                "layer": "features",
+                "negatives": 16384,
+                "dim": 128,
+                "nce_temperature": 0.07,
+                "momentum": 0.5,
+                "class_aware": True,
+            },
+            head=lambda settings, count, labels: heads.CRDHead.of(settings, count, labels),
+            revision=1,
         ),  # fmt: skip
         Method(
-            "at", _between(losses.attention_transfer_loss, p=None),
-            {"weight": 1000.0, "layer": STAGES, "p": 2.0}, revision=1,
+            "at",
+            _between(losses.attention_transfer_loss, p=None),
+            {"weight": 1000.0, "layer": STAGES, "p": 2.0},
+            revision=1,
         ),
         Method("nst", _between(losses.nst_loss), {"weight": 50.0, "layer": STAGES}, revision=1),
         Method(
-            "sp", _between(losses.similarity_preserving_loss),
+            "sp",
+            _between(losses.similarity_preserving_loss),
             {"weight": 3000.0, "layer": "feature_map"},
         ),  # fmt: skip
         Method("pkt", _between(_flat(losses.pkt_loss)), {"weight": 30000.0, "layer": "features"}),
         Method("rkd", _between(_flat(losses.rkd_loss)), {"weight": 1.0, "layer": "features"}),
         Method(
-            "cc", _cc, {"weight": 0.02, "layer": "features", "dim": 128},
-            head=lambda settings, count, labels: heads.CCHead.of(settings), revision=1,
+            "cc",
+            _cc,
+            {"weight": 0.02, "layer": "features", "dim": 128},
+            head=lambda settings, count, labels: heads.CCHead.of(settings),
+            revision=1,
         ),  # fmt: skip
     )
 }
@@ -238,4 +271,6 @@ def warmup_factor(settings: Settings, step, steps_per_epoch: int):
 
 def traced_values(method: Method, settings: Settings) -> dict[str, jnp.ndarray]:
     """The method's traced settings as float32 arrays."""
-    return {key: jnp.asarray(settings[key], jnp.float32) for key in method.traced if key in settings}
+    return {
+        key: jnp.asarray(settings[key], jnp.float32) for key in method.traced if key in settings
+    }

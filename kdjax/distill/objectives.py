@@ -68,8 +68,9 @@ class Objective:
 
     @property
     def head(self):
-        """``head(train_examples, train_labels=None)`` building the trainable parts the methods add beside the
-        student (one method's head itself, several under their methods' names), or None."""
+        """``head(train_examples, train_labels=None)`` building the trainable parts the
+        methods add beside the student (one method's head itself, several under their
+        methods' names), or None."""
         with_heads = [(m, s) for m, s in self.terms if m.head is not None]
         if not with_heads:
             return None

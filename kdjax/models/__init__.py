@@ -27,8 +27,8 @@ import jax
 from kdjax.models.backbones import MobileNetV2, ResNet50V2
 from kdjax.models.cifar_resnets import CIFAR_RESNETS
 from kdjax.models.layers import Conv, Dense, max_pool, strided_conv2d
-from kdjax.models.taps import INTERMEDIATES
 from kdjax.models.signal_models import SIGNAL_MODELS
+from kdjax.models.taps import INTERMEDIATES
 
 Outputs = dict[str, jax.Array]
 

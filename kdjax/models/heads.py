@@ -101,7 +101,11 @@ class HintHead(nn.Module):
         target = teacher[self.teacher_layer]
         student = outputs[self.student_layer]
         if self.regressor == "conv_bn_relu":
-            return {"hint": connectors.ConvReg(tuple(target.shape[1:]), name="regressor")(student, train=train)}
+            return {
+                "hint": connectors.ConvReg(tuple(target.shape[1:]), name="regressor")(
+                    student, train=train
+                )
+            }
         regressor = ConvConnector(target.shape[-1], self.kernel_size, name="regressor")
         return {"hint": regressor(student)}
 
@@ -134,7 +138,9 @@ class VIDHead(nn.Module):
         for index, (student, target) in enumerate(zip(students, targets, strict=True)):
             if student.ndim == 4 and student.shape[1] > target.shape[1]:
                 student = _pool_to(student, target.shape[1:3])
-            mean, log_scale = VIDRegressor(target.shape[-1], name=f"regressor{index or ''}")(student)
+            mean, log_scale = VIDRegressor(target.shape[-1], name=f"regressor{index or ''}")(
+                student
+            )
             means.append(mean)
             scales.append(log_scale)
         if single:

@@ -143,7 +143,9 @@ class RunSpec:
             problems.append(
                 f"teacher_mode must be one of {TEACHER_MODES}, got {self.teacher_mode!r}"
             )
-        values = {name: getattr(self, name) for name in ("temperature", "hard_weight", "soft_weight")}
+        values = {
+            name: getattr(self, name) for name in ("temperature", "hard_weight", "soft_weight")
+        }
         for method, settings in self.method_settings.items():
             values.update({f"{method}.{key}": value for key, value in settings.items()})
         for name, value in values.items():

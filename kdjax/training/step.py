@@ -60,7 +60,9 @@ class OnlineTeacher:
         """The teacher's taps ``names`` (outputs or intermediates, :mod:`kdjax.models.taps`)
         as batch entries ``"teacher_<name>"``."""
         extra = taps.extra_taps(names, ("logits",))
-        outputs = taps.apply(self.model, variables, self.preprocess(images), taps=extra, train=False)
+        outputs = taps.apply(
+            self.model, variables, self.preprocess(images), taps=extra, train=False
+        )
         return {f"teacher_{name}": jax.lax.stop_gradient(outputs[name]) for name in names}
 
 
@@ -107,7 +109,9 @@ def make_train_step(
             rngs = {"dropout": dropout_key}
             kwargs = dict(train=True, rngs=rngs, taps=student_taps, **head_inputs)
             if mutable:
-                outputs, model_state = taps.apply(model, variables, images, mutable=mutable, **kwargs)
+                outputs, model_state = taps.apply(
+                    model, variables, images, mutable=mutable, **kwargs
+                )
             else:
                 outputs, model_state = taps.apply(model, variables, images, **kwargs), {}
             per_example, parts = objective(outputs, batch, hyperparams, step=state.step)
