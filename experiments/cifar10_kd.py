@@ -6,14 +6,12 @@ resnet20, every method over several seeds.
     python -m experiments.cifar10_kd --data_dir=path/to/cifar10 --method=compare --seeds=3 \
         --preset=resnet56_resnet20
 
-``--method`` lists the student runs: ``ce`` (labels only), ``kd`` (CE + T²·KL on
-logits), ``cosine`` (CE + cosine loss between the student's flattened features and
-the teacher's, average-pooled to the student's width), ``hint`` (CE + MSE between
-the student's trainable regressor output and the teacher's last conv map) and the
-methods of :data:`experiments.cifar_pairs.COMPARED_METHODS`; ``all`` is the first
-four (with the teacher, the PyTorch KD tutorial's five-run comparison), ``compare`` every method.
-The teacher is trained once per workdir; every method trains ``--seeds`` students
-together in one compiled program.
+``--method`` lists the student runs: ``ce`` (labels only), ``kd``, ``cosine``, ``hint``
+and the methods of :data:`experiments.cifar_pairs.COMPARED_METHODS`, or any
+combination joined with ``+`` (``crd+kd``); ``--method_settings`` overrides their
+settings (docs/methods.md). ``all`` is the PyTorch KD tutorial's four, ``compare``
+every method that applies to the pair. The teacher is trained once per workdir;
+every method trains ``--seeds`` students together in one compiled program.
 
 ``--preset`` picks the pair, its protocol and its loss weights
 (:mod:`experiments.cifar_pairs`): ``pytorch_tutorial`` (default: the PyTorch KD
@@ -63,6 +61,7 @@ from experiments.cifar_pairs import (
     parse_settings,
     spec_fields,
     teacher_mode,
+    teacher_reads,
 )
 from kdjax.data import Dataset, Split
 from kdjax.data.image_folder import CIFAR_SETS, load_cifar
@@ -175,8 +174,8 @@ class Config(CommonConfig):
         names = set(self.method)
         if "all" in names:
             names |= set(TUTORIAL_METHODS)
-        if "compare" in names:
-            names |= set(METHODS)
+        if "compare" in names:  # every method that applies to the pair
+            names |= set(METHODS) - set(PRESETS[self.preset].get("skip", {}))
         listed = [method for method in METHODS if method in names]
         return listed + [name for name in self.method if name not in {*listed, "all", "compare"}]
 
@@ -296,7 +295,7 @@ def run(config: Config) -> dict:
     diverged = {}
     for method in methods:
         spec = specs.pop(method)
-        mentor = teacher if objective_of(spec).teacher_outputs else None
+        mentor = teacher if teacher_reads(objective_of(spec)) else None
         report.log(f"Student {method}: {LABELS[method]}, {weights[method] or 'labels only'}.")
         if mentor and spec.teacher_mode != protocol.teacher_mode:
             report.log(f"Student {method}: the teacher runs online (it reads a map per stage).")

@@ -55,7 +55,13 @@ COMPARED_METHODS = {
         "hard_weight": 1.0,
         "method_settings": {"crd": {"weight": 0.8}, "kd": {"weight": 1.0}},
     },
+    # Trained after an initialisation stage (30 of RepDistiller's 240 epochs, kept at
+    # that fraction of a run): AB and FSP then train on the labels alone, FT with ×200.
+    "ab": {"hard_weight": 1.0, "soft_weight": 1.0},
+    "ft": {"hard_weight": 1.0, "soft_weight": 200.0},
+    "fsp": {"hard_weight": 1.0, "soft_weight": 1.0},
 }
+INIT_FRACTION = 30 / 240
 # mdistiller's DKD warm-up: 20 of its 240 CIFAR epochs, kept at that fraction of a run.
 DKD_WARMUP_FRACTION = 20 / 240
 METHODS = (*TUTORIAL_METHODS, *COMPARED_METHODS)
@@ -135,6 +141,7 @@ PRESETS = {
         "published": {
             "cifar10": {"teacher": 75.60, "ce": 70.41, "kd": 70.19, "cosine": 70.87, "hint": 71.40}
         },
+        "skip": {"fsp": "FSP needs equal channels per stage (16 and 64 here)"},
         "published_source": "PyTorch KD tutorial, one docs build",
     },
     "cnn_notebook": {
@@ -146,6 +153,7 @@ PRESETS = {
         "cosine": {"hard_weight": 0.75, "soft_weight": 0.25},
         "hint": {"hard_weight": 0.75, "soft_weight": 0.25},
         "published": {"cifar10": {"teacher": 74.43, "ce": 69.51, "kd": 71.38}},
+        "skip": {"fsp": "FSP needs equal channels per stage (16 and 64 here)"},
         "published_source": "CIFAR-10 CNN notebook, one run",
     },
     "resnet56_resnet20": {
@@ -203,10 +211,15 @@ def known_method(name: str) -> bool:
         return False
 
 
+def teacher_reads(objective) -> tuple[str, ...]:
+    """The teacher taps an objective reads in its main run and its initialisation stage."""
+    return objective.teacher_outputs + objective.in_phase("init").teacher_outputs
+
+
 def teacher_mode(config, method: str, weights: dict) -> str:
     """The protocol's mode; online for a method reading one map per stage (several
     maps of every training image would not fit a store)."""
-    teacher_taps = get_objective(method, weights.get("method_settings")).teacher_outputs
+    teacher_taps = teacher_reads(get_objective(method, weights.get("method_settings")))
     if not teacher_taps:
         return "stored"
     if any(taps.is_sequence_tap(tap) for tap in teacher_taps):
@@ -235,9 +248,11 @@ def method_weights(config, method: str) -> dict:
     settings = {m: dict(v) for m, v in weights.pop("method_settings", {}).items()}
     if len(parts) > 1 and "kd" in parts:  # KD in a combination: at the pair's temperature
         settings.setdefault("kd", {}).setdefault("temperature", preset["kd"]["temperature"])
+    epochs = config.run_epochs()["student"]
     if "dkd" in parts:
-        epochs = config.run_epochs()["student"]
         settings.setdefault("dkd", {})["warmup_epochs"] = round(DKD_WARMUP_FRACTION * epochs, 6)
+    for part in {"ab", "ft", "fsp"} & set(parts):
+        settings.setdefault(part, {})["init_epochs"] = max(1, round(INIT_FRACTION * epochs))
     for name in ("temperature", "hard_weight", "soft_weight"):
         value = getattr(config, name)
         if value is not None and (name != "temperature" or method == "kd"):

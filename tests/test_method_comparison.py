@@ -191,3 +191,36 @@ def test_the_resnet_pair_trains_with_sgd_steps_crops_and_an_online_teacher(tmp_p
         assert np.isfinite(runs[name]["history"][-1]["train_loss"]).all()
     published = {row["method"]: row["published"] for row in results["study"]["comparison"]}
     assert published == {"teacher": 72.34, "ce": 69.06, "kd": 70.66, "hint": 69.21, "crd": 71.16}
+
+
+@pytest.mark.slow
+def test_every_repdistiller_method_runs_on_the_resnet_pair(tmp_path, monkeypatch):
+    """The methods as RepDistiller trains them (every stage, initialisation stages,
+    CRD + KD), on resnet8s and a tiny folder: each finishes with a finite loss."""
+    pytest.importorskip("PIL")
+    from kdjax.data.image_folder import CIFAR10_CLASSES
+
+    pair = {**cifar_pairs.PRESETS["resnet56_resnet20"]}
+    pair.update(teacher=("resnet8", {}), student=("resnet8", {}))
+    monkeypatch.setitem(cifar10_kd.PRESETS, "resnet56_resnet20", pair)
+    data_dir = write_tiny_cifar(tmp_path / "cifar", per_class=2, classes=CIFAR10_CLASSES)
+    methods = ("hint", "at", "vid", "dkd", "ab", "fsp", "ft", "crd+kd")
+    config = cifar10_kd.Config(
+        data_dir=str(data_dir), workdir=str(tmp_path / "work"), allow_partial=True,
+        preset="resnet56_resnet20", method=methods, epochs=1, teacher_epochs=1, batch_size=10,
+        tensorboard=False, method_settings=("crd.negatives=8",),
+    )  # fmt: skip
+    results = cifar10_kd.run(config)
+    assert results["study"]["diverged"] == {}
+    runs = results["runs"]
+    for method in methods:
+        assert np.isfinite(runs[f"student_{method}"]["history"][-1]["train_loss"]).all()
+    spec = runs["student_hint"]["spec"]
+    assert spec["method_settings"] == {"hint": {"layer": "stage2", "regressor": "conv_bn_relu"}}
+    assert runs["student_crd+kd"]["spec"]["method_settings"]["kd"] == {
+        "weight": 1.0,
+        "temperature": 4.0,
+    }
+    # AB, FSP and FT trained their initialisation stage first, in runs of their own.
+    for method in ("ab", "fsp", "ft"):
+        assert len(list((tmp_path / "work").glob(f"student_{method}_init-*"))) == 1

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 
 from kdjax import losses
+from kdjax.data import Dataset, Split
 from kdjax.distill.objectives import get_objective, make_hyperparams
+from kdjax.distill.teachers import Teacher
 from kdjax.models import get_model, taps
-from kdjax.runs import RunSpec
-from kdjax.training import OnlineTeacher, create_state
+from kdjax.models.heads import FTHead, StudentWithHead
+from kdjax.runs import RunSpec, train_run
+from kdjax.store.checkpoints import load_state
+from kdjax.training import OnlineTeacher, create_state, make_optimizer
 from kdjax.training.recipe import check_settings, hyperparams_of, training_of
 from kdjax.training.step import make_train_step
 
@@ -201,3 +205,73 @@ def test_specs_refuse_what_their_objective_cannot_do():
         RunSpec(
             "s", "mlp", objective="kd", seed=(0, 1), method_settings={"kd": {"weight": (1, 2, 3)}}
         )
+
+
+def test_the_initialisation_terms_are_the_papers_losses_without_the_labels():
+    rng = np.random.default_rng(0)
+    maps = [jnp.asarray(rng.normal(size=(4, 8, 8, c)), jnp.float32) for c in (4, 4, 8)]
+    teacher = [m * 1.5 + 0.1 for m in maps]
+    fsp = get_objective("fsp", phase="init")
+    assert fsp.teacher_outputs == ("stem|stage?",)
+    total, parts = fsp(
+        {"stem|stage?": tuple(maps)}, fsp.teacher_batch({"stem|stage?": teacher}), {}
+    )
+    np.testing.assert_allclose(total, losses.fsp_loss(maps, teacher), rtol=1e-6)
+    ab = get_objective("ab", {"ab": {"margin": 0.5}}, phase="init")
+    outputs = {"ab_connected": tuple(maps), "stage*_preact": tuple(maps)}
+    total, _ = ab(outputs, ab.teacher_batch({"stage*_preact": teacher}), {})
+    expected = losses.activation_boundary_loss(maps, teacher, margin=0.5)
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    # In the main phase AB and FSP add nothing: the student trains on the labels.
+    logits = jnp.asarray(rng.normal(size=(4, 10)), jnp.float32)
+    labels = jnp.arange(4)
+    main, parts = get_objective("ab+fsp")({"logits": logits}, {"labels": labels}, {})
+    np.testing.assert_allclose(main, losses.cross_entropy(logits, labels), rtol=1e-6)
+    assert get_objective("ab+fsp").teacher_outputs == () and get_objective("hint").init_epochs == 0
+
+
+def _cifar_like(count=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 4).astype(np.int32)
+    images = rng.integers(0, 255, (count, 32, 32, 3)).astype(np.uint8)
+    return Split(images, labels, np.arange(count, dtype=np.int64))
+
+
+def test_factor_transfer_trains_its_paraphraser_first_then_the_student_beside_it(tmp_path):
+    """FT: the initialisation run trains the paraphraser alone (the student untouched);
+    the main run starts from it, trains the student and keeps the paraphraser."""
+    dataset = Dataset("tiny", "test", "memory", _cifar_like(), _cifar_like(8, 1), 4)
+    teacher_spec = RunSpec("teacher", "four_conv_net", model_settings={"num_classes": 4})
+    sample = np.zeros((1, 32, 32, 3), np.float32)
+    teacher_vars = get_model("four_conv_net", num_classes=4).init(jax.random.PRNGKey(3), sample)
+    teacher = Teacher(teacher_spec, teacher_vars, tmp_path / "teacher")
+    spec = RunSpec("student", "two_conv_net", model_settings={"num_classes": 4}, objective="ft",
+                   soft_weight=200.0, teacher_mode="online", batch_size=8, epochs=1,
+                   method_settings={"ft": {"init_epochs": 1}})  # fmt: skip
+    result = train_run(spec, dataset, tmp_path / "runs", teacher=teacher, log=lambda m: None)
+    first = load_run_variables(tmp_path / "runs", "student_init")
+    model = StudentWithHead(get_model("two_conv_net", num_classes=4), FTHead())
+    fresh = create_state(model, make_optimizer(), sample, 0, init_inputs=_ft_inputs(teacher_vars))
+    same = jax.tree.map(np.array_equal, fresh.params["student"], first["student"])
+    assert all(jax.tree.leaves(same)), "the initialisation stage left the student as it was"
+    moved = jax.tree.map(np.array_equal, fresh.params["head"]["paraphraser"],
+                         first["head"]["paraphraser"])  # fmt: skip
+    assert not all(jax.tree.leaves(moved)), "the paraphraser trained"
+    final = result.variables["params"]
+    kept = jax.tree.map(np.array_equal, final["head"]["paraphraser"], first["head"]["paraphraser"])
+    assert all(jax.tree.leaves(kept)), "the main run keeps the paraphraser frozen"
+    changed = jax.tree.map(np.array_equal, final["student"], first["student"])
+    assert not all(jax.tree.leaves(changed)), "the main run trains the student"
+    config = (result.run_dir / "config.json").read_text()
+    assert "initial_variables" in config and '"method_revisions"' not in config
+
+
+def _ft_inputs(teacher_vars):
+    model = get_model("four_conv_net", num_classes=4)
+    outputs = model.apply(teacher_vars, np.zeros((1, 32, 32, 3), np.float32))
+    return {"teacher": {"feature_map": outputs["feature_map"]}, "rows": np.arange(1)}
+
+
+def load_run_variables(workdir, role):
+    (run_dir,) = Path(workdir).glob(f"{role}-*")
+    return load_state(run_dir, log=lambda m: None)[0]["params"]

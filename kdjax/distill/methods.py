@@ -46,12 +46,20 @@ class Method:
     never reused as this one."""
 
     name: str
-    term: Term
+    term: Term | None
     defaults: Settings = dataclasses.field(default_factory=dict)
     traced: tuple[str, ...] = ("weight",)
     head: Callable[[Settings, int, Any], Any] | None = None
     revision: int = 0
     doc: str = ""
+    # The term of the initialisation stage (``init_epochs`` of it, before the main
+    # training), where the method has one: trained alone, without the labels' CE.
+    init_term: Term | None = None
+    # Parameter-path patterns (kdjax.training.trainable_mask) not trained in a phase.
+    frozen: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def term_in(self, phase: str) -> Term | None:
+        return self.init_term if phase == "init" else self.term
 
     def settings(self, overrides: Settings | None = None) -> dict:
         """The defaults with ``overrides`` (refusing unknown names), ``student_layer``
@@ -147,6 +155,32 @@ def _crd(outputs, teacher, settings, batch):
 def _cc(outputs, teacher, settings, batch):
     """RepDistiller's CC: its correlation loss between the two linear embeddings."""
     return losses.repdistiller_correlation_loss(outputs["cc_student"], outputs["cc_teacher"])
+
+
+def _ab_init(outputs, teacher, settings, batch):
+    """AB's initialisation term: the connected student pre-activations against the
+    teacher's (RepDistiller's ``ABLoss``, summed over stages with its weights)."""
+    return losses.activation_boundary_loss(
+        outputs["ab_connected"], teacher[teacher_taps(settings)], margin=settings["margin"]
+    )
+
+
+def _fsp_init(outputs, teacher, settings, batch):
+    """FSP's initialisation term: the FSP matrices of consecutive maps."""
+    return losses.fsp_loss(*_pair(outputs, teacher, settings))
+
+
+def _ft(outputs, teacher, settings, batch):
+    """FT: the distance between the translator's and the paraphraser's factors."""
+    target = jax.lax.stop_gradient(outputs["ft_teacher"])
+    return losses.factor_transfer_loss(outputs["ft_student"], target)
+
+
+def _ft_init(outputs, teacher, settings, batch):
+    """FT's initialisation term: the paraphraser reconstructs the teacher's map (MSE)."""
+    target = teacher[teacher_taps(settings)]
+    squared = (outputs["ft_reconstruction"] - target) ** 2
+    return jnp.mean(squared.reshape(squared.shape[0], -1), axis=-1)
 
 
 def _between(loss: Callable, **keywords) -> Term:
@@ -249,7 +283,37 @@ METHODS: dict[str, Method] = {
             head=lambda settings, count, labels: heads.CCHead.of(settings),
             revision=1,
         ),  # fmt: skip
-    )
+        Method(
+            "ab",
+            None,
+            {"weight": 1.0, "layer": "stage*_preact", "margin": 1.0, "init_epochs": 30.0},
+            head=lambda settings, count, labels: heads.ABHead.of(settings),
+            init_term=_ab_init,
+            doc="RepDistiller: 30 epochs of the AB loss alone on the connected pre-activations, "
+            "then the labels' CE only (its main loop adds no AB term).",
+        ),
+        Method(
+            "fsp",
+            None,
+            {"weight": 1.0, "layer": "stem|stage?", "init_epochs": 30.0},
+            init_term=_fsp_init,
+            doc="RepDistiller: 30 epochs of the FSP loss alone on the stem's and the stages' "
+            "maps, then the labels' CE only. Student and teacher need equal channels per map.",
+        ),
+        Method(
+            "ft",
+            _ft,
+            {"weight": 200.0, "layer": "feature_map", "k": 0.5, "init_epochs": 30.0},
+            head=lambda settings, count, labels: heads.FTHead.of(settings),
+            init_term=_ft_init,
+            frozen={
+                "init": ("student/", "head/(.*/)?translator/"),
+                "main": ("head/(.*/)?paraphraser/",),
+            },
+            doc="RepDistiller: the paraphraser learns to reconstruct the teacher's last map for "
+            "30 epochs (MSE), then CE + 200·FT with the paraphraser frozen.",
+        ),
+    )  # fmt: skip
 }
 
 

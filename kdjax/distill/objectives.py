@@ -45,21 +45,51 @@ SINGLE_METHOD_ALIASES = {"weight": "soft_weight", "temperature": "temperature"}
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """``hard_weight · CE + Σ wᵢ(step) · termᵢ`` over ``terms`` (module docstring):
-    each a method with its resolved settings. ``steps_per_epoch`` places warm-ups."""
+    each a method with its resolved settings. ``steps_per_epoch`` places warm-ups.
+
+    ``phase="init"`` is the initialisation stage of the methods that have one (AB,
+    FSP, FT, FitNets' two-stage option: their ``init_epochs``): the sum of their
+    initialisation terms alone, without the labels' CE. In the main phase a method
+    without a main term (AB, FSP) adds nothing: its student trains on the labels."""
 
     name: str
     terms: tuple[tuple[Method, Mapping[str, Any]], ...] = ()
     steps_per_epoch: int = 0
+    phase: str = "main"
+
+    @property
+    def active(self) -> tuple[tuple[Method, Mapping[str, Any]], ...]:
+        """The terms this phase computes."""
+        if self.phase == "init":
+            return tuple(
+                (m, s) for m, s in self.terms if m.init_term is not None and self.init_epochs_of(s)
+            )
+        return tuple((m, s) for m, s in self.terms if m.term is not None)
+
+    @staticmethod
+    def init_epochs_of(settings: Mapping) -> float:
+        return float(settings.get("init_epochs", 0.0) or 0.0)
+
+    @property
+    def init_epochs(self) -> float:
+        """The length of the initialisation stage (0: none)."""
+        lengths = [self.init_epochs_of(s) for m, s in self.terms if m.init_term is not None]
+        return max(lengths, default=0.0)
+
+    def in_phase(self, phase: str) -> Objective:
+        if phase not in ("init", "main"):
+            raise ValueError(f"an objective's phase is 'init' or 'main', got {phase!r}.")
+        return dataclasses.replace(self, phase=phase)
 
     @property
     def teacher_outputs(self) -> tuple[str, ...]:
         """The teacher taps the terms read (batch entries ``"teacher_<tap>"``)."""
-        return tuple(dict.fromkeys(_teacher_tap(settings) for _, settings in self.terms))
+        return tuple(dict.fromkeys(_teacher_tap(settings) for _, settings in self.active))
 
     @property
     def student_taps(self) -> tuple[str, ...]:
         """The student taps the terms and heads read besides its logits."""
-        names = (_student_tap(settings) for _, settings in self.terms)
+        names = (_student_tap(settings) for _, settings in self.active)
         return tuple(name for name in dict.fromkeys(names) if name != "logits")
 
     @property
@@ -67,11 +97,16 @@ class Objective:
         return tuple(method.name for method, _ in self.terms)
 
     @property
+    def frozen(self) -> tuple[str, ...]:
+        """Parameter-path patterns the methods keep untrained in this phase."""
+        return tuple(p for m, _ in self.active for p in m.frozen.get(self.phase, ()))
+
+    @property
     def head(self):
         """``head(train_examples, train_labels=None)`` building the trainable parts the
         methods add beside the student (one method's head itself, several under their
         methods' names), or None."""
-        with_heads = [(m, s) for m, s in self.terms if m.head is not None]
+        with_heads = [(m, s) for m, s in self.active if m.head is not None]
         if not with_heads:
             return None
         from kdjax.models import heads
@@ -103,13 +138,19 @@ class Objective:
         return values
 
     def __call__(self, outputs: Outputs, batch: Batch, hyperparams: Hyperparams, step=None):
-        hard = losses.cross_entropy(outputs["logits"], batch["labels"])
-        if not self.terms:
-            return hard, {}
         teacher = {name: batch[f"teacher_{name}"] for name in self.teacher_outputs}
+        if self.phase == "init":
+            parts = {
+                f"{method.name}_init_loss": method.init_term(outputs, teacher, settings, batch)
+                for method, settings in self.active
+            }
+            return sum(parts.values()), parts
+        hard = losses.cross_entropy(outputs["logits"], batch["labels"])
+        if not self.active:
+            return hard, {}
         total = jnp.asarray(hyperparams.get("hard_weight", 1.0), jnp.float32) * hard
         parts = {"hard_loss": hard}
-        for method, settings in self.terms:
+        for method, settings in self.active:
             values = self.values(method, settings, hyperparams)
             term = method.term(outputs, teacher, values, batch)
             weight = values["weight"] * warmup_factor(settings, step, self.steps_per_epoch)
@@ -132,7 +173,9 @@ def parse(name: str) -> tuple[str, ...]:
     return methods
 
 
-def get_objective(name: str, settings: Mapping[str, Mapping[str, Any]] | None = None) -> Objective:
+def get_objective(
+    name: str, settings: Mapping[str, Mapping[str, Any]] | None = None, phase: str = "main"
+) -> Objective:
     """The objective ``name`` (``"kd"``, ``"crd+kd"``, ``"ce"``) with each method's
     ``settings`` over its defaults; a setting of a method the objective lacks is refused."""
     try:
@@ -146,7 +189,7 @@ def get_objective(name: str, settings: Mapping[str, Mapping[str, Any]] | None = 
             f"settings for {', '.join(map(repr, stray))}, which objective {name!r} does not use."
         )
     terms = tuple((METHODS[m], METHODS[m].settings(settings.get(m))) for m in methods)
-    return Objective(name, terms)
+    return Objective(name, terms).in_phase(phase)
 
 
 OBJECTIVES: dict[str, Objective] = {

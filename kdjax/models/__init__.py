@@ -159,6 +159,16 @@ def _flatten_channels_first(x: jax.Array) -> jax.Array:
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
+def _pooled_stage(module: nn.Module, preact: jax.Array, name: str) -> jax.Array:
+    """``max_pool(relu(preact))``, sown as ``name`` and, before the ReLU (max-pooling
+    commutes with it), as ``name_preact``."""
+    pooled = max_pool(preact)
+    module.sow(INTERMEDIATES, f"{name}_preact", pooled)
+    stage = nn.relu(pooled)
+    module.sow(INTERMEDIATES, name, stage)
+    return stage
+
+
 class FourConvNet(nn.Module):
     """Four 3×3 convolutions in two pooled stages (the CIFAR-10 teacher "DeepNN" of the
     CIFAR-10 CNN notebook and the PyTorch KD tutorial): conv 3→128, conv 128→64, max-pool,
@@ -169,7 +179,8 @@ class FourConvNet(nn.Module):
     ``features`` is the flattened last conv map in PyTorch's channel-first order, so
     the tutorial's ``avg_pool1d`` over it (the cosine run) pairs the same elements.
     Its pooled stages are sown as ``stage1`` ([16, 16, 64]) and ``stage2`` (the
-    ``feature_map``, [8, 8, 32]; :mod:`kdjax.models.taps`).
+    ``feature_map``, [8, 8, 32]), and before their ReLU as ``stage1_preact`` and
+    ``stage2_preact`` (:mod:`kdjax.models.taps`).
     """
 
     num_classes: int = 10
@@ -178,13 +189,9 @@ class FourConvNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
         x = nn.relu(Conv(128, (3, 3), padding=1, name="conv1")(images))
-        x = nn.relu(Conv(64, (3, 3), padding=1, name="conv2")(x))
-        x = max_pool(x)
-        self.sow(INTERMEDIATES, "stage1", x)
+        x = _pooled_stage(self, Conv(64, (3, 3), padding=1, name="conv2")(x), "stage1")
         x = nn.relu(Conv(64, (3, 3), padding=1, name="conv3")(x))
-        x = nn.relu(Conv(32, (3, 3), padding=1, name="conv4")(x))
-        feature_map = max_pool(x)
-        self.sow(INTERMEDIATES, "stage2", feature_map)
+        feature_map = _pooled_stage(self, Conv(32, (3, 3), padding=1, name="conv4")(x), "stage2")
         features = _flatten_channels_first(feature_map)
         x = nn.relu(Dense(512, name="fc1")(features))
         if self.dropout > 0:
@@ -201,7 +208,8 @@ class TwoConvNet(nn.Module):
     267,738 parameters. The tutorial's hint regressor (conv 16→32, 3×3) is the ``hint``
     method's head beside the student (:class:`kdjax.models.heads.HintHead`), not part of it.
     Its pooled stages are sown as ``stage1`` ([16, 16, 16]) and ``stage2`` (the
-    ``feature_map``, [8, 8, 16]; :mod:`kdjax.models.taps`).
+    ``feature_map``, [8, 8, 16]), and before their ReLU as ``stage1_preact`` and
+    ``stage2_preact`` (:mod:`kdjax.models.taps`).
     """
 
     num_classes: int = 10
@@ -209,12 +217,8 @@ class TwoConvNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool = False) -> Outputs:
-        x = nn.relu(Conv(16, (3, 3), padding=1, name="conv1")(images))
-        x = max_pool(x)
-        self.sow(INTERMEDIATES, "stage1", x)
-        x = nn.relu(Conv(16, (3, 3), padding=1, name="conv2")(x))
-        feature_map = max_pool(x)
-        self.sow(INTERMEDIATES, "stage2", feature_map)
+        x = _pooled_stage(self, Conv(16, (3, 3), padding=1, name="conv1")(images), "stage1")
+        feature_map = _pooled_stage(self, Conv(16, (3, 3), padding=1, name="conv2")(x), "stage2")
         features = _flatten_channels_first(feature_map)
         x = nn.relu(Dense(256, name="fc1")(features))
         if self.dropout > 0:

@@ -24,8 +24,12 @@ import numpy as np
 from kdjax import losses
 from kdjax.models import connectors, taps
 from kdjax.models.connectors import ConvConnector, EmbedHead, LinearConnector, VIDRegressor
+from kdjax.models.repdistiller_connectors import Paraphraser, Translator
 
-HEAD_OUTPUTS = ("hint", "vid_mean", "vid_log_scale", "crd_loss", "cc_student", "cc_teacher")
+HEAD_OUTPUTS = (
+    "hint", "vid_mean", "vid_log_scale", "crd_loss", "cc_student", "cc_teacher",
+    "ab_connected", "ft_student", "ft_teacher", "ft_reconstruction",
+)  # fmt: skip
 
 
 class StudentWithHead(nn.Module):
@@ -246,3 +250,65 @@ class CRDHead(nn.Module):
         if train:
             bank.value = new_bank._asdict()
         return {"crd_loss": loss}
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+class ABHead(nn.Module):
+    """Activation boundaries: per stage, RepDistiller's ``Connector`` carries the
+    student's pre-activation map to the teacher's shape (the identity where the shapes
+    already agree, else ``ConvReg`` without its ReLU); output ``"ab_connected"``."""
+
+    student_layer: str = "stage*_preact"
+    teacher_layer: str = "stage*_preact"
+
+    @classmethod
+    def of(cls, settings) -> ABHead:
+        return cls(**_layers(settings))
+
+    @nn.compact
+    def __call__(self, outputs, teacher, rows, *, train: bool):
+        del rows
+        students = _as_tuple(outputs[self.student_layer])
+        targets = _as_tuple(teacher[self.teacher_layer])
+        if len(students) != len(targets):
+            raise ValueError(
+                f"AB pairs stages one to one: the student has {len(students)}, the teacher "
+                f"{len(targets)}."
+            )
+        connected = []
+        for index, (student, target) in enumerate(zip(students, targets, strict=True)):
+            if student.shape[1:] == target.shape[1:]:
+                connected.append(student)
+                continue
+            regressor = connectors.ConvReg(tuple(target.shape[1:]), use_relu=False,
+                                           name=f"connector{index}")  # fmt: skip
+            connected.append(regressor(student, train=train))
+        return {"ab_connected": tuple(connected)}
+
+
+class FTHead(nn.Module):
+    """Factor transfer: the teacher-side ``Paraphraser`` (trained to reconstruct the
+    teacher's map in the initialisation stage, frozen after it) and the student-side
+    ``Translator``; outputs ``"ft_student"``, ``"ft_teacher"`` (the two factors) and
+    ``"ft_reconstruction"`` (the paraphraser's reconstruction of the teacher's map)."""
+
+    k: float = 0.5
+    student_layer: str = "feature_map"
+    teacher_layer: str = "feature_map"
+
+    @classmethod
+    def of(cls, settings) -> FTHead:
+        return cls(float(settings["k"]), **_layers(settings))
+
+    @nn.compact
+    def __call__(self, outputs, teacher, rows, *, train: bool):
+        del rows
+        target = teacher[self.teacher_layer]
+        factor, reconstruction = Paraphraser(self.k, name="paraphraser")(target, train=train)
+        student = Translator(target.shape[-1], self.k, name="translator")(
+            outputs[self.student_layer], train=train
+        )
+        return {"ft_student": student, "ft_teacher": factor, "ft_reconstruction": reconstruction}

@@ -14,7 +14,8 @@ A *tap* is a string naming one output of ``model.apply``:
 
 A tap with shell wildcards (``"stage?"``, ``"Conv_*"``) names every match, in
 natural order (``stage2`` before ``stage10``), as a tuple: the stages of a
-multi-stage loss (AT, NST, VID, FSP read one map per stage).
+multi-stage loss (AT, NST, VID read one map per stage); taps joined with ``|``
+name their values in that order (FSP's ``"stem|stage?"``).
 
     outputs = taps.apply(model, variables, images, taps=("stage?", "Conv_0"))
     outputs["stage?"]   # (stage1, stage2, stage3)
@@ -38,8 +39,9 @@ _WILDCARDS = re.compile(r"[*?\[]")
 
 
 def is_sequence_tap(tap: str) -> bool:
-    """Whether ``tap`` is a pattern (it names a tuple of values, one per match)."""
-    return bool(_WILDCARDS.search(tap))
+    """Whether ``tap`` names a tuple of values: a pattern (one per match) or
+    alternatives joined with ``|`` (``"stem|stage?"``: the stem, then every stage)."""
+    return bool(_WILDCARDS.search(tap)) or "|" in tap
 
 
 def _matches(path: str, tap: str) -> bool:
@@ -92,6 +94,13 @@ def select(outputs: Mapping, intermediates: Mapping, taps: Sequence[str]) -> dic
     for tap in taps:
         if tap in outputs:
             found[tap] = outputs[tap]
+            continue
+        if "|" in tap:
+            parts = select(outputs, intermediates, tap.split("|"))
+            found[tap] = tuple(
+                value for part in tap.split("|")
+                for value in (parts[part] if is_sequence_tap(part) else (parts[part],))
+            )  # fmt: skip
             continue
         paths = sorted((path for path in flat if _matches(path, tap)), key=_natural)
         if not paths:

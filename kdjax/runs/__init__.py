@@ -94,12 +94,27 @@ def train_run(
     dataset.train}``) when the caller computes them, e.g. each fold's teacher on its
     own inputs; with ``"online"`` it runs inside the step (a teacher trained as a
     population: one per student). ``initial_variables`` (e.g. pretrained weights)
-    start the model; their fingerprint joins the run's identity.
+    start the model; their fingerprint joins the run's identity. An objective with an
+    initialisation stage (:func:`init_stage`: AB, FSP, FT, FitNets' two-stage option)
+    trains it first as a run of its own (role ``<role>_init``), and the main run
+    starts from its variables.
     """
     check_settings(spec)  # refused before any work
     reads_teacher = bool(objective_of(spec).teacher_outputs)
-    if reads_teacher and teacher is None:
+    first = init_stage(spec)
+    if (reads_teacher or first is not None) and teacher is None:
         raise ValueError(f"objective {spec.objective!r} needs a teacher.")
+    initial_per_member = False
+    if first is not None:  # the methods' initialisation stage, then the main run from it
+        if initial_variables is not None:
+            raise ValueError(
+                f"run {spec.role!r}: its objective starts from its own initialisation stage; "
+                "initial_variables would be overwritten."
+            )
+        log(f"{spec.role}: initialisation stage first ({first.epochs} epochs: {first.role}).")
+        initialised = train_run(first, dataset, workdir, teacher=teacher, folds=folds,
+                                execution=execution, log=log)  # fmt: skip
+        initial_variables, initial_per_member = initialised.variables, bool(spec.population)
     extras, online = _teacher_inputs(spec, dataset, teacher, teacher_outputs, log)
     identity = run_identity(spec, dataset, teacher if reads_teacher else None)
     if initial_variables is not None:  # a run from other starting weights is another run
@@ -112,6 +127,7 @@ def train_run(
         teacher=online,
         initial_variables=initial_variables,
         train_labels=dataset.train.labels,
+        initial_per_member=initial_per_member,
     )
     plan = Plan(
         epochs=spec.epochs,
@@ -132,6 +148,24 @@ def train_run(
     with run_lock(run.directory, log=log, per_process=True):
         data = TrainingData(dataset.train, dataset.test, extras)
         return fit(training, data, plan, run, execution, log=log, on_epoch_end=on_epoch_end)
+
+
+def init_stage(spec: RunSpec) -> RunSpec | None:
+    """The initialisation stage a spec's objective trains first (its methods'
+    ``init_epochs``, at least one epoch, at a constant learning rate), or None."""
+    if spec.phase == "init":
+        return None
+    epochs = objective_of(spec).init_epochs
+    if not epochs:
+        return None
+    return dataclasses.replace(
+        spec,
+        role=f"{spec.role}_init",
+        phase="init",
+        epochs=max(1, round(epochs)),
+        lr_schedule="constant",
+        lr_decay_epochs=(),
+    )
 
 
 def _teacher_inputs(spec: RunSpec, dataset: Dataset, teacher, given, log):

@@ -104,6 +104,9 @@ class RunSpec:
     # {"crd": {"negatives": 4096}, "kd": {"weight": 0.9, "temperature": 4.0}}
     # (kdjax.distill.methods). A traced setting may hold one value per student.
     method_settings: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # "main", or "init": the initialisation stage of the objective's methods that have
+    # one (AB, FSP, FT, FitNets' two-stage option), trained before the main run.
+    phase: str = "main"
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,6 +137,8 @@ class RunSpec:
             problems.append(
                 "consistent_jitter is for stored teachers; an online one sees the shift"
             )
+        if self.phase not in ("main", "init"):
+            problems.append(f"phase must be 'main' or 'init', got {self.phase!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         problems += self._step_schedule_problems()

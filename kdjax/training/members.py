@@ -60,19 +60,19 @@ class Members:
         sample: jax.Array,
         initial_variables: Any = None,
         init_inputs: dict | None = None,
+        initial_per_member: bool = False,
     ) -> TrainState:
-        def one(seed):
+        def one(seed, initial=initial_variables):
             return create_state(
-                model,
-                optimizer,
-                sample,
-                seed,
-                initial_variables=initial_variables,
-                init_inputs=init_inputs,
+                model, optimizer, sample, seed, initial_variables=initial, init_inputs=init_inputs
             )
 
         if not self.stacked:
+            if initial_per_member:
+                return one(self.seeds[0], jax.tree.map(lambda leaf: leaf[0], initial_variables))
             return one(self.seeds[0])
+        if initial_per_member:  # student i starts from entry i
+            return jax.vmap(one)(jnp.asarray(self.seeds), initial_variables)
         return jax.vmap(one)(jnp.asarray(self.seeds))
 
     def lift(self, step: Step, *, member_context: bool = False) -> Step:

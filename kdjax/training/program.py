@@ -111,6 +111,7 @@ def build_program(
         training.preprocess(data.train.images[:1]),
         training.initial_variables,
         init_inputs=_head_sample(training, arrays),
+        initial_per_member=training.initial_per_member,
     )
     per_member_teacher = training.teacher is not None and training.teacher.per_member
     if per_member_teacher:

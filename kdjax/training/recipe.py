@@ -19,7 +19,7 @@ from kdjax.data import image_augment, normalize
 from kdjax.data.augment import shift_count, translate_batch
 from kdjax.distill.objectives import Objective, get_objective, make_hyperparams
 from kdjax.models import get_model, taps
-from kdjax.models.heads import StudentWithHead
+from kdjax.models.heads import StudentWithHead, deployed_variables
 from kdjax.models.signal_models import SIGNAL_MODELS, get_signal_model
 from kdjax.training.precision import COMPUTE_DTYPES, with_compute_dtype
 from kdjax.training.records import Training
@@ -73,7 +73,7 @@ def check_settings(spec: RunSpec) -> None:
 def objective_of(spec: RunSpec, train_examples: int | None = None) -> Objective:
     """The spec's objective with its methods' settings (``spec.method_settings``);
     with ``train_examples``, its warm-ups placed in steps."""
-    objective = get_objective(spec.objective, _static_settings(spec))
+    objective = get_objective(spec.objective, _static_settings(spec), spec.phase)
     if train_examples is not None:
         objective = objective.with_steps_per_epoch(max(1, train_examples // spec.batch_size))
     return objective
@@ -187,21 +187,26 @@ def training_of(
     teacher: OnlineTeacher | None = None,
     initial_variables: Any = None,
     train_labels: Any = None,
+    initial_per_member: bool = False,
 ) -> Training:
     """Everything ``spec`` trains, for a training set of ``train_examples``: its model
     (with a method's head beside the student, whose frozen patterns and initial
     variables then sit under ``student/``), objective, optimizer, preprocessing,
     augmentation, constraint and schedule; ``teacher`` runs inside the step;
-    ``train_labels`` are the training split's labels (CRD's class-aware negatives)."""
+    ``train_labels`` are the training split's labels (CRD's class-aware negatives);
+    ``initial_per_member``: ``initial_variables`` carry a leading student axis (a
+    population's initialisation stage), student *i* starting from entry *i*."""
     check_settings(spec)
     objective = objective_of(spec, train_examples)
     model, frozen = model_of(spec), tuple(spec.frozen)
     if objective.head is not None:  # the method's trainable parts beside the student
         head = objective.head(train_examples, train_labels)
         model = StudentWithHead(model, head, objective.student_taps)
-        frozen = tuple(f"student/{pattern}" for pattern in frozen)
-        if initial_variables is not None:
+        frozen = (*(f"student/{pattern}" for pattern in frozen), *objective.frozen)
+        if initial_variables is not None and not _with_head(initial_variables):
             initial_variables = {key: {"student": tree} for key, tree in initial_variables.items()}
+    elif initial_variables is not None and _with_head(initial_variables):
+        initial_variables = deployed_variables(initial_variables)  # the heads stay behind
     return Training(
         model=with_compute_dtype(model, spec.compute_dtype),
         objective=objective,
@@ -213,4 +218,10 @@ def training_of(
         teacher=teacher,
         frozen=frozen,
         initial_variables=initial_variables,
+        initial_per_member=initial_per_member,
     )
+
+
+def _with_head(variables: Any) -> bool:
+    """Variables of a student with a method's head (an initialisation stage's)."""
+    return isinstance(variables.get("params"), dict) and "student" in variables["params"]

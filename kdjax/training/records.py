@@ -49,6 +49,8 @@ class Training:
     teacher: OnlineTeacher | None = None
     frozen: tuple[str, ...] = ()
     initial_variables: Any = None
+    # initial_variables carry a leading student axis: student i starts from entry i.
+    initial_per_member: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
