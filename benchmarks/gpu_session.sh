@@ -11,7 +11,9 @@
 #      long-trained teacher; the TensorFlow notebook's teacher-assistant chain at full
 #      length);
 #   5. (hours; only when asked for, STEPS="5") the full-length CIFAR comparison of every
-#      distillation method, 3 seeds each, under RepDistiller's protocol (240 epochs, SGD
+#      distillation method as RepDistiller trains it (every stage for AT/NST/VID, FitNets
+#      on stage 2, the initialisation stages of AB/FSP/FT, CRD + KD), 3 seeds each, under
+#      RepDistiller's protocol (240 epochs, SGD
 #      0.05, momentum 0.9, weight decay 5e-4, lr x0.1 at epochs 150/180/210, batch 64,
 #      crops and flips, teacher online): the PyTorch KD tutorial's pair (also at its own
 #      10-epoch Adam protocol) and resnet56 -> resnet20, on CIFAR-10 (CIFAR10_DIR) and on CIFAR-100
