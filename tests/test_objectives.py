@@ -275,3 +275,26 @@ def _ft_inputs(teacher_vars):
 def load_run_variables(workdir, role):
     (run_dir,) = Path(workdir).glob(f"{role}-*")
     return load_state(run_dir, log=lambda m: None)[0]["params"]
+
+
+def test_a_stored_teacher_serves_any_of_its_layers(tmp_path):
+    """A student reads a teacher layer no output names (an MLP's first Dense, captured
+    by its path) from the teacher's store."""
+    rng = np.random.default_rng(0)
+    train = Split(rng.integers(0, 255, (32, 6, 6, 1)).astype(np.uint8),
+                  (np.arange(32) % 3).astype(np.int32), np.arange(32))  # fmt: skip
+    dataset = Dataset("tiny", "test", "memory", train, train, 3)
+    teacher_spec = RunSpec(
+        "teacher", "mlp", model_settings={"hidden_sizes": (16,), "num_classes": 3}
+    )
+    variables = get_model("mlp", hidden_sizes=(16,), num_classes=3).init(
+        jax.random.PRNGKey(0), np.zeros((1, 6, 6, 1), np.float32)
+    )
+    teacher = Teacher(teacher_spec, variables, tmp_path / "teacher")
+    spec = RunSpec("student", "mlp", model_settings={"hidden_sizes": (8,), "num_classes": 3},
+                   objective="cosine", soft_weight=1.0, epochs=1, batch_size=8,
+                   method_settings={"cosine": {"teacher_layer": "hidden0"}})  # fmt: skip
+    result = train_run(spec, dataset, tmp_path / "runs", teacher=teacher, log=lambda m: None)
+    stored = np.load(tmp_path / "teacher" / "soft_targets" / "train-hidden0.npz")
+    assert stored["hidden0"].shape == (32, 16)
+    assert np.isfinite(result.history[-1]["train_loss"]).all()

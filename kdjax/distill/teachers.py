@@ -114,7 +114,8 @@ class Teacher:
         return {name: {s: by_split[s][name] for s in splits} for name in names}
 
     def _store_path(self, split_name: str, name: str, max_shift: int) -> Path:
-        stem = split_name if name == "logits" else f"{split_name}-{name}"
+        # A tap naming a submodule by its path (``encoder/Dense_0``) is one file name.
+        stem = split_name if name == "logits" else f"{split_name}-{name.replace('/', '.')}"
         suffix = f"-shift{max_shift}" if max_shift else ""
         return self.run_dir / "soft_targets" / f"{stem}{suffix}.npz"
 
