@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from kdjax.models.freezing import ALL_LAYERS, LayerSelection, as_selection
 from kdjax.models.layers import general_conv2d
+from kdjax.models.taps import INTERMEDIATES
 
 Outputs = dict[str, jax.Array]
 # Keras' default initialisers: glorot-uniform kernels, zero biases.
@@ -59,6 +60,16 @@ MOBILENETV2_BLOCKS = (
     (160, 1, 6),
     (320, 1, 6),
 )
+# The last block at each resolution (before a stride-2 block, and the last), sown as
+# stage1…stage5: {block index: stage number}.
+MOBILENETV2_STAGE_ENDS = {
+    block: number
+    for number, block in enumerate(
+        (b for b in range(len(MOBILENETV2_BLOCKS))
+         if b + 1 == len(MOBILENETV2_BLOCKS) or MOBILENETV2_BLOCKS[b + 1][1] == 2),
+        start=1,
+    )
+}  # fmt: skip
 
 
 def keras_preprocess(images: jax.Array) -> jax.Array:
@@ -169,7 +180,8 @@ class ResNet50V2(nn.Module):
     plus global average pooling and a dense head.
 
     Stem: 7×7/2 conv (``conv1_conv``, with bias), 3×3/2 max-pool on zero padding.
-    Stages ``conv2``…``conv5`` of 3, 4, 6, 3 bottleneck blocks (64, 128, 256, 512
+    Stages ``conv2``…``conv5`` (sown as ``stage1``…``stage4``, :mod:`kdjax.models.taps`)
+    of 3, 4, 6, 3 bottleneck blocks (64, 128, 256, 512
     filters, ×4 out); each block is BN-ReLU (``_preact_bn``), 1×1 conv, BN-ReLU,
     3×3 conv, BN-ReLU, 1×1 conv with bias, plus the shortcut (a 1×1 conv with bias
     in each stage's first block, else the identity). The last block of stages 2–4
@@ -219,7 +231,8 @@ class ResNet50V2(nn.Module):
 
         x = conv(images.astype(self.dtype), 64, 7, "conv1_conv", stride=2, padding=3)
         x = nn.max_pool(_pad(x, ((1, 1), (1, 1))), (3, 3), strides=(2, 2))
-        for (stage, count), filters in zip(RESNET50V2_STAGES, (64, 128, 256, 512), strict=True):
+        stages = zip(RESNET50V2_STAGES, (64, 128, 256, 512), strict=True)
+        for number, ((stage, count), filters) in enumerate(stages, start=1):
             for index in range(1, count + 1):
                 last_of_strided_stage = index == count and stage != "conv5"
                 x = block(
@@ -229,6 +242,7 @@ class ResNet50V2(nn.Module):
                     stride=2 if last_of_strided_stage else 1,
                     conv_shortcut=index == 1,
                 )
+            self.sow(INTERMEDIATES, f"stage{number}", x)  # Keras' conv<number + 1> stage
         feature_map = nn.relu(batch_norm(x, "post_bn"))
         features = feature_map.mean(axis=(1, 2))
         logits = _head(features, self.num_classes, self.dtype)
@@ -248,7 +262,8 @@ class MobileNetV2(nn.Module):
     inverted residual blocks (``expanded_conv``, ``block_1``…``block_16``): 1×1
     expansion (×6, none in block 0), BN, ReLU6; 3×3 depthwise conv (stride 2 in blocks
     1, 3, 6, 13 on Keras' asymmetric zero padding), BN, ReLU6; linear 1×1 projection,
-    BN; an identity shortcut where stride is 1 and channels match. ``Conv_1``: 1×1
+    BN; an identity shortcut where stride is 1 and channels match (the last block at
+    each resolution is sown as ``stage1``…``stage5``, :mod:`kdjax.models.taps`). ``Conv_1``: 1×1
     conv to 1280, BN, ReLU6. No conv has a bias. BN epsilon 1e-3, momentum 0.999.
 
     Parameters (``params`` + ``batch_stats``): 2,257,984 without the head, the count
@@ -296,6 +311,8 @@ class MobileNetV2(nn.Module):
             x = batch_norm(conv(x, filters, 1, f"{prefix}project"), f"{prefix}project_BN")
             if stride == 1 and channels == filters:
                 x = inputs + x
+            if block_id in MOBILENETV2_STAGE_ENDS:
+                self.sow(INTERMEDIATES, f"stage{MOBILENETV2_STAGE_ENDS[block_id]}", x)
         x = conv(x, 1280, 1, "Conv_1")
         feature_map = relu6(batch_norm(x, "Conv_1_bn"))
         features = feature_map.mean(axis=(1, 2))
