@@ -301,3 +301,24 @@ def test_a_stored_teacher_serves_any_of_its_layers(tmp_path):
     stored = np.load(tmp_path / "teacher" / "soft_targets" / "train-hidden0.npz")
     assert stored["hidden0"].shape == (32, 16)
     assert np.isfinite(result.history[-1]["train_loss"]).all()
+
+
+def test_cifar10_kd_reads_method_settings_and_combinations():
+    from experiments import cifar10_kd
+    from experiments.cifar_pairs import method_weights, parse_settings
+
+    assert parse_settings(["crd.negatives=4096", "at.layer=stage3", "crd.class_aware=false"]) == {
+        "crd.negatives": 4096, "at.layer": "stage3", "crd.class_aware": False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="method.setting=value"):
+        parse_settings(["negatives=4096"])
+    config = cifar10_kd.Config(method=("kd", "at+kd"), method_settings=("kd.weight=0.5",))
+    assert config.methods() == ["kd", "at+kd"]
+    assert method_weights(config, "kd")["soft_weight"] == 0.5  # one method: its soft_weight
+    combined = method_weights(config, "at+kd")["method_settings"]
+    assert combined == {"at": {"weight": 1000.0}, "kd": {"weight": 0.5, "temperature": 2.0}}
+    with pytest.raises(ValueError, match="combinations of them joined with \\+"):
+        cifar10_kd.Config(method=("kd+nope",))
+    # FSP cannot pair the notebooks' nets (16 against 64 channels): compare leaves it out.
+    assert "fsp" not in cifar10_kd.Config(method=("compare",)).methods()
+    assert "fsp" in cifar10_kd.Config(method=("compare",), preset="resnet56_resnet20").methods()
