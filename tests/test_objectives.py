@@ -171,6 +171,7 @@ def _images(count=8, seed=0):
         ("vid", {}),
         ("crd+kd", {"crd": {"negatives": 3}}),
         ("cc+at", {}),
+        ("ab+ft", {}),  # their initialisation stage (see the spec's phase below)
     ],
 )
 def test_methods_with_heads_train_a_step_from_an_online_teacher(objective, settings):
@@ -178,8 +179,9 @@ def test_methods_with_heads_train_a_step_from_an_online_teacher(objective, setti
     images, labels = _images()
     teacher_model = get_model("four_conv_net")
     teacher_vars = teacher_model.init(jax.random.PRNGKey(1), images[:1] / np.float32(255))
+    phase = "init" if objective == "ab+ft" else "main"
     spec = RunSpec("student", "two_conv_net", objective=objective, method_settings=settings,
-                   teacher_mode="online", batch_size=8, input_scale=255.0)  # fmt: skip
+                   phase=phase, teacher_mode="online", batch_size=8)  # fmt: skip
     check_settings(spec)
     teacher = OnlineTeacher(teacher_model, teacher_vars, lambda x: x / np.float32(255))
     training = training_of(spec, len(images), teacher=teacher, train_labels=labels)
@@ -193,6 +195,8 @@ def test_methods_with_heads_train_a_step_from_an_online_teacher(objective, setti
     new_state, metrics = step(state, batch, hyperparams_of(spec), teacher.context())
     assert np.isfinite(float(metrics["loss"]))
     assert "head" in new_state.params and "intermediates" not in new_state.model_state
+    if objective == "ab+ft":  # several methods' heads, each under its method's name
+        assert set(new_state.params["head"]) == {"ab", "ft"}
 
 
 def test_specs_refuse_what_their_objective_cannot_do():

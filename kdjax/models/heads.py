@@ -62,7 +62,7 @@ class Heads(nn.Module):
     def __call__(self, outputs, teacher, rows, *, train: bool):
         joined = {}
         for name, head in self.heads:
-            joined.update(head.clone(name=name)(outputs, teacher, rows, train=train))
+            joined.update(head.clone(parent=self, name=name)(outputs, teacher, rows, train=train))
         return joined
 
 
@@ -130,16 +130,10 @@ class VIDHead(nn.Module):
     @nn.compact
     def __call__(self, outputs, teacher, rows, *, train: bool):
         del rows, train
-        students, targets = outputs[self.student_layer], teacher[self.teacher_layer]
-        single = not isinstance(students, (tuple, list))
-        students, targets = (students,) if single else students, (targets,) if single else targets
-        if len(students) != len(targets):
-            raise ValueError(
-                f"VID pairs stages one to one: the student has {len(students)}, the teacher "
-                f"{len(targets)}."
-            )
+        single = not isinstance(outputs[self.student_layer], (tuple, list))
         means, scales = [], []
-        for index, (student, target) in enumerate(zip(students, targets, strict=True)):
+        pairs = _stage_pairs("VID", outputs[self.student_layer], teacher[self.teacher_layer])
+        for index, (student, target) in enumerate(pairs):
             if student.ndim == 4 and student.shape[1] > target.shape[1]:
                 student = _pool_to(student, target.shape[1:3])
             mean, log_scale = VIDRegressor(target.shape[-1], name=f"regressor{index or ''}")(
@@ -150,6 +144,20 @@ class VIDHead(nn.Module):
         if single:
             return {"vid_mean": means[0], "vid_log_scale": scales[0]}
         return {"vid_mean": tuple(means), "vid_log_scale": tuple(scales)}
+
+
+def _stage_pairs(method: str, students, targets) -> list[tuple]:
+    """The student's and the teacher's maps stage by stage (one map is one stage)."""
+    students, targets = (
+        tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        for value in (students, targets)
+    )
+    if len(students) != len(targets):
+        raise ValueError(
+            f"{method} pairs stages one to one: the student has {len(students)}, the teacher "
+            f"{len(targets)}."
+        )
+    return list(zip(students, targets, strict=True))
 
 
 def _pool_to(feature_map: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -252,10 +260,6 @@ class CRDHead(nn.Module):
         return {"crd_loss": loss}
 
 
-def _as_tuple(value) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
 class ABHead(nn.Module):
     """Activation boundaries: per stage, RepDistiller's ``Connector`` carries the
     student's pre-activation map to the teacher's shape (the identity where the shapes
@@ -271,15 +275,9 @@ class ABHead(nn.Module):
     @nn.compact
     def __call__(self, outputs, teacher, rows, *, train: bool):
         del rows
-        students = _as_tuple(outputs[self.student_layer])
-        targets = _as_tuple(teacher[self.teacher_layer])
-        if len(students) != len(targets):
-            raise ValueError(
-                f"AB pairs stages one to one: the student has {len(students)}, the teacher "
-                f"{len(targets)}."
-            )
         connected = []
-        for index, (student, target) in enumerate(zip(students, targets, strict=True)):
+        pairs = _stage_pairs("AB", outputs[self.student_layer], teacher[self.teacher_layer])
+        for index, (student, target) in enumerate(pairs):
             if student.shape[1:] == target.shape[1:]:
                 connected.append(student)
                 continue
