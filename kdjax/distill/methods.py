@@ -12,8 +12,17 @@ come from the settings ``student_layer`` and ``teacher_layer``
 for one map per stage).
 
 The defaults are the papers' or RepDistiller's (Tian et al., ICLR 2020) CIFAR
-settings; where kdjax's default differs, the method's docstring says why. Each
-method's loss, its reference and its checks: :mod:`kdjax.losses`.
+settings; each method's ``doc`` says where it differs and why. Each method's loss,
+its reference and its checks: :mod:`kdjax.losses`. Where kdjax differs:
+
+* ``hint`` defaults to the PyTorch KD tutorial's hint (a linear 3×3 regressor on the
+  last maps, the tutorial's own run); FitNets as RepDistiller trains it is
+  ``layer="stage2", regressor="conv_bn_relu"``, and ``init_epochs > 0`` adds the paper's
+  first stage.
+* Warm-ups (DKD's 20 epochs) rise every step, where mdistiller's rise once an epoch.
+* AB's and FSP's initialisation stages train every parameter of the student (the
+  classifier gets no gradient there; RepDistiller leaves it out of the optimizer).
+* DIST's β = γ = 1 are the paper's ImageNet values.
 """
 
 from __future__ import annotations
