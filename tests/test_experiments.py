@@ -496,7 +496,9 @@ def test_cifar10_kd_compares_methods_with_heads_and_deploys_the_student_alone(tm
     assert deployed.accuracy(
         cifar10_kd.load_cifar("cifar10", str(data_dir), allow_partial=True, log=lambda m: None).test
     ) == pytest.approx(results["runs"]["student_crd"]["test_accuracy"][0], abs=1e-9)
-    assert set(cifar10_kd.Config(method=("compare",)).methods()) == set(cifar10_kd.METHODS)
+    # Every method but FSP, which cannot pair the notebooks' nets (16 against 64 channels).
+    compared = set(cifar10_kd.Config(method=("compare",)).methods())
+    assert compared == set(cifar10_kd.METHODS) - {"fsp"}
 
 
 @pytest.mark.slow
