@@ -72,12 +72,20 @@ def test_folds_train_together_and_are_scored_on_their_own_test_windows(tmp_path,
     assert saved["study"]["cv"]["cv_subject"]["per_fold"] == folds
 
 
-def test_scores_equal_the_metrics_of_each_fold_predicted_alone(tmp_path, data_dir):
-    config = _config(tmp_path, data_dir, cv="random", holdout=False)
+@pytest.fixture(scope="module")
+def random_folds_arm(tmp_path_factory, data_dir):
+    """``(data, fold_list, arm)``: SignalCNN on the GSR, two random folds trained together."""
+    config = _config(tmp_path_factory.mktemp("arm"), data_dir, cv="random", holdout=False)
     data = biovid_kd.load_data(config, ("gsr",))
-    study = biovid_kd.Study(config, data)
     fold_list = biovid_kd.make_folds(data.signals, "random", 2, 0)
-    arm = study.train("cv_random", "signal_cnn", biovid_kd.columns(data, ("gsr",)), fold_list)
+    arm = biovid_kd.Study(config, data).train(
+        "cv_random", "signal_cnn", biovid_kd.columns(data, ("gsr",)), fold_list
+    )
+    return data, fold_list, arm
+
+
+def test_scores_equal_the_metrics_of_each_fold_predicted_alone(random_folds_arm):
+    data, fold_list, arm = random_folds_arm
     for index, (_, test) in enumerate(fold_list):
         outputs = arm["model"].apply(
             arm["result"].member_variables(index), data.signals.signals[test]
@@ -205,17 +213,12 @@ def test_without_data_dir_the_synthetic_stand_in_is_written_once_and_announced(t
     assert [path.stat().st_mtime_ns for path in written] == before
 
 
-def test_load_run_restores_a_biovid_arm(tmp_path, data_dir):
+def test_load_run_restores_a_biovid_arm(random_folds_arm):
     """A BioVid arm is a train_run run like any other: load_run reads it back, one
     student per fold, and each predicts what the arm scored."""
     from kdjax.runs import load_run
 
-    config = _config(tmp_path, data_dir, cv="random", holdout=False)
-    data = biovid_kd.load_data(config, ("gsr",))
-    fold_list = biovid_kd.make_folds(data.signals, "random", 2, 0)
-    arm = biovid_kd.Study(config, data).train(
-        "cv_random", "signal_cnn", biovid_kd.columns(data, ("gsr",)), fold_list
-    )
+    data, fold_list, arm = random_folds_arm
     run = load_run(arm["result"].run_dir, member=1)
     test = fold_list[1][1]
     predicted = np.argmax(run.predict(data.signals.signals[test]), -1)

@@ -71,11 +71,40 @@ def _fit(tmp_path, name, train, test, seed, **kwargs):
     )
 
 
+@pytest.fixture(scope="module")
+def folds_alone(tmp_path_factory):
+    """The data, its 4 folds of 40 (120 training rows each) and ``alone(feed)``: each
+    fold trained alone with that feed, trained once and compared with every strategy."""
+    data = _split(160)
+    folds = k_fold(len(data.labels), 4, seed=0)
+    directory = tmp_path_factory.mktemp("folds_alone")
+    runs = {}
+
+    def alone(feed):
+        if feed not in runs:
+            runs[feed] = [
+                _fit(
+                    directory,
+                    f"alone{index}-{feed}",
+                    _take(data, train),
+                    _take(data, test),
+                    index,
+                    data_seed=7 + index,
+                    execution=Execution(feed=feed),
+                )
+                for index, (train, test) in enumerate(folds)
+            ]
+        return runs[feed]
+
+    return data, folds, alone
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
 @pytest.mark.parametrize("feed", ["host", "device"])
-def test_folds_trained_together_equal_each_fold_trained_alone(tmp_path, strategy, feed):
-    data = _split(160)
-    folds = k_fold(len(data.labels), 4, seed=0)  # 4 folds of 40: 120 training rows each
+def test_folds_trained_together_equal_each_fold_trained_alone(
+    tmp_path, folds_alone, strategy, feed
+):
+    data, folds, alone = folds_alone
     together = _fit(
         tmp_path, f"folds-{strategy}-{feed}", data, data, [0, 1, 2, 3],
         data_seed=7,
@@ -84,14 +113,11 @@ def test_folds_trained_together_equal_each_fold_trained_alone(tmp_path, strategy
         execution=Execution(population_strategy=strategy, feed=feed),
     )  # fmt: skip
     assert len(together.test_accuracy) == 4
-    for index, (train, test) in enumerate(folds):
-        alone = _fit(tmp_path, f"alone{index}-{strategy}-{feed}", _take(data, train),
-                     _take(data, test), index, data_seed=7 + index,
-                     execution=Execution(feed=feed))  # fmt: skip
+    for index, single in enumerate(alone(feed)):
         chex.assert_trees_all_close(
-            together.member_variables(index), alone.variables, rtol=1e-5, atol=1e-6
+            together.member_variables(index), single.variables, rtol=1e-5, atol=1e-6
         )
-        assert together.test_accuracy[index] == pytest.approx(alone.test_accuracy[0], abs=1e-9)
+        assert together.test_accuracy[index] == pytest.approx(single.test_accuracy[0], abs=1e-9)
 
 
 def test_overlapping_training_and_test_rows_are_refused(tmp_path):
@@ -124,44 +150,63 @@ def test_float_signals_train_through_the_same_core(tmp_path):
         Split(signals.astype(np.float64), labels, np.arange(96, dtype=np.int64))
 
 
+def _distil(directory, name, teacher, train, test, seed, **kwargs):
+    """A KD student (MLP(16), T=2, half CE and half KD) of an online ``teacher``."""
+    training = Training(MLP(hidden_sizes=(16,)), OBJECTIVES["kd"], make_optimizer("adam"),
+                        UNIT, teacher=teacher)  # fmt: skip
+    hyper = make_hyperparams(learning_rate=3e-3, temperature=2.0, hard_weight=0.5,
+                             soft_weight=0.5)  # fmt: skip
+    return _call_fit(training, name, directory, train, test, hyperparams=hyper, epochs=2,
+                     batch_size=16, seed=seed, **kwargs)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fold_teachers(tmp_path_factory):
+    """The data, its 3 folds, a teacher per fold (stacked) and each fold's student
+    distilled alone from its own teacher: trained once for every strategy."""
+    from kdjax.training import OnlineTeacher
+
+    directory = tmp_path_factory.mktemp("fold_teachers")
+    data = _split(120)
+    folds = k_fold(len(data.labels), 3, seed=0)
+    teachers = [
+        _fit(directory, f"teacher{index}", _take(data, train), _take(data, test), 10 + index)
+        for index, (train, test) in enumerate(folds)
+    ]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *(t.variables for t in teachers))
+    alone = [
+        _distil(
+            directory,
+            f"alone{index}",
+            OnlineTeacher(MLP(hidden_sizes=(16,)), teachers[index].variables, UNIT),
+            _take(data, train),
+            _take(data, test),
+            index,
+            data_seed=7 + index,
+        )
+        for index, (train, test) in enumerate(folds)
+    ]
+    return data, folds, stacked, alone
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
-def test_folds_distilled_online_each_from_its_own_teacher(tmp_path, strategy):
+def test_folds_distilled_online_each_from_its_own_teacher(tmp_path, fold_teachers, strategy):
     """An online teacher per student (per_member=True): fold i's student, trained with
     the others in one program, equals fold i's student distilled alone from teacher i."""
     from kdjax.training import OnlineTeacher
 
-    data = _split(120)
-    folds = k_fold(len(data.labels), 3, seed=0)
-    teachers = [
-        _fit(tmp_path, f"teacher{index}", _take(data, train), _take(data, test), 10 + index)
-        for index, (train, test) in enumerate(folds)
-    ]
-    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *(t.variables for t in teachers))
-    hyper = make_hyperparams(learning_rate=3e-3, temperature=2.0, hard_weight=0.5,
-                             soft_weight=0.5)  # fmt: skip
-
-    def distil(name, teacher, train, test, seed, **kwargs):
-        training = Training(MLP(hidden_sizes=(16,)), OBJECTIVES["kd"], make_optimizer("adam"),
-                            UNIT, teacher=teacher)  # fmt: skip
-        return _call_fit(training, name, tmp_path, train, test, hyperparams=hyper, epochs=2,
-                         batch_size=16, seed=seed, **kwargs)  # fmt: skip
-
+    data, folds, stacked, alone = fold_teachers
     teacher_model = MLP(hidden_sizes=(16,))
-    together = distil(
-        f"folds-{strategy}", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
+    together = _distil(
+        tmp_path, f"folds-{strategy}", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
         data, data, [0, 1, 2], data_seed=7,
         member_rows=[train for train, _ in folds], member_test_rows=[test for _, test in folds],
         execution=Execution(population_strategy=strategy),
     )  # fmt: skip
-    for index, (train, test) in enumerate(folds):
-        alone = distil(
-            f"alone{index}-{strategy}",
-            OnlineTeacher(teacher_model, teachers[index].variables, UNIT),
-            _take(data, train), _take(data, test), index, data_seed=7 + index,
-        )  # fmt: skip
+    for index, single in enumerate(alone):
         chex.assert_trees_all_close(
-            together.member_variables(index), alone.variables, rtol=1e-5, atol=1e-6
+            together.member_variables(index), single.variables, rtol=1e-5, atol=1e-6
         )
     with pytest.raises(ValueError, match="one teacher per student"):
-        distil("single", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
-               data, data, 0)  # fmt: skip
+        _distil(tmp_path, "single", OnlineTeacher(teacher_model, stacked, UNIT, per_member=True),
+                data, data, 0)  # fmt: skip

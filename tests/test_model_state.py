@@ -164,12 +164,20 @@ def test_batch_statistics_are_checkpointed_and_a_resumed_run_matches(tmp_path):
     chex.assert_trees_all_close(resumed.variables, straight.variables, rtol=1e-6, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def alone_seed_1(tmp_path_factory):
+    """Student 1 trained alone: the reference of every population strategy."""
+    return _fit(tmp_path_factory.mktemp("alone"), "alone", seed=1)
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "map"])
-def test_a_population_keeps_one_set_of_batch_statistics_per_student(tmp_path, strategy):
+def test_a_population_keeps_one_set_of_batch_statistics_per_student(
+    tmp_path, alone_seed_1, strategy
+):
     together = _fit(tmp_path, f"pop-{strategy}", seed=[0, 1],
                     execution=Execution(population_strategy=strategy))  # fmt: skip
     assert together.variables["batch_stats"]["norm"]["mean"].shape == (2, 16)
-    alone = _fit(tmp_path, "alone", seed=1)
+    alone = alone_seed_1
     chex.assert_trees_all_close(together.member_variables(1), alone.variables, rtol=1e-4, atol=1e-5)
     assert together.test_accuracy[1] == pytest.approx(alone.test_accuracy[0], abs=1 / 64)
 
@@ -241,33 +249,47 @@ class CountingTeacher(nn.Module):
         return MLP(hidden_sizes=(8,))(images, train=train)
 
 
-@pytest.mark.parametrize("strategy", ["map", "vmap"])
-def test_a_population_shares_one_online_teacher_pass_per_step_and_matches_single_runs(
-    tmp_path, strategy
-):
+def _counting_teacher():
+    """A :class:`CountingTeacher` to run in the step (initialising it counts a pass)."""
     from kdjax.training import OnlineTeacher
 
     teacher_model = CountingTeacher()
     teacher_variables = teacher_model.init(jax.random.PRNGKey(1), UNIT(_split(1).images))
-    teacher = OnlineTeacher(teacher_model, teacher_variables, UNIT)
+    return OnlineTeacher(teacher_model, teacher_variables, UNIT)
 
-    def run(name, seed):
-        return fit(
-            Training(MLP(hidden_sizes=(8,)), OBJECTIVES["kd"], make_optimizer("adam"), UNIT,
-                     teacher=teacher),
-            TrainingData(_split(128), _split(64, seed=1)),
-            Plan(1, 32, seed, make_hyperparams(learning_rate=1e-2, temperature=2.0,
-                                               hard_weight=0.5, soft_weight=0.5), data_seed=0),
-            Run(name, tmp_path / name, {"name": name}),
-            Execution(feed="host", population_strategy=strategy),
-            log=lambda message: None,
-        )  # fmt: skip
 
+def _distil_online(directory, name, teacher, seed, strategy="auto"):
+    """A student distilled for one epoch from ``teacher`` in its step."""
+    return fit(
+        Training(MLP(hidden_sizes=(8,)), OBJECTIVES["kd"], make_optimizer("adam"), UNIT,
+                 teacher=teacher),
+        TrainingData(_split(128), _split(64, seed=1)),
+        Plan(1, 32, seed, make_hyperparams(learning_rate=1e-2, temperature=2.0,
+                                           hard_weight=0.5, soft_weight=0.5), data_seed=0),
+        Run(name, directory / name, {"name": name}),
+        Execution(feed="host", population_strategy=strategy),
+        log=lambda message: None,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def online_singles(tmp_path_factory):
+    """Students 0, 1 and 2 distilled alone: the reference of every population strategy
+    (a single student has no strategy)."""
+    directory = tmp_path_factory.mktemp("online_singles")
+    teacher = _counting_teacher()
+    return [_distil_online(directory, f"single{seed}", teacher, seed) for seed in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("strategy", ["map", "vmap"])
+def test_a_population_shares_one_online_teacher_pass_per_step_and_matches_single_runs(
+    tmp_path, online_singles, strategy
+):
+    teacher = _counting_teacher()
     TEACHER_PASSES.clear()
-    population = run("population", [0, 1, 2])
+    population = _distil_online(tmp_path, "population", teacher, [0, 1, 2], strategy)
     assert len(TEACHER_PASSES) == 128 // 32  # one pass per step, not one per student
-    for index, seed in enumerate((0, 1, 2)):
-        single = run(f"single{seed}", seed)
+    for index, single in enumerate(online_singles):
         chex.assert_trees_all_close(
             population.member_variables(index)["params"], single.params, rtol=1e-5, atol=1e-6
         )

@@ -22,7 +22,7 @@ from kdjax.models.layers import Conv, conv1d, conv2d, general_conv2d, max_pool, 
     ],
 )
 def test_parameter_counts(model, expected):
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
     assert count_params(params) == expected
 
 
@@ -76,10 +76,10 @@ def test_conv_matches_flax_conv_values_and_gradients(padding, size, channels):
         return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
     np.testing.assert_allclose(
-        ours.apply(params, images), reference.apply(params, images), rtol=1e-5, atol=1e-5
+        jax.jit(ours.apply)(params, images), reference.apply(params, images), rtol=1e-5, atol=1e-5
     )
-    ours_grads = jax.grad(loss(ours), argnums=(0, 1))(params, images)
-    reference_grads = jax.grad(loss(reference), argnums=(0, 1))(params, images)
+    ours_grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, images)
+    reference_grads = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, images)
     chex.assert_trees_all_close(ours_grads, reference_grads, rtol=1e-4, atol=1e-5)
 
 
@@ -90,7 +90,7 @@ def test_conv2d_custom_gradient_against_finite_differences(channels):
     images = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, channels))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, channels, 2))
     check_grads(
-        lambda x, k: conv2d(x, k, ((1, 1), (1, 1))),
+        jax.jit(lambda x, k: conv2d(x, k, ((1, 1), (1, 1)))),
         (images, kernel),
         order=1,
         modes=["rev"],
@@ -128,13 +128,14 @@ def _assert_matches_xla_conv(conv, images, kernel, padding, stride):
     def loss(conv):
         return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
 
+    # Compiled as training compiles them: one program each, not op by op.
     np.testing.assert_allclose(
-        conv(images, kernel, padding, stride), reference(images, kernel),
-        rtol=1e-5, atol=1e-5,
+        jax.jit(lambda x, k: conv(x, k, padding, stride))(images, kernel),
+        reference(images, kernel), rtol=1e-5, atol=1e-5,
     )  # fmt: skip
-    ours = jax.grad(loss(lambda x, k: conv(x, k, padding, stride)), argnums=(0, 1))
+    ours = jax.jit(jax.grad(loss(lambda x, k: conv(x, k, padding, stride)), argnums=(0, 1)))
     chex.assert_trees_all_close(
-        ours(images, kernel), jax.grad(loss(reference), argnums=(0, 1))(images, kernel),
+        ours(images, kernel), jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(images, kernel),
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
 
@@ -183,13 +184,13 @@ def test_conv1d_matches_xla_values_and_gradients(taps, padding, stride, length, 
     def loss(conv):
         return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
 
-    ours = conv1d(signals, kernel, padding, stride)
+    ours = jax.jit(lambda x, k: conv1d(x, k, padding, stride))(signals, kernel)
     assert ours.shape == (2, (length + sum(padding) - taps) // stride + 1, 4)
     np.testing.assert_allclose(ours, reference(signals, kernel), rtol=1e-5, atol=1e-5)
-    ours_grads = jax.grad(loss(lambda x, k: conv1d(x, k, padding, stride)), argnums=(0, 1))
+    ours_grads = jax.jit(jax.grad(loss(lambda x, k: conv1d(x, k, padding, stride)), argnums=(0, 1)))
     chex.assert_trees_all_close(
         ours_grads(signals, kernel),
-        jax.grad(loss(reference), argnums=(0, 1))(signals, kernel),
+        jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(signals, kernel),
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
 
@@ -200,7 +201,7 @@ def test_conv1d_gradients_against_finite_differences_and_inside_lax_map():
     signals = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 11, 2))
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 5))
     check_grads(
-        lambda x, k: conv1d(x, k, (1, 1), 2), (signals[0], kernel[0]), order=1,
+        jax.jit(lambda x, k: conv1d(x, k, (1, 1), 2)), (signals[0], kernel[0]), order=1,
         modes=["rev"], atol=2e-2, rtol=2e-2,
     )  # fmt: skip
     # Fold populations train their members under lax.map: the same gradients there.

@@ -73,11 +73,18 @@ def _batch(split: Split, size: int, teacher_logits=None) -> dict:
     return batch
 
 
-def test_kd_step_compiles_once_across_hyperparameter_values():
+@pytest.fixture(scope="module")
+def conv_state():
+    """SmallConvNet's initial Adam state (seed 0), shared by the step tests: creating it
+    compiles a random draw per initializer, seconds on the CPU each time."""
+    return create_state(SmallConvNet(), make_optimizer("adam"), UNIT(_split(1).images), seed=0)
+
+
+def test_kd_step_compiles_once_across_hyperparameter_values(conv_state):
     model, optimizer = SmallConvNet(), make_optimizer("adam")
     split = _split(64)
     teacher_logits = np.random.default_rng(1).normal(size=(64, 10)).astype(np.float32)
-    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    state = conv_state
     step = make_train_step(model, OBJECTIVES["kd"], optimizer, UNIT)
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(step, n=1))
@@ -229,15 +236,16 @@ class SimulatedCrash(Exception):
 
 
 def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
-    uninterrupted = _fit(tmp_path, "straight", epochs=3)
+    """On the device feed, the one "auto" picks when the data fit (test_feed_choice)."""
+    uninterrupted = _fit(tmp_path, "straight", epochs=3, feed="device")
 
     def crash_after_first_epoch(epoch):
         if epoch == 1:
             raise SimulatedCrash
 
     with pytest.raises(SimulatedCrash):
-        _fit(tmp_path, "crashed", epochs=3, on_epoch_end=crash_after_first_epoch)
-    resumed = _fit(tmp_path, "crashed", epochs=3)
+        _fit(tmp_path, "crashed", epochs=3, feed="device", on_epoch_end=crash_after_first_epoch)
+    resumed = _fit(tmp_path, "crashed", epochs=3, feed="device")
 
     assert resumed.resumed_from_epoch == 1
     assert resumed.epochs_trained_now == 2
@@ -250,17 +258,24 @@ def test_resume_after_crash_gives_the_same_result_as_an_uninterrupted_run(tmp_pa
         rtol=1e-5,
     )
     # A finished run is reused, not retrained, and the model restores from disk.
-    again = _fit(tmp_path, "crashed", epochs=3)
+    again = _fit(tmp_path, "crashed", epochs=3, feed="device")
     assert again.epochs_trained_now == 0
     assert again.test_accuracy == resumed.test_accuracy
     assert uninterrupted.test_accuracy[0] > 0.5  # the stripes are learnable
 
 
-def test_checkpoints_restore_with_plain_orbax(tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """``(folder, result)`` of a finished one-epoch run named "finished"."""
+    folder = tmp_path_factory.mktemp("finished")
+    return folder, _fit(folder, "finished", epochs=1)
+
+
+def test_checkpoints_restore_with_plain_orbax(finished_run):
     import orbax.checkpoint as ocp
 
-    result = _fit(tmp_path, "restore", epochs=1)
-    manager = ocp.CheckpointManager((tmp_path / "restore" / "checkpoints").absolute())
+    folder, result = finished_run
+    manager = ocp.CheckpointManager((folder / "finished" / "checkpoints").absolute())
     restored = manager.restore(
         manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )
@@ -268,10 +283,10 @@ def test_checkpoints_restore_with_plain_orbax(tmp_path):
     chex.assert_trees_all_close(restored["state"]["params"], jax.device_get(result.params))
 
 
-def test_a_run_directory_refuses_other_settings(tmp_path):
-    _fit(tmp_path, "settings", epochs=1)
+def test_a_run_directory_refuses_other_settings(finished_run):
+    folder, _ = finished_run
     with pytest.raises(ValueError, match="different settings"):
-        _fit(tmp_path, "settings", epochs=1, run_config={"test": "something else"})
+        _fit(folder, "finished", epochs=1, run_config={"test": "something else"})
 
 
 def test_non_finite_loss_stops_the_run_and_names_the_step(tmp_path):
@@ -299,41 +314,54 @@ def test_test_images_of_another_size_are_refused_before_any_step(tmp_path):
     assert not (tmp_path / "sizes" / "checkpoints").exists()
 
 
+POPULATION_SEEDS, POPULATION_TEMPERATURES = [0, 1, 2], [1.0, 3.0, 8.0]
+
+
+def _distil(tmp_path, name, seed, temperature, **kwargs):
+    """A KD run on 64 training images (teacher logits stored), tested on 32."""
+    teacher_logits = np.random.default_rng(5).normal(size=(64, 10)).astype(np.float32) * 3
+    return _fit(
+        tmp_path,
+        name,
+        objective=OBJECTIVES["kd"],
+        hyperparams=make_hyperparams(
+            learning_rate=1e-3, temperature=temperature, hard_weight=0.5, soft_weight=0.5
+        ),
+        train_split=_split(64, seed=0),
+        test_split=_split(32, seed=1),
+        epochs=2,
+        seed=seed,
+        data_seed=11,
+        train_extras={"teacher_logits": teacher_logits},
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def separate_runs(tmp_path_factory):
+    """Each student of the population trained alone: the reference of every strategy."""
+    directory = tmp_path_factory.mktemp("separate")
+    pairs = zip(POPULATION_SEEDS, POPULATION_TEMPERATURES, strict=True)
+    return [
+        _distil(directory, f"single{index}", seed, temperature)
+        for index, (seed, temperature) in enumerate(pairs)
+    ]
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "map"])
-def test_a_population_equals_separate_runs(tmp_path, strategy):
+def test_a_population_equals_separate_runs(tmp_path, separate_runs, strategy):
     """Three students (different seeds and temperatures) trained together end where
     three single runs with the same seeds, data order and hyperparameters end."""
-    split, test = _split(64, seed=0), _split(32, seed=1)
-    teacher_logits = np.random.default_rng(5).normal(size=(64, 10)).astype(np.float32) * 3
-    seeds, temperatures = [0, 1, 2], [1.0, 3.0, 8.0]
-
-    def run(name, seed, temperature, **kwargs):
-        return _fit(
-            tmp_path,
-            name,
-            objective=OBJECTIVES["kd"],
-            hyperparams=make_hyperparams(
-                learning_rate=1e-3, temperature=temperature, hard_weight=0.5, soft_weight=0.5
-            ),
-            train_split=split,
-            test_split=test,
-            epochs=2,
-            seed=seed,
-            data_seed=11,
-            train_extras={"teacher_logits": teacher_logits},
-            **kwargs,
-        )
-
-    together = run("population", seeds, temperatures, population_strategy=strategy)
+    together = _distil(tmp_path, "population", POPULATION_SEEDS, POPULATION_TEMPERATURES,
+                       population_strategy=strategy)  # fmt: skip
     assert len(together.test_accuracy) == 3
     assert len(together.history[-1]["train_loss"]) == 3
-    for index, (seed, temperature) in enumerate(zip(seeds, temperatures, strict=True)):
-        alone = run(f"single{index}", seed, temperature)
+    for index, alone in enumerate(separate_runs):
         member = jax.tree.map(lambda leaf, i=index: leaf[i], together.params)
         # Summation order differs between batched and single matmuls; Adam rescales
         # near-zero gradients, so allow float32 noise well below one update (lr 1e-3).
         chex.assert_trees_all_close(member, alone.params, **same_training(1e-4, 1e-5))
-        same_accuracy(together.test_accuracy[index], alone.test_accuracy[0], len(test))
+        same_accuracy(together.test_accuracy[index], alone.test_accuracy[0], 32)
         np.testing.assert_allclose(
             together.history[-1]["train_loss"][index],
             alone.history[-1]["train_loss"][0],
@@ -403,32 +431,28 @@ def test_cosine_decay_runs_from_one_to_zero_and_scales_the_step():
 # --- Feeds: per-step host batches against a device-resident, scanned epoch ------------------
 
 
-@pytest.mark.parametrize(
-    ("seed", "steps_per_call"), [(7, None), (7, 3), ([0, 1], None)], ids=["epoch", "3", "pop"]
-)
-def test_the_device_feed_trains_exactly_like_the_host_feed(
-    tmp_path, monkeypatch, seed, steps_per_call
-):
-    """Same batches, same order, same dropout and jitter keys: the scanned,
-    device-resident epoch ends where per-step host feeding ends, for single runs,
-    blocks shorter than the epoch and populations, with KD extras and augmentation
-    (a jittered transfer set: teacher logits stored per shift and picked per example)."""
+def _jittered_kd(seed) -> dict:
+    """``_fit`` arguments of a KD run on a jittered transfer set: teacher logits stored
+    per shift and picked per example."""
     from kdjax.data.augment import shift_count, translate_batch
 
-    split = _split(256, seed=0)
     shape = (256, shift_count(2), 10)
     teacher_logits = np.random.default_rng(5).normal(size=shape).astype(np.float32) * 3
-    common = dict(
+    return dict(
         seed=seed,
         epochs=2,
         objective=OBJECTIVES["kd"],
         hyperparams=make_hyperparams(
             learning_rate=1e-3, temperature=3.0, hard_weight=0.5, soft_weight=0.5
         ),
-        train_split=split,
+        train_split=_split(256, seed=0),
         train_extras={"teacher_logits": teacher_logits},
         augment=partial(translate_batch, max_shift=2, per_shift=("teacher_logits",)),
     )
+
+
+def _scan_spy(monkeypatch) -> list:
+    """The steps the device feed scans from now on (none on the host feed)."""
     import kdjax.training.feeds as feeds
 
     scanned = []
@@ -439,9 +463,40 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
         return real_scan_steps(step)
 
     monkeypatch.setattr(feeds, "scan_steps", spy)
-    host = _fit(tmp_path, "host", feed="host", **common)
-    assert not scanned
-    device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call, **common)
+    return scanned
+
+
+@pytest.fixture(scope="module")
+def host_fed(tmp_path_factory):
+    """``run(seed)``: the jittered KD run fed from the host, trained once per seed."""
+    folder, runs = tmp_path_factory.mktemp("host_fed"), {}
+
+    def run(seed):
+        if repr(seed) not in runs:
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                scanned = _scan_spy(monkeypatch)
+                result = _fit(folder, f"host{len(runs)}", feed="host", **_jittered_kd(seed))
+            assert not scanned
+            runs[repr(seed)] = result
+        return runs[repr(seed)]
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("seed", "steps_per_call"), [(7, None), (7, 3), ([0, 1], None)], ids=["epoch", "3", "pop"]
+)
+def test_the_device_feed_trains_exactly_like_the_host_feed(
+    tmp_path, monkeypatch, host_fed, seed, steps_per_call
+):
+    """Same batches, same order, same dropout and jitter keys: the scanned,
+    device-resident epoch ends where per-step host feeding ends, for single runs,
+    blocks shorter than the epoch and populations, with KD extras and augmentation
+    (a jittered transfer set: teacher logits stored per shift and picked per example)."""
+    host = host_fed(seed)
+    scanned = _scan_spy(monkeypatch)
+    device = _fit(tmp_path, "device", feed="device", steps_per_call=steps_per_call,
+                  **_jittered_kd(seed))  # fmt: skip
     assert len(scanned) == 1  # the device path ran
     chex.assert_trees_all_close(device.params, host.params, **same_training(1e-5, 1e-6))
     np.testing.assert_allclose(
@@ -457,21 +512,8 @@ def test_the_device_feed_trains_exactly_like_the_host_feed(
     assert device.compile_seconds is not None and device.compile_seconds > 0
 
 
-def test_the_device_feed_resumes_and_stops_on_a_non_finite_loss(tmp_path):
-    straight = _fit(tmp_path, "straight", epochs=2, feed="device")
-
-    def crash_after_first_epoch(epoch):
-        if epoch == 1:
-            raise SimulatedCrash
-
-    with pytest.raises(SimulatedCrash):
-        _fit(tmp_path, "crashed", epochs=2, feed="device", on_epoch_end=crash_after_first_epoch)
-    resumed = _fit(tmp_path, "crashed", epochs=2, feed="device")
-    assert resumed.resumed_from_epoch == 1
-    # Exact on the CPU. On an H200 this differed beyond 1e-6 (XLA's GPU reductions
-    # are not bitwise reproducible from run to run unless made deterministic).
-    chex.assert_trees_all_close(resumed.params, straight.params, **same_training(1e-6, 1e-6))
-
+def test_every_feed_stops_on_a_non_finite_loss_at_the_same_step(tmp_path):
+    """(The device feed's resume after a crash: test_resume_after_crash_gives_...)"""
     diverging = dict(
         epochs=1,
         model=MLP(hidden_sizes=(8,)),
@@ -505,16 +547,15 @@ def test_feed_choice_and_bad_arguments(tmp_path):
 
 def test_checkpoint_every_saves_every_nth_and_the_last_epoch(tmp_path):
     small = _split(64)
-    result = _fit(tmp_path, "sparse", epochs=3, checkpoint_every=2, train_split=small)
-    assert len(result.history) == 3
-    # Epoch 2 and the last epoch were saved, epoch 1 was not.
-    assert sorted(int(p.name) for p in (tmp_path / "sparse" / "checkpoints").iterdir()) == [2, 3]
+    straight = _fit(tmp_path, "straight", epochs=4, checkpoint_every=3, train_split=small)
+    assert len(straight.history) == 4
+    # Epoch 3 and the last epoch were saved, epochs 1 and 2 were not.
+    assert sorted(int(p.name) for p in (tmp_path / "straight" / "checkpoints").iterdir()) == [3, 4]
 
     def crash_after_third_epoch(epoch):
         if epoch == 3:
             raise SimulatedCrash
 
-    straight = _fit(tmp_path, "straight", epochs=4, train_split=small)
     with pytest.raises(SimulatedCrash):
         _fit(tmp_path, "crashed", epochs=4, checkpoint_every=2, train_split=small,
              on_epoch_end=crash_after_third_epoch)  # fmt: skip
@@ -546,10 +587,19 @@ def test_device_memory_is_unknown_on_the_cpu():
     assert device_memory_bytes(jax.devices("cpu")[0]) is None
 
 
+@pytest.fixture(scope="module")
+def stored_conv_outputs(conv_state):
+    """The initial SmallConvNet's outputs on 16 images, for every method below."""
+    return predict(SmallConvNet(), {"params": conv_state.params}, _split(16).images,
+                   preprocess=UNIT, output_names=("logits", "features", "feature_map"))  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "name", ["kd_standardized", "dkd", "dist", "at", "nst", "sp", "pkt", "rkd"]
 )
-def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name):
+def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(
+    name, conv_state, stored_conv_outputs
+):
     """Each objective reads the teacher outputs it declares, adds its loss to the
     weighted CE, and gives a finite loss and a gradient in one compiled step."""
     from kdjax.distill.objectives import get_objective
@@ -560,10 +610,9 @@ def test_every_registered_method_trains_a_step_from_stored_teacher_outputs(name)
     )
     model, optimizer = SmallConvNet(), make_optimizer("adam")
     split = _split(16)
-    state = create_state(model, optimizer, UNIT(split.images[:1]), seed=0)
+    state = conv_state
     # A teacher whose outputs differ from the student's: the student's own, perturbed.
-    stored = predict(SmallConvNet(), {"params": state.params}, split.images, preprocess=UNIT,
-                     output_names=("logits", "features", "feature_map"))  # fmt: skip
+    stored = stored_conv_outputs
     rng = np.random.default_rng(0)
     batch = _batch(split, 16)
     for output in objective.teacher_outputs:
