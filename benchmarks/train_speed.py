@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from benchmarks.networks import IMAGE_SHAPES, STUDENTS, torch_model
 from kdjax.data import MNIST_MEAN, MNIST_STD, Dataset, Split, load_mnist_idx, normalize
 from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import get_model
@@ -69,19 +70,14 @@ flags.register_validator(
     lambda n: n is None or n >= 256,
     message="--max_examples must be >= 256 (two steps of the largest batch)",
 )
+flags.DEFINE_enum(
+    "population_strategy",
+    "auto",
+    ["auto", "vmap", "map", "unroll"],
+    "How the population row trains its students together (kdjax.training.over_members).",
+)
 flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto (cuda if available), cpu, cuda.")
 
-STUDENTS = {
-    # name: (registry model, settings, batch size, training examples) as in the R MNIST
-    # notebook, the MLP notebook and the CIFAR-10 CNN notebook.
-    "small_conv_net": ("small_conv_net", {}, 128, 60000),
-    "mlp_200": ("mlp", {"hidden_sizes": (200, 200)}, 32, 10000),
-    "two_conv_net": ("two_conv_net", {}, 128, 50000),
-    # The CIFAR-10 CNN notebook's teacher, timed as the students are.
-    "four_conv_net": ("four_conv_net", {}, 128, 50000),
-}
-# The others are MNIST-shaped.
-IMAGE_SHAPES = {"two_conv_net": (32, 32, 3), "four_conv_net": (32, 32, 3)}
 flags.DEFINE_list(
     "students",
     ["small_conv_net", "mlp_200", "two_conv_net", "four_conv_net"],
@@ -127,7 +123,7 @@ def kdjax_epoch_seconds(
             ),
             Plan(epochs=epochs, batch_size=batch_size, seed=seeds, hyperparams=hyperparams),
             Run(f"{name}-{objective}", Path(workdir) / "run", {}),
-            Execution(feed=feed),
+            Execution(feed=feed, population_strategy=FLAGS.population_strategy),
             log=lambda message: None,
         )
     if epochs > 1:  # the last epoch: compiled, warm, nothing to subtract
@@ -140,36 +136,6 @@ def kdjax_epoch_seconds(
     if feed == "host":
         seconds *= steps / (steps - 1)
     return seconds, result.compile_seconds
-
-
-def torch_model(name):
-    import torch.nn as nn
-
-    if name == "two_conv_net":  # the CIFAR-10 CNN notebook's student, as written there
-        return nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, 10),
-        )  # fmt: skip
-    if name == "four_conv_net":  # the CIFAR-10 CNN notebook's teacher, as written there
-        return nn.Sequential(
-            nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Flatten(), nn.Linear(2048, 512), nn.ReLU(), nn.Linear(512, 10),
-        )  # fmt: skip
-    if name == "small_conv_net":
-        return nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Dropout2d(0.25), nn.Flatten(),
-            nn.Linear(3136, 32), nn.ReLU(), nn.Linear(32, 10),
-        )  # fmt: skip
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
-        nn.Linear(200, 10),
-    )  # fmt: skip
 
 
 def torch_epoch_seconds(model_name, split, teacher_logits, batch_size, device, epochs):
@@ -294,6 +260,7 @@ def main(argv):
             row = {
                 "student": name,
                 "feed": feed,
+                "population_strategy": FLAGS.population_strategy,
                 "batch_size": batch_size,
                 "examples": count,
                 "epoch_tflop": round(epoch_tflop, 4),

@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from kdjax import losses
@@ -632,3 +633,20 @@ def test_population_strategies_are_named_in_the_error():
     assert resolve_strategy("unroll") == "unroll"
     with pytest.raises(ValueError, match="'auto', 'vmap', 'map' or 'unroll', got 'pmap'"):
         resolve_strategy("pmap")
+
+
+def test_auto_population_strategy_follows_the_network_on_the_cpu():
+    from kdjax.training.members import Members
+
+    def stacked_params(model, shape):
+        members = Members.of([0, 1])
+        return members.init(model, optax.adam(1e-3), jnp.zeros((1, *shape))).params
+
+    mlp = stacked_params(MLP(hidden_sizes=(8,)), (4, 4, 1))
+    conv = stacked_params(SmallConvNet(), (28, 28, 1))
+    on_cpu = jax.default_backend() == "cpu"
+    assert Members.of([0, 1]).for_network(mlp).strategy == "vmap"
+    assert Members.of([0, 1]).for_network(conv).strategy == ("map" if on_cpu else "vmap")
+    # A chosen strategy, and a single student, are left as they are.
+    assert Members.of([0, 1], "unroll").for_network(mlp).strategy == "unroll"
+    assert Members.of(0).for_network(mlp).strategy == "auto"

@@ -172,7 +172,8 @@ class CommonConfig:
         "How the students of a population (seeds, sweeps, folds) share one compiled step: "
         "'vmap' (batched: GPU/TPU), 'map' (a lax.map loop, one after another), 'unroll' "
         "(written out one after another; on the CPU often faster than 'map' for a few "
-        "large students, compiles longer) or 'auto' (map on the CPU, else vmap).",
+        "large students, compiles longer) or 'auto' (on the CPU map for convolutional "
+        "networks and vmap for others; vmap elsewhere).",
         choices=POPULATION_STRATEGIES,
     )
     compute_dtype: str = option(

@@ -75,6 +75,18 @@ class Members:
             return jax.vmap(one)(jnp.asarray(self.seeds), initial_variables)
         return jax.vmap(one)(jnp.asarray(self.seeds))
 
+    def for_network(self, params: Any) -> Members:
+        """``"auto"`` resolved for the network whose (stacked) ``params`` are given: on
+        the CPU ``"vmap"`` when no parameter is a convolution kernel (every one at most
+        2-D per student), so that the students' matrix products batch into wider ones,
+        and ``"map"`` otherwise, since a vmapped convolution is a grouped one, slow on
+        XLA's CPU (docs/performance.md); elsewhere ``"vmap"``."""
+        if self.strategy != "auto" or not self.stacked:
+            return self
+        convolutional = any(leaf.ndim > 3 for leaf in jax.tree.leaves(params))
+        on_cpu = jax.default_backend() == "cpu"
+        return dataclasses.replace(self, strategy="map" if on_cpu and convolutional else "vmap")
+
     def lift(self, step: Step, *, member_context: bool = False) -> Step:
         if not self.stacked:
             return step

@@ -113,6 +113,7 @@ def build_program(
         init_inputs=_head_sample(training, arrays),
         initial_per_member=training.initial_per_member,
     )
+    members = members.for_network(state.params)
     per_member_teacher = training.teacher is not None and training.teacher.per_member
     if per_member_teacher:
         _check_member_teachers(training.teacher, members)
