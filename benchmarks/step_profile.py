@@ -23,175 +23,23 @@ share of this machine's float32 matrix-product rate.
 
 from __future__ import annotations
 
-import collections
-import glob
 import json
-import re
-import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from absl import app, flags
 
-from benchmarks.networks import IMAGE_SHAPES, STUDENTS, torch_model
-from kdjax.models import get_model
-from kdjax.models.costs import forward_flops
+from benchmarks import profiling
+from benchmarks.networks import STUDENTS
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["small_conv_net", "two_conv_net", "four_conv_net", "mlp_200"], "")
+flags.DEFINE_list(
+    "models",
+    ["small_conv_net", "two_conv_net", "four_conv_net", "mlp_200"],
+    "Networks to profile (benchmarks.networks.STUDENTS).",
+)
 flags.DEFINE_integer("steps", 30, "Steps per timed and profiled run (the teacher: a third).")
 flags.DEFINE_integer("top", 12, "Rows of each breakdown to print.")
 flags.DEFINE_string("output", "benchmarks/step_profile.json", "Where to write the results.")
-
-# Trace events that are the runtime's own bookkeeping, not an operation of the program.
-_RUNTIME = re.compile(r"ThunkExecutor|Compil|Codegen|Pass|Emit|LLVM|HLO|mlir|dispatch|Slinky|\$")
-
-
-def _jax_program(name: str, steps: int):
-    """The compiled scan of ``steps`` CE + Adam steps, and its arguments."""
-    model_name, settings, batch, _ = STUDENTS[name]
-    model = get_model(model_name, **settings)
-    shape = IMAGE_SHAPES.get(name, (28, 28, 1))
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(steps * batch, *shape)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, steps * batch), jnp.int32)
-    params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
-    optimizer = optax.adam(1e-3)
-
-    def loss(params, x, y, key):
-        out = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
-        return optax.softmax_cross_entropy_with_integer_labels(out["logits"], y).mean()
-
-    def run(params, opt_state, images, labels):
-        def step(carry, index):
-            params, opt_state = carry
-            x = jax.lax.dynamic_slice_in_dim(images, index * batch, batch)
-            y = jax.lax.dynamic_slice_in_dim(labels, index * batch, batch)
-            value, grads = jax.value_and_grad(loss)(params, x, y, jax.random.PRNGKey(index))
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-
-        return jax.lax.scan(step, (params, opt_state), jnp.arange(steps))
-
-    args = (params, optimizer.init(params), images, labels)
-    return jax.jit(run).lower(*args).compile(), args
-
-
-def _origins(hlo_text: str) -> dict[str, str]:
-    """Each instruction's layer and pass, from its ``op_name`` metadata."""
-    origins = {}
-    for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%(\S+) = .*metadata=\{op_name=\"([^\"]+)\"", line)
-        if not match:
-            continue
-        name, op_name = match.groups()
-        inside = re.search(r"jvp\(([^)]*)\)\)?/(.+)$", op_name)
-        if inside is None:  # outside the differentiated function: the optimizer's update
-            origins[name] = "optimizer"
-            continue
-        model, path = inside.group(1), inside.group(2).split("/")
-        # A named submodule (conv1), else an operation of the model's own body (the
-        # max-pool's reduce_max), else the loss around the model.
-        part = path[0] if len(path) > 1 else (f"{path[0]} in {model}" if model else "loss")
-        origins[name] = f"{part} {'backward' if 'transpose(' in op_name else 'forward'}"
-    return origins
-
-
-def _step_gflop(name: str) -> float:
-    """Forward + backward of one step, taken as 3× XLA's count of the forward pass."""
-    model_name, settings, batch, _ = STUDENTS[name]
-    model = get_model(model_name, **settings)
-    shape = IMAGE_SHAPES.get(name, (28, 28, 1))
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
-    return 3 * forward_flops(model, variables, shape, batch) * batch / 1e9
-
-
-def _matmul_gflops(size: int = 2048, rounds: int = 5) -> float:
-    """This machine's float32 matrix-product rate, the best of ``rounds``."""
-    square = jnp.ones((size, size), jnp.float32)
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(square, square))
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(product(square, square))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
-def _profile_jax(name: str, steps: int) -> dict:
-    compiled, args = _jax_program(name, steps)
-    jax.block_until_ready(compiled(*args))
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    step_ms = (time.perf_counter() - start) / steps * 1e3
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir):
-            jax.block_until_ready(compiled(*args))
-        path = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
-        profile = jax.profiler.ProfileData.from_file(path)
-        by_op = collections.Counter()
-        for plane in profile.planes:
-            for line in plane.lines:
-                if not line.name.startswith("tf_XLA"):
-                    continue
-                for event in line.events:
-                    if not _RUNTIME.search(event.name):
-                        by_op[event.name] += event.duration_ns / 1e6 / steps
-    origins = _origins(compiled.as_text())
-    by_layer, by_kind = collections.Counter(), collections.Counter()
-    for op, ms in by_op.items():
-        by_layer[origins.get(op, "other")] += ms
-        by_kind[re.sub(r"\.\d+$", "", op)] += ms
-    return {
-        "step_ms": round(step_ms, 2),
-        "op_ms_sum": round(sum(by_op.values()), 2),
-        "by_layer": _rounded(by_layer),
-        "by_kind": _rounded(by_kind),
-    }
-
-
-def _profile_torch(name: str, steps: int) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    _, _, batch, _ = STUDENTS[name]
-    torch.manual_seed(0)
-    model = torch_model(name)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    height, width, channels = IMAGE_SHAPES.get(name, (28, 28, 1))
-    images = torch.randn(steps * batch, channels, height, width)
-    labels = torch.randint(0, 10, (steps * batch,))
-
-    def run():
-        for step in range(steps):
-            part = slice(step * batch, (step + 1) * batch)
-            loss = F.cross_entropy(model(images[part]), labels[part])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    run()
-    start = time.perf_counter()
-    run()
-    step_ms = (time.perf_counter() - start) / steps * 1e3
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        run()
-    by_op = collections.Counter(
-        {row.key: row.self_cpu_time_total / 1e3 / steps for row in profile.key_averages()}
-    )
-    return {
-        "step_ms": round(step_ms, 2),
-        "threads": torch.get_num_threads(),
-        "by_op": _rounded(by_op),
-    }
-
-
-def _rounded(counter: collections.Counter) -> dict[str, float]:
-    return {key: round(ms, 3) for key, ms in counter.most_common() if ms >= 0.0005}
 
 
 def _print_top(title: str, table: dict[str, float]) -> None:
@@ -205,16 +53,16 @@ def main(argv):
     unknown = set(FLAGS.models) - set(STUDENTS)
     if unknown:
         raise app.UsageError(f"--models: unknown {sorted(unknown)}; known: {sorted(STUDENTS)}")
-    matmul = _matmul_gflops()
+    matmul = profiling.matmul_gflops()
     print(f"float32 matrix product 2048³: {matmul:.0f} GFLOP/s")
     rows = {}
     for name in FLAGS.models:
         steps = max(FLAGS.steps // 3, 3) if name == "four_conv_net" else FLAGS.steps
         print(f"{name}: {steps} steps ...", flush=True)
-        row = {"steps": steps, "step_gflop": round(_step_gflop(name), 3)}
-        row["kdjax"] = _profile_jax(name, steps)
+        row = {"steps": steps, "step_gflop": round(profiling.step_gflop(name), 3)}
+        row["kdjax"] = profiling.profile_jax(name, steps)
         try:
-            row["torch"] = _profile_torch(name, steps)
+            row["torch"] = profiling.profile_torch(name, steps)
         except ImportError:
             print("  PyTorch not installed: its profile is skipped.")
         rows[name] = row

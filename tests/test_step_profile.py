@@ -4,7 +4,6 @@ parameters, and the step profile assigns XLA's operations to the layers that mad
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 from benchmarks.networks import IMAGE_SHAPES, STUDENTS, torch_model
 from kdjax.models import count_params, get_model
@@ -22,10 +21,9 @@ def test_each_torch_twin_has_the_kdjax_networks_parameter_count(name):
 
 
 def test_the_step_profile_names_layers_and_passes():
-    from benchmarks import step_profile
+    from benchmarks import profiling
 
-    flags.FLAGS(["step_profile"])  # the module's flags, at their defaults
-    compiled, _ = step_profile._jax_program("mlp_200", steps=2)
-    origins = set(step_profile._origins(compiled.as_text()).values())
+    compiled, _ = profiling.jax_program("mlp_200", steps=2)
+    origins = set(profiling.origins_of(compiled.as_text()).values())
     assert {"hidden0 forward", "hidden0 backward", "head backward"} <= origins
     assert "optimizer" in origins
