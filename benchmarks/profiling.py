@@ -83,9 +83,9 @@ def step_gflop(name: str) -> float:
     return 3 * forward_flops(model, variables, shape, batch) * batch / 1e9
 
 
-def matmul_gflops(size: int = 2048, rounds: int = 5) -> float:
-    """This machine's float32 matrix-product rate, the best of ``rounds``."""
-    square = jnp.ones((size, size), jnp.float32)
+def matmul_gflops(size: int = 2048, rounds: int = 5, dtype=jnp.float32) -> float:
+    """This machine's matrix-product rate in ``dtype`` under XLA, the best of ``rounds``."""
+    square = jnp.ones((size, size), dtype)
     product = jax.jit(jnp.matmul)
     jax.block_until_ready(product(square, square))
     best = float("inf")

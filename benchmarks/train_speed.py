@@ -40,6 +40,7 @@ from kdjax.distill.objectives import OBJECTIVES, make_hyperparams
 from kdjax.models import get_model
 from kdjax.training import (
     FEEDS,
+    STRATEGIES,
     Execution,
     Plan,
     Run,
@@ -73,7 +74,7 @@ flags.register_validator(
 flags.DEFINE_enum(
     "population_strategy",
     "auto",
-    ["auto", "vmap", "map", "unroll"],
+    ["auto", *STRATEGIES],
     "How the population row trains its students together (kdjax.training.over_members).",
 )
 flags.DEFINE_string("torch_device", "auto", "PyTorch device: auto (cuda if available), cpu, cuda.")

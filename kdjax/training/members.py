@@ -22,7 +22,7 @@ import optax
 
 from kdjax.training.evaluation import make_correct_counter
 from kdjax.training.state import TrainState, create_state
-from kdjax.training.step import Step, population_step
+from kdjax.training.step import Step, population_step, resolve_strategy
 from kdjax.types import Hyperparams, Preprocess
 
 
@@ -76,16 +76,11 @@ class Members:
         return jax.vmap(one)(jnp.asarray(self.seeds))
 
     def for_network(self, params: Any) -> Members:
-        """``"auto"`` resolved for the network whose (stacked) ``params`` are given: on
-        the CPU ``"vmap"`` when no parameter is a convolution kernel (every one at most
-        2-D per student), so that the students' matrix products batch into wider ones,
-        and ``"map"`` otherwise, since a vmapped convolution is a grouped one, slow on
-        XLA's CPU (docs/performance.md); elsewhere ``"vmap"``."""
+        """``"auto"`` resolved for the network whose stacked ``params`` are given
+        (:func:`kdjax.training.step.resolve_strategy`)."""
         if self.strategy != "auto" or not self.stacked:
             return self
-        convolutional = any(leaf.ndim > 3 for leaf in jax.tree.leaves(params))
-        on_cpu = jax.default_backend() == "cpu"
-        return dataclasses.replace(self, strategy="map" if on_cpu and convolutional else "vmap")
+        return dataclasses.replace(self, strategy=resolve_strategy("auto", params))
 
     def lift(self, step: Step, *, member_context: bool = False) -> Step:
         if not self.stacked:

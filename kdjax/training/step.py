@@ -176,10 +176,16 @@ def head_inputs_of(objective: Objective, batch: Batch) -> dict:
 STRATEGIES = ("vmap", "map", "unroll")
 
 
-def resolve_strategy(strategy: str) -> str:
-    """``"auto"`` → ``"map"`` on the CPU, ``"vmap"`` elsewhere."""
+def resolve_strategy(strategy: str, params: Any = None) -> str:
+    """``"auto"`` → ``"vmap"`` off the CPU; on the CPU ``"map"``, unless the students'
+    stacked ``params`` are given and none is a convolution kernel (each at most 2-D per
+    student): then ``"vmap"``, whose wider matrix products pay on the CPU too, while a
+    vmapped convolution is a grouped one, slow on XLA's CPU (docs/performance.md)."""
     if strategy == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        convolutional = params is None or any(leaf.ndim > 3 for leaf in jax.tree.leaves(params))
+        return "map" if convolutional else "vmap"
     if strategy not in STRATEGIES:
         *most, last = ("auto", *STRATEGIES)
         names = ", ".join(map(repr, most))
