@@ -19,38 +19,49 @@ import optax
 from benchmarks.networks import IMAGE_SHAPES, STUDENTS, torch_model
 from kdjax.models import get_model
 from kdjax.models.costs import forward_flops
+from kdjax.training.members import Members
 
 # Trace events that are the runtime's own bookkeeping, not an operation of the program.
 _RUNTIME = re.compile(r"ThunkExecutor|Compil|Codegen|Pass|Emit|LLVM|HLO|mlir|dispatch|Slinky|\$")
 
 
-def jax_program(name: str, steps: int):
-    """The compiled scan of ``steps`` CE + Adam steps, and its arguments."""
+def jax_program(name: str, steps: int, members: int = 0, strategy: str = "auto"):
+    """The compiled scan of ``steps`` CE + Adam steps, and its arguments. With
+    ``members`` > 0, a population of that many students on the same batches, lifted as
+    ``fit`` lifts it (:class:`kdjax.training.Members`, ``strategy``)."""
     model_name, settings, batch, _ = STUDENTS[name]
     model = get_model(model_name, **settings)
     shape = IMAGE_SHAPES.get(name, (28, 28, 1))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.normal(size=(steps * batch, *shape)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, steps * batch), jnp.int32)
-    params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
     optimizer = optax.adam(1e-3)
 
     def loss(params, x, y, key):
         out = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(out["logits"], y).mean()
 
-    def run(params, opt_state, images, labels):
-        def step(carry, index):
-            params, opt_state = carry
+    def update(state, batch, hyperparams, context):
+        x, y, key = batch
+        value, grads = jax.value_and_grad(loss)(state.params, x, y, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state), value
+
+    population = Members.of(list(range(members)) if members else 0, strategy)
+    state = population.init(model, optimizer, images[:1])
+    if members:
+        update = population.for_network(state.params).lift(update)
+
+    def run(state, images, labels):
+        def step(state, index):
             x = jax.lax.dynamic_slice_in_dim(images, index * batch, batch)
             y = jax.lax.dynamic_slice_in_dim(labels, index * batch, batch)
-            value, grads = jax.value_and_grad(loss)(params, x, y, jax.random.PRNGKey(index))
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
+            return update(state, (x, y, jax.random.PRNGKey(index)), None, None)
 
-        return jax.lax.scan(step, (params, opt_state), jnp.arange(steps))
+        return jax.lax.scan(step, state, jnp.arange(steps))
 
-    args = (params, optimizer.init(params), images, labels)
+    args = (state, images, labels)
     return jax.jit(run).lower(*args).compile(), args
 
 
@@ -62,7 +73,7 @@ def origins_of(hlo_text: str) -> dict[str, str]:
         if not match:
             continue
         name, op_name = match.groups()
-        inside = re.search(r"jvp\(([^)]*)\)\)?/(.+)$", op_name)
+        inside = re.search(r"jvp\(([^)]*)\)+/(.+)$", op_name)
         if inside is None:  # outside the differentiated function: the optimizer's update
             origins[name] = "optimizer"
             continue
@@ -96,8 +107,8 @@ def matmul_gflops(size: int = 2048, rounds: int = 5, dtype=jnp.float32) -> float
     return 2 * size**3 / best / 1e9
 
 
-def profile_jax(name: str, steps: int) -> dict:
-    compiled, args = jax_program(name, steps)
+def profile_jax(name: str, steps: int, members: int = 0, strategy: str = "auto") -> dict:
+    compiled, args = jax_program(name, steps, members, strategy)
     jax.block_until_ready(compiled(*args))
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))

@@ -3,6 +3,7 @@ PyTorch's eager step of the same network.
 
     python -m benchmarks.step_profile                      # the train_speed networks
     python -m benchmarks.step_profile --models=two_conv_net --steps=40
+    python -m benchmarks.step_profile --models=mlp_200 --members=6 --population_strategy=vmap
 
 For each network (the students and the CIFAR teacher of ``benchmarks.train_speed``, at
 their batch sizes) it builds a CE + Adam step on random data and:
@@ -14,6 +15,10 @@ their batch sizes) it builds a CE + Adam step on random data and:
   and by the operation's kind (``dot_general``, ``slice_bitcast_fusion``, ...);
 - runs the same number of steps of the ``torch.nn`` twin eagerly, times it and adds
   up ``torch.profiler``'s self time by ATen operation.
+
+With ``--members=N`` it profiles instead a population of N students trained together
+on the same batches (``--population_strategy``, as ``fit`` does), beside one student,
+and reports the population's step as a multiple of one student's.
 
 XLA runs operations of one step concurrently on both cores, so its per-operation
 times add up to more than the step's wall time. Prints both breakdowns and writes
@@ -30,6 +35,7 @@ from absl import app, flags
 
 from benchmarks import profiling
 from benchmarks.networks import STUDENTS
+from kdjax.training.step import STRATEGIES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -38,6 +44,16 @@ flags.DEFINE_list(
     "Networks to profile (benchmarks.networks.STUDENTS).",
 )
 flags.DEFINE_integer("steps", 30, "Steps per timed and profiled run (the teacher: a third).")
+flags.DEFINE_integer(
+    "members", 0, "Profile a population of this many students beside one student (0: off)."
+)
+flags.register_validator("members", lambda n: n >= 0, message="--members must be >= 0")
+flags.DEFINE_enum(
+    "population_strategy",
+    "auto",
+    ["auto", *STRATEGIES],
+    "How the population trains its students together (kdjax.training.over_members).",
+)
 flags.DEFINE_integer("top", 12, "Rows of each breakdown to print.")
 flags.DEFINE_string("output", "benchmarks/step_profile.json", "Where to write the results.")
 
@@ -46,6 +62,22 @@ def _print_top(title: str, table: dict[str, float]) -> None:
     print(f"  {title}")
     for key, ms in list(table.items())[: FLAGS.top]:
         print(f"    {ms:9.2f} ms  {key}")
+
+
+def _profile_population(row: dict, name: str, steps: int) -> None:
+    members, strategy = FLAGS.members, FLAGS.population_strategy
+    population = profiling.profile_jax(name, steps, members, strategy)
+    row["population"] = {"members": members, "strategy": strategy, **population}
+    ratio = population["step_ms"] / row["kdjax"]["step_ms"]
+    row["population"]["over_one_student"] = round(ratio, 2)
+    for label, profile in (("one student", row["kdjax"]), (f"{members} students", population)):
+        print(
+            f"  {label}: step {profile['step_ms']} ms (operations add up to "
+            f"{profile['op_ms_sum']} ms)"
+        )
+        _print_top("by layer and pass", profile["by_layer"])
+        _print_top("by operation kind", profile["by_kind"])
+    print(f"  {members} students ({strategy}) cost {ratio:.2f}× one student")
 
 
 def main(argv):
@@ -61,6 +93,10 @@ def main(argv):
         print(f"{name}: {steps} steps ...", flush=True)
         row = {"steps": steps, "step_gflop": round(profiling.step_gflop(name), 3)}
         row["kdjax"] = profiling.profile_jax(name, steps)
+        if FLAGS.members:
+            _profile_population(row, name, steps)
+            rows[name] = row
+            continue
         try:
             row["torch"] = profiling.profile_torch(name, steps)
         except ImportError:

@@ -27,3 +27,11 @@ def test_the_step_profile_names_layers_and_passes():
     origins = set(profiling.origins_of(compiled.as_text()).values())
     assert {"hidden0 forward", "hidden0 backward", "head backward"} <= origins
     assert "optimizer" in origins
+
+
+def test_the_population_profile_names_layers_and_passes_under_vmap():
+    from benchmarks import profiling
+
+    compiled, _ = profiling.jax_program("mlp_200", steps=2, members=2, strategy="vmap")
+    origins = set(profiling.origins_of(compiled.as_text()).values())
+    assert {"hidden0 forward", "hidden0 backward", "head backward", "optimizer"} <= origins

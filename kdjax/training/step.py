@@ -184,13 +184,18 @@ def resolve_strategy(strategy: str, params: Any = None) -> str:
     if strategy == "auto":
         if jax.default_backend() != "cpu":
             return "vmap"
-        convolutional = params is None or any(leaf.ndim > 3 for leaf in jax.tree.leaves(params))
-        return "map" if convolutional else "vmap"
+        return "map" if params is None or _convolutional(params) else "vmap"
     if strategy not in STRATEGIES:
         *most, last = ("auto", *STRATEGIES)
         names = ", ".join(map(repr, most))
         raise ValueError(f"population strategy must be {names} or {last!r}, got {strategy!r}.")
     return strategy
+
+
+def _convolutional(params: Any) -> bool:
+    """Whether the students' stacked ``params`` hold a convolution kernel (a leaf of more
+    than 2 dimensions per student)."""
+    return any(leaf.ndim > 3 for leaf in jax.tree.leaves(params))
 
 
 def over_members(function: Callable, members: Any, strategy: str = "auto") -> Any:
@@ -235,20 +240,31 @@ def population_step(
     ``member_context``: likewise for the context (a teacher per student).
     """
 
+    # A batch shared by vmapped dense students on the CPU goes in once per student:
+    # shared, XLA's CPU multiplies it by all students' first-layer weights as one wide
+    # matrix, at the price of a transposed copy of those weights and a transposed kernel
+    # gradient every step (docs/performance.md, "Populations on the CPU").
+    vmapped_on_cpu = resolve_strategy(strategy) == "vmap" and jax.default_backend() == "cpu"
+
     def lifted(states, batch, hyperparams, context):
+        per_student = own_batches or (vmapped_on_cpu and not _convolutional(states.params))
+
         def one(member):
             state, hyper, own, own_context = member
             return train_step(
                 state,
-                own if own_batches else batch,
+                own if per_student else batch,
                 hyper,
                 own_context if member_context else context,
             )
 
+        if per_student and not own_batches:
+            count = jax.tree.leaves(states)[0].shape[0]
+            batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (count, *a.shape)), batch)
         members = (
             states,
             hyperparams,
-            batch if own_batches else None,
+            batch if per_student else None,
             context if member_context else None,
         )
         return over_members(one, members, strategy)
