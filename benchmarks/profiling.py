@@ -19,6 +19,7 @@ import optax
 from benchmarks.networks import IMAGE_SHAPES, STUDENTS, torch_model
 from kdjax.models import get_model
 from kdjax.models.costs import forward_flops
+from kdjax.training import compiler
 from kdjax.training.members import Members
 
 # Trace events that are the runtime's own bookkeeping, not an operation of the program.
@@ -62,7 +63,7 @@ def jax_program(name: str, steps: int, members: int = 0, strategy: str = "auto")
         return jax.lax.scan(step, state, jnp.arange(steps))
 
     args = (state, images, labels)
-    return jax.jit(run).lower(*args).compile(), args
+    return compiler.jit(run).lower(*args).compile(), args
 
 
 def origins_of(hlo_text: str) -> dict[str, str]:

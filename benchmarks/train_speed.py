@@ -53,7 +53,10 @@ from kdjax.training import (
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "MNIST IDX files; default: random MNIST-shaped data.")
-flags.DEFINE_integer("population", 6, "Students trained together for the population row.")
+flags.DEFINE_integer(
+    "population", 6, "Students trained together for the population row (0: no such row)."
+)
+flags.register_validator("population", lambda n: n >= 0, message="--population must be >= 0")
 flags.DEFINE_string("output", "benchmarks/train_speed.json", "Where to write the results.")
 flags.DEFINE_list(
     "feeds", ["auto"], "kdjax feeds to time: host, device, auto (device; see kdjax.training)."
@@ -87,6 +90,7 @@ flags.DEFINE_list(
 flags.register_validator(
     "students", lambda names: set(names) <= set(STUDENTS), message="--students: unknown name"
 )
+POPULATION_KEY = "population{n}_over_{n}_singles"
 PREPROCESS = partial(normalize, mean=MNIST_MEAN, std=MNIST_STD)
 
 
@@ -257,7 +261,9 @@ def main(argv):
             )
             kd, compile_seconds = seconds("kd", 0)
             ce, _ = seconds("ce", 0)
-            population, _ = seconds("kd", list(range(FLAGS.population)))
+            population = None
+            if FLAGS.population:
+                population, _ = seconds("kd", list(range(FLAGS.population)))
             row = {
                 "student": name,
                 "feed": feed,
@@ -270,11 +276,12 @@ def main(argv):
                 "kdjax_compile_s": round(compile_seconds, 2),
                 "kdjax_ce_epoch_s": round(ce, 3),
                 "kd_over_ce": round(kd / ce, 3),
-                f"population{FLAGS.population}_epoch_s": round(population, 3),
-                f"population{FLAGS.population}_over_{FLAGS.population}_singles": round(
-                    population / (FLAGS.population * kd), 3
-                ),
             }
+            if population is not None:
+                row[f"population{FLAGS.population}_epoch_s"] = round(population, 3)
+                row[POPULATION_KEY.format(n=FLAGS.population)] = round(
+                    population / (FLAGS.population * kd), 3
+                )
             if torch_seconds is not None:
                 row.update(
                     torch_device=str(device),
@@ -308,7 +315,7 @@ def main(argv):
             f"{row['student']:14} {row['feed']:6} {row['kdjax_kd_epoch_s']:>10} "
             f"{row.get('torch_kd_epoch_s', '-'):>10} {row.get('kdjax_over_torch', '-'):>11} "
             f"{row['kdjax_kd_tflops']:>8} {row['kd_over_ce']:>6} "
-            f"{row[f'population{FLAGS.population}_over_{FLAGS.population}_singles']:>11}"
+            f"{row.get(POPULATION_KEY.format(n=FLAGS.population), '-'):>11}"
         )
     print(f"Written to {FLAGS.output}")
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from kdjax.data import Split
 from kdjax.models import taps
+from kdjax.training import compiler
 from kdjax.training.step import over_members
 from kdjax.types import Preprocess
 
@@ -49,7 +50,7 @@ def predict(
     batch_size = max(1, min(batch_size, len(images)))
     extra = taps.extra_taps(output_names, ("logits",))
 
-    @jax.jit
+    @compiler.jit
     def forward(variables, batch_images):
         outputs = taps.apply(model, variables, preprocess(batch_images), taps=extra, train=False)
         return {name: outputs[name] for name in output_names}
@@ -79,7 +80,7 @@ def make_correct_counter(
         return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
 
     if population_strategy is None:
-        return jax.jit(count)
+        return compiler.jit(count)
 
     def count_each(variables, images, labels, mask):
         """``mask`` is ``[batch]``, or ``[students, batch]``: each its own test rows."""
@@ -91,7 +92,7 @@ def make_correct_counter(
 
         return over_members(one, (variables, mask if own else None), population_strategy)
 
-    return jax.jit(count_each)
+    return compiler.jit(count_each)
 
 
 def split_accuracy(
@@ -163,7 +164,7 @@ def recompute_batch_stats(
                                init_fn=lambda: None, reduce_fn=lambda _, new: new)  # fmt: skip
         return next_fun(*args, **kwargs)
 
-    @jax.jit
+    @compiler.jit
     def moments(variables, batch_images):
         with nn.intercept_methods(record):
             _, collections = model.apply(

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.training import parallel
+from kdjax.training import compiler, parallel
 from kdjax.training.step import Step, compile_once, scan_steps
 
 FEEDS = ("auto", "host", "device")
@@ -138,11 +138,11 @@ class HostFeed:
     ):
         self.arrays, self.batch_size, self.mesh = arrays, batch_size, mesh
         self.announce = announce
-        self.step_fn = jax.jit(compile_once(step))
+        self.step_fn = compiler.jit(compile_once(step))
         self.compile_seconds: float | None = None
         if mesh is not None:
             self.rows = parallel.local_rows(batch_size, mesh)
-            self.step_fn = jax.jit(self.step_fn, out_shardings=parallel.replicated(mesh))
+            self.step_fn = compiler.jit(self.step_fn, out_shardings=parallel.replicated(mesh))
 
     def place(self, tree: Any) -> Any:
         """Puts the state, hyperparameters or context where the step expects them."""
@@ -202,11 +202,11 @@ class DeviceFeed:
         self.steps_per_call = steps_per_call
         if mesh is None:
             self.data = jax.device_put(dict(arrays))
-            self.scanned = jax.jit(scan_steps(step))
+            self.scanned = compiler.jit(scan_steps(step))
         else:
             parallel.check_divides(batch_size, mesh)
             self.data = parallel.replicate(dict(arrays), mesh)
-            self.scanned = jax.jit(
+            self.scanned = compiler.jit(
                 scan_steps(step, mesh=mesh), out_shardings=parallel.replicated(mesh)
             )
         self.programs: dict[int, Callable] = {}  # block length -> compiled program
