@@ -404,3 +404,13 @@ def test_results_files_record_the_command_line_that_started_them(monkeypatch):
     assert report.command_line("mnist_kd") == expected
     monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest", "tests"])  # run() called from Python
     assert report.command_line("mnist_kd") is None
+
+
+def test_portable_replaces_paths_but_not_a_slash_between_words():
+    from kdjax.record.ingest import portable
+
+    description = "the sample (4000 train / 1000 test) from /home/user/mnist or ~/data"
+    assert portable(description, "description") == (
+        "the sample (4000 train / 1000 test) from DESCRIPTION or DESCRIPTION"
+    )
+    assert portable("--data_dir=/srv/cifar10 --seeds=3") == "--data_dir=DATA_DIR --seeds=3"

@@ -70,7 +70,9 @@ def _is_date(value) -> bool:
         return False
 
 
-ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/|~/|[A-Za-z]:\\)[^\s()'\"]*")
+# A path: a root ("/", "~/" or a drive) with at least one character after it, so that a
+# slash standing alone ("4,000 train / 1,000 test") is text, not a path.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?:/|~/|[A-Za-z]:\\)[^\s()'\"]+")
 
 
 def _has_no_machine_path(value) -> bool:
