@@ -46,3 +46,27 @@ def test_the_user_can_keep_xlas_defaults(monkeypatch, fresh_options, variable, v
     monkeypatch.setenv(variable, value)
     assert compiler.compiler_options() is None
     assert compiler.jit(lambda x: x * 2)(jnp.float32(3)) == 6
+
+
+@pytest.mark.parametrize("feed", ["host", "device"])
+def test_both_feeds_compile_their_step_on_a_mesh(feed):
+    """A step placed on a device mesh is compiled once, at the top level, where the
+    options may be given (a nested jit with options is an error)."""
+    from kdjax.training import DeviceFeed, HostFeed, parallel
+
+    def step(state, batch, hyperparams, context):
+        state = state + jnp.sum(batch["x"]) * hyperparams["scale"]
+        return state, {"loss": state}
+
+    arrays = {"x": np.arange(8, dtype=np.float32)}
+    mesh = parallel.data_mesh(jax.devices()[:1])
+    chosen = (HostFeed if feed == "host" else DeviceFeed)(step, arrays, batch_size=4, mesh=mesh)
+    records = []
+    state = chosen.run_epoch(
+        chosen.place(jnp.float32(0)),
+        np.arange(8),
+        chosen.place({"scale": jnp.float32(1)}),
+        chosen.place({}),
+        lambda done, metrics: records.append(metrics),
+    )
+    assert float(state) == 0 + 1 + 2 + 3 + 4 + 5 + 6 + 7  # both batches added

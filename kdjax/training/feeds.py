@@ -138,11 +138,12 @@ class HostFeed:
     ):
         self.arrays, self.batch_size, self.mesh = arrays, batch_size, mesh
         self.announce = announce
-        self.step_fn = compiler.jit(compile_once(step))
         self.compile_seconds: float | None = None
-        if mesh is not None:
+        if mesh is None:
+            self.step_fn = compiler.jit(compile_once(step))
+        else:
             self.rows = parallel.local_rows(batch_size, mesh)
-            self.step_fn = compiler.jit(self.step_fn, out_shardings=parallel.replicated(mesh))
+            self.step_fn = compiler.jit(compile_once(step), out_shardings=parallel.replicated(mesh))
 
     def place(self, tree: Any) -> Any:
         """Puts the state, hyperparameters or context where the step expects them."""
