@@ -39,7 +39,7 @@ def xla_conv(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Arra
 
 def _conv_backward(padding, residuals, output_grad):
     images, kernel = residuals
-    kernel_h, kernel_w, in_channels, out_channels = kernel.shape
+    kernel_h, kernel_w = kernel.shape[:2]
     (top, bottom), (left, right) = padding
     # Input gradient: a stride-1 convolution of the output gradient with the
     # spatially flipped kernel, its in/out channels swapped.
@@ -51,36 +51,32 @@ def _conv_backward(padding, residuals, output_grad):
         ((kernel_h - 1 - top, kernel_h - 1 - bottom), (kernel_w - 1 - left, kernel_w - 1 - right)),
         dimension_numbers=_DIMENSIONS,
     )
-    # Kernel gradient: for each offset (i, j), the shifted input window times the
-    # output gradient, contracted over batch and positions: one plain matmul each.
+    # Kernel gradient: a forward convolution of the padded input with the output
+    # gradient as its kernel, channels in the batch's place and examples as the
+    # contracted features; out come [in channels, kh, kw, out channels].
     padded = jnp.pad(images, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    _, out_h, out_w, _ = output_grad.shape
-    flat_grad = output_grad.reshape(-1, out_channels)
-    kernel_grad = jnp.stack(
-        [
-            jnp.stack(
-                [
-                    padded[:, i : i + out_h, j : j + out_w, :].reshape(-1, in_channels).T
-                    @ flat_grad
-                    for j in range(kernel_w)
-                ]
-            )
-            for i in range(kernel_h)
-        ]
-    )
+    kernel_grad = lax.conv_general_dilated(
+        padded.transpose(3, 1, 2, 0),
+        output_grad.transpose(1, 2, 0, 3),
+        (1, 1),
+        "VALID",
+        dimension_numbers=_DIMENSIONS,
+    ).transpose(1, 2, 0, 3)
     return images_grad.astype(images.dtype), kernel_grad.astype(kernel.dtype)
 
 
-_conv_matmul_grad = _with_backward(xla_conv, _conv_backward, 1)
+_conv_cpu_grad = _with_backward(xla_conv, _conv_backward, 1)
 
 
 def conv2d(images: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
     """Stride-1 2-D convolution, NHWC images and HWIO kernel, explicit padding.
 
-    The backend is read at trace time: CPU gets the matmul kernel gradient.
+    The backend is read at trace time: on the CPU the gradients are written out as
+    forward convolutions (XLA's own kernel gradient runs 13–16× slower inside a
+    training loop there; docs/performance.md, "Convolutions on the CPU").
     """
     if jax.default_backend() == "cpu":
-        return _conv_matmul_grad(images, kernel, padding)
+        return _conv_cpu_grad(images, kernel, padding)
     return xla_conv(images, kernel, padding)
 
 
