@@ -8,10 +8,12 @@ XLA's convolution against kdjax's, beside a plain matmul's throughput.
 For each (batch, size, in → out channels) layer with a 3×3 kernel, pad 1, it times
 the jitted forward pass and ``grad`` of ``sum(conv(x, k)²)`` with respect to both
 inputs, for XLA's ``conv_general_dilated`` and for ``kdjax.models.layers.conv2d`` (whose
-CPU kernel gradient is one matmul per kernel offset), and reports GFLOP/s against
-the forward FLOP count (×3 for forward + backward). With PyTorch installed it also
+CPU kernel gradient is a forward convolution of the transposed operands), and reports
+GFLOP/s against the forward FLOP count (×3 for forward + backward). With PyTorch installed it also
 times PyTorch's forward convolution and a 2048³ matmul in each ``--dtypes`` type.
-Each operation is jitted alone: inside a training step XLA may run it differently
+Each operation is jitted alone with ``jax.jit``, so under the process's ``XLA_FLAGS``
+(XLA's defaults unless set; kdjax's own programs compile with YNNPACK off, see
+``kdjax.training.compiler``); inside a training step XLA may run it differently
 (``benchmarks.step_profile``).
 """
 

@@ -18,7 +18,9 @@ from kdjax.models import count_params, get_model
 
 
 def _forward(model):
-    return jax.jit(lambda variables, images: model.apply(variables, images)["logits"])
+    from kdjax.training.compiler import jit  # as kdjax compiles its own programs
+
+    return jit(lambda variables, images: model.apply(variables, images)["logits"])
 
 
 def forward_flops(model, variables, image_shape: tuple[int, ...], batch_size: int = 128) -> float:

@@ -169,7 +169,8 @@ def general_conv2d(
       side) with the kernel, leaving out the taps that read padding only — on the
       2×2 and 1×1 maps of a 32×32 ResNet50V2 XLA's forward convolution ran 9–20×
       slower than the product (``benchmarks.backbone_convs``);
-    - otherwise :func:`strided_conv2d` (XLA's forward, gradients as matrix products).
+    - otherwise :func:`strided_conv2d` (XLA's forward, gradients written out as
+      convolutions).
 
     JAX differentiates the first two itself (matrix products and slices). On GPU/TPU
     it is XLA's convolution throughout.
