@@ -13,10 +13,11 @@ import pytest
 
 from kdjax import losses
 from kdjax.data import Dataset, Split
+from kdjax.distill.methods import get_method
 from kdjax.distill.objectives import get_objective, make_hyperparams
 from kdjax.distill.teachers import Teacher
 from kdjax.models import get_model, taps
-from kdjax.models.heads import FTHead, StudentWithHead
+from kdjax.models.heads import FTHead, HintHead, StudentWithHead
 from kdjax.runs import RunSpec, train_run
 from kdjax.store.checkpoints import load_state
 from kdjax.training import OnlineTeacher, create_state, make_optimizer
@@ -235,6 +236,16 @@ def test_the_initialisation_terms_are_the_papers_losses_without_the_labels():
     main, parts = get_objective("ab+fsp")({"logits": logits}, {"labels": labels}, {})
     np.testing.assert_allclose(main, losses.cross_entropy(logits, labels), rtol=1e-6)
     assert get_objective("ab+fsp").teacher_outputs == () and get_objective("hint").init_epochs == 0
+    # FitNets' two-stage option: the hint alone first, then CE + hint.
+    fitnets = get_objective("hint", {"hint": {"init_epochs": 2}}, phase="init")
+    assert fitnets.init_epochs == 2 and fitnets.teacher_outputs == ("feature_map",)
+    outputs = {"hint": maps[2], "feature_map": maps[2], "logits": logits}
+    batch = {"labels": labels, **fitnets.teacher_batch({"feature_map": teacher[2]})}
+    total, _ = fitnets(outputs, batch, {})
+    hint = losses.hint_loss(maps[2], teacher[2])
+    np.testing.assert_allclose(total, hint, rtol=1e-6)
+    main, _ = fitnets.in_phase("main")(outputs, batch, {})
+    np.testing.assert_allclose(main, losses.cross_entropy(logits, labels) + total, rtol=1e-6)
 
 
 def _cifar_like(count=16, seed=0):
@@ -247,11 +258,7 @@ def _cifar_like(count=16, seed=0):
 def test_factor_transfer_trains_its_paraphraser_first_then_the_student_beside_it(tmp_path):
     """FT: the initialisation run trains the paraphraser alone (the student untouched);
     the main run starts from it, trains the student and keeps the paraphraser."""
-    dataset = Dataset("tiny", "test", "memory", _cifar_like(), _cifar_like(8, 1), 4)
-    teacher_spec = RunSpec("teacher", "four_conv_net", model_settings={"num_classes": 4})
-    sample = np.zeros((1, 32, 32, 3), np.float32)
-    teacher_vars = get_model("four_conv_net", num_classes=4).init(jax.random.PRNGKey(3), sample)
-    teacher = Teacher(teacher_spec, teacher_vars, tmp_path / "teacher")
+    dataset, teacher, teacher_vars, sample = _tiny_pair(tmp_path)
     spec = RunSpec("student", "two_conv_net", model_settings={"num_classes": 4}, objective="ft",
                    soft_weight=200.0, teacher_mode="online", batch_size=8, epochs=1,
                    method_settings={"ft": {"init_epochs": 1}})  # fmt: skip
@@ -271,6 +278,15 @@ def test_factor_transfer_trains_its_paraphraser_first_then_the_student_beside_it
     assert not all(jax.tree.leaves(changed)), "the main run trains the student"
     config = (result.run_dir / "config.json").read_text()
     assert "initial_variables" in config and '"method_revisions"' not in config
+
+
+def _tiny_pair(tmp_path):
+    """A 4-class CIFAR-like data set and an untrained online 4-conv teacher."""
+    dataset = Dataset("tiny", "test", "memory", _cifar_like(), _cifar_like(8, 1), 4)
+    teacher_spec = RunSpec("teacher", "four_conv_net", model_settings={"num_classes": 4})
+    sample = np.zeros((1, 32, 32, 3), np.float32)
+    teacher_vars = get_model("four_conv_net", num_classes=4).init(jax.random.PRNGKey(3), sample)
+    return dataset, Teacher(teacher_spec, teacher_vars, tmp_path / "teacher"), teacher_vars, sample
 
 
 def _ft_inputs(teacher_vars):
@@ -326,3 +342,22 @@ def test_cifar10_kd_reads_method_settings_and_combinations():
     # FSP cannot pair the notebooks' nets (16 against 64 channels): compare leaves it out.
     assert "fsp" not in cifar10_kd.Config(method=("compare",)).methods()
     assert "fsp" in cifar10_kd.Config(method=("compare",), preset="resnet56_resnet20").methods()
+
+
+def test_fitnets_first_stage_trains_the_layers_up_to_the_hint_and_its_regressor(tmp_path):
+    """FitNets' two-stage option (``hint.init_epochs``): the initialisation run moves
+    the convolutions and the regressor, not the classifier past the hinted maps."""
+    dataset, teacher, teacher_vars, sample = _tiny_pair(tmp_path)
+    spec = RunSpec("student", "two_conv_net", model_settings={"num_classes": 4}, objective="hint",
+                   teacher_mode="online", batch_size=8, epochs=1,
+                   method_settings={"hint": {"init_epochs": 1}})  # fmt: skip
+    train_run(spec, dataset, tmp_path / "runs", teacher=teacher, log=lambda m: None)
+    first = load_run_variables(tmp_path / "runs", "student_init")
+    hint_settings = get_method("hint").settings()
+    model = StudentWithHead(get_model("two_conv_net", num_classes=4), HintHead.of(hint_settings))
+    fresh = create_state(model, make_optimizer(), sample, 0, init_inputs=_ft_inputs(teacher_vars))
+    same = jax.tree.map(np.array_equal, fresh.params, first)
+    assert all(jax.tree.leaves(same["student"]["fc1"])), "the classifier gets no gradient"
+    assert all(jax.tree.leaves(same["student"]["fc2"]))
+    for part in (same["student"]["conv1"], same["student"]["conv2"], same["head"]):
+        assert not any(jax.tree.leaves(part)), "the hinted layers and the regressor train"

@@ -20,8 +20,9 @@ its reference and its checks: :mod:`kdjax.losses`. Where kdjax differs:
   ``layer="stage2", regressor="conv_bn_relu"``, and ``init_epochs > 0`` adds the paper's
   first stage.
 * Warm-ups (DKD's 20 epochs) rise every step, where mdistiller's rise once an epoch.
-* AB's and FSP's initialisation stages train every parameter of the student (the
-  classifier gets no gradient there; RepDistiller leaves it out of the optimizer).
+* AB's, FSP's and FitNets' initialisation stages train every parameter of the student
+  (the layers past the ones read get no gradient there; RepDistiller leaves the
+  classifier out of the optimizer).
 * DIST's β = γ = 1 are the paper's ImageNet values.
 """
 
@@ -244,10 +245,19 @@ METHODS: dict[str, Method] = {
         Method(
             "hint",
             _hint,
-            {"weight": 1.0, "layer": "feature_map", "regressor": "linear", "kernel_size": 3},
+            {
+                "weight": 1.0,
+                "layer": "feature_map",
+                "regressor": "linear",
+                "kernel_size": 3,
+                "init_epochs": 0.0,
+            },
             head=lambda settings, count, labels: heads.HintHead.of(settings),
+            init_term=_hint,
             doc="Defaults: the PyTorch KD tutorial's hint (its last maps, a linear 3×3 "
-            "regressor); RepDistiller's FitNets is layer='stage2', regressor='conv_bn_relu'.",
+            "regressor); RepDistiller's FitNets is layer='stage2', regressor='conv_bn_relu'. "
+            "init_epochs > 0 trains the paper's first stage first: the hint alone, without "
+            "the labels' CE (RepDistiller trains FitNets in one stage).",
         ),
         Method(
             "vid",
