@@ -2,7 +2,7 @@
 shifts shared by the jittered transfer set's reader and writer.
 
 A shift of up to ``m`` pixels has ``(2m + 1)²`` possible values. :func:`every_shift`
-lists them in a fixed order; :func:`kdjax.distill.teachers.teacher_outputs` (``train_shifts``)
+lists them in a fixed order; :meth:`kdjax.distill.teachers.Teacher.outputs` (``train_shifts``)
 stores a teacher's outputs for every shift in that order, and :func:`translate_batch`
 keeps, per example, the row of the shift it drew. The student then learns the
 teacher's answer for exactly the image it sees (Hinton et al. 2015's jitter).

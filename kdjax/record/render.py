@@ -117,8 +117,9 @@ reference source and one row per figure: the source's number and where it comes 
 kdjax's mean ± sample std (n) and every seed's (or fold's) value; the protocol —
 **full**, **shortened** (what differs is said), **stand-in data** (which is said) or
 **not yet run**; the command, date and machine of the run. Rows "not reported by the
-source" are kdjax's own arms. A transcribed run's date is that of the commit that
-recorded its figures."""
+source" are kdjax's own arms. In the commands, upper-case names stand for a path
+(`DATA_DIR`: the folder holding the data sets, `WORKDIR`: the run's workdir). A
+transcribed run's date is that of the commit that recorded its figures."""
 
 
 def render(sources: dict[str, dict], summaries: list[tuple[str, dict]]) -> str:

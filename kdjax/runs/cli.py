@@ -128,8 +128,8 @@ class CommonConfig:
         "auto",
         "How batches reach the train step: 'device' (the training set on the device, "
         "blocks of steps as one compiled scan), 'host' (gathered on the host and sent "
-        "per step) or 'auto' (device; host for data-parallel runs, or when the data "
-        "would take over half of an accelerator's memory).",
+        "per step) or 'auto' (device; host when the data would take over half of an "
+        "accelerator's memory).",
         choices=FEEDS,
     )
     checkpoint_every: int = option(

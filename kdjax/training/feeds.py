@@ -70,7 +70,7 @@ def epoch_orders(data_seed: int, count: int, member_rows=None):
 
 def resolve_feed(feed: str) -> str:
     """``"device"`` or ``"host"`` for a requested feed (``"auto"``: device; see
-    :func:`make_feed` for when it falls back to the host). Measured (BUILD_NOTES.md):
+    :func:`make_feed` for when it falls back to the host). Measured (docs/performance.md):
     for single students the device feed took 0.43–0.56× the host feed's epoch time
     on a 2-core CPU and 0.08–0.17× on an H200 GPU."""
     if feed not in FEEDS:
