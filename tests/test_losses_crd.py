@@ -35,11 +35,11 @@ def _unit_rows(rng, shape):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _inputs(seed):
+def _inputs(seed, num_negatives=NEGATIVES):
     rng = rng_for("crd", seed)
     s_emb, t_emb = _unit_rows(rng, (BATCH, DIM)), _unit_rows(rng, (BATCH, DIM))
     ids = rng.choice(NUM_EXAMPLES, size=BATCH, replace=False)
-    negatives = rng.integers(0, NUM_EXAMPLES, size=(BATCH, NEGATIVES))
+    negatives = rng.integers(0, NUM_EXAMPLES, size=(BATCH, num_negatives))
     return s_emb, t_emb, ids, negatives
 
 
@@ -52,12 +52,14 @@ def _objective(s_emb, t_emb, ids, bank, negatives):
 _jit_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=(0, 1), has_aux=True))
 
 
+# 5 × 7 candidates gather their bank rows; 5 × 13 > 40 rows score the whole bank.
+@pytest.mark.parametrize("num_negatives", [NEGATIVES, 12], ids=["gathered", "whole_bank"])
 @pytest.mark.parametrize("normalizers_set", [False, True])
-def test_crd_matches_repdistiller_in_float64(x64, normalizers_set):
+def test_crd_matches_repdistiller_in_float64(x64, normalizers_set, num_negatives):
     torch = pytest.importorskip("torch")
     import losses_torch_reference as reference
 
-    s_emb, t_emb, ids, negatives = _inputs(normalizers_set)
+    s_emb, t_emb, ids, negatives = _inputs(normalizers_set, num_negatives)
     bank = jax.tree.map(
         lambda x: jnp.asarray(x, jnp.float64), init_crd_bank(NUM_EXAMPLES, DIM, jax.random.key(3))
     )

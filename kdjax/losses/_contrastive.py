@@ -95,9 +95,18 @@ def _nce_loss(scores: Array, num_examples: int) -> Array:
 
 
 def _normalized_scores(memory, embeddings, candidates, normalizer, temperature):
-    """``exp(<memory[candidates], e> / T) / Z`` and the ``Z`` used (set if unset)."""
-    rows = jax.lax.stop_gradient(memory[candidates]).astype(embeddings.dtype)
-    scores = jnp.exp(jnp.einsum("bkd,bd->bk", rows, embeddings) / temperature)
+    """``exp(<memory[candidates], e> / T) / Z`` and the ``Z`` used (set if unset).
+
+    The dot products come from whichever reads less memory: every bank row against
+    the batch (one ``[batch, N]`` matrix product, then the candidates' columns) when
+    the bank has fewer rows than the batch has candidates (CIFAR: 50,000 against
+    128 × 16,385), else the candidates' rows gathered per example."""
+    memory = jax.lax.stop_gradient(memory).astype(embeddings.dtype)
+    if memory.shape[0] < candidates.size:
+        dots = jnp.take_along_axis(embeddings @ memory.T, candidates, axis=1)
+    else:
+        dots = jnp.einsum("bkd,bd->bk", memory[candidates], embeddings)
+    scores = jnp.exp(dots / temperature)
     estimate = jax.lax.stop_gradient(jnp.mean(scores)) * memory.shape[0]
     normalizer = jnp.where(normalizer > 0, normalizer.astype(scores.dtype), estimate)
     return scores / normalizer, normalizer
