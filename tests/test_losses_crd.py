@@ -251,3 +251,15 @@ def test_class_index_and_sampler_errors_name_the_argument():
         sample_negative_ids(jax.random.key(0), np.array([0]), index, num_negatives=0)
     with pytest.raises(ValueError, match="labels must be"):
         sample_negative_ids(jax.random.key(0), np.array([[0]]), index, num_negatives=2)
+
+
+def test_crd_speed_benchmark_times_equal_losses_and_a_draw():
+    """``benchmarks.crd_speed`` compares crd_loss with the gathered-rows form: both give
+    the same loss and gradients (here the whole-bank path: 8 × 31 candidates > 64 rows)."""
+    from benchmarks.crd_speed import measure, programs
+
+    parts = programs(examples=64, batch=8, negatives=30, dim=4, classes=4)
+    (ours, args), (gathered, _) = parts["crd_loss + gradients"], parts["gathered rows + gradients"]
+    chex.assert_trees_all_close(ours(*args), gathered(*args), rtol=1e-5, atol=1e-6)
+    times = measure(parts, rounds=1)
+    assert set(times) == set(parts) and all(t > 0 for t in times.values())
