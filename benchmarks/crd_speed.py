@@ -20,12 +20,16 @@ from absl import app, flags
 from kdjax import losses
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("examples", 50_000, "Rows of the memory bank (training examples).")
-flags.DEFINE_integer("batch", 128, "Batch size.")
-flags.DEFINE_integer("negatives", 16_384, "Negatives per example (RepDistiller: 16,384).")
-flags.DEFINE_integer("dim", 128, "Embedding size (RepDistiller: 128).")
-flags.DEFINE_integer("classes", 10, "Classes of the training labels.")
-flags.DEFINE_integer("rounds", 5, "Alternated rounds; the median is kept.")
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (other benchmarks share names)."""
+    flags.DEFINE_integer("examples", 50_000, "Rows of the memory bank (training examples).")
+    flags.DEFINE_integer("batch", 128, "Batch size.")
+    flags.DEFINE_integer("negatives", 16_384, "Negatives per example (RepDistiller: 16,384).")
+    flags.DEFINE_integer("dim", 128, "Embedding size (RepDistiller: 128).")
+    flags.DEFINE_integer("classes", 10, "Classes of the training labels.")
+    flags.DEFINE_integer("rounds", 5, "Alternated rounds; the median is kept.")
 
 
 def gathered_loss(s_emb, t_emb, ids, bank, negative_ids, temperature=0.07):
@@ -107,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
