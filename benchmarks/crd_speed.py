@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from kdjax import losses
+from kdjax.losses._contrastive import _nce_loss
 
 FLAGS = flags.FLAGS
 
@@ -34,10 +35,10 @@ def define_flags() -> None:
 
 def gathered_loss(s_emb, t_emb, ids, bank, negative_ids, temperature=0.07):
     """CRD's loss with every candidate's bank row gathered per example (the reference
-    form: ``[batch, K + 1, dim]`` rows for each direction), normalisers set."""
+    form: ``[batch, K + 1, dim]`` rows for each direction), normalisers set; the NCE
+    term is kdjax's own."""
     candidates = jnp.concatenate([ids[:, None], negative_ids], axis=1)
     num_examples = bank.student.shape[0]
-    noise = negative_ids.shape[1] / num_examples
     total = 0.0
     for memory, emb, normalizer in (
         (bank.teacher, s_emb, bank.student_normalizer),
@@ -45,10 +46,8 @@ def gathered_loss(s_emb, t_emb, ids, bank, negative_ids, temperature=0.07):
     ):
         rows = jax.lax.stop_gradient(memory[candidates])
         scores = jnp.exp(jnp.einsum("bkd,bd->bk", rows, emb) / temperature) / normalizer
-        positive, negative = scores[:, 0], scores[:, 1:]
-        total -= jnp.sum(jnp.log(positive / (positive + noise + 1e-7)))
-        total -= jnp.sum(jnp.log(noise / (negative + noise + 1e-7)))
-    return total / s_emb.shape[0]
+        total += _nce_loss(scores, num_examples)
+    return total
 
 
 def programs(examples, batch, negatives, dim, classes):
